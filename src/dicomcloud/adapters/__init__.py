@@ -1,0 +1,1 @@
+"""One module per implementation of a port; an adapter never imports another adapter."""

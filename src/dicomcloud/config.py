@@ -1,0 +1,159 @@
+"""Settings: embedded defaults, then `application.<env>.json`, then `DICOMCLOUD_…` variables.
+
+`DICOMCLOUD_ENV` picks the JSON file (looked up in `DICOMCLOUD_CONFIG_DIR`, default `./config`);
+without it the embedded defaults apply and no file is needed. Environment variables override
+single values with `__` for nesting, e.g. `DICOMCLOUD_HTTP__PORT=9090` or
+`DICOMCLOUD_DIMSE__AE_TENANTS='{"CT1": "radiology"}'` (JSON values are parsed).
+Fields named in `SECRET_FIELDS` are masked by `Settings.redacted()`, the only form ever logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "DICOMCLOUD_"
+SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn"})
+
+
+@dataclass
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Path prefix of the DICOMweb root; the tenant form is /<tenant>/dicom-web.
+    root_path: str = "/dicom-web"
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # Largest STOW-RS body accepted, in bytes.
+    max_stow_bytes: int = 8 * 1024**3
+    # Public base URL used in RetrieveURL/BulkDataURI when behind a proxy; empty = from the request.
+    public_url: str = ""
+
+
+@dataclass
+class DimseSettings:
+    host: str = "127.0.0.1"
+    port: int = 11112
+    ae_title: str = "DICOMCLOUD"
+    # Called AE title -> tenant id. An AE not listed maps to the default tenant unless strict.
+    ae_tenants: dict[str, str] = field(default_factory=dict)
+    reject_unknown_called_ae: bool = False
+    max_pdu: int = 0
+    network_timeout: float = 60.0
+
+
+@dataclass
+class StorageSettings:
+    # Everything the archive writes lives under this folder.
+    data_dir: str = "./data"
+    # `replace`: a different object with a stored SOP Instance UID replaces it.
+    # `reject`: it is refused (C-STORE 0x0111, STOW FailureReason 0x0111); identical resends succeed.
+    duplicate_policy: Literal["replace", "reject"] = "replace"
+    # Binary values longer than this become BulkDataURI in DICOM JSON; shorter ones InlineBinary.
+    bulkdata_threshold: int = 1024
+
+
+@dataclass
+class BackendSettings:
+    bus: Literal["sqlite"] = "sqlite"
+    index: Literal["sqlite"] = "sqlite"
+    cache: Literal["memory"] = "memory"
+    cache_max_bytes: int = 256 * 1024**2
+
+
+@dataclass
+class WorkerSettings:
+    # Seconds between scans for stale series metadata documents.
+    webworker_interval: float = 0.5
+    consumer_batch: int = 256
+    consumer_poll_timeout: float = 0.5
+
+
+@dataclass
+class Settings:
+    tenant: str = "default"
+    http: HttpSettings = field(default_factory=HttpSettings)
+    dimse: DimseSettings = field(default_factory=DimseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    backends: BackendSettings = field(default_factory=BackendSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    log_level: str = "INFO"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.storage.data_dir).resolve()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with every secret masked: the only form that may be logged."""
+        return _mask(dataclasses.asdict(self))
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if key.lower() in SECRET_FIELDS and value:
+        return "***"
+    return value
+
+
+def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the environment's JSON file, env variables, then `overrides`."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    env_name = env.get(ENV_PREFIX + "ENV")
+    if env_name:
+        config_dir = Path(env.get(ENV_PREFIX + "CONFIG_DIR", "config"))
+        path = config_dir / f"application.{env_name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{ENV_PREFIX}ENV={env_name} but {path} does not exist")
+        merged = _deep_merge(merged, json.loads(path.read_text(encoding="utf-8")))
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR"):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        merged = _deep_merge(merged, _nest(keys, _parse_env_value(raw)))
+    if overrides:
+        merged = _deep_merge(merged, overrides)
+    return _build(Settings, merged)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys[1:]):
+        value = {key: value}
+    return {keys[0]: value}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "ae_tenants":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: Any, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        default = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
+        sample = default() if default is not None else None
+        if dataclasses.is_dataclass(sample) and isinstance(value, dict):
+            kwargs[name] = _build(type(sample), value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

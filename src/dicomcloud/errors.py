@@ -1,0 +1,68 @@
+"""One small error hierarchy; each error knows its HTTP status and its DIMSE status.
+
+Services translate these in exactly one place each (the web app's exception handler,
+the SCP's C-STORE handler), so a new failure mode needs a new class here and nowhere else.
+"""
+
+
+class DicomCloudError(Exception):
+    """Base of every error the archive raises on purpose."""
+
+    http_status = 500
+    dimse_status = 0xC000  # Failure: cannot understand
+    failure_reason = 0x0110  # PS3.18 STOW FailureReason: processing failure
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DicomCloudError):
+    """The request or object is malformed: bad UID, truncated file, unparsable query."""
+
+    http_status = 400
+    dimse_status = 0xC000
+    failure_reason = 0xC000
+
+
+class InvalidUID(InvalidInput):
+    """A UID or tenant id that does not match its strict pattern; it never reaches a path."""
+
+
+class NotFound(DicomCloudError):
+    http_status = 404
+
+
+class Conflict(DicomCloudError):
+    """The object cannot be stored as sent: study UID mismatch, duplicate rejected by policy."""
+
+    http_status = 409
+    dimse_status = 0xA900
+    failure_reason = 0xA900
+
+
+class DuplicateInstance(Conflict):
+    """A different object with an already stored SOP Instance UID, under the `reject` policy."""
+
+    dimse_status = 0x0111
+    failure_reason = 0x0111
+
+
+class UnsupportedMediaType(DicomCloudError):
+    http_status = 415
+
+
+class NotAcceptable(DicomCloudError):
+    http_status = 406
+
+
+class PayloadTooLarge(DicomCloudError):
+    http_status = 413
+
+
+class StorageFailure(DicomCloudError):
+    """The file could not be made durable, or the bus did not accept its event."""
+
+    http_status = 503
+    dimse_status = 0xA700  # Refused: out of resources
+    failure_reason = 0xA700

@@ -1,0 +1,51 @@
+"""The bus: durable topics, consumer groups, commits after effects (at-least-once)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Record:
+    """A message as a consumer sees it, with its position."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+
+
+class BusConsumer(Protocol):
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to `max_records` records after the group's committed position; [] after `timeout` seconds."""
+        ...
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Mark these records (and all before them in their partitions) done for the group."""
+        ...
+
+    def lag(self) -> int:
+        """Records published but not yet committed by this group, over its topics."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Durably accept all messages before returning; raise StorageFailure if that is not possible."""
+        ...
+
+    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer: ...
+
+    def close(self) -> None: ...

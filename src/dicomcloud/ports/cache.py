@@ -1,0 +1,13 @@
+"""The cache: a miss always falls through to the source of truth, so losing it is slower, never wrong."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Cache(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    def delete(self, *keys: str) -> None: ...

@@ -1,0 +1,38 @@
+"""Storage of instance files and derived documents.
+
+Instances live at `<root>/<TenantID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm` (the user's layout);
+documents (series metadata) under a separate metadata root. Every write is temp name, fsync, rename.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class Storage(Protocol):
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        """An open, empty temp file on the same filesystem as the final location."""
+        ...
+
+    def instance_relpath(self, tenant_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """Validate every id, then give the relative path of the instance file."""
+        ...
+
+    def commit_instance(self, temp: Path, relpath: str) -> None:
+        """fsync `temp`, rename it to `relpath` (replacing any file there), fsync the folder."""
+        ...
+
+    def path(self, relpath: str) -> Path:
+        """The absolute path for a relative one (checked to stay under the root)."""
+        ...
+
+    def remove_instance(self, relpath: str) -> None:
+        """Delete an instance file (missing is fine) and prune folders left empty."""
+        ...
+
+    def read_document(self, key: str) -> bytes | None: ...
+
+    def write_document(self, key: str, data: bytes) -> None: ...
+
+    def delete_document(self, key: str) -> None: ...

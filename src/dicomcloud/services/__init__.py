@@ -1,0 +1,1 @@
+"""Services wire ports to domain functions and handle signals; the logic lives in the domain."""
