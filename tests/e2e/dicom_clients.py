@@ -1,0 +1,100 @@
+"""Real clients as users run them: dcmtk's storescu and pynetdicom for C-STORE, raw STOW-RS bodies."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import httpx
+import pydicom
+from pynetdicom import AE
+
+# storescu's option that proposes exactly this transfer syntax; the others go through pynetdicom.
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+}
+
+
+def storescu(
+    port: int, called_ae: str, files: Sequence[Path], transfer_syntax: str
+) -> subprocess.CompletedProcess[str]:
+    """Send files that share one transfer syntax with dcmtk, proposing only that syntax."""
+    command = [
+        "storescu", "-aet", "TESTSCU", "-aec", called_ae, "-R", STORESCU_PROPOSE[transfer_syntax],
+        "127.0.0.1", str(port), *map(str, files),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def pynetdicom_store(port: int, called_ae: str, files: Iterable[Path]) -> list[int]:
+    """Send each file in its own transfer syntax over one association; the C-STORE statuses."""
+    datasets = [pydicom.dcmread(path) for path in files]
+    ae = AE(ae_title="TESTSCU")
+    wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    for sop_class, syntax in sorted(wanted):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established, "association refused"
+    try:
+        statuses = []
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status else -1)
+        return statuses
+    finally:
+        assoc.release()
+
+
+def stow_body(parts: Sequence[bytes], boundary: str | None = None) -> tuple[bytes, str]:
+    """A multipart/related body of application/dicom parts and its Content-Type."""
+    boundary = boundary or f"stow-{secrets.token_hex(8)}"
+    chunks = []
+    for part in parts:
+        chunks.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        chunks.append(part)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def stow(url: str, parts: Sequence[bytes], study_uid: str | None = None) -> httpx.Response:
+    body, content_type = stow_body(parts)
+    target = f"{url}/studies/{study_uid}" if study_uid else f"{url}/studies"
+    return httpx.post(
+        target,
+        content=body,
+        headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+        timeout=300,
+    )
+
+
+def multipart_parts(response: httpx.Response) -> list[bytes]:
+    """Split a multipart/related response into part bodies (test-side, independent of the server's code)."""
+    content_type = response.headers["content-type"]
+    boundary = next(
+        param.split("=", 1)[1].strip('"')
+        for param in content_type.split(";")
+        if param.strip().lower().startswith("boundary=")
+    )
+    delimiter = b"--" + boundary.encode()
+    body = response.content
+    parts = []
+    for chunk in body.split(b"\r\n" + delimiter)[:-1]:
+        if chunk.startswith(delimiter):
+            chunk = chunk[len(delimiter):]
+        header_end = chunk.index(b"\r\n\r\n")
+        parts.append(chunk[header_end + 4:])
+    return parts

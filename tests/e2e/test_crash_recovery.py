@@ -1,0 +1,99 @@
+"""kill -9 of the all-in-one archive while storescu sends: every acknowledged instance survives, once."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from dicomcloud.dicom.synthetic import ct_series, write_part10
+
+from .conftest import AE_TITLE, Archive, wait_until
+from .dicom_clients import multipart_parts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SENT = 300
+KILL_AFTER = 120
+
+
+def acknowledged_files(storescu_log: str) -> list[Path]:
+    """Files whose C-STORE got a Success response, from storescu's verbose log."""
+    acknowledged = []
+    current: str | None = None
+    for line in storescu_log.splitlines():
+        sending = re.match(r"I: Sending file: (.+)$", line)
+        if sending:
+            current = sending.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            acknowledged.append(Path(current))
+            current = None
+    return acknowledged
+
+
+def settle_until_count_is_stable(archive: Archive) -> None:
+    """Replayed events beyond the acknowledged set may still be indexing: wait for a steady count."""
+    previous = -1
+    for _ in range(60):
+        current = archive.count_instances(PatientID="CRASH")
+        if current == previous:
+            return
+        previous = current
+        time.sleep(1.0)
+
+
+def test_kill_9_during_c_store_loses_no_acknowledged_instance(
+    archive_factory: Callable[..., Archive], tmp_path: Path
+) -> None:
+    paths = []
+    for i, ds in enumerate(ct_series(SENT, rows=64, columns=64, patient_id="CRASH", seed=3)):
+        path = tmp_path / f"i{i:03d}.dcm"
+        write_part10(ds, path)
+        paths.append(path)
+    archive = archive_factory("crash")
+    log_path = tmp_path / "storescu.log"
+    with log_path.open("w") as log:
+        sender = subprocess.Popen(
+            ["storescu", "-v", "-aec", AE_TITLE, "-R", "-xe", "127.0.0.1", str(archive.dimse_port), *map(str, paths)],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+        wait_until(lambda: len(acknowledged_files(log_path.read_text())) >= KILL_AFTER, 120, "acknowledgements")
+        archive.kill9()
+        sender.wait(timeout=60)
+    acknowledged = acknowledged_files(log_path.read_text())
+    assert KILL_AFTER <= len(acknowledged) < SENT, "the kill must land in the middle of the transfer"
+
+    archive.start()
+    archive.wait_indexed(len(acknowledged), PatientID="CRASH", timeout=180)
+    settle_until_count_is_stable(archive)
+
+    found = httpx.get(
+        f"{archive.dicomweb_url()}/instances", params={"PatientID": "CRASH", "limit": "1000"}, timeout=30
+    ).json()
+    uids = Counter(item["00080018"]["Value"][0] for item in found)
+    assert all(count == 1 for count in uids.values()), "an instance was indexed twice"
+    for path in acknowledged:
+        assert str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) in uids
+
+    study = httpx.get(
+        f"{archive.dicomweb_url()}/studies", params={"PatientID": "CRASH"}, timeout=30
+    ).json()
+    assert study[0]["00201208"]["Value"] == [len(uids)]
+
+    for path in acknowledged[:: max(1, len(acknowledged) // 10)]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        url = (
+            f"{archive.dicomweb_url()}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}"
+        )
+        response = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30)
+        assert response.status_code == 200
+        stored = pydicom.dcmread(BytesIO(multipart_parts(response)[0]))
+        assert stored.PixelData == pydicom.dcmread(path).PixelData
