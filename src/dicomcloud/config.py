@@ -29,6 +29,8 @@ class HttpSettings:
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     # Largest STOW-RS body accepted, in bytes.
     max_stow_bytes: int = 8 * 1024**3
+    # Seconds a request body may stall before the request fails (408) instead of hanging.
+    body_timeout: float = 30.0
     # Public base URL used in RetrieveURL/BulkDataURI when behind a proxy; empty = from the request.
     public_url: str = ""
 
