@@ -1,0 +1,136 @@
+"""Media types and Accept headers (RFC 9110 12.5.1, PS3.18 8.7).
+
+DICOMweb puts the interesting facts in parameters (`type`, `transfer-syntax`, `boundary`), so a
+media type here is always its lowercased `type/subtype` plus its unquoted parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from dicomcloud.errors import InvalidInput
+
+MULTIPART_RELATED = "multipart/related"
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One Accept entry, or one Content-Type, with parameter names lowercased."""
+
+    media_type: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+    @property
+    def is_multipart_related(self) -> bool:
+        return self.media_type == MULTIPART_RELATED
+
+    def part_range(self) -> MediaRange:
+        """What a multipart range asks for in each part: its `type` and `transfer-syntax`.
+
+        Some clients put the transfer syntax inside the quoted type
+        (`type="application/octet-stream; transfer-syntax=*"`); both spellings mean the same.
+        """
+        raw_type = self.params.get("type", "*/*")
+        inner = parse_media_type(raw_type)
+        params = dict(inner.params)
+        if self.transfer_syntax is not None:
+            params["transfer-syntax"] = self.transfer_syntax
+        return MediaRange(inner.media_type, params, self.q)
+
+    def matches(self, media_type: str) -> bool:
+        """Whether this range (possibly `*/*` or `type/*`) covers a concrete media type."""
+        if self.media_type in ("*/*", "*"):
+            return True
+        major, _, minor = self.media_type.partition("/")
+        concrete_major, _, concrete_minor = media_type.lower().partition("/")
+        return major == concrete_major and minor in ("*", concrete_minor)
+
+
+def _split_outside_quotes(text: str, separator: str) -> Iterator[str]:
+    start = 0
+    quoted = False
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            yield text[start:index]
+            start = index + 1
+    yield text[start:]
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        inner = value[1:-1]
+        out: list[str] = []
+        escaped = False
+        for char in inner:
+            if escaped or char != "\\":
+                out.append(char)
+                escaped = False
+            else:
+                escaped = True
+        return "".join(out)
+    return value
+
+
+def parse_media_type(value: str) -> MediaRange:
+    """Parse `type/subtype; name=value; …` (quoted or token values). Raises InvalidInput."""
+    pieces = list(_split_outside_quotes(value, ";"))
+    media_type = pieces[0].strip().lower()
+    if media_type != "*" and ("/" not in media_type or not all(media_type.partition("/")[::2])):
+        raise InvalidInput(f"malformed media type: {value[:120]!r}")
+    params: dict[str, str] = {}
+    q = 1.0
+    for piece in pieces[1:]:
+        if not piece.strip():
+            continue
+        name, sep, raw = piece.partition("=")
+        if not sep:
+            raise InvalidInput(f"malformed media type parameter: {piece.strip()[:80]!r}")
+        name = name.strip().lower()
+        if name == "q":
+            try:
+                q = float(raw.strip())
+            except ValueError:
+                raise InvalidInput(f"malformed quality value: {raw.strip()[:20]!r}") from None
+            if not 0.0 <= q <= 1.0:
+                raise InvalidInput(f"quality value out of range: {raw.strip()[:20]!r}")
+        else:
+            params[name] = _unquote(raw)
+    return MediaRange(media_type, params, q)
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Acceptable media ranges, most preferred first; q=0 entries dropped. No header means `*/*`.
+
+    Ties keep the client's order (RFC 9110 leaves them to the server; the order is the least
+    surprising choice).
+    """
+    if header is None or not header.strip():
+        return [MediaRange("*/*")]
+    ranges = [parse_media_type(item) for item in _split_outside_quotes(header, ",") if item.strip()]
+    accepted = [r for r in ranges if r.q > 0]
+    return sorted(accepted, key=lambda r: -r.q)
+
+
+def format_media_type(media_type: str, **params: str) -> str:
+    """`multipart/related; type="application/dicom"; boundary=…`: values quoted when needed."""
+    out = [media_type]
+    for name, value in params.items():
+        name = name.replace("_", "-")
+        needs_quotes = not value or any(c in value for c in ' ;,/"=()<>@:\\[]?{}')
+        shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if needs_quotes else value
+        out.append(f"{name}={shown}")
+    return "; ".join(out)
