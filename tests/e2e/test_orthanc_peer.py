@@ -1,0 +1,114 @@
+"""Orthanc's own DICOMweb client searches and retrieves from the archive with nothing special-cased."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from dicomcloud.dicom.synthetic import ct_series, multiframe, write_part10
+
+from .conftest import Archive, free_port, wait_until
+from .dicom_clients import stow
+
+pytestmark = pytest.mark.e2e
+
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class Orthanc:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def orthanc(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    if shutil.which("Orthanc") is None or not ORTHANC_PLUGINS.exists():
+        pytest.fail("Orthanc and its DICOMweb plugin must be installed (./dev test installs them)")
+    folder = tmp_path_factory.mktemp("orthanc")
+    http_port = free_port()
+    config = {
+        "Name": "peer",
+        "StorageDirectory": str(folder / "db"),
+        "IndexDirectory": str(folder / "db"),
+        "HttpPort": http_port,
+        "DicomPort": free_port(),
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [str(ORTHANC_PLUGINS)],
+        "DicomWeb": {"Enable": True, "Servers": {"archive": [archive.dicomweb_url() + "/"]}},
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("wb")
+    process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/system", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, "Orthanc to start")
+    yield Orthanc(url, process)
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def peer_study(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("peer")
+    paths = []
+    series = list(ct_series(5, rows=32, columns=32, patient_id="ORTHANC-PEER", patient_name="Peer^Orthanc"))
+    mf = multiframe(3, rows=16, columns=16)
+    mf.StudyInstanceUID = series[0].StudyInstanceUID
+    mf.PatientID = "ORTHANC-PEER"
+    for i, ds in enumerate([*series, mf]):
+        path = folder / f"{i}.dcm"
+        write_part10(ds, path)
+        paths.append(path)
+    assert stow(archive.dicomweb_url(), [p.read_bytes() for p in paths]).status_code == 200
+    archive.wait_indexed(len(paths), PatientID="ORTHANC-PEER")
+    return paths
+
+
+def test_orthanc_finds_the_study_with_qido(orthanc: Orthanc, peer_study: list[Path]) -> None:
+    response = httpx.post(
+        f"{orthanc.url}/dicom-web/servers/archive/qido",
+        json={"Uri": "/studies", "Arguments": {"PatientID": "ORTHANC-PEER"}},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    studies = response.json()
+    assert len(studies) == 1
+    study_uid = str(pydicom.dcmread(peer_study[0], stop_before_pixels=True).StudyInstanceUID)
+    assert studies[0]["0020000D"]["Value"] == [study_uid]
+
+
+def test_orthanc_retrieves_the_study_byte_for_byte(orthanc: Orthanc, peer_study: list[Path]) -> None:
+    study_uid = str(pydicom.dcmread(peer_study[0], stop_before_pixels=True).StudyInstanceUID)
+    response = httpx.post(
+        f"{orthanc.url}/dicom-web/servers/archive/retrieve",
+        json={"Resources": [{"Study": study_uid}]},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    instances = httpx.get(f"{orthanc.url}/instances", timeout=30).json()
+    assert len(instances) == len(peer_study)
+    received = {httpx.get(f"{orthanc.url}/instances/{i}/file", timeout=30).content for i in instances}
+    expected = {p.read_bytes() for p in peer_study}
+    assert {pydicom.dcmread(BytesIO(r)).SOPInstanceUID for r in received} == {
+        pydicom.dcmread(p).SOPInstanceUID for p in peer_study
+    }
+    assert received == expected
