@@ -1,0 +1,94 @@
+"""Fixtures that run each port's contract suite against every adapter of that port."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from dicomcloud.adapters.fs_storage import FsStorage
+from dicomcloud.adapters.memory_cache import MemoryCache
+from dicomcloud.adapters.sqlite_bus import SqliteBus
+from dicomcloud.ports.bus import Bus
+from dicomcloud.ports.cache import Cache
+from dicomcloud.ports.storage import Storage
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# ---------------------------------------------------------------------------------------------------
+# bus, cache, storage (embedded adapters; Kafka and Redis add their params to these fixtures)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BusTarget:
+    """A bus under test that can be opened again (a restart) and from a child process (crash tests)."""
+
+    opener: Callable[[], Bus]
+    # Python source of an expression that builds a Bus on the same log in a fresh interpreter.
+    child_expression: str
+    check_integrity: Callable[[], None]
+    child_pythonpath: str = str(SRC)
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}-")
+    opened: list[Bus] = field(default_factory=list)
+
+    def open(self) -> Bus:
+        bus = self.opener()
+        self.opened.append(bus)
+        return bus
+
+    def name(self, base: str) -> str:
+        """A topic or group name no other test uses (brokers are shared between tests)."""
+        return self.prefix + base
+
+
+def _sqlite_integrity(path: Path) -> Callable[[], None]:
+    def check() -> None:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    return check
+
+
+@pytest.fixture(params=["sqlite"])
+def bus_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusTarget]:
+    path = tmp_path / "bus.sqlite"
+    target = BusTarget(
+        opener=lambda: SqliteBus(path),
+        child_expression=(
+            f"__import__('dicomcloud.adapters.sqlite_bus', fromlist=['SqliteBus']).SqliteBus({str(path)!r})"
+        ),
+        check_integrity=_sqlite_integrity(path),
+    )
+    yield target
+    for bus in target.opened:
+        bus.close()
+
+
+@pytest.fixture
+def bus(bus_target: BusTarget) -> Bus:
+    return bus_target.open()
+
+
+@pytest.fixture(params=["memory"])
+def cache(request: pytest.FixtureRequest) -> Cache:
+    return MemoryCache(max_bytes=16 * 1024**2)
+
+
+@pytest.fixture(params=["memory"])
+def bounded_cache_factory(request: pytest.FixtureRequest) -> Callable[[int], Cache]:
+    """Caches whose byte bound is exact; Redis' approximate LRU does not join these tests."""
+    return lambda max_bytes: MemoryCache(max_bytes=max_bytes)
+
+
+@pytest.fixture(params=["fs"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    data = tmp_path / "data"
+    return FsStorage(root=data / "storage", metadata_root=data / "metadata", temp_dir=data / "tmp")
+
+
+# --------------------------------------------------------------------------------- end bus/cache/storage
