@@ -1,0 +1,89 @@
+"""Logging for every service: plain lines for a terminal, one JSON object per line for collectors.
+
+Secrets never reach a log: a filter on the handler masks credentials in URLs (`scheme://user:pw@`),
+`key=value` / `"key": "value"` pairs whose key names a secret, and bearer tokens, in the final message
+and in any traceback. Settings are logged only through `Settings.redacted()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Literal
+
+from dicomcloud.config import SECRET_FIELDS
+
+LogFormat = Literal["plain", "json"]
+
+_SECRET_KEYS = "|".join(sorted(SECRET_FIELDS | {"passwd", "pwd", "api_key", "apikey", "authorization"}))
+_REDACTIONS = (
+    (re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?P<tail>@)", re.I), r"\g<head>***\g<tail>"),
+    (re.compile(r"(?P<head>\bbearer\s+)[A-Za-z0-9._~+/=-]+", re.I), r"\g<head>***"),
+    (
+        re.compile(rf"(?P<head>[\"']?\b(?:{_SECRET_KEYS})\b[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}}]+", re.I),
+        r"\g<head>***",
+    ),
+)
+# Attributes every LogRecord has; anything else was passed with `extra=` and is kept in JSON output.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """Mask anything in `text` that looks like a credential."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Renders the message once, masked, so no formatter can print the raw arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and not name.startswith("_"):
+                entry[name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
+    """Route every logger (ours, uvicorn's, pynetdicom's) to stderr through the redacting filter."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # pynetdicom logs every PDU at INFO; keep its warnings and errors only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
