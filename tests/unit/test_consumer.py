@@ -1,0 +1,162 @@
+"""wado-consumer: storage events become index rows and metadata messages, at least once, idempotently."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicomcloud.config import load_settings
+from dicomcloud.events import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, STORAGE_QUEUE, DicomStateMeta, StorageEvent
+from dicomcloud.ports.bus import Message, Record
+from dicomcloud.ports.index import SeriesKey
+from dicomcloud.services.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
+from dicomcloud.services.ingest import Ingest, file_digest
+from dicomcloud.services.runtime import Runtime
+
+STUDY, SERIES = "1.2.826.0.2.1", "1.2.826.0.2.1.1"
+KEY = SeriesKey("default", STUDY, SERIES)
+
+
+def write_ct(path: Path, sop: str, pixel: int = 0) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    settings = load_settings(
+        overrides={"storage": {"data_dir": str(tmp_path / "data")}, "workers": {"consumer_poll_timeout": 0.05}},
+        environ={},
+    )
+    rt = Runtime.from_settings(settings)
+    yield rt
+    rt.close()
+
+
+def store(runtime: Runtime, source: Path) -> StorageEvent:
+    handle, temp = runtime.storage.new_temp()
+    with handle:
+        handle.write(source.read_bytes())
+    return Ingest(runtime).store(temp, tenant_id="default", source="import")
+
+
+def pending(runtime: Runtime) -> list[Record]:
+    """The storage events the consumer group has not committed, without taking them."""
+    consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+    try:
+        return consumer.poll(1000, 0.2)
+    finally:
+        consumer.close()
+
+
+def read_topic(runtime: Runtime, topic: str) -> list[bytes]:
+    consumer = runtime.bus.subscribe("test-reader", [topic])
+    try:
+        return [record.value for record in consumer.poll(1000, 0.2)]
+    finally:
+        consumer.close()
+
+
+def test_a_stored_instance_is_indexed_and_its_state_and_image_metadata_published(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    event = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.1"))
+    IndexConsumer(runtime).process(pending(runtime))
+    indexed = runtime.index.get_instance("default", event.sop_instance_uid)
+    assert indexed is not None and (indexed.file_path, indexed.sha256) == (event.file_path, event.sha256)
+    images = [json.loads(raw) for raw in read_topic(runtime, DICOM_IMAGE_QUEUE)]
+    assert [(i["SOPInstanceUID"], i["Sha256"]) for i in images] == [(event.sop_instance_uid, event.sha256)]
+    assert images[0]["UpdatedAt"]
+    states = [DicomStateMeta.from_bytes(raw) for raw in read_topic(runtime, DICOM_STATE_QUEUE)]
+    assert [(s.series_instance_uid, s.series_related_instances) for s in states] == [(SERIES, 1)]
+    assert states[0].updated_at
+
+
+def test_replayed_events_change_nothing(runtime: Runtime, tmp_path: Path) -> None:
+    for number in range(3):
+        store(runtime, write_ct(tmp_path / f"{number}.dcm", f"1.2.826.0.2.1.1.{number + 1}", pixel=number))
+    records = pending(runtime)
+    consumer = IndexConsumer(runtime)
+    consumer.process(records)
+    version = runtime.index.series_version(KEY)
+    instances = runtime.index.list_instances("default", STUDY, SERIES)
+    consumer.process(records)
+    consumer.process(records[:1])
+    assert runtime.index.series_version(KEY) == version
+    assert runtime.index.list_instances("default", STUDY, SERIES) == instances
+
+
+def test_an_event_whose_file_was_replaced_since_is_skipped_and_the_later_one_indexes_it(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    sop = "1.2.826.0.2.1.1.9"
+    store(runtime, write_ct(tmp_path / "old.dcm", sop, pixel=1))
+    newer = store(runtime, write_ct(tmp_path / "new.dcm", sop, pixel=2))
+    first, second = pending(runtime)
+    consumer = IndexConsumer(runtime)
+    consumer.process([first])
+    assert runtime.index.get_instance("default", sop) is None
+    consumer.process([second])
+    consumer.process([first])
+    indexed = runtime.index.get_instance("default", sop)
+    assert indexed is not None and indexed.sha256 == newer.sha256
+
+
+def test_an_event_whose_file_is_gone_is_skipped(runtime: Runtime, tmp_path: Path) -> None:
+    event = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.5"))
+    runtime.storage.remove_instance(event.file_path)
+    IndexConsumer(runtime).process(pending(runtime))
+    assert runtime.index.get_instance("default", event.sop_instance_uid) is None
+    assert read_topic(runtime, DEAD_LETTER_TOPIC) == []
+
+
+def poison(runtime: Runtime, tmp_path: Path) -> list[bytes]:
+    """Three messages no retry can fix: not JSON, not an event, a file that is not DICOM."""
+    junk = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.7"))
+    path = runtime.storage.path(junk.file_path)
+    path.write_bytes(b"not DICOM")
+    sha256, size = file_digest(path)
+    bad_file = json.loads(junk.to_bytes())
+    bad_file.update(Sha256=sha256, FileSize=size)
+    values = [b"\xff not json", json.dumps({"SOPInstanceUID": "1.2"}).encode(), json.dumps(bad_file).encode()]
+    runtime.bus.publish([Message(STORAGE_QUEUE, STUDY, value) for value in values])
+    return values
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_with_their_error(runtime: Runtime, tmp_path: Path) -> None:
+    values = poison(runtime, tmp_path)
+    records = [r for r in pending(runtime) if r.value in values]
+    IndexConsumer(runtime).process(records)
+    dead = [json.loads(raw) for raw in read_topic(runtime, DEAD_LETTER_TOPIC)]
+    assert [d["Offset"] for d in dead] == [r.offset for r in records]
+    assert all(d["Error"] and d["Topic"] == STORAGE_QUEUE for d in dead)
+    assert dead[1]["Value"] == values[1].decode()
+
+
+def test_run_commits_poison_so_it_never_blocks_the_events_behind_it(runtime: Runtime, tmp_path: Path) -> None:
+    poison(runtime, tmp_path)
+    good = store(runtime, write_ct(tmp_path / "good.dcm", "1.2.826.0.2.1.1.8"))
+    stop = threading.Event()
+    worker = threading.Thread(target=IndexConsumer(runtime).run, args=(stop,))
+    worker.start()
+    try:
+        for _ in range(200):
+            if runtime.index.get_instance("default", good.sop_instance_uid) is not None:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert runtime.index.get_instance("default", good.sop_instance_uid) is not None
+    assert pending(runtime) == []
+    assert len(read_topic(runtime, DEAD_LETTER_TOPIC)) == 3
