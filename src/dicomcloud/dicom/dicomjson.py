@@ -1,0 +1,333 @@
+"""DICOM JSON (PS3.18 Annex F): datasets and index rows to JSON, and back.
+
+Choices where Annex F leaves room:
+- A binary value is a BulkDataURI when its length in bytes exceeds `threshold` and a URI
+  builder is given; encapsulated Pixel Data always is. Deferred values are never loaded for that.
+- The bulk data tag path names an attribute by the tags on the way down and the 0-based index
+  of the item in each sequence's "Value" array: "7FE00010" at top level,
+  "00540016/0/00181072" inside the first item of (0054,0016). `tag_path` builds it,
+  `parse_tag_path` reads it, `bulk_value` resolves it in a dataset.
+- IS/DS values are JSON numbers; a value that is not a valid number keeps its text as a JSON
+  string, which F.2.3 allows "to preserve the original format". SV/UV beyond 2**53 are strings too.
+- FL/FD NaN and infinities, which JSON numbers cannot hold, are the strings "NaN", "Infinity"
+  and "-Infinity" (the convention of fo-dicom and Azure's DICOM service).
+- An empty value among several is null (F.2.5); an empty attribute has just "vr".
+- InlineBinary is little endian: OW/OF/OL/OD/OV values of a big endian dataset are swapped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import AMBIGUOUS_VR
+
+from dicomcloud.errors import InvalidInput, NotFound
+
+BulkDataURIFor = Callable[[str], str]
+TagPath = list[tuple[int, int | None]]
+
+_CHARSET: Final = 0x00080005
+_PIXEL_DATA: Final = 0x7FE00010
+_TRAILING_PADDING: Final = 0xFFFCFFFC
+_UNDEFINED: Final = 0xFFFFFFFF
+_BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Byte-swap unit of binary VRs whose words a big endian dataset stores big endian.
+_WORD_SIZE: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+_INT_VRS: Final = frozenset({"US", "SS", "UL", "SL"})
+_BIG_INT_VRS: Final = frozenset({"SV", "UV"})
+_FLOAT_VRS: Final = frozenset({"FL", "FD"})
+_DECIMAL_VRS: Final = frozenset({"IS", "DS"})
+_PN_GROUPS: Final = ("Alphabetic", "Ideographic", "Phonetic")
+_JSON_SAFE_INT: Final = 2**53
+_NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+_INTEGER_TEXT: Final = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_TEXT: Final = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TAG_TEXT: Final = re.compile(r"[0-9A-Fa-f]{8}")
+_INDEX_TEXT: Final = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
+def tag_path(steps: Iterable[tuple[int, int | None]]) -> str:
+    """"00540016/0/00181072" from [(0x00540016, 0), (0x00181072, None)]."""
+    parts: list[str] = []
+    for tag, index in steps:
+        parts.append(f"{tag:08X}")
+        if index is not None:
+            parts.append(str(index))
+    return "/".join(parts)
+
+
+def parse_tag_path(path: str) -> TagPath:
+    """The steps of a bulk data tag path; each but the last carries the item index it enters."""
+    parts = path.split("/")
+    if len(parts) % 2 == 0:
+        raise InvalidInput(f"invalid bulk data path: {path[:80]!r}")
+    steps: TagPath = []
+    for position in range(0, len(parts), 2):
+        tag_text = parts[position]
+        index_text = parts[position + 1] if position + 1 < len(parts) else None
+        if not _TAG_TEXT.fullmatch(tag_text) or (index_text is not None and not _INDEX_TEXT.fullmatch(index_text)):
+            raise InvalidInput(f"invalid bulk data path: {path[:80]!r}")
+        steps.append((int(tag_text, 16), None if index_text is None else int(index_text)))
+    return steps
+
+
+def _resolve_vr(vr: str, value: Any) -> str:
+    """One VR out of pydicom's unresolved "US or SS or OW" kind: binary if the value is bytes."""
+    if " or " not in vr:
+        return vr
+    options = vr.split(" or ")
+    binary = isinstance(value, bytes | bytearray)
+    return next((option for option in options if (option in _BINARY_VRS) == binary), options[0])
+
+
+def _decimal(vr: str, value: Any) -> Any:
+    """IS/DS as a JSON number, from its text when it has one; text that is no number stays text."""
+    if value is None or value == "":
+        return None
+    text = getattr(value, "original_string", None)
+    number: int | float
+    if text is None and isinstance(value, int | float):
+        number = int(value) if isinstance(value, int) else float(value)
+    else:
+        text = str(value if text is None else text).strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            return int(text)
+        if not _DECIMAL_TEXT.fullmatch(text):
+            return text
+        number = float(text)
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            return str(number) if text is None else text
+        if vr == "IS" and number.is_integer():
+            return int(number)
+    return number
+
+
+def _float(vr: str, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    # The shortest text that reads back as the same 32-bit float, not its float64 expansion.
+    return float(str(np.float32(number))) if vr == "FL" else number
+
+
+def _big_int(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    number = int(value)
+    return number if -_JSON_SAFE_INT <= number <= _JSON_SAFE_INT else str(number)
+
+
+def _person_name(value: Any) -> dict[str, str] | None:
+    groups = str(value).split("=")
+    name = {key: group for key, group in zip(_PN_GROUPS, groups, strict=False) if group}
+    return name or None
+
+
+def _tag_value(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return f"{int(value):08X}"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _converter(vr: str) -> Callable[[Any], Any]:
+    if vr in _DECIMAL_VRS:
+        return lambda value: _decimal(vr, value)
+    if vr in _FLOAT_VRS:
+        return lambda value: _float(vr, value)
+    if vr in _INT_VRS:
+        return lambda value: None if value is None or value == "" else int(value)
+    if vr in _BIG_INT_VRS:
+        return _big_int
+    if vr == "PN":
+        return _person_name
+    if vr == "AT":
+        return _tag_value
+    return _text
+
+
+def _values(vr: str, value: Any) -> list[Any]:
+    """The "Value" array of a non-binary, non-sequence attribute; [] when empty."""
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    convert = _converter(vr)
+    return [convert(item) for item in items]
+
+
+def _attribute(vr: str, values: list[Any]) -> dict[str, Any]:
+    return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+
+def _little_endian_bytes(vr: str, value: bytes, little: bool) -> bytes:
+    size = _WORD_SIZE.get(vr)
+    if little or size is None or len(value) % size:
+        return value
+    return np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+
+
+class _Encoder:
+    def __init__(self, bulkdata_uri: BulkDataURIFor | None, threshold: int) -> None:
+        self.bulkdata_uri = bulkdata_uri
+        self.threshold = threshold
+
+    def dataset(self, ds: Dataset, path: tuple[tuple[int, int | None], ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for tag in sorted(ds.keys()):
+            if not tag & 0xFFFF or tag >> 16 == 0x0002 or tag == _TRAILING_PADDING:
+                continue
+            out[f"{tag:08X}"] = self.element(ds, int(tag), path)
+        return out
+
+    def element(self, ds: Dataset, tag: int, path: tuple[tuple[int, int | None], ...]) -> dict[str, Any]:
+        raw = ds.get_item(tag, keep_deferred=True)
+        little = raw.is_little_endian if isinstance(raw, RawDataElement) else True
+        if (
+            self.bulkdata_uri is not None
+            and isinstance(raw, RawDataElement)
+            and raw.value is None
+            and raw.length > self.threshold
+        ):
+            vr = _deferred_vr(ds, raw)
+            if vr in _BINARY_VRS:
+                return {"vr": vr, "BulkDataURI": self.bulkdata_uri(tag_path((*path, (tag, None))))}
+        elem = _convert(ds, tag, raw)
+        vr = _resolve_vr(elem.VR, elem.value)
+        if vr == "SQ":
+            items = [self.dataset(item, (*path, (tag, index))) for index, item in enumerate(elem.value)]
+            return _attribute(vr, items)
+        if vr in _BINARY_VRS:
+            return self.binary(vr, elem, tag, path, little)
+        return _attribute(vr, _values(vr, elem.value))
+
+    def binary(
+        self, vr: str, elem: DataElement, tag: int, path: tuple[tuple[int, int | None], ...], little: bool
+    ) -> dict[str, Any]:
+        value = elem.value
+        if not value:
+            return {"vr": vr}
+        encapsulated = tag == _PIXEL_DATA and elem.is_undefined_length
+        if self.bulkdata_uri is not None and (encapsulated or len(value) > self.threshold):
+            return {"vr": vr, "BulkDataURI": self.bulkdata_uri(tag_path((*path, (tag, None))))}
+        return {"vr": vr, "InlineBinary": base64.b64encode(_little_endian_bytes(vr, value, little)).decode()}
+
+
+def _convert(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> DataElement:
+    """The element with its value decoded, without Dataset.__getitem__'s cost where that is safe.
+
+    `ds[tag]` also fixes ambiguous VRs and passes Pixel Representation down into sequences,
+    so those elements take that path; the rest are decoded directly and not cached.
+    """
+    charset = ds.original_character_set
+    if isinstance(raw, RawDataElement) and raw.value is not None and charset and tag != _CHARSET:
+        elem = convert_raw_data_element(raw, encoding=charset, ds=ds)
+        if elem.VR != "SQ" and elem.VR not in AMBIGUOUS_VR:
+            return elem
+    return ds[tag]
+
+
+def _deferred_vr(ds: Dataset, raw: RawDataElement) -> str:
+    """The VR of a value still on disk, found without reading it."""
+    vr = raw.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return "UN"
+    if vr == "OB or OW":
+        bits = ds.get("BitsAllocated")
+        return "OW" if raw.is_implicit_VR or (bits is not None and bits > 8) else "OB"
+    return str(vr)
+
+
+def dataset_to_json(
+    ds: Dataset, bulkdata_uri: BulkDataURIFor | None = None, threshold: int = 1024
+) -> dict[str, Any]:
+    """The DICOM JSON Model object of `ds` (file meta and group lengths left out)."""
+    return _Encoder(bulkdata_uri, threshold).dataset(ds, ())
+
+
+def keyword_values_to_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Index rows to DICOM JSON: {"PatientName": "Doe^John", ...}, VRs from the data dictionary."""
+    out: dict[int, dict[str, Any]] = {}
+    for keyword, value in values.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise InvalidInput(f"unknown DICOM keyword: {keyword[:80]!r}")
+        vr = _resolve_vr(dictionary_VR(tag), value)
+        if vr == "SQ":
+            out[tag] = _attribute(vr, [keyword_values_to_json(item) for item in value or ()])
+        elif vr in _BINARY_VRS and value:
+            out[tag] = {"vr": vr, "InlineBinary": base64.b64encode(value).decode()}
+        else:
+            out[tag] = _attribute(vr, _values(vr, value))
+    return {f"{tag:08X}": out[tag] for tag in sorted(out)}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; a NaN that slipped through is an error, not invalid JSON."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _restore_non_finite(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with "NaN"/"Infinity"/"-Infinity" in FL/FD values turned back into floats."""
+    out = dict(obj)
+    for key, attribute in obj.items():
+        if not isinstance(attribute, Mapping):
+            continue
+        values = attribute.get("Value")
+        if not isinstance(values, list):
+            continue
+        if attribute.get("vr") in _FLOAT_VRS:
+            out[key] = {**attribute, "Value": [_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in values]}
+        elif attribute.get("vr") == "SQ":
+            out[key] = {**attribute, "Value": [_restore_non_finite(v) if isinstance(v, Mapping) else v for v in values]}
+    return out
+
+
+def json_to_dataset(obj: Mapping[str, Any], bulkdata_loader: Callable[[str], bytes] | None = None) -> Dataset:
+    """The inverse of `dataset_to_json`; `bulkdata_loader` fetches the bytes behind a BulkDataURI."""
+    try:
+        return Dataset.from_json(_restore_non_finite(obj), bulk_data_uri_handler=bulkdata_loader)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidInput(f"invalid DICOM JSON: {exc}") from exc
+
+
+def bulk_value(ds: Dataset, path: str | Sequence[tuple[int, int | None]]) -> tuple[str, bytes]:
+    """The VR and value bytes a BulkDataURI path points at, exactly as InlineBinary would carry them."""
+    steps = parse_tag_path(path) if isinstance(path, str) else list(path)
+    current = ds
+    for position, (tag, index) in enumerate(steps):
+        if tag not in current:
+            raise NotFound(f"no attribute {tag:08X} in {tag_path(steps[:position]) or 'the dataset'}")
+        raw = current.get_item(tag, keep_deferred=True)
+        little = raw.is_little_endian if isinstance(raw, RawDataElement) else True
+        elem = current[tag]
+        if index is None:
+            vr = _resolve_vr(elem.VR, elem.value)
+            if vr not in _BINARY_VRS or not isinstance(elem.value, bytes):
+                raise NotFound(f"attribute {tag:08X} is not bulk data")
+            return vr, _little_endian_bytes(vr, elem.value, little)
+        if elem.VR != "SQ" or index >= len(elem.value):
+            raise NotFound(f"no item {index} in {tag:08X}")
+        current = elem.value[index]
+    raise NotFound("empty bulk data path")
