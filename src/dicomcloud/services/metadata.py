@@ -1,0 +1,181 @@
+"""Series metadata documents: built once per index version, served from memory after that.
+
+Lookup order for `document()`: parsed documents in a small in-process LRU (parsing a 500-instance
+document per request is too slow), then the shared cache (Redis in production) by version, then the
+stored document if its version is current, else a build. Builds of one series are serialised by a
+per-series lock; a request that waited for another's build reuses its result.
+
+A build reads the series version *before* listing the instances, so a document is never older than
+the version it is labelled with; an upsert racing the build bumps the version and triggers another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument, index_instance
+from dicomcloud.errors import InvalidInput
+from dicomcloud.ports.index import InstanceLocation, SeriesKey
+from dicomcloud.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Parsed documents kept per process; each holds one series.
+LRU_SERIES = 64
+
+
+def document_key(key: SeriesKey) -> str:
+    """Where a series' document lives in storage."""
+    return f"{key.tenant_id}/{key.study_instance_uid}/{key.series_instance_uid}.json"
+
+
+def cache_key(key: SeriesKey, version: int) -> str:
+    return f"seriesdoc:{key.tenant_id}:{key.study_instance_uid}:{key.series_instance_uid}:{version}"
+
+
+def _parse(raw: bytes, where: str) -> SeriesDocument | None:
+    """A damaged or outdated-format document is as good as none: it gets rebuilt."""
+    try:
+        return SeriesDocument.from_bytes(raw)
+    except InvalidInput as exc:
+        log.warning("ignored series document %s: %s", where, exc.message)
+        return None
+
+
+class _KeyedLocks:
+    """One lock per key while someone holds or waits for it; forgotten when nobody does."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[SeriesKey, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: SeriesKey) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class SeriesMetadata:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._parsed: OrderedDict[SeriesKey, SeriesDocument] = OrderedDict()
+        self._parsed_guard = threading.Lock()
+        self._building = _KeyedLocks()
+
+    def document(self, key: SeriesKey) -> SeriesDocument | None:
+        """The current document of a series; None if the series is not in the index."""
+        version = self.runtime.index.series_version(key)
+        if version is None:
+            return None
+        found = self._current(key, version)
+        if found is not None:
+            return found
+        with self._building.hold(key):
+            found = self._current(key, version)
+            if found is not None:
+                return found
+            return self._build_locked(key)
+
+    def build(self, key: SeriesKey) -> SeriesDocument | None:
+        """Rebuild the document for the current version, reusing unchanged instances' entries."""
+        with self._building.hold(key):
+            return self._build_locked(key)
+
+    def _current(self, key: SeriesKey, version: int) -> SeriesDocument | None:
+        """The document built for exactly `version`, from memory, the shared cache or storage."""
+        with self._parsed_guard:
+            doc = self._parsed.get(key)
+            if doc is not None and doc.version == version:
+                self._parsed.move_to_end(key)
+                return doc
+        raw = self.runtime.cache.get(cache_key(key, version))
+        stored = _parse(raw, cache_key(key, version)) if raw is not None else self._stored(key)
+        if stored is None or stored.version != version:
+            return None
+        self._remember(key, stored)
+        return stored
+
+    def _stored(self, key: SeriesKey) -> SeriesDocument | None:
+        raw = self.runtime.storage.read_document(document_key(key))
+        return _parse(raw, document_key(key)) if raw is not None else None
+
+    def _previous(self, key: SeriesKey) -> SeriesDocument | None:
+        with self._parsed_guard:
+            doc = self._parsed.get(key)
+        return doc if doc is not None else self._stored(key)
+
+    def _build_locked(self, key: SeriesKey) -> SeriesDocument | None:
+        index = self.runtime.index
+        version = index.series_version(key)
+        if version is None:
+            self._forget(key)
+            return None
+        previous = self._previous(key)
+        reusable = previous.instances if previous is not None else {}
+        instances: dict[str, InstanceEntry] = {}
+        rebuilt = 0
+        for location in index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid):
+            entry = reusable.get(location.sop_instance_uid)
+            if entry is None or entry.sha256 != location.sha256 or entry.file_path != location.file_path:
+                entry = self._entry(key, location)
+                rebuilt += 1
+            if entry is not None:
+                instances[location.sop_instance_uid] = entry
+        doc = SeriesDocument(
+            tenant_id=key.tenant_id,
+            study_instance_uid=key.study_instance_uid,
+            series_instance_uid=key.series_instance_uid,
+            version=version,
+            instances=instances,
+        )
+        raw = doc.to_bytes()
+        self.runtime.storage.write_document(document_key(key), raw)
+        self.runtime.cache.set(cache_key(key, version), raw)
+        index.mark_built(key, version)
+        self._remember(key, doc)
+        log.debug("built %s v%d: %d instances, %d read", document_key(key), version, len(instances), rebuilt)
+        return doc
+
+    def _entry(self, key: SeriesKey, location: InstanceLocation) -> InstanceEntry | None:
+        """Index one instance's file; None if it is gone (deleted or moved since the index said so)."""
+        path = self.runtime.storage.path(location.file_path)
+        try:
+            return index_instance(
+                path,
+                file_path=location.file_path,
+                file_size=location.file_size,
+                sha256=location.sha256,
+                study_uid=key.study_instance_uid,
+                series_uid=key.series_instance_uid,
+                threshold=self.runtime.settings.storage.bulkdata_threshold,
+            )
+        except FileNotFoundError:
+            log.warning("%s is indexed but its file is gone; left out of the document", location.file_path)
+            return None
+
+    def _remember(self, key: SeriesKey, doc: SeriesDocument) -> None:
+        with self._parsed_guard:
+            self._parsed[key] = doc
+            self._parsed.move_to_end(key)
+            while len(self._parsed) > LRU_SERIES:
+                self._parsed.popitem(last=False)
+
+    def _forget(self, key: SeriesKey) -> None:
+        with self._parsed_guard:
+            self._parsed.pop(key, None)
+        self.runtime.storage.delete_document(document_key(key))

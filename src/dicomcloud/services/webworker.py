@@ -1,0 +1,71 @@
+"""wado-webworker: keeps series metadata documents in step with the index.
+
+Each round builds every stale series; a series whose build fails is logged and left out of the
+following rounds for a growing pause (so one broken series neither spins the loop nor starves the
+others), then tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from dicomcloud.ports.index import SeriesKey
+from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+MAX_BACKOFF = 300.0
+
+
+class Webworker:
+    def __init__(self, runtime: Runtime, metadata: SeriesMetadata) -> None:
+        self.runtime = runtime
+        self.metadata = metadata
+        # Series -> (failures so far, monotonic time before which it is not retried).
+        self._failed: dict[SeriesKey, tuple[int, float]] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        interval = self.runtime.settings.workers.webworker_interval
+        while not stop.is_set():
+            try:
+                busy = self.run_once(stop)
+            except Exception:
+                # The index itself failed; a service loop outlives that and tries again.
+                log.exception("listing stale series failed")
+                busy = False
+            if not busy:
+                stop.wait(interval)
+
+    def run_once(self, stop: threading.Event | None = None) -> bool:
+        """Build the stale series due now; True if at least one was built (there may be more)."""
+        interval = self.runtime.settings.workers.webworker_interval
+        now = time.monotonic()
+        built = 0
+        limit = BATCH + len(self._failed)
+        stale_list = self.runtime.index.stale_series(limit)
+        if len(stale_list) < limit:
+            # A complete list: series no longer stale (deleted, or built elsewhere) need no memory.
+            current = {stale.key for stale in stale_list}
+            self._failed = {key: value for key, value in self._failed.items() if key in current}
+        for stale in stale_list:
+            if stop is not None and stop.is_set():
+                break
+            failures, retry_at = self._failed.get(stale.key, (0, 0.0))
+            if retry_at > now:
+                continue
+            try:
+                self.metadata.build(stale.key)
+            except Exception:
+                # One series' failure (unreadable file, storage error) must not stop the others.
+                failures += 1
+                pause = min(MAX_BACKOFF, interval * 2**failures)
+                self._failed[stale.key] = (failures, time.monotonic() + pause)
+                log.exception("building the metadata of %s failed (%d); retry in %.1fs", stale.key, failures, pause)
+                continue
+            self._failed.pop(stale.key, None)
+            built += 1
+        return built > 0

@@ -1,0 +1,179 @@
+"""Series metadata documents: built when stale, incrementally, and served without rebuilding."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicomcloud.config import load_settings
+from dicomcloud.errors import StorageFailure
+from dicomcloud.events import STORAGE_QUEUE
+from dicomcloud.ports.index import SeriesKey
+from dicomcloud.services import metadata as metadata_module
+from dicomcloud.services.consumer import GROUP, IndexConsumer
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.metadata import SeriesMetadata, document_key
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.webworker import Webworker
+
+STUDY, SERIES, OTHER_SERIES = "1.2.826.0.3.1", "1.2.826.0.3.1.1", "1.2.826.0.3.1.2"
+KEY = SeriesKey("default", STUDY, SERIES)
+
+
+def write_ct(path: Path, sop: str, series: str = SERIES, pixel: int = 0) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, series, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    settings = load_settings(
+        overrides={"storage": {"data_dir": str(tmp_path / "data")}, "workers": {"webworker_interval": 0.01}},
+        environ={},
+    )
+    rt = Runtime.from_settings(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def add(runtime: Runtime, tmp_path: Path) -> Callable[..., None]:
+    """Store an instance and index it, as C-STORE plus wado-consumer would."""
+
+    def add_instance(sop: str, series: str = SERIES, pixel: int = 0) -> None:
+        handle, temp = runtime.storage.new_temp()
+        with handle:
+            handle.write(write_ct(tmp_path / "in.dcm", sop, series, pixel).read_bytes())
+        Ingest(runtime).store(temp, tenant_id="default", source="import")
+        consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+        try:
+            records = consumer.poll(100, 0.2)
+            IndexConsumer(runtime).process(records)
+            consumer.commit(records)
+        finally:
+            consumer.close()
+
+    return add_instance
+
+
+@pytest.fixture
+def indexed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The instance files each build had to open."""
+    opened: list[str] = []
+    real = metadata_module.index_instance
+
+    def counting(path: Path, **options: Any) -> Any:
+        opened.append(options["file_path"])
+        return real(path, **options)
+
+    monkeypatch.setattr(metadata_module, "index_instance", counting)
+    return opened
+
+
+def test_the_webworker_builds_every_stale_series_document(runtime: Runtime, add: Callable[..., None]) -> None:
+    add("1.2.826.0.3.1.1.1")
+    add("1.2.826.0.3.1.2.1", series=OTHER_SERIES)
+    assert Webworker(runtime, SeriesMetadata(runtime)).run_once() is True
+    assert runtime.index.stale_series(10) == []
+    for series in (SERIES, OTHER_SERIES):
+        stored = runtime.storage.read_document(document_key(SeriesKey("default", STUDY, series)))
+        assert stored is not None
+
+
+def test_a_build_reads_only_new_or_changed_instances(
+    runtime: Runtime, add: Callable[..., None], indexed_files: list[str]
+) -> None:
+    metadata = SeriesMetadata(runtime)
+    add("1.2.826.0.3.1.1.1")
+    add("1.2.826.0.3.1.1.2")
+    metadata.build(KEY)
+    assert len(indexed_files) == 2
+    add("1.2.826.0.3.1.1.3")
+    add("1.2.826.0.3.1.1.1", pixel=9)
+    doc = SeriesMetadata(runtime).build(KEY)
+    assert doc is not None
+    assert sorted(indexed_files[2:]) == sorted(
+        f"default/{STUDY}/{SERIES}/{sop}.dcm" for sop in ("1.2.826.0.3.1.1.1", "1.2.826.0.3.1.1.3")
+    )
+    assert sorted(doc.instances) == ["1.2.826.0.3.1.1.1", "1.2.826.0.3.1.1.2", "1.2.826.0.3.1.1.3"]
+    assert doc.version == runtime.index.series_version(KEY)
+
+
+def test_an_instance_that_left_the_series_leaves_its_document(runtime: Runtime, add: Callable[..., None]) -> None:
+    metadata = SeriesMetadata(runtime)
+    add("1.2.826.0.3.1.1.1")
+    add("1.2.826.0.3.1.1.2")
+    metadata.build(KEY)
+    add("1.2.826.0.3.1.1.2", series=OTHER_SERIES)
+    doc = metadata.document(KEY)
+    assert doc is not None and sorted(doc.instances) == ["1.2.826.0.3.1.1.1"]
+
+
+def test_document_serves_the_current_version_without_rebuilding(
+    runtime: Runtime, add: Callable[..., None], indexed_files: list[str]
+) -> None:
+    add("1.2.826.0.3.1.1.1")
+    Webworker(runtime, SeriesMetadata(runtime)).run_once()
+    opened = len(indexed_files)
+    for metadata in (SeriesMetadata(runtime), SeriesMetadata(runtime)):
+        doc = metadata.document(KEY)
+        assert doc is not None and doc.version == runtime.index.series_version(KEY)
+        assert metadata.document(KEY) is doc
+    assert len(indexed_files) == opened
+
+
+def test_document_builds_a_stale_series_on_demand(runtime: Runtime, add: Callable[..., None]) -> None:
+    add("1.2.826.0.3.1.1.1")
+    doc = SeriesMetadata(runtime).document(KEY)
+    assert doc is not None and list(doc.instances) == ["1.2.826.0.3.1.1.1"]
+    assert runtime.index.stale_series(10) == []
+
+
+def test_document_of_an_unknown_series_is_none(runtime: Runtime) -> None:
+    assert SeriesMetadata(runtime).document(SeriesKey("default", "1.2.3", "4.5")) is None
+
+
+def test_concurrent_requests_for_a_stale_series_build_it_once(
+    runtime: Runtime, add: Callable[..., None], indexed_files: list[str]
+) -> None:
+    add("1.2.826.0.3.1.1.1")
+    metadata = SeriesMetadata(runtime)
+    docs: list[object] = []
+    threads = [threading.Thread(target=lambda: docs.append(metadata.document(KEY))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(indexed_files) == 1
+    assert all(doc is docs[0] for doc in docs)
+
+
+def test_a_failing_series_is_logged_and_not_retried_in_the_same_breath(
+    runtime: Runtime, add: Callable[..., None], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    add("1.2.826.0.3.1.1.1")
+    metadata = SeriesMetadata(runtime)
+    attempts: list[SeriesKey] = []
+
+    def broken(key: SeriesKey) -> None:
+        attempts.append(key)
+        raise StorageFailure("disk full")
+
+    monkeypatch.setattr(metadata, "build", broken)
+    worker = Webworker(runtime, metadata)
+    assert worker.run_once() is False
+    assert worker.run_once() is False
+    assert attempts == [KEY]
+    assert "disk full" in caplog.text
+    monkeypatch.undo()
+    assert runtime.index.stale_series(10) != []
