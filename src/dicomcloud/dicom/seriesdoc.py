@@ -232,8 +232,6 @@ def _with_base(body: bytes, base_url: str) -> bytes:
 
 @dataclass(frozen=True)
 class _PixelElement:
-    tag: int
-    vr: str | None
     value_offset: int | None  # None when the file offset means nothing (deflated)
     length: int
 
@@ -282,16 +280,14 @@ def _read_header(f: BinaryIO) -> tuple[Dataset, _PixelElement | None]:
     if tag not in PIXEL_DATA_TAGS:
         return header, None
     vr_bytes = head[4:6]
-    vr: str | None = None
     if not implicit and vr_bytes.isalpha() and vr_bytes.isupper():
-        vr = vr_bytes.decode("ascii")
         if vr_bytes in _LONG_LENGTH_VRS:
             header_length, length = 12, struct.unpack(endian + "L", head[8:12])[0]
         else:
             header_length, length = 8, struct.unpack(endian + "H", head[6:8])[0]
     else:
         header_length, length = 8, struct.unpack(endian + "L", head[4:8])[0]
-    return header, _PixelElement(tag=tag, vr=vr, value_offset=start + header_length, length=length)
+    return header, _PixelElement(value_offset=start + header_length, length=length)
 
 
 def _deflated_pixel_element(f: BinaryIO) -> _PixelElement | None:
@@ -303,7 +299,7 @@ def _deflated_pixel_element(f: BinaryIO) -> _PixelElement | None:
         return None
     element = ds[tag]
     length = _UNDEFINED_LENGTH if element.is_undefined_length else len(element.value)
-    return _PixelElement(tag=tag, vr=element.VR, value_offset=None, length=length)
+    return _PixelElement(value_offset=None, length=length)
 
 
 def _transfer_syntax(header: Dataset) -> str:
