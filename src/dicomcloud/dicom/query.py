@@ -1,18 +1,50 @@
-"""QIDO-RS / C-FIND matching: one parser and one set of rules for both (PS3.4 C.2.2.2, PS3.18 8.3.4)."""
+"""QIDO-RS / C-FIND matching: one parser and one set of rules for both (PS3.4 C.2.2.2, PS3.18 8.3.4).
+
+Decisions (also the conformance statement's matching section):
+
+- Matching keys not supported at the query's level (a DICOM attribute we do not index, or one of a
+  lower level, such as `Modality` on /studies) are not applied; they are listed in
+  `Query.unsupported` and the server answers with a `Warning: 299` header (`unsupported_warning`),
+  as PS3.18 allows. OHIF and dicomweb-client ignore the header, so their searches still succeed.
+  An empty value for such a key is a request to return it, not a condition, so it warns nothing.
+  Names that are neither a special parameter nor a DICOM keyword or tag are rejected (400).
+- Study keys are accepted at series and instance level, series keys at instance level, whatever
+  the scope of the URL (a relational superset of PS3.18 Table 10.6.1-5).
+- String matching is case-sensitive, as PS3.4 C.2.2.2.1 requires, except PN: person names match
+  case-insensitively, and trailing empty name components (`Doe^John^^`) are ignored.
+- fuzzymatching=true (PN only): a name also matches when every word of the query (split on `^`,
+  `=`, `,` and spaces, `*` dropped) is a prefix of some word of the name, in any order, so `john do`
+  finds `Doe^John`. It widens, never narrows, the literal match.
+- Multiple values (backslash, or comma as OHIF sends them) are list matching for UI (uid_list) and
+  CS (list, each item single or wildcard) attributes; other VRs reject them.
+- DA and TM ranges follow C.2.2.2.5; values must be in DICOM form (`YYYYMMDD`, `HH[MM[SS[.F]]]`).
+  A partial TM covers its whole span (`1015` is 10:15:00 to 10:15:59.999999), as a single value or a
+  range bound. Empty stored values never match a non-universal condition.
+- IS keys (SeriesNumber, InstanceNumber) match by integer value (`+7` and `007` match 7).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from dicomcloud.dicom.uids import validate_uid
+from dicomcloud.errors import InvalidInput
 
 Level = Literal["study", "series", "instance"]
-MatchKind = Literal["single", "wildcard", "range", "uid_list"]
+MatchKind = Literal["single", "wildcard", "range", "uid_list", "list"]
 
 
 @dataclass(frozen=True)
 class Condition:
     """One matching key. `value` is the string for single/wildcard, (low, high) for range
-    (either may be "" for an open end), a tuple of UIDs for uid_list."""
+    (either may be "" for an open end), a tuple of UIDs for uid_list, a tuple of single or
+    wildcard values for list."""
 
     keyword: str
     kind: MatchKind
@@ -31,3 +63,391 @@ class Query:
     limit: int | None = None
     offset: int = 0
     fuzzy: bool = False
+    # Matching keys given but not applied (not supported at this level): reported, never dropped silently.
+    unsupported: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyAttribute:
+    """A supported matching key: its VR and the level it belongs to (patient attributes are study's)."""
+
+    keyword: str
+    vr: str
+    level: Level
+
+
+LEVEL_DEPTH: dict[Level, int] = {"study": 0, "series": 1, "instance": 2}
+
+MATCHING_KEYS: dict[str, KeyAttribute] = {
+    attr.keyword: attr
+    for attr in (
+        KeyAttribute("PatientName", "PN", "study"),
+        KeyAttribute("PatientID", "LO", "study"),
+        KeyAttribute("PatientBirthDate", "DA", "study"),
+        KeyAttribute("PatientSex", "CS", "study"),
+        KeyAttribute("StudyInstanceUID", "UI", "study"),
+        KeyAttribute("StudyDate", "DA", "study"),
+        KeyAttribute("StudyTime", "TM", "study"),
+        KeyAttribute("AccessionNumber", "SH", "study"),
+        KeyAttribute("StudyID", "SH", "study"),
+        KeyAttribute("StudyDescription", "LO", "study"),
+        KeyAttribute("ReferringPhysicianName", "PN", "study"),
+        KeyAttribute("ModalitiesInStudy", "CS", "study"),
+        KeyAttribute("SeriesInstanceUID", "UI", "series"),
+        KeyAttribute("Modality", "CS", "series"),
+        KeyAttribute("SeriesNumber", "IS", "series"),
+        KeyAttribute("SeriesDescription", "LO", "series"),
+        KeyAttribute("BodyPartExamined", "CS", "series"),
+        KeyAttribute("PerformedProcedureStepStartDate", "DA", "series"),
+        KeyAttribute("PerformedProcedureStepStartTime", "TM", "series"),
+        KeyAttribute("InstitutionName", "LO", "series"),
+        KeyAttribute("StationName", "SH", "series"),
+        KeyAttribute("SOPInstanceUID", "UI", "instance"),
+        KeyAttribute("SOPClassUID", "UI", "instance"),
+        KeyAttribute("InstanceNumber", "IS", "instance"),
+    )
+}
+
+# Attributes returned by default (PS3.18 Tables 10.6.3-3 to -5, minus what the server adds itself:
+# RetrieveURL, InstanceAvailability, TimezoneOffsetFromUTC).
+QIDO_LEVEL_KEYWORDS: dict[Level, tuple[str, ...]] = {
+    "study": (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    "series": (
+        "Modality",
+        "SeriesDescription",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "NumberOfSeriesRelatedInstances",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+    ),
+    "instance": (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "NumberOfFrames",
+    ),
+}
+
+# Parameters of PS3.18 8.3.3.1 that choose the response's media type; the HTTP layer consumes them.
+NEGOTIATION_PARAMS = frozenset({"accept", "charset"})
+# Characters that separate the words of a person name for fuzzy matching (besides spaces).
+PN_WORD_SEPARATORS = "^=,"
+
+_WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+_DATE = re.compile(r"[0-9]{8}")
+_TIME = re.compile(r"([01][0-9]|2[0-3])(?:([0-5][0-9])(?:([0-5][0-9])(?:\.([0-9]{1,6}))?)?)?")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,12}")
+
+
+def parse_qido(
+    level: Level,
+    params: Mapping[str, Sequence[str]],
+    *,
+    study_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+) -> Query:
+    """Turn QIDO-RS query parameters into a Query, or raise InvalidInput naming the bad parameter.
+
+    A key given more than once (repeated, or as keyword and tag) is one key with multiple values.
+    """
+    study_uid, series_uid = _scope(level, study_instance_uid, series_instance_uid)
+    values_by_key: dict[str, list[str]] = {}
+    includefields: set[str] = set()
+    include_all = False
+    limit: int | None = None
+    offset = 0
+    fuzzy = False
+    for name, values in params.items():
+        special = name.lower()
+        if special == "includefield":
+            for item in (part.strip() for value in values for part in value.split(",")):
+                if item == "all":
+                    include_all = True
+                elif item:
+                    includefields.add(_attribute_path(item, "includefield"))
+        elif special == "limit":
+            limit = _integer_param(name, values, minimum=1)
+        elif special == "offset":
+            offset = _integer_param(name, values, minimum=0)
+        elif special == "fuzzymatching":
+            fuzzy = _boolean_param(name, values)
+        elif special not in NEGOTIATION_PARAMS:
+            values_by_key.setdefault(_attribute_path(name, "query parameter"), []).extend(values)
+
+    conditions: list[Condition] = []
+    unsupported: list[str] = []
+    for path, values in values_by_key.items():
+        includefields.add(path)
+        raw = "\\".join(value.strip() for value in values if value.strip())
+        attr = MATCHING_KEYS.get(path)
+        if attr is None or LEVEL_DEPTH[attr.level] > LEVEL_DEPTH[level]:
+            if raw:
+                unsupported.append(path)
+            continue
+        condition = parse_condition(attr, raw)
+        if condition is not None:
+            conditions.append(condition)
+    return Query(
+        level=level,
+        conditions=tuple(conditions),
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        includefields=frozenset(includefields),
+        include_all=include_all,
+        limit=limit,
+        offset=offset,
+        fuzzy=fuzzy,
+        unsupported=tuple(sorted(unsupported)),
+    )
+
+
+def parse_condition(attr: KeyAttribute, raw: str) -> Condition | None:
+    """The condition for one key's value; None for universal matching (empty or `*`)."""
+    raw = raw.strip()
+    if raw in ("", "*"):
+        return None
+    keyword = attr.keyword
+    if "\\" in raw and attr.vr not in ("UI", "CS"):
+        raise InvalidInput(f"{keyword}: multiple values are not supported for VR {attr.vr}")
+    if attr.vr == "UI":
+        uids = tuple(dict.fromkeys(validate_uid(part, keyword) for part in re.split(r"[\\,]", raw) if part))
+        if not uids:
+            raise InvalidInput(f"{keyword}: no UID in {raw[:80]!r}")
+        return Condition(keyword, "single", uids[0]) if len(uids) == 1 else Condition(keyword, "uid_list", uids)
+    if attr.vr in ("DA", "TM"):
+        check = _check_date if attr.vr == "DA" else _check_time
+        if "-" not in raw:
+            check(keyword, raw)
+            return Condition(keyword, "single", raw)
+        low, high = (part.strip() for part in raw.split("-", 1))
+        if not low and not high:
+            raise InvalidInput(f"{keyword}: a range needs at least one end, got {raw!r}")
+        for end in (low, high):
+            if end:
+                check(keyword, end)
+        if low and high and _bound(attr.vr, low, upper=False) > _bound(attr.vr, high, upper=True):
+            raise InvalidInput(f"{keyword}: range {raw!r} ends before it starts")
+        return Condition(keyword, "range", (low, high))
+    if attr.vr == "IS":
+        if not _INTEGER.fullmatch(raw):
+            raise InvalidInput(f"{keyword} must be an integer, got {raw[:80]!r}")
+        return Condition(keyword, "single", str(int(raw)))
+    if attr.vr == "CS" and re.search(r"[\\,]", raw):
+        items = tuple(dict.fromkeys(part.strip() for part in re.split(r"[\\,]", raw) if part.strip()))
+        return Condition(keyword, "list", items) if len(items) > 1 else _string_condition(keyword, items[0])
+    return _string_condition(keyword, raw)
+
+
+def _string_condition(keyword: str, value: str) -> Condition:
+    return Condition(keyword, "wildcard" if is_wildcard(value) else "single", value)
+
+
+def is_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _scope(level: Level, study_uid: str | None, series_uid: str | None) -> tuple[str | None, str | None]:
+    if study_uid is not None and level == "study":
+        raise InvalidInput("a study search cannot be scoped to a study")
+    if series_uid is not None and (level != "instance" or study_uid is None):
+        raise InvalidInput("only an instance search within a study can be scoped to a series")
+    return (
+        validate_uid(study_uid, "StudyInstanceUID") if study_uid is not None else None,
+        validate_uid(series_uid, "SeriesInstanceUID") if series_uid is not None else None,
+    )
+
+
+def _attribute_path(name: str, what: str) -> str:
+    """A keyword, tag or dotted sequence path (`RequestAttributesSequence.RequestedProcedureID`) as keywords."""
+    parts = [_keyword(part, name, what) for part in name.split(".")]
+    for part in parts[:-1]:
+        if dictionary_VR(part) != "SQ":
+            raise InvalidInput(f"{what} {name!r}: {part} is not a sequence")
+    return ".".join(parts)
+
+
+def _keyword(part: str, name: str, what: str) -> str:
+    if _TAG.fullmatch(part):
+        keyword = str(keyword_for_tag(int(part, 16)))
+        if not keyword:
+            raise InvalidInput(f"{what} {name!r}: tag {part} is not in the DICOM dictionary")
+        return keyword
+    if tag_for_keyword(part) is None:
+        raise InvalidInput(f"unknown {what} {name!r}: not a DICOM keyword or tag")
+    return part
+
+
+def _single_param(name: str, values: Sequence[str]) -> str:
+    if len(values) != 1:
+        raise InvalidInput(f"{name} must be given once, got {len(values)} values")
+    return values[0].strip()
+
+
+def _integer_param(name: str, values: Sequence[str], minimum: int) -> int:
+    value = _single_param(name, values)
+    if not value.isascii() or not value.isdigit() or int(value) < minimum:
+        raise InvalidInput(f"{name} must be an integer of at least {minimum}, got {value[:80]!r}")
+    return int(value)
+
+
+def _boolean_param(name: str, values: Sequence[str]) -> bool:
+    value = _single_param(name, values).lower()
+    if value not in ("true", "false"):
+        raise InvalidInput(f"{name} must be true or false, got {value[:80]!r}")
+    return value == "true"
+
+
+def _check_date(keyword: str, value: str) -> None:
+    try:
+        if not _DATE.fullmatch(value):
+            raise ValueError(value)
+        datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        raise InvalidInput(f"{keyword} must be a DICOM date YYYYMMDD, got {value[:80]!r}") from None
+
+
+def _check_time(keyword: str, value: str) -> None:
+    if not _TIME.fullmatch(value):
+        raise InvalidInput(f"{keyword} must be a DICOM time HH[MM[SS[.FFFFFF]]], got {value[:80]!r}")
+
+
+def time_key(value: str, *, upper: bool = False) -> str:
+    """A TM value as a comparable `HHMMSS.FFFFFF`, missing parts filled to the start (or end) of
+    the span it names; "" if it is not a time. Stored values may use the old `HH:MM:SS` form."""
+    match = _TIME.fullmatch(value.strip().replace(":", ""))
+    if match is None:
+        return ""
+    hours, minutes, seconds, fraction = match.groups()
+    fill = "9" if upper else "0"
+    return "{}{}{}.{}".format(
+        hours,
+        minutes or ("59" if upper else "00"),
+        seconds or ("59" if upper else "00"),
+        (fraction or "").ljust(6, fill),
+    )
+
+
+def _bound(vr: str, value: str, *, upper: bool) -> str:
+    return time_key(value, upper=upper) if vr == "TM" else value
+
+
+def range_bounds(condition: Condition) -> tuple[str, str]:
+    """(low, high) to compare stored values against, "" for an open end; TM bounds as `time_key`s.
+
+    Applies to range conditions and to single DA/TM values (a single TM covers its span).
+    """
+    vr = MATCHING_KEYS[condition.keyword].vr
+    if condition.kind == "range":
+        low, high = condition.value[0], condition.value[1]
+    else:
+        low = high = str(condition.value)
+    return (_bound(vr, low, upper=False) if low else "", _bound(vr, high, upper=True) if high else "")
+
+
+def normalize_pn(value: str) -> str:
+    """The form person names are compared in: lower case, without trailing empty components."""
+    return value.strip().rstrip("^= ").lower()
+
+
+def fuzzy_name_patterns(value: str) -> list[str]:
+    """Wildcard patterns, one per query word, each to match against `" " + pn_words(name)`."""
+    words = re.split(r"[\^=,\s]+", normalize_pn(value).replace("*", ""))
+    return [f"* {word}*" for word in words if word]
+
+
+def pn_words(normalized_name: str) -> str:
+    """A normalised name with its component separators turned into spaces (see fuzzy_name_patterns)."""
+    return normalized_name.translate({ord(c): " " for c in PN_WORD_SEPARATORS})
+
+
+def wildcard_match(pattern: str, value: str) -> bool:
+    """DICOM wildcard matching: `*` any run of characters, `?` exactly one, everything else literal."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
+def matches(query: Query, values: Mapping[str, Any]) -> bool:
+    """Whether an entity (keyword -> value, as `Index.search` returns them) matches the query.
+
+    Evaluates exactly what the index adapters evaluate in SQL; the contract tests hold them equal.
+    """
+    if query.study_instance_uid is not None and values.get("StudyInstanceUID") != query.study_instance_uid:
+        return False
+    if query.series_instance_uid is not None and values.get("SeriesInstanceUID") != query.series_instance_uid:
+        return False
+    return all(_condition_holds(c, values.get(c.keyword), query.fuzzy) for c in query.conditions)
+
+
+def _condition_holds(condition: Condition, value: Any, fuzzy: bool) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_condition_holds(condition, item, fuzzy) for item in value)
+    vr = MATCHING_KEYS[condition.keyword].vr
+    if vr == "IS":
+        return value is not None and str(value).strip() != "" and int(value) == int(str(condition.value))
+    text = "" if value is None else str(value)
+    if vr in ("DA", "TM"):
+        stored = time_key(text) if vr == "TM" else text
+        low, high = range_bounds(condition)
+        return stored != "" and (not low or stored >= low) and (not high or stored <= high)
+    if condition.kind == "uid_list":
+        return text in condition.value
+    patterns = condition.value if condition.kind == "list" else (str(condition.value),)
+    if vr == "PN":
+        name = normalize_pn(text)
+        if any(wildcard_match(normalize_pn(p), name) for p in patterns):
+            return True
+        words = " " + pn_words(name)
+        return fuzzy and all(wildcard_match(p, words) for p in fuzzy_name_patterns(str(condition.value)))
+    return any(wildcard_match(p, text) if is_wildcard(p) else p == text for p in patterns)
+
+
+def returned_keywords(query: Query) -> frozenset[str] | None:
+    """Attributes a QIDO response carries for this query (PS3.18 10.6.3.3); None means all available.
+
+    The UIDs of the enclosing levels are always returned, so each result can be retrieved.
+    """
+    if query.include_all:
+        return None
+    keywords = set(QIDO_LEVEL_KEYWORDS[query.level]) | query.includefields | {"StudyInstanceUID"}
+    if query.level == "series" and query.study_instance_uid is None:
+        keywords |= set(QIDO_LEVEL_KEYWORDS["study"])
+    if query.level == "instance":
+        keywords.add("SeriesInstanceUID")
+        if query.series_instance_uid is None:
+            keywords |= set(QIDO_LEVEL_KEYWORDS["series"])
+        if query.study_instance_uid is None:
+            keywords |= set(QIDO_LEVEL_KEYWORDS["study"])
+    return frozenset(keywords)
+
+
+def response_attributes(query: Query, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a search row a QIDO response returns."""
+    wanted = returned_keywords(query)
+    return {k: v for k, v in row.items() if wanted is None or k in wanted}
+
+
+def unsupported_warning(query: Query, agent: str = "dicomcloud") -> str | None:
+    """The `Warning` header value for keys that were not applied, or None if all were."""
+    if not query.unsupported:
+        return None
+    keys = ", ".join(query.unsupported)
+    return f'299 {agent} "The following matching keys are not supported and were ignored: {keys}"'

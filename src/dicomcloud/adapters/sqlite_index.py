@@ -1,0 +1,687 @@
+"""The embedded index: patient, study, series and a slim instance registry in one SQLite file.
+
+Safe for the threads of one process (a connection per thread) and for several processes on the
+same file (WAL, busy timeout, writes in `BEGIN IMMEDIATE` transactions). Counts and
+ModalitiesInStudy are recomputed with COUNT inside the writing transaction, never incremented, so a
+replayed event cannot make them drift. Metadata versions come from one counter for the whole file,
+so a series deleted and received again never reuses a version its old document was built for.
+
+Patient attributes are kept on the study row as that study carries them (the Study Root model), so
+studies without a Patient ID, or with a reused one, do not take each other's names; the patient
+table holds the latest non-blank values per Patient ID.
+
+Matching evaluates the rules of `dicomcloud.dicom.query` in SQL: person names through a lower-case
+column (`normalize_pn`), times through a `time_key` column, and case-sensitive wildcards with GLOB,
+whose `*` and `?` are DICOM's; only `[` needs escaping.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dicomcloud.dicom.query import (
+    MATCHING_KEYS,
+    PN_WORD_SEPARATORS,
+    Condition,
+    Query,
+    fuzzy_name_patterns,
+    is_wildcard,
+    normalize_pn,
+    range_bounds,
+    time_key,
+)
+from dicomcloud.errors import InvalidInput
+from dicomcloud.events import DicomImageMeta, DicomStateMeta
+from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS version_counter (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL)""",
+    "INSERT OR IGNORE INTO version_counter (id, value) VALUES (1, 0)",
+    """CREATE TABLE IF NOT EXISTS patient (
+        tenant_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        patient_name TEXT NOT NULL DEFAULT '',
+        patient_birth_date TEXT NOT NULL DEFAULT '',
+        patient_sex TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, patient_id)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS study (
+        tenant_id TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        patient_id TEXT NOT NULL DEFAULT '',
+        patient_name TEXT NOT NULL DEFAULT '',
+        patient_name_lc TEXT NOT NULL DEFAULT '',
+        patient_birth_date TEXT NOT NULL DEFAULT '',
+        patient_sex TEXT NOT NULL DEFAULT '',
+        study_date TEXT NOT NULL DEFAULT '',
+        study_time TEXT NOT NULL DEFAULT '',
+        study_time_key TEXT NOT NULL DEFAULT '',
+        accession_number TEXT NOT NULL DEFAULT '',
+        study_id TEXT NOT NULL DEFAULT '',
+        study_description TEXT NOT NULL DEFAULT '',
+        referring_physician_name TEXT NOT NULL DEFAULT '',
+        referring_physician_name_lc TEXT NOT NULL DEFAULT '',
+        modalities TEXT NOT NULL DEFAULT '',
+        num_series INTEGER NOT NULL DEFAULT 0,
+        num_instances INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, study_instance_uid)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS series (
+        tenant_id TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        modality TEXT NOT NULL DEFAULT '',
+        series_number INTEGER,
+        series_description TEXT NOT NULL DEFAULT '',
+        series_date TEXT NOT NULL DEFAULT '',
+        series_time TEXT NOT NULL DEFAULT '',
+        body_part_examined TEXT NOT NULL DEFAULT '',
+        performed_procedure_step_start_date TEXT NOT NULL DEFAULT '',
+        performed_procedure_step_start_time TEXT NOT NULL DEFAULT '',
+        performed_procedure_step_start_time_key TEXT NOT NULL DEFAULT '',
+        institution_name TEXT NOT NULL DEFAULT '',
+        station_name TEXT NOT NULL DEFAULT '',
+        num_instances INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL,
+        built_version INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, study_instance_uid, series_instance_uid)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS instance (
+        tenant_id TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        instance_number INTEGER,
+        transfer_syntax TEXT NOT NULL,
+        "rows" INTEGER,
+        "columns" INTEGER,
+        bits_allocated INTEGER,
+        number_of_frames INTEGER,
+        file_path TEXT NOT NULL,
+        file_size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, sop_instance_uid)) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS study_by_date
+        ON study (tenant_id, study_date, study_time_key, study_instance_uid)""",
+    "CREATE INDEX IF NOT EXISTS study_by_patient_id ON study (tenant_id, patient_id)",
+    "CREATE INDEX IF NOT EXISTS study_by_patient_name ON study (tenant_id, patient_name_lc)",
+    "CREATE INDEX IF NOT EXISTS study_by_accession ON study (tenant_id, accession_number)",
+    "CREATE INDEX IF NOT EXISTS series_by_uid ON series (tenant_id, series_instance_uid)",
+    "CREATE INDEX IF NOT EXISTS series_by_modality ON series (tenant_id, modality)",
+    "CREATE INDEX IF NOT EXISTS series_stale ON series (updated_at) WHERE version > built_version",
+    """CREATE INDEX IF NOT EXISTS instance_by_series
+        ON instance (tenant_id, study_instance_uid, series_instance_uid, instance_number)""",
+    "CREATE INDEX IF NOT EXISTS instance_by_sop_class ON instance (tenant_id, sop_class_uid)",
+)
+
+# Output columns per table: DICOM keyword -> SQL column.
+_STUDY_OUT = {
+    "PatientName": "patient_name",
+    "PatientID": "patient_id",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+    "StudyInstanceUID": "study_instance_uid",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "AccessionNumber": "accession_number",
+    "StudyID": "study_id",
+    "StudyDescription": "study_description",
+    "ReferringPhysicianName": "referring_physician_name",
+    "ModalitiesInStudy": "modalities",
+    "NumberOfStudyRelatedSeries": "num_series",
+    "NumberOfStudyRelatedInstances": "num_instances",
+}
+_SERIES_OUT = {
+    "SeriesInstanceUID": "series_instance_uid",
+    "Modality": "modality",
+    "SeriesNumber": "series_number",
+    "SeriesDescription": "series_description",
+    "SeriesDate": "series_date",
+    "SeriesTime": "series_time",
+    "BodyPartExamined": "body_part_examined",
+    "PerformedProcedureStepStartDate": "performed_procedure_step_start_date",
+    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time",
+    "InstitutionName": "institution_name",
+    "StationName": "station_name",
+    "NumberOfSeriesRelatedInstances": "num_instances",
+}
+_INSTANCE_OUT = {
+    "SOPInstanceUID": "sop_instance_uid",
+    "SOPClassUID": "sop_class_uid",
+    "InstanceNumber": "instance_number",
+    "Rows": '"rows"',
+    "Columns": '"columns"',
+    "BitsAllocated": "bits_allocated",
+    "NumberOfFrames": "number_of_frames",
+    "AvailableTransferSyntaxUID": "transfer_syntax",
+}
+# Columns matched instead of the output column: normalised person names and comparable times.
+_MATCH_COLUMN = {
+    "PatientName": "patient_name_lc",
+    "ReferringPhysicianName": "referring_physician_name_lc",
+    "StudyTime": "study_time_key",
+    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time_key",
+}
+
+_FROM = {
+    "study": "study st",
+    "series": """series se JOIN study st
+        ON st.tenant_id = se.tenant_id AND st.study_instance_uid = se.study_instance_uid""",
+    "instance": """instance i
+        JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
+            AND se.series_instance_uid = i.series_instance_uid
+        JOIN study st ON st.tenant_id = i.tenant_id AND st.study_instance_uid = i.study_instance_uid""",
+}
+_BASE_ALIAS = {"study": "st", "series": "se", "instance": "i"}
+_ORDER = {
+    "study": "st.study_date DESC, st.study_time_key DESC, st.study_instance_uid DESC",
+    "series": "se.series_number IS NULL, se.series_number, se.series_instance_uid",
+    "instance": "i.instance_number IS NULL, i.instance_number, i.sop_instance_uid",
+}
+_OUT_BY_LEVEL: dict[str, list[tuple[str, str]]] = {
+    "study": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()],
+    "series": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()] + [(k, f"se.{c}") for k, c in _SERIES_OUT.items()],
+    "instance": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()]
+    + [(k, f"se.{c}") for k, c in _SERIES_OUT.items()]
+    + [(k, f"i.{c}") for k, c in _INSTANCE_OUT.items()],
+}
+_ALIAS_BY_KEYWORD = {
+    **{k: "st" for k in _STUDY_OUT},
+    **{k: "se" for k in _SERIES_OUT},
+    **{k: "i" for k in _INSTANCE_OUT},
+}
+
+_LOCATION_COLUMNS = """i.tenant_id, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid,
+    i.sop_class_uid, i.transfer_syntax, i.instance_number, i.number_of_frames, i.file_path, i.file_size,
+    i.sha256"""
+
+
+class SqliteIndex:
+    """`dicomcloud.ports.index.Index` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        with self._transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if found is not None and found > SCHEMA_VERSION:
+                raise RuntimeError(f"{self._path} has index schema {found}, newer than this code's {SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            if found is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            with self._lock:
+                self._connections.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front so concurrent writers queue instead of deadlocking."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
+        here = (state.tenant_id, state.study_instance_uid, state.series_instance_uid)
+        if here != (image.tenant_id, image.study_instance_uid, image.series_instance_uid):
+            raise InvalidInput(f"instance {image.sop_instance_uid} and its state name different series")
+        tenant, study_uid, series_uid = here
+        with self._transaction() as conn:
+            old = conn.execute(
+                """SELECT study_instance_uid, series_instance_uid, file_path, sha256 FROM instance
+                   WHERE tenant_id = ? AND sop_instance_uid = ?""",
+                (tenant, image.sop_instance_uid),
+            ).fetchone()
+            if old == (study_uid, series_uid, image.file_path, image.sha256):
+                return UpsertOutcome.UNCHANGED
+            now = _now()
+            version = _next_version(conn)
+            previous_patient = conn.execute(
+                "SELECT patient_id FROM study WHERE tenant_id = ? AND study_instance_uid = ?", (tenant, study_uid)
+            ).fetchone()
+            _upsert_patient(conn, state, now)
+            _upsert_study(conn, state, now)
+            _upsert_series(conn, state, version, now)
+            _upsert_instance(conn, image, now)
+            if old is not None and (old[0], old[1]) != (study_uid, series_uid):
+                _refresh_series(conn, tenant, old[0], old[1], version, now)
+            _refresh_series(conn, tenant, study_uid, series_uid, version, now)
+            if previous_patient is not None:
+                _prune_patient(conn, tenant, previous_patient[0])
+        return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
+
+    def mark_built(self, key: SeriesKey, version: int) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                """UPDATE series SET built_version = ?
+                   WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?
+                     AND built_version < ?""",
+                (version, key.tenant_id, key.study_instance_uid, key.series_instance_uid, version),
+            )
+
+    def delete(
+        self,
+        tenant_id: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[InstanceLocation]:
+        """Series that keep instances get a new version: their documents list removed instances."""
+        where, params = _instance_scope(tenant_id, study_instance_uid, series_instance_uid, sop_instance_uid)
+        with self._transaction() as conn:
+            removed = [
+                _location(row)
+                for row in conn.execute(f"SELECT {_LOCATION_COLUMNS} FROM instance i WHERE {where}", params)
+            ]
+            if not removed:
+                return []
+            conn.execute(f"DELETE FROM instance AS i WHERE {where}", params)
+            now = _now()
+            version = _next_version(conn)
+            for study_uid, series_uid in sorted({(r.study_instance_uid, r.series_instance_uid) for r in removed}):
+                _refresh_series(conn, tenant_id, study_uid, series_uid, version, now)
+        return removed
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_instance(self, tenant_id: str, sop_instance_uid: str) -> InstanceLocation | None:
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT {_LOCATION_COLUMNS} FROM instance i WHERE i.tenant_id = ? AND i.sop_instance_uid = ?",
+                (tenant_id, sop_instance_uid),
+            )
+            .fetchone()
+        )
+        return _location(row) if row is not None else None
+
+    def list_instances(
+        self, tenant_id: str, study_instance_uid: str, series_instance_uid: str | None = None
+    ) -> list[InstanceLocation]:
+        where, params = _instance_scope(tenant_id, study_instance_uid, series_instance_uid, None)
+        rows = self._connection().execute(
+            f"""SELECT {_LOCATION_COLUMNS} FROM instance i
+                JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
+                    AND se.series_instance_uid = i.series_instance_uid
+                WHERE {where}
+                ORDER BY se.series_number IS NULL, se.series_number, i.series_instance_uid,
+                    i.instance_number IS NULL, i.instance_number, i.sop_instance_uid""",
+            params,
+        )
+        return [_location(row) for row in rows]
+
+    def search(self, tenant_id: str, query: Query) -> list[dict[str, Any]]:
+        where, params = _where(tenant_id, query)
+        outputs = _OUT_BY_LEVEL[query.level]
+        columns = ", ".join(expr for _, expr in outputs)
+        sql = f"SELECT {columns} FROM {_FROM[query.level]} WHERE {where} ORDER BY {_ORDER[query.level]}"
+        if query.limit is not None or query.offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if query.limit is None else query.limit, query.offset]
+        return [_result(outputs, row) for row in self._connection().execute(sql, params)]
+
+    def count(self, tenant_id: str, query: Query) -> int:
+        where, params = _where(tenant_id, query)
+        row = self._connection().execute(f"SELECT COUNT(*) FROM {_FROM[query.level]} WHERE {where}", params)
+        return int(row.fetchone()[0])
+
+    def stale_series(self, limit: int) -> list[StaleSeries]:
+        rows = self._connection().execute(
+            """SELECT tenant_id, study_instance_uid, series_instance_uid, version FROM series
+               WHERE version > built_version ORDER BY updated_at LIMIT ?""",
+            (limit,),
+        )
+        return [StaleSeries(SeriesKey(t, st, se), v) for t, st, se, v in rows]
+
+    def series_version(self, key: SeriesKey) -> int | None:
+        row = (
+            self._connection()
+            .execute(
+                """SELECT version FROM series
+                   WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?""",
+                (key.tenant_id, key.study_instance_uid, key.series_instance_uid),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row is not None else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _text(value: str) -> str:
+    return value.strip("\x00 ")
+
+
+def _next_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("UPDATE version_counter SET value = value + 1 RETURNING value").fetchone()[0])
+
+
+def _upsert(
+    conn: sqlite3.Connection, table: str, key: tuple[str, ...], values: dict[str, Any], derived: dict[str, str]
+) -> None:
+    """Insert a row or update it: a blank or NULL never replaces a value, and a derived column
+    (`derived`: column -> its source column) changes exactly when its source does."""
+    columns = list(values)
+    updates = []
+    for column in columns:
+        if column in key or column == "created_at":
+            continue
+        source = derived.get(column, column)
+        if column in ("updated_at", "version"):
+            updates.append(f"{column} = excluded.{column}")
+        else:
+            updates.append(
+                f"{column} = CASE WHEN excluded.{source} IS NULL OR excluded.{source} = '' "
+                f"THEN {table}.{column} ELSE excluded.{column} END"
+            )
+    conn.execute(
+        f"""INSERT INTO {table} ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})
+            ON CONFLICT ({", ".join(key)}) DO UPDATE SET {", ".join(updates)}""",
+        list(values.values()),
+    )
+
+
+def _upsert_patient(conn: sqlite3.Connection, state: DicomStateMeta, now: str) -> None:
+    values = {
+        "tenant_id": state.tenant_id,
+        "patient_id": _text(state.patient_id),
+        "patient_name": _text(state.patient_name),
+        "patient_birth_date": _text(state.patient_birth_date),
+        "patient_sex": _text(state.patient_sex),
+        "created_at": now,
+        "updated_at": now,
+    }
+    _upsert(conn, "patient", ("tenant_id", "patient_id"), values, {})
+
+
+def _upsert_study(conn: sqlite3.Connection, state: DicomStateMeta, now: str) -> None:
+    patient_name = _text(state.patient_name)
+    referring = _text(state.referring_physician_name)
+    values = {
+        "tenant_id": state.tenant_id,
+        "study_instance_uid": state.study_instance_uid,
+        "patient_id": _text(state.patient_id),
+        "patient_name": patient_name,
+        "patient_name_lc": normalize_pn(patient_name),
+        "patient_birth_date": _text(state.patient_birth_date),
+        "patient_sex": _text(state.patient_sex),
+        "study_date": _text(state.study_date),
+        "study_time": _text(state.study_time),
+        "study_time_key": time_key(state.study_time),
+        "accession_number": _text(state.accession_number),
+        "study_id": _text(state.study_id),
+        "study_description": _text(state.study_description),
+        "referring_physician_name": referring,
+        "referring_physician_name_lc": normalize_pn(referring),
+        "created_at": now,
+        "updated_at": now,
+    }
+    derived = {
+        "patient_name_lc": "patient_name",
+        "study_time_key": "study_time",
+        "referring_physician_name_lc": "referring_physician_name",
+    }
+    _upsert(conn, "study", ("tenant_id", "study_instance_uid"), values, derived)
+
+
+def _upsert_series(conn: sqlite3.Connection, state: DicomStateMeta, version: int, now: str) -> None:
+    values = {
+        "tenant_id": state.tenant_id,
+        "study_instance_uid": state.study_instance_uid,
+        "series_instance_uid": state.series_instance_uid,
+        "modality": _text(state.modality),
+        "series_number": state.series_number,
+        "series_description": _text(state.series_description),
+        "series_date": _text(state.series_date),
+        "series_time": _text(state.series_time),
+        "body_part_examined": _text(state.body_part_examined),
+        "performed_procedure_step_start_date": _text(state.performed_procedure_step_start_date),
+        "performed_procedure_step_start_time": _text(state.performed_procedure_step_start_time),
+        "performed_procedure_step_start_time_key": time_key(state.performed_procedure_step_start_time),
+        "institution_name": _text(state.institution_name),
+        "station_name": _text(state.station_name),
+        "version": version,
+        "created_at": now,
+        "updated_at": now,
+    }
+    derived = {"performed_procedure_step_start_time_key": "performed_procedure_step_start_time"}
+    _upsert(conn, "series", ("tenant_id", "study_instance_uid", "series_instance_uid"), values, derived)
+
+
+def _upsert_instance(conn: sqlite3.Connection, image: DicomImageMeta, now: str) -> None:
+    """A new object replaces every fact of the old one (its blanks included)."""
+    values = {
+        "tenant_id": image.tenant_id,
+        "sop_instance_uid": image.sop_instance_uid,
+        "study_instance_uid": image.study_instance_uid,
+        "series_instance_uid": image.series_instance_uid,
+        "sop_class_uid": image.sop_class_uid,
+        "instance_number": image.instance_number,
+        "transfer_syntax": image.transfer_syntax,
+        '"rows"': image.rows,
+        '"columns"': image.columns,
+        "bits_allocated": image.bits_allocated,
+        "number_of_frames": image.number_of_frames,
+        "file_path": image.file_path,
+        "file_size": image.file_size,
+        "sha256": image.sha256,
+        "created_at": now,
+        "updated_at": now,
+    }
+    updates = ", ".join(
+        f"{c} = excluded.{c}" for c in values if c not in ("tenant_id", "sop_instance_uid", "created_at")
+    )
+    conn.execute(
+        f"""INSERT INTO instance ({", ".join(values)}) VALUES ({", ".join("?" * len(values))})
+            ON CONFLICT (tenant_id, sop_instance_uid) DO UPDATE SET {updates}""",
+        list(values.values()),
+    )
+
+
+def _refresh_series(
+    conn: sqlite3.Connection, tenant: str, study_uid: str, series_uid: str, version: int, now: str
+) -> None:
+    """Recount a series and its study after their instances changed; remove whatever is left empty."""
+    count = conn.execute(
+        """SELECT COUNT(*) FROM instance
+           WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?""",
+        (tenant, study_uid, series_uid),
+    ).fetchone()[0]
+    if count:
+        conn.execute(
+            """UPDATE series SET num_instances = ?, version = MAX(version, ?), updated_at = ?
+               WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?""",
+            (count, version, now, tenant, study_uid, series_uid),
+        )
+    else:
+        conn.execute(
+            "DELETE FROM series WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?",
+            (tenant, study_uid, series_uid),
+        )
+    modalities = [
+        m
+        for (m,) in conn.execute(
+            """SELECT DISTINCT modality FROM series
+               WHERE tenant_id = ? AND study_instance_uid = ? AND modality <> '' ORDER BY modality""",
+            (tenant, study_uid),
+        )
+    ]
+    series_count = conn.execute(
+        "SELECT COUNT(*) FROM series WHERE tenant_id = ? AND study_instance_uid = ?", (tenant, study_uid)
+    ).fetchone()[0]
+    if series_count:
+        conn.execute(
+            """UPDATE study SET num_series = ?, modalities = ?, updated_at = ?,
+                 num_instances = (SELECT COUNT(*) FROM instance
+                                  WHERE tenant_id = study.tenant_id AND study_instance_uid = study.study_instance_uid)
+               WHERE tenant_id = ? AND study_instance_uid = ?""",
+            (series_count, "\\".join(modalities), now, tenant, study_uid),
+        )
+        return
+    patient = conn.execute(
+        "DELETE FROM study WHERE tenant_id = ? AND study_instance_uid = ? RETURNING patient_id", (tenant, study_uid)
+    ).fetchone()
+    if patient is not None:
+        _prune_patient(conn, tenant, patient[0])
+
+
+def _prune_patient(conn: sqlite3.Connection, tenant: str, patient_id: str) -> None:
+    conn.execute(
+        """DELETE FROM patient WHERE tenant_id = ? AND patient_id = ?
+           AND NOT EXISTS (SELECT 1 FROM study WHERE tenant_id = ? AND patient_id = ?)""",
+        (tenant, patient_id, tenant, patient_id),
+    )
+
+
+def _instance_scope(tenant: str, study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple[str, list[Any]]:
+    where = ["i.tenant_id = ?", "i.study_instance_uid = ?"]
+    params: list[Any] = [tenant, study_uid]
+    if series_uid is not None:
+        where.append("i.series_instance_uid = ?")
+        params.append(series_uid)
+    if sop_uid is not None:
+        where.append("i.sop_instance_uid = ?")
+        params.append(sop_uid)
+    return " AND ".join(where), params
+
+
+def _location(row: tuple[Any, ...]) -> InstanceLocation:
+    return InstanceLocation(*row)
+
+
+def _result(outputs: list[tuple[str, str]], row: tuple[Any, ...]) -> dict[str, Any]:
+    result = {keyword: value for (keyword, _), value in zip(outputs, row, strict=True)}
+    modalities = result["ModalitiesInStudy"]
+    result["ModalitiesInStudy"] = modalities.split("\\") if modalities else []
+    return result
+
+
+# -- matching in SQL ---------------------------------------------------------------------------
+
+
+def _where(tenant: str, query: Query) -> tuple[str, list[Any]]:
+    base = _BASE_ALIAS[query.level]
+    clauses = [f"{base}.tenant_id = ?"]
+    params: list[Any] = [tenant]
+    if query.study_instance_uid is not None:
+        clauses.append(f"{base}.study_instance_uid = ?")
+        params.append(query.study_instance_uid)
+    if query.series_instance_uid is not None:
+        clauses.append(f"{base}.series_instance_uid = ?")
+        params.append(query.series_instance_uid)
+    for condition in query.conditions:
+        sql, values = _condition(condition, query.fuzzy)
+        clauses.append(sql)
+        params.extend(values)
+    return " AND ".join(clauses), params
+
+
+def _condition(condition: Condition, fuzzy: bool) -> tuple[str, list[Any]]:
+    keyword = condition.keyword
+    if keyword == "ModalitiesInStudy":
+        inner, params = _string_match("m.modality", condition)
+        return (
+            f"""EXISTS (SELECT 1 FROM series m WHERE m.tenant_id = st.tenant_id
+                AND m.study_instance_uid = st.study_instance_uid AND {inner})""",
+            params,
+        )
+    vr = MATCHING_KEYS[keyword].vr
+    column = f"{_ALIAS_BY_KEYWORD[keyword]}.{_MATCH_COLUMN.get(keyword, _column_of(keyword))}"
+    if vr == "IS":
+        return f"{column} = ?", [int(str(condition.value))]
+    if vr in ("DA", "TM"):
+        low, high = range_bounds(condition)
+        clauses, params = [f"{column} <> ''"], []
+        if low:
+            clauses.append(f"{column} >= ?")
+            params.append(low)
+        if high:
+            clauses.append(f"{column} <= ?")
+            params.append(high)
+        return "(" + " AND ".join(clauses) + ")", params
+    if condition.kind == "uid_list":
+        return f"{column} IN ({', '.join('?' * len(condition.value))})", list(condition.value)
+    if vr != "PN":
+        return _string_match(column, condition)
+    literal_sql, literal_params = _string_match(column, condition, normalize_pn)
+    patterns = fuzzy_name_patterns(str(condition.value)) if fuzzy else []
+    if not patterns:
+        return literal_sql, literal_params
+    words = column
+    for separator in PN_WORD_SEPARATORS:
+        words = f"replace({words}, '{separator}', ' ')"
+    fuzzy_sql = " AND ".join(f"(' ' || {words}) GLOB ?" for _ in patterns)
+    return f"({literal_sql} OR ({fuzzy_sql}))", literal_params + [_glob(p) for p in patterns]
+
+
+def _string_match(
+    column: str, condition: Condition, normalize: Callable[[str], str] | None = None
+) -> tuple[str, list[Any]]:
+    """Single, wildcard or list matching of a string column (values normalised like the column)."""
+    values = condition.value if condition.kind == "list" else (str(condition.value),)
+    clauses, params = [], []
+    for value in values:
+        value = normalize(value) if normalize is not None else value
+        if is_wildcard(value):
+            clauses.append(f"{column} GLOB ?")
+            params.append(_glob(value))
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return "(" + " OR ".join(clauses) + ")", params
+
+
+def _glob(pattern: str) -> str:
+    return pattern.replace("[", "[[]")
+
+
+def _column_of(keyword: str) -> str:
+    for table in (_STUDY_OUT, _SERIES_OUT, _INSTANCE_OUT):
+        if keyword in table:
+            return table[keyword]
+    raise KeyError(keyword)
