@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dicomcloud.errors import InvalidInput
+from dicomcloud.errors import InvalidInput, NotAcceptable
 
 MULTIPART_RELATED = "multipart/related"
 
@@ -134,3 +134,13 @@ def format_media_type(media_type: str, **params: str) -> str:
         shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if needs_quotes else value
         out.append(f"{name}={shown}")
     return "; ".join(out)
+
+
+def json_media_type(accept: str | None) -> str:
+    """`application/dicom+json`, or `application/json` for a client that names only that; else 406."""
+    for media_range in parse_accept(accept):
+        if media_range.matches("application/dicom+json"):
+            return "application/dicom+json"
+        if media_range.media_type == "application/json":
+            return "application/json"
+    raise NotAcceptable(f"this resource is application/dicom+json; Accept was {accept!r}")

@@ -1,0 +1,83 @@
+"""The DICOMweb HTTP service (wado-server): one FastAPI app per process, stateless across requests.
+
+Every DICOMweb route exists twice, built from one router: under `<root>` (default: /dicom-web) for
+the default tenant and under `/<tenant><root>` for a named one, so `/openapi.json` lists both.
+Errors are turned into responses here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+
+from dicomcloud.errors import DicomCloudError
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server import delete, qido, stow, wado
+from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
+
+log = logging.getLogger(__name__)
+
+# Headers a browser viewer (OHIF) must be allowed to read on cross-origin responses.
+EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Content-Encoding", "Location", "Warning"]
+# Multipart, DICOM and pixel data gain little from gzip and cost CPU per byte; JSON gains a lot.
+NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "multipart/*", "application/dicom", "application/octet-stream")
+GZIP_MINIMUM_SIZE = 1024
+# A response sent before the request body was read must close the connection, or the unread
+# body would be taken as the next request.
+CLOSE_AFTER = frozenset({408, 413})
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0")
+    app.state.archive = Archive(runtime=runtime, ingest=Ingest(runtime), metadata=SeriesMetadata(runtime))
+
+    dicomweb = APIRouter()
+    for module in (qido, wado, stow, delete):
+        dicomweb.include_router(module.router)
+    root = runtime.settings.http.root_path
+    app.include_router(dicomweb, prefix=root, dependencies=[Depends(use_default_tenant)])
+    app.include_router(dicomweb, prefix="/{tenant}" + root, dependencies=[Depends(use_path_tenant)])
+
+    @app.get("/health", tags=["Service"], summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for handled in (DicomCloudError, HTTPException, RequestValidationError):
+        app.add_exception_handler(handled, _error_response)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=NOT_GZIPPED)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=runtime.settings.http.cors_origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED_HEADERS,
+    )
+    return app
+
+
+async def _error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The one place an error becomes a response: its status, `{"error": message}` and a log line."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, DicomCloudError):
+        status, message = exc.http_status, exc.message
+    elif isinstance(exc, HTTPException):
+        status, message = exc.status_code, str(exc.detail)
+        headers.update(exc.headers or {})
+    elif isinstance(exc, RequestValidationError):
+        status = 400
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    else:
+        raise exc
+    level = logging.ERROR if status >= 500 else logging.WARNING
+    log.log(level, "%s %s -> %d: %s", request.method, request.url.path, status, message)
+    if status in CLOSE_AFTER:
+        headers["Connection"] = "close"
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

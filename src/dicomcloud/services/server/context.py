@@ -1,0 +1,87 @@
+"""What a DICOMweb handler needs to know about its request: the services, the tenant, the base URL.
+
+The tenant comes from the URL form that matched (`/dicom-web/…` is the default tenant,
+`/<tenant>/dicom-web/…` names one); a router-level dependency records it before any handler runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from dicomcloud.dicom.uids import validate_tenant, validate_uid
+from dicomcloud.errors import InvalidUID
+from dicomcloud.ports.index import SeriesKey
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The long-lived services shared by every request of one app."""
+
+    runtime: Runtime
+    ingest: Ingest
+    metadata: SeriesMetadata
+
+
+@dataclass(frozen=True)
+class DicomWeb:
+    """One request's view: its archive, tenant, and the DICOMweb root URL (no trailing slash)."""
+
+    archive: Archive
+    tenant: str
+    base_url: str
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.archive.runtime
+
+    def series_key(self, study: str, series: str) -> SeriesKey:
+        return SeriesKey(self.tenant, study, series)
+
+    def study_url(self, study: str) -> str:
+        return f"{self.base_url}/studies/{study}"
+
+    def series_url(self, study: str, series: str) -> str:
+        return f"{self.study_url(study)}/series/{series}"
+
+    def instance_url(self, study: str, series: str, sop: str) -> str:
+        return f"{self.series_url(study, series)}/instances/{sop}"
+
+
+def path_uid(value: str, what: str = "UID") -> str:
+    """A UID from the URL path, taken exactly as sent.
+
+    Unlike `validate_uid`, no NUL or space padding is tolerated: a path is not a DICOM value.
+    """
+    uid = validate_uid(value, what)
+    if uid != value:
+        raise InvalidUID(f"invalid {what}: {value[:80]!r}")
+    return uid
+
+
+def use_default_tenant(request: Request) -> None:
+    settings = request.app.state.archive.runtime.settings
+    request.state.tenant = settings.tenant
+    request.state.prefix = settings.http.root_path
+
+
+def use_path_tenant(request: Request, tenant: str = Path(description="Tenant id")) -> None:
+    settings = request.app.state.archive.runtime.settings
+    request.state.tenant = validate_tenant(tenant)
+    request.state.prefix = f"/{tenant}{settings.http.root_path}"
+
+
+def dicomweb(request: Request) -> DicomWeb:
+    """The request's DicomWeb view; the tenant was set by the router's tenant dependency."""
+    archive: Archive = request.app.state.archive
+    public = archive.runtime.settings.http.public_url.rstrip("/")
+    origin = public or str(request.base_url).rstrip("/")
+    return DicomWeb(archive, request.state.tenant, origin + request.state.prefix)
+
+
+WebContext = Annotated[DicomWeb, Depends(dicomweb)]

@@ -1,0 +1,268 @@
+"""STOW-RS store (PS3.18 10.5): a streamed multipart body, each part spooled to a temp file.
+
+The body is read chunk by chunk; each application/dicom part goes to its own storage temp file
+as it arrives, so memory stays flat whatever the body's size. Parts are stored (Ingest: validate,
+make durable, publish) only once the closing delimiter has arrived: a body that is cut, stalls past
+`http.body_timeout`, grows past `http.max_stow_bytes` or is malformed stores nothing and leaves no
+temp file, so a client can simply send it again.
+
+Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; none stored -> 409,
+or 400 when every failure is a malformed object, 503 when every failure is the archive's own.
+A part whose media type is not application/dicom fails like an unreadable object (0xC000);
+JSON+bulk data bodies (`type="application/dicom+json"`) are refused with 415.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
+
+from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
+from dicomcloud.dicom.parse import read_header
+from dicomcloud.errors import DicomCloudError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from dicomcloud.events import StorageEvent
+from dicomcloud.ports.storage import Storage
+from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
+from dicomcloud.services.server.multipart import Event, MultipartParser, PartData, PartStart
+from dicomcloud.services.server.negotiation import parse_media_type
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+RETRIEVE_URL = "00081190"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+
+router = APIRouter(tags=["STOW-RS"])
+
+
+class RequestTimeout(InvalidInput):
+    """The request body stalled longer than `http.body_timeout`."""
+
+    http_status = 408
+
+
+@router.post("/studies", summary="Store instances")
+async def store_instances(request: Request, web: WebContext) -> Response:
+    return await store(web, request, None)
+
+
+@router.post("/studies/{study}", summary="Store instances of one study")
+async def store_study_instances(request: Request, web: WebContext, study: str) -> Response:
+    return await store(web, request, path_uid(study, "StudyInstanceUID"))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A part that was not stored, with the UIDs when its header could be read."""
+
+    error: DicomCloudError
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+async def store(web: DicomWeb, request: Request, study: str | None) -> Response:
+    boundary = _boundary(request.headers.get("content-type"))
+    settings = web.runtime.settings.http
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_stow_bytes:
+        raise PayloadTooLarge(f"the body declares {declared} bytes; the limit is {settings.max_stow_bytes}")
+    spool = _Spool(web.runtime.storage)
+    try:
+        await _receive(request, MultipartParser(boundary), spool, settings.max_stow_bytes, settings.body_timeout)
+    except BaseException:
+        await to_thread.run_sync(spool.discard)
+        raise
+    if not spool.parts:
+        raise InvalidInput("the request holds no parts")
+    stored: list[StorageEvent] = []
+    failed: list[Failure] = []
+    try:
+        for part in spool.parts:
+            outcome = await to_thread.run_sync(_store_part, web, part, study)
+            if isinstance(outcome, Failure):
+                failed.append(outcome)
+            else:
+                stored.append(outcome)
+    finally:
+        await to_thread.run_sync(spool.discard)
+    for failure in failed:
+        log.warning(
+            "STOW %s: instance %s not stored (0x%04X): %s",
+            web.tenant,
+            failure.sop_instance_uid or "?",
+            failure.error.failure_reason,
+            failure.error.message,
+        )
+    log.info("STOW %s: %d stored, %d failed", web.tenant, len(stored), len(failed))
+    body = dumps(_response_dataset(web, study, stored, failed))
+    return Response(body, status_code=_status(stored, failed), media_type="application/dicom+json")
+
+
+def _boundary(content_type: str | None) -> str:
+    if not content_type:
+        raise UnsupportedMediaType('STOW-RS needs Content-Type: multipart/related; type="application/dicom"')
+    try:
+        media = parse_media_type(content_type)
+    except InvalidInput as exc:
+        raise UnsupportedMediaType(exc.message) from exc
+    if not media.is_multipart_related:
+        raise UnsupportedMediaType(f'STOW-RS takes multipart/related; type="application/dicom", not {media.media_type}')
+    part_type = media.params.get("type")
+    if part_type is not None and parse_media_type(part_type).media_type != DICOM:
+        raise UnsupportedMediaType(f"STOW-RS parts of type {part_type} are not supported; send application/dicom")
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise InvalidInput("multipart/related Content-Type without a boundary")
+    return boundary
+
+
+async def _receive(request: Request, parser: MultipartParser, spool: _Spool, limit: int, timeout: float) -> None:
+    """Feed the body to the parser and the spool, chunk by chunk, until the closing delimiter."""
+    received = 0
+    try:
+        async with aclosing(_chunks(request, timeout)) as chunks:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+                events = parser.feed(chunk)
+                if events:
+                    await to_thread.run_sync(spool.apply, events)
+    except ClientDisconnect:
+        raise InvalidInput(f"the client disconnected after {received} bytes; nothing stored") from None
+    except TimeoutError:
+        log.warning("STOW body stalled for %.0f s after %d bytes; nothing stored", timeout, received)
+        raise RequestTimeout(f"the request body stalled for {timeout:.0f} s after {received} bytes") from None
+    try:
+        parser.finish()
+    except InvalidInput as exc:
+        log.warning("STOW body truncated after %d bytes: %s", received, exc.message)
+        raise InvalidInput(f"truncated request: {exc.message}") from exc
+
+
+async def _chunks(request: Request, timeout: float) -> AsyncGenerator[bytes, None]:
+    """The request body; TimeoutError when no data arrives for `timeout` seconds."""
+    async with aclosing(request.stream()) as stream:
+        while True:
+            with anyio.fail_after(timeout):
+                try:
+                    chunk = await anext(stream)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+
+
+class _Spool:
+    """Writes each part to its own temp file; runs in a worker thread (file writes block)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.parts: list[Path | Failure] = []
+        self._file: BinaryIO | None = None
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, PartStart):
+                self._start(event.headers.get("content-type"))
+            elif isinstance(event, PartData):
+                if self._file is not None:
+                    self._file.write(event.data)
+            elif self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _start(self, content_type: str | None) -> None:
+        """A part without Content-Type is taken as the multipart's declared type (RFC 2387)."""
+        media_type = DICOM
+        if content_type:
+            try:
+                media_type = parse_media_type(content_type).media_type
+            except InvalidInput:
+                media_type = content_type
+        if media_type != DICOM:
+            self.parts.append(Failure(InvalidInput(f"part of media type {media_type[:80]!r} is not application/dicom")))
+            return
+        self._file, path = self.storage.new_temp()
+        self.parts.append(path)
+
+    def discard(self) -> None:
+        """Remove every temp file not consumed by Ingest (all of them if the body failed)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for part in self.parts:
+            if isinstance(part, Path):
+                part.unlink(missing_ok=True)
+        self.parts.clear()
+
+
+def _store_part(web: DicomWeb, part: Path | Failure, study: str | None) -> StorageEvent | Failure:
+    """Ingest one spooled part; the header is read first so a refusal can name the instance."""
+    if isinstance(part, Failure):
+        return part
+    try:
+        header = read_header(part)
+    except DicomCloudError as exc:
+        part.unlink(missing_ok=True)
+        return Failure(exc)
+    try:
+        return web.archive.ingest.store(part, tenant_id=web.tenant, source="stow", expected_study_uid=study)
+    except DicomCloudError as exc:
+        return Failure(exc, header.sop_class_uid, header.sop_instance_uid)
+
+
+def _status(stored: list[StorageEvent], failed: list[Failure]) -> int:
+    if not failed:
+        return 200
+    if stored:
+        return 202
+    statuses = {failure.error.http_status for failure in failed}
+    if statuses == {400} or statuses == {503}:
+        return statuses.pop()
+    return 409
+
+
+def _response_dataset(
+    web: DicomWeb, study: str | None, stored: list[StorageEvent], failed: list[Failure]
+) -> dict[str, Any]:
+    """The Store Instances Response Module (PS3.18 Annex I) as DICOM JSON."""
+    dataset: dict[str, Any] = {}
+    studies = {event.study_instance_uid for event in stored}
+    if study is not None or len(studies) == 1:
+        dataset.update(keyword_values_to_json({"RetrieveURL": web.study_url(study or studies.pop())}))
+    if failed:
+        items = []
+        for failure in failed:
+            values: dict[str, Any] = {}
+            if failure.sop_class_uid:
+                values["ReferencedSOPClassUID"] = failure.sop_class_uid
+            if failure.sop_instance_uid:
+                values["ReferencedSOPInstanceUID"] = failure.sop_instance_uid
+            values["FailureReason"] = failure.error.failure_reason
+            items.append(keyword_values_to_json(values))
+        dataset[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": items}
+    if stored:
+        items = [
+            keyword_values_to_json(
+                {
+                    "ReferencedSOPClassUID": event.sop_class_uid,
+                    "ReferencedSOPInstanceUID": event.sop_instance_uid,
+                    "RetrieveURL": web.instance_url(
+                        event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid
+                    ),
+                }
+            )
+            for event in stored
+        ]
+        dataset[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": items}
+    return dict(sorted(dataset.items()))

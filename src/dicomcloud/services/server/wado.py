@@ -1,0 +1,338 @@
+"""WADO-RS retrieve (PS3.18 10.4): instances, metadata, frames and bulk data.
+
+Negotiation (PS3.18 8.7), in the client's order of preference:
+- Instances are served as stored. `multipart/related; type="application/dicom"` with no
+  transfer-syntax, `*`, or the stored one is acceptable, as are `*/*` and `multipart/*`; a bare
+  `application/dicom` is accepted for a single instance (one body, not multipart). Any other
+  transfer syntax is 406 until transcoding exists, unless every instance already has it.
+- Frames: `type="*/*"` (dicomweb-client's default) or octet-stream with `transfer-syntax=*` get
+  the frames as stored (compressed bitstreams under their own media type). Octet-stream with no
+  transfer syntax or Explicit VR Little Endian gets uncompressed little endian frames, decoded
+  when stored compressed. `image/jpeg` & co. get the stored bitstream when their media type and
+  transfer syntax (if named) fit the stored one; otherwise 406.
+- Metadata is DICOM JSON (gzip by the app's middleware); bulk data is one octet-stream part.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dicomcloud.dicom.codecs import decode_frame, frame_media_type, frame_transfer_syntax
+from dicomcloud.dicom.dicomjson import parse_tag_path
+from dicomcloud.dicom.seriesdoc import FrameIndex, index_frames, read_bulkdata, read_frames
+from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound
+from dicomcloud.ports.index import InstanceLocation
+from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
+from dicomcloud.services.server.multipart import Part, new_boundary, write_multipart
+from dicomcloud.services.server.negotiation import (
+    MULTIPART_RELATED,
+    MediaRange,
+    format_media_type,
+    json_media_type,
+    parse_accept,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+OCTET_STREAM = "application/octet-stream"
+DICOM = "application/dicom"
+MAX_FRAMES_PER_REQUEST = 100_000
+
+router = APIRouter(tags=["WADO-RS"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Instances
+
+
+@router.get("/studies/{study}", summary="Retrieve a study")
+def retrieve_study(request: Request, web: WebContext, study: str) -> Response:
+    locations = _locations(web, path_uid(study, "StudyInstanceUID"))
+    return _dicom_response(web, request, locations, single=False)
+
+
+@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+def retrieve_series(request: Request, web: WebContext, study: str, series: str) -> Response:
+    locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
+    return _dicom_response(web, request, locations, single=False)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance")
+def retrieve_instance(request: Request, web: WebContext, study: str, series: str, instance: str) -> Response:
+    location = _instance(web, study, series, instance)
+    return _dicom_response(web, request, [location], single=True)
+
+
+def _locations(web: DicomWeb, study: str, series: str | None = None) -> list[InstanceLocation]:
+    locations = web.runtime.index.list_instances(web.tenant, study, series)
+    if not locations:
+        raise NotFound(f"no {'series ' + series if series else 'study ' + study} in this archive")
+    return locations
+
+
+def _instance(web: DicomWeb, study: str, series: str, instance: str) -> InstanceLocation:
+    study = path_uid(study, "StudyInstanceUID")
+    series = path_uid(series, "SeriesInstanceUID")
+    sop = path_uid(instance, "SOPInstanceUID")
+    location = web.runtime.index.get_instance(web.tenant, sop)
+    if location is None or (location.study_instance_uid, location.series_instance_uid) != (study, series):
+        raise NotFound(f"no instance {sop} in series {series} of study {study}")
+    return location
+
+
+class _Packaging(enum.Enum):
+    MULTIPART = "multipart"
+    SINGLE = "single"
+
+
+def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> _Packaging:
+    def syntax_fits(transfer_syntax: str | None) -> bool:
+        return transfer_syntax in (None, "*") or stored == {transfer_syntax}
+
+    for media_range in ranges:
+        if media_range.media_type in ("*/*", "multipart/*"):
+            return _Packaging.MULTIPART
+        if media_range.is_multipart_related:
+            part = media_range.part_range()
+            if part.matches(DICOM) and syntax_fits(part.transfer_syntax):
+                return _Packaging.MULTIPART
+        elif single and media_range.matches(DICOM) and syntax_fits(media_range.transfer_syntax):
+            return _Packaging.SINGLE
+    raise NotAcceptable(
+        f"stored as {', '.join(sorted(stored))}; transcoding to another transfer syntax is not supported"
+    )
+
+
+def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
+    ranges = parse_accept(request.headers.get("accept"))
+    packaging = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
+    storage = web.runtime.storage
+    files = [(storage.path(loc.file_path), loc.transfer_syntax) for loc in locations]
+    present = [(path, syntax) for path, syntax in files if path.is_file()]
+    if len(present) < len(files):
+        log.error("%d of %d indexed files are missing on storage", len(files) - len(present), len(files))
+    if not present:
+        raise NotFound("the instance files are not on storage")
+    if packaging is _Packaging.SINGLE:
+        path, syntax = present[0]
+        media_type = format_media_type(DICOM, transfer_syntax=syntax)
+        return StreamingResponse(_file_chunks(path.open("rb")), media_type=media_type)
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart(_file_parts(present), boundary),
+        media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
+    )
+
+
+def _file_parts(files: list[tuple[Path, str]]) -> Iterator[Part]:
+    """One part per file, opened only when the stream reaches it."""
+    for path, syntax in files:
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            log.warning("%s vanished while its study was being sent; left out", path)
+            continue
+        headers = {
+            "Content-Type": format_media_type(DICOM, transfer_syntax=syntax),
+            "Content-Length": str(os.fstat(handle.fileno()).st_size),
+        }
+        yield headers, _file_chunks(handle)
+
+
+def _file_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+@router.get("/studies/{study}/metadata", summary="Retrieve study metadata")
+def study_metadata(request: Request, web: WebContext, study: str) -> Response:
+    media_type = json_media_type(request.headers.get("accept"))
+    study = path_uid(study, "StudyInstanceUID")
+    series_uids = dict.fromkeys(loc.series_instance_uid for loc in _locations(web, study))
+    bodies = []
+    for series in series_uids:
+        doc = web.archive.metadata.document(web.series_key(study, series))
+        if doc is not None and doc.instances:
+            bodies.append(doc.metadata_body(web.base_url).strip()[1:-1])
+    if not bodies:
+        raise NotFound(f"no study {study} in this archive")
+    return Response(b"[" + b",".join(bodies) + b"]", media_type=media_type)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
+def series_metadata(request: Request, web: WebContext, study: str, series: str) -> Response:
+    media_type = json_media_type(request.headers.get("accept"))
+    study = path_uid(study, "StudyInstanceUID")
+    series = path_uid(series, "SeriesInstanceUID")
+    doc = web.archive.metadata.document(web.series_key(study, series))
+    if doc is None or not doc.instances:
+        raise NotFound(f"no series {series} in study {study}")
+    return Response(doc.metadata_body(web.base_url), media_type=media_type)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
+def instance_metadata(request: Request, web: WebContext, study: str, series: str, instance: str) -> Response:
+    media_type = json_media_type(request.headers.get("accept"))
+    study = path_uid(study, "StudyInstanceUID")
+    series = path_uid(series, "SeriesInstanceUID")
+    sop = path_uid(instance, "SOPInstanceUID")
+    doc = web.archive.metadata.document(web.series_key(study, series))
+    if doc is None:
+        raise NotFound(f"no series {series} in study {study}")
+    return Response(doc.instance_metadata_body(sop, web.base_url), media_type=media_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+class _FrameForm(enum.Enum):
+    STORED = "stored"  # as read_frames gives them: compressed bitstreams, or native little endian
+    UNCOMPRESSED = "uncompressed"  # native little endian, decoded if stored compressed
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """`1,3,5` -> [1, 3, 5]; frame numbers are 1-based (PS3.18 10.4.1.1.5)."""
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not (item.isascii() and item.isdigit()) or int(item) < 1:
+            raise InvalidInput(f"invalid frame list {text[:80]!r}: frame numbers are integers from 1")
+        numbers.append(int(item))
+    if len(numbers) > MAX_FRAMES_PER_REQUEST:
+        raise InvalidInput(f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
+    return numbers
+
+
+def _frame_form(part: MediaRange, stored_syntax: str) -> _FrameForm | None:
+    """The form one acceptable part media range asks for, or None if it cannot be met."""
+    requested = part.transfer_syntax
+    stored_media = frame_media_type(stored_syntax)
+    served_syntax = frame_transfer_syntax(stored_syntax)
+    if part.media_type in ("*/*", "*"):
+        if requested in (None, "*", served_syntax):
+            return _FrameForm.STORED
+        return _FrameForm.UNCOMPRESSED if requested == EXPLICIT_VR_LITTLE_ENDIAN else None
+    if part.matches(OCTET_STREAM):
+        if requested == "*":
+            return _FrameForm.STORED
+        return _FrameForm.UNCOMPRESSED if requested in (None, EXPLICIT_VR_LITTLE_ENDIAN) else None
+    if stored_media != OCTET_STREAM and part.matches(stored_media) and requested in (None, "*", served_syntax):
+        return _FrameForm.STORED
+    return None
+
+
+def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> _FrameForm:
+    for media_range in ranges:
+        if media_range.is_multipart_related:
+            part = media_range.part_range()
+        elif media_range.media_type in ("*/*", "multipart/*"):
+            part = MediaRange("*/*")
+        else:
+            continue
+        form = _frame_form(part, stored_syntax)
+        if form is not None:
+            return form
+    raise NotAcceptable(f"frames are stored as {stored_syntax}; transcoding them is not supported")
+
+
+def _frame_index(web: DicomWeb, location: InstanceLocation, path: Path) -> FrameIndex:
+    """From the series document; indexed from the file itself if the document lacks the instance."""
+    key = web.series_key(location.study_instance_uid, location.series_instance_uid)
+    doc = web.archive.metadata.document(key)
+    entry = doc.instances.get(location.sop_instance_uid) if doc is not None else None
+    frame_index = entry.frame_index if entry is not None else index_frames(path)
+    if frame_index is None:
+        raise NotFound(f"instance {location.sop_instance_uid} has no pixel data")
+    return frame_index
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="Retrieve frames")
+def retrieve_frames(request: Request, web: WebContext, study: str, series: str, instance: str, frames: str) -> Response:
+    location = _instance(web, study, series, instance)
+    numbers = parse_frame_list(frames)
+    path = web.runtime.storage.path(location.file_path)
+    frame_index = _frame_index(web, location, path)
+    form = _select_frame_form(parse_accept(request.headers.get("accept")), frame_index.transfer_syntax)
+    stored_media = frame_media_type(frame_index.transfer_syntax)
+    decode = form is _FrameForm.UNCOMPRESSED and stored_media != OCTET_STREAM
+    if decode:
+        part_media, part_syntax = OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
+    else:
+        part_media, part_syntax = stored_media, frame_transfer_syntax(frame_index.transfer_syntax)
+    beyond = [n for n in numbers if n > frame_index.number_of_frames]
+    if beyond:
+        raise NotFound(f"frame {beyond[0]} is out of range 1-{frame_index.number_of_frames}")
+
+    def frame(number: int) -> bytes:
+        return decode_frame(path, number) if decode else read_frames(path, frame_index, [number])[0]
+
+    # The first frame is read before answering, so an unreadable or undecodable frame is a clean
+    # error status rather than a broken stream; the others are read as the client takes them.
+    first = frame(numbers[0])
+    part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
+
+    def parts() -> Iterator[Part]:
+        yield part_headers, [first]
+        for number in numbers[1:]:
+            yield part_headers, [frame(number)]
+
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart(parts(), boundary),
+        media_type=format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk data
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}", summary="Retrieve bulk data"
+)
+def retrieve_bulkdata(
+    request: Request, web: WebContext, study: str, series: str, instance: str, tag_path: str
+) -> Response:
+    location = _instance(web, study, series, instance)
+    parse_tag_path(tag_path)
+    _select_bulkdata(parse_accept(request.headers.get("accept")))
+    value = read_bulkdata(web.runtime.storage.path(location.file_path), tag_path)
+    url = web.instance_url(location.study_instance_uid, location.series_instance_uid, location.sop_instance_uid)
+    headers = {
+        "Content-Type": OCTET_STREAM,
+        "Content-Location": f"{url}/bulkdata/{tag_path}",
+        "Content-Length": str(len(value)),
+    }
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart([(headers, [value])], boundary),
+        media_type=format_media_type(MULTIPART_RELATED, type=OCTET_STREAM, boundary=boundary),
+    )
+
+
+def _select_bulkdata(ranges: list[MediaRange]) -> None:
+    """Bulk data is served as its stored little endian value: octet-stream, any transfer syntax."""
+    for media_range in ranges:
+        if media_range.media_type in ("*/*", "multipart/*"):
+            return
+        if media_range.is_multipart_related:
+            part = media_range.part_range()
+            if part.matches(OCTET_STREAM) and part.transfer_syntax in (None, "*", EXPLICIT_VR_LITTLE_ENDIAN):
+                return
+    raise NotAcceptable('bulk data is served as multipart/related; type="application/octet-stream"')
