@@ -58,7 +58,7 @@ _INDEX_TEXT: Final = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 def tag_path(steps: Iterable[tuple[int, int | None]]) -> str:
-    """"00540016/0/00181072" from [(0x00540016, 0), (0x00181072, None)]."""
+    """The path "00540016/0/00181072" from [(0x00540016, 0), (0x00181072, None)]."""
     parts: list[str] = []
     for tag, index in steps:
         parts.append(f"{tag:08X}")
@@ -259,9 +259,7 @@ def _deferred_vr(ds: Dataset, raw: RawDataElement) -> str:
     return str(vr)
 
 
-def dataset_to_json(
-    ds: Dataset, bulkdata_uri: BulkDataURIFor | None = None, threshold: int = 1024
-) -> dict[str, Any]:
+def dataset_to_json(ds: Dataset, bulkdata_uri: BulkDataURIFor | None = None, threshold: int = 1024) -> dict[str, Any]:
     """The DICOM JSON Model object of `ds` (file meta and group lengths left out)."""
     return _Encoder(bulkdata_uri, threshold).dataset(ds, ())
 

@@ -17,6 +17,8 @@ import struct
 import tempfile
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -87,10 +89,7 @@ class _Walker:
         """`length`, if the value that starts here fits before `end`."""
         at = self.fp.tell()
         if length > end - at:
-            raise InvalidInput(
-                f"truncated file: {what} at offset {at} has length {length}, "
-                f"only {end - at} bytes left"
-            )
+            raise InvalidInput(f"truncated file: {what} at offset {at} has length {length}, only {end - at} bytes left")
         return length
 
     def dataset(self, end: int, implicit: bool, little: bool, delimited: bool, depth: int) -> None:
@@ -272,11 +271,17 @@ def _validate(path: Path) -> bool:
     return has_preamble
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom warns about every odd value it reads; we either accept the file or raise precisely."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _dcmread(path: Path, has_preamble: bool, **options: Any) -> Dataset:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, force=not has_preamble, defer_size=DEFER_SIZE, **options)
+        return pydicom.dcmread(path, force=not has_preamble, defer_size=DEFER_SIZE, **options)
     except _PYDICOM_ERRORS as exc:
         raise InvalidInput(f"unreadable DICOM file: {exc}") from exc
 
@@ -323,19 +328,29 @@ def _header(ds: Dataset) -> InstanceHeader:
 def read_header(path: Path) -> InstanceHeader:
     """The identity of a Part 10 file, after checking it is complete; Pixel Data is never loaded."""
     has_preamble = _validate(path)
-    return _header(_dcmread(path, has_preamble, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
+    with _quiet():
+        return _header(_dcmread(path, has_preamble, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
 
 
 def read_dataset(path: Path) -> Dataset:
     """The whole dataset of a complete Part 10 file; values over DEFER_SIZE are read on access."""
-    return _dcmread(path, _validate(path))
+    has_preamble = _validate(path)
+    with _quiet():
+        return _dcmread(path, has_preamble)
 
 
 def extract_meta(
     path: Path, tenant_id: str, file_path: str, file_size: int, sha256: str
 ) -> tuple[DicomStateMeta, DicomImageMeta]:
     """The index and warehouse records of one received file."""
-    ds = _dcmread(path, _validate(path), stop_before_pixels=True)
+    has_preamble = _validate(path)
+    with _quiet():
+        return _records(_dcmread(path, has_preamble, stop_before_pixels=True), tenant_id, file_path, file_size, sha256)
+
+
+def _records(
+    ds: Dataset, tenant_id: str, file_path: str, file_size: int, sha256: str
+) -> tuple[DicomStateMeta, DicomImageMeta]:
     header = _header(ds)
     acquisition = _text(ds, "AcquisitionDateTime") or _text(ds, "AcquisitionDate") + _text(ds, "AcquisitionTime")
     state = DicomStateMeta(
