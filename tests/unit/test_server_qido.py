@@ -1,0 +1,125 @@
+"""QIDO-RS (PS3.18 10.6): results, attributes returned, limits and negotiation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from test_server_app import store_and_index
+
+from dicomcloud.dicom.synthetic import ct_series
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server import qido
+
+pytest_plugins = ["test_server_app"]
+
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+RETRIEVE_URL = "00081190"
+
+
+@pytest.fixture
+def three(client: TestClient, runtime: Runtime, tmp_path: Path) -> list[pydicom.Dataset]:
+    datasets = list(ct_series(3, rows=8, columns=8, patient_id="QIDO-1"))
+    store_and_index(client, runtime, datasets, tmp_path)
+    return datasets
+
+
+def test_studies_match_with_counts_and_retrieve_url(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    response = client.get("/dicom-web/studies", params={"PatientID": "QIDO-1"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    (study,) = response.json()
+    assert study[STUDY_UID]["Value"] == [three[0].StudyInstanceUID]
+    assert study["00201208"]["Value"] == [3]  # NumberOfStudyRelatedInstances
+    assert study[RETRIEVE_URL]["Value"] == [f"http://archive.test/dicom-web/studies/{three[0].StudyInstanceUID}"]
+
+
+def test_study_results_hold_only_default_attributes_unless_included(
+    client: TestClient, three: list[pydicom.Dataset]
+) -> None:
+    (plain,) = client.get("/dicom-web/studies").json()
+    assert "00081030" not in plain  # StudyDescription is not a default study attribute
+    (included,) = client.get("/dicom-web/studies", params={"includefield": "StudyDescription"}).json()
+    assert "00081030" in included
+
+
+def test_no_match_is_200_with_an_empty_array(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    response = client.get("/dicom-web/studies", params={"PatientID": "NOBODY"})
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+def test_series_of_a_study_have_series_urls(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    ds = three[0]
+    (series,) = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series").json()
+    assert series[SERIES_UID]["Value"] == [ds.SeriesInstanceUID]
+    assert series[RETRIEVE_URL]["Value"][0].endswith(f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}")
+
+
+def test_all_instances_carry_their_parents_uids_and_urls(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    found = client.get("/dicom-web/instances", params={"PatientID": "QIDO-1"}).json()
+    assert [f[SOP_UID]["Value"][0] for f in found] == [ds.SOPInstanceUID for ds in three]
+    first = found[0]
+    assert first[STUDY_UID]["Value"] == [three[0].StudyInstanceUID]
+    assert first[SERIES_UID]["Value"] == [three[0].SeriesInstanceUID]
+    assert first["00100020"]["Value"] == ["QIDO-1"]  # study attributes: the URL names no study
+    assert first[RETRIEVE_URL]["Value"][0].endswith(f"/instances/{three[0].SOPInstanceUID}")
+
+
+def test_instance_includefield_comes_from_the_series_document(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    ds = three[1]
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances"
+    found = client.get(url, params={"SOPInstanceUID": ds.SOPInstanceUID, "includefield": "SliceThickness"}).json()
+    assert found[0]["00180050"]["Value"] == [2.5]
+
+
+def test_instance_includefield_all_has_no_bulk_data(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    ds = three[0]
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/instances"
+    found = client.get(url, params={"includefield": "all"}).json()
+    assert len(found) == 3
+    assert "00200032" in found[0]  # ImagePositionPatient, from the document
+    assert "7FE00010" not in found[0]
+    assert list(found[0]) == sorted(found[0])
+
+
+def test_limit_and_offset_page_through_results(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    pages = [client.get("/dicom-web/instances", params={"limit": "2", "offset": str(o)}).json() for o in (0, 2)]
+    assert [len(p) for p in pages] == [2, 1]
+    assert "warning" not in client.get("/dicom-web/instances", params={"limit": "2"}).headers
+
+
+def test_a_limit_over_the_maximum_is_capped_with_a_warning(
+    client: TestClient, three: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qido, "MAX_RESULTS", 2)
+    asked = client.get("/dicom-web/instances", params={"limit": "100"})
+    assert len(asked.json()) == 2
+    assert asked.headers["warning"].startswith("299 ")
+    unasked = client.get("/dicom-web/instances")
+    assert len(unasked.json()) == 2
+    assert unasked.headers["warning"].startswith("299 ")
+
+
+def test_a_key_the_index_cannot_match_is_named_in_a_warning(client: TestClient, three: list[pydicom.Dataset]) -> None:
+    response = client.get("/dicom-web/studies", params={"SliceThickness": "2.5"})
+    assert response.status_code == 200
+    assert "SliceThickness" in response.headers["warning"]
+
+
+def test_a_bad_query_parameter_is_400(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies", params={"NotAKeyword": "x"})
+    assert response.status_code == 400
+    assert "NotAKeyword" in response.json()["error"]
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/*", "*/*", "application/dicom+json; q=0.5"])
+def test_json_accepts_are_served(client: TestClient, accept: str) -> None:
+    assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 200
+
+
+def test_other_accepts_are_406(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies", headers={"Accept": "application/dicom+xml"})
+    assert response.status_code == 406

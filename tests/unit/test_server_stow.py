@@ -1,0 +1,206 @@
+"""STOW-RS (PS3.18 10.5): statuses, the response module, and bodies that are cut, wrong or too big."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
+from test_server_app import DICOM_MULTIPART, make_runtime, part10, stow, stow_body
+
+from dicomcloud.dicom.synthetic import ct_series
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server.app import create_app
+
+FAILED = "00081198"
+REFERENCED = "00081199"
+RETRIEVE_URL = "00081190"
+FAILURE_REASON = "00081197"
+REFERENCED_SOP_INSTANCE = "00081155"
+REFERENCED_SOP_CLASS = "00081150"
+
+pytest_plugins = ["test_server_app"]
+
+
+def temp_files(runtime: Runtime) -> list[Path]:
+    return list((runtime.settings.data_path / "tmp").iterdir())
+
+
+def test_all_stored_is_200_with_referenced_sops_and_urls(client: TestClient, tmp_path: Path) -> None:
+    datasets = list(ct_series(2, rows=8, columns=8))
+    response = stow(client, [part10(ds, tmp_path) for ds in datasets])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    body = response.json()
+    study = datasets[0].StudyInstanceUID
+    assert body[RETRIEVE_URL] == {"vr": "UR", "Value": [f"http://archive.test/dicom-web/studies/{study}"]}
+    items = body[REFERENCED]["Value"]
+    assert [i[REFERENCED_SOP_INSTANCE]["Value"][0] for i in items] == [ds.SOPInstanceUID for ds in datasets]
+    assert items[0][REFERENCED_SOP_CLASS]["Value"] == [datasets[0].SOPClassUID]
+    assert items[0][RETRIEVE_URL]["Value"][0].endswith(
+        f"/studies/{study}/series/{datasets[0].SeriesInstanceUID}/instances/{datasets[0].SOPInstanceUID}"
+    )
+    assert FAILED not in body
+
+
+def test_files_are_durable_when_200_is_sent(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    raw = part10(ds, tmp_path)
+    assert stow(client, [raw]).status_code == 200
+    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert runtime.storage.path(relpath).read_bytes() == raw
+    assert temp_files(runtime) == []
+
+
+def test_some_failed_is_202_with_both_sequences(client: TestClient, tmp_path: Path) -> None:
+    good = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+    response = stow(client, [good, b"not dicom"])
+    assert response.status_code == 202
+    body = response.json()
+    assert len(body[REFERENCED]["Value"]) == 1
+    assert body[FAILED]["Value"] == [{FAILURE_REASON: {"vr": "US", "Value": [0xC000]}}]
+
+
+def test_none_stored_for_bad_objects_is_400(client: TestClient) -> None:
+    truncated = Path(get_testdata_file("MR_truncated.dcm")).read_bytes()
+    response = stow(client, [truncated, b"garbage"])
+    assert response.status_code == 400
+    reasons = [item[FAILURE_REASON]["Value"] for item in response.json()[FAILED]["Value"]]
+    assert reasons == [[0xC000], [0xC000]]
+
+
+def test_study_mismatch_fails_that_instance_with_its_uids_and_409(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    response = stow(client, [part10(ds, tmp_path)], "/dicom-web/studies/1.2.3.4")
+    assert response.status_code == 409
+    body = response.json()
+    assert body[RETRIEVE_URL]["Value"] == ["http://archive.test/dicom-web/studies/1.2.3.4"]
+    failed = body[FAILED]["Value"][0]
+    assert failed[REFERENCED_SOP_INSTANCE]["Value"] == [ds.SOPInstanceUID]
+    assert failed[REFERENCED_SOP_CLASS]["Value"] == [ds.SOPClassUID]
+    assert failed[FAILURE_REASON]["Value"] == [0xA900]
+    assert temp_files(runtime) == []
+
+
+def test_study_in_path_accepts_matching_instances(client: TestClient, tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    assert stow(client, [part10(ds, tmp_path)], f"/dicom-web/studies/{ds.StudyInstanceUID}").status_code == 200
+
+
+def test_duplicate_under_reject_policy_is_409_with_0111(tmp_path: Path) -> None:
+    settings_dir = tmp_path / "data"
+    runtime = make_runtime(settings_dir)
+    runtime.settings.storage.duplicate_policy = "reject"
+    try:
+        with TestClient(create_app(runtime)) as client:
+            ds = next(ct_series(1, rows=8, columns=8))
+            assert stow(client, [part10(ds, tmp_path)]).status_code == 200
+            ds.PatientName = "Changed^Name"
+            response = stow(client, [part10(ds, tmp_path)])
+            assert response.status_code == 409
+            assert response.json()[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0x0111]
+    finally:
+        runtime.close()
+
+
+def test_a_part_of_another_media_type_fails_that_part(client: TestClient, tmp_path: Path) -> None:
+    good = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+    body = (
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        b"--b1\r\nContent-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n" + good + b"\r\n--b1--"
+    )
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": f"{DICOM_MULTIPART}; boundary=b1"}
+    )
+    assert response.status_code == 202
+    assert response.json()[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0xC000]
+
+
+def test_a_part_without_content_type_is_taken_as_dicom(client: TestClient, tmp_path: Path) -> None:
+    good = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+    body = b"--b1\r\n\r\n" + good + b"\r\n--b1--\r\n"
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": f"{DICOM_MULTIPART}; boundary=b1"}
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/dicom", "application/json", 'multipart/related; type="application/dicom+json"; boundary=x'],
+)
+def test_a_body_that_is_not_multipart_dicom_is_415(client: TestClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/dicom-web/studies", content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]
+
+
+def test_multipart_without_boundary_is_400(client: TestClient) -> None:
+    response = client.post("/dicom-web/studies", content=b"x", headers={"Content-Type": DICOM_MULTIPART})
+    assert response.status_code == 400
+
+
+def test_a_body_cut_mid_part_stores_nothing(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    first, second = (part10(ds, tmp_path) for ds in ct_series(2, rows=8, columns=8))
+    body, content_type = stow_body([first, second])
+    response = client.post(
+        "/dicom-web/studies", content=body[: len(body) - len(second) // 2], headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 400
+    assert "truncated" in response.json()["error"]
+    assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
+    assert temp_files(runtime) == []
+
+
+def test_an_empty_multipart_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/dicom-web/studies", content=b"--b1--\r\n", headers={"Content-Type": f"{DICOM_MULTIPART}; boundary=b1"}
+    )
+    assert response.status_code == 400
+
+
+def test_a_body_over_the_limit_is_413_and_stores_nothing(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path / "data", max_stow_bytes=10_000)
+    try:
+        with TestClient(create_app(runtime)) as client:
+            small = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+            big = part10(next(ct_series(1, rows=128, columns=128)), tmp_path)
+            body, content_type = stow_body([small, big])
+            declared = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+            assert declared.status_code == 413
+
+            def chunked() -> bytes:
+                yield body
+
+            streamed = client.post("/dicom-web/studies", content=chunked(), headers={"Content-Type": content_type})
+            assert streamed.status_code == 413
+            assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
+            assert temp_files(runtime) == []
+    finally:
+        runtime.close()
+
+
+def test_stow_to_a_tenant_stores_under_that_tenant(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    response = stow(client, [part10(ds, tmp_path)], "/radiology/dicom-web/studies")
+    assert response.status_code == 200
+    assert response.json()[RETRIEVE_URL]["Value"][0].startswith("http://archive.test/radiology/dicom-web/")
+    relpath = runtime.storage.instance_relpath(
+        "radiology", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    assert pydicom.dcmread(runtime.storage.path(relpath)).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_public_url_is_used_for_retrieve_urls(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path / "data", public_url="https://pacs.example.org/")
+    try:
+        with TestClient(create_app(runtime)) as client:
+            response = stow(client, [part10(next(ct_series(1, rows=8, columns=8)), tmp_path)])
+            assert response.json()[RETRIEVE_URL]["Value"][0].startswith("https://pacs.example.org/dicom-web/studies/")
+    finally:
+        runtime.close()

@@ -1,0 +1,302 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data, with their negotiation; DELETE."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.encaps import generate_frames
+from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and_index
+
+from dicomcloud.dicom.synthetic import ct_series, multiframe
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server.multipart import MultipartParser, PartData, PartStart
+
+pytest_plugins = ["test_server_app"]
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+RLE = "1.2.840.10008.1.2.5"
+OCTET_MULTIPART = 'multipart/related; type="application/octet-stream"'
+
+
+def instance_url(ds: pydicom.Dataset, tenant: str = "") -> str:
+    prefix = f"/{tenant}/dicom-web" if tenant else "/dicom-web"
+    return f"{prefix}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+@pytest.fixture
+def series(client: TestClient, runtime: Runtime, tmp_path: Path) -> list[pydicom.Dataset]:
+    datasets = list(ct_series(3, rows=32, columns=32))  # Pixel Data over the 1 KiB bulk data threshold
+    store_and_index(client, runtime, datasets, tmp_path)
+    return datasets
+
+
+@pytest.fixture
+def native_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+    ds = multiframe(10, rows=16, columns=16)
+    store_and_index(client, runtime, [ds], tmp_path)
+    return ds
+
+
+@pytest.fixture
+def rle_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+    ds = multiframe(4, rows=16, columns=16, transfer_syntax=RLE)
+    store_and_index(client, runtime, [ds], tmp_path)
+    return ds
+
+
+def stored_bytes(runtime: Runtime, ds: pydicom.Dataset) -> bytes:
+    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    return runtime.storage.path(relpath).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Instances
+
+
+def test_a_study_is_every_stored_file_as_is(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+) -> None:
+    response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(DICOM_MULTIPART)
+    parts = multipart_bodies(response)
+    assert [body for _, body in parts] == [stored_bytes(runtime, ds) for ds in series]
+    headers = parts[0][0]
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert int(headers["content-length"]) == len(parts[0][1])
+
+
+def test_a_series_and_an_instance_are_served(client: TestClient, series: list[pydicom.Dataset]) -> None:
+    ds = series[1]
+    whole = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}")
+    assert len(multipart_bodies(whole)) == 3
+    one = client.get(instance_url(ds), headers={"Accept": DICOM_MULTIPART})
+    (only,) = multipart_bodies(one)
+    assert pydicom.dcmread(BytesIO(only[1])).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_the_stream_parses_with_our_own_parser_in_small_chunks(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+) -> None:
+    response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}")
+    boundary = response.headers["content-type"].split("boundary=")[1]
+    parser = MultipartParser(boundary)
+    bodies: list[bytearray] = []
+    for i in range(0, len(response.content), 1000):
+        for event in parser.feed(response.content[i : i + 1000]):
+            if isinstance(event, PartStart):
+                bodies.append(bytearray())
+            elif isinstance(event, PartData):
+                bodies[-1] += event.data
+    parser.finish()
+    assert [bytes(b) for b in bodies] == [stored_bytes(runtime, ds) for ds in series]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        f"{DICOM_MULTIPART}; transfer-syntax=*",
+        f"{DICOM_MULTIPART}; transfer-syntax={EXPLICIT_LE}",
+        "*/*",
+        "multipart/related",
+        f"image/jpeg, {DICOM_MULTIPART}; q=0.5",
+    ],
+)
+def test_acceptable_dicom_accepts_get_the_stored_files(
+    client: TestClient, series: list[pydicom.Dataset], accept: str
+) -> None:
+    response = client.get(instance_url(series[0]), headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(DICOM_MULTIPART)
+
+
+def test_another_transfer_syntax_is_406_until_transcoding_exists(
+    client: TestClient, series: list[pydicom.Dataset]
+) -> None:
+    accept = f"{DICOM_MULTIPART}; transfer-syntax=1.2.840.10008.1.2.4.50"
+    response = client.get(instance_url(series[0]), headers={"Accept": accept})
+    assert response.status_code == 406
+    assert EXPLICIT_LE in response.json()["error"]
+
+
+def test_bare_application_dicom_gets_the_single_file(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+) -> None:
+    response = client.get(instance_url(series[0]), headers={"Accept": "application/dicom"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert response.content == stored_bytes(runtime, series[0])
+
+
+def test_an_instance_under_the_wrong_series_is_not_found(client: TestClient, series: list[pydicom.Dataset]) -> None:
+    ds = series[0]
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/1.2.3/instances/{ds.SOPInstanceUID}"
+    assert client.get(url).status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metadata
+
+
+def test_series_metadata_is_dicom_json_with_bulkdata_uris_on_this_host(
+    client: TestClient, series: list[pydicom.Dataset]
+) -> None:
+    ds = series[0]
+    response = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    documents = response.json()
+    assert [d["00080018"]["Value"][0] for d in documents] == [d.SOPInstanceUID for d in series]
+    uri = documents[0]["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(f"http://archive.test/dicom-web/studies/{ds.StudyInstanceUID}/")
+
+
+def test_study_metadata_joins_its_series(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    first = list(ct_series(2, rows=8, columns=8))
+    second = list(ct_series(1, rows=8, columns=8, study_uid=first[0].StudyInstanceUID))
+    store_and_index(client, runtime, first + second, tmp_path)
+    documents = client.get(f"/dicom-web/studies/{first[0].StudyInstanceUID}/metadata").json()
+    assert sorted(d["00080018"]["Value"][0] for d in documents) == sorted(d.SOPInstanceUID for d in first + second)
+
+
+def test_instance_metadata_is_one_object_in_an_array(client: TestClient, series: list[pydicom.Dataset]) -> None:
+    documents = client.get(f"{instance_url(series[2])}/metadata").json()
+    assert [d["00080018"]["Value"][0] for d in documents] == [series[2].SOPInstanceUID]
+
+
+def test_metadata_of_an_unknown_series_or_instance_is_not_found(
+    client: TestClient, series: list[pydicom.Dataset]
+) -> None:
+    ds = series[0]
+    assert client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/9.9/metadata").status_code == 404
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/9.9/metadata"
+    assert client.get(url).status_code == 404
+
+
+def test_metadata_base_follows_the_tenant_prefix(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=32, columns=32))
+    store_and_index(client, runtime, [ds], tmp_path, tenant="radiology")
+    (document,) = client.get(f"{instance_url(ds, 'radiology')}/metadata").json()
+    assert document["7FE00010"]["BulkDataURI"].startswith("http://archive.test/radiology/dicom-web/studies/")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frames
+
+
+def test_frames_default_to_uncompressed_octet_stream_in_the_requested_order(
+    client: TestClient, native_mf: pydicom.Dataset
+) -> None:
+    size = 16 * 16
+    response = client.get(f"{instance_url(native_mf)}/frames/5,2,9", headers={"Accept": OCTET_MULTIPART})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(OCTET_MULTIPART)
+    parts = multipart_bodies(response)
+    assert [body for _, body in parts] == [native_mf.PixelData[(n - 1) * size : n * size] for n in (5, 2, 9)]
+    assert parts[0][0]["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+
+
+def test_compressed_frames_are_served_as_stored_for_any_type(client: TestClient, rle_mf: pydicom.Dataset) -> None:
+    expected = list(generate_frames(rle_mf.PixelData, number_of_frames=4))
+    for accept in ('multipart/related; type="*/*"', f"{OCTET_MULTIPART}; transfer-syntax=*"):
+        response = client.get(f"{instance_url(rle_mf)}/frames/1,4", headers={"Accept": accept})
+        assert response.status_code == 200, accept
+        parts = multipart_bodies(response)
+        assert [body for _, body in parts] == [expected[0], expected[3]]
+        assert parts[0][0]["content-type"] == f"image/dicom-rle; transfer-syntax={RLE}"
+
+
+def test_compressed_frames_are_decoded_for_plain_octet_stream(client: TestClient, rle_mf: pydicom.Dataset) -> None:
+    response = client.get(f"{instance_url(rle_mf)}/frames/2", headers={"Accept": OCTET_MULTIPART})
+    assert response.status_code == 200
+    ((headers, body),) = multipart_bodies(response)
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert body == rle_mf.pixel_array[1].astype(np.uint8).tobytes()
+
+
+def test_compressed_frames_in_their_own_media_type(client: TestClient, rle_mf: pydicom.Dataset) -> None:
+    accept = f'multipart/related; type="image/dicom-rle"; transfer-syntax={RLE}'
+    assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": accept}).status_code == 200
+    jpeg = 'multipart/related; type="image/jpeg"'
+    assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": jpeg}).status_code == 406
+
+
+def test_a_frame_beyond_the_last_is_not_found(client: TestClient, native_mf: pydicom.Dataset) -> None:
+    assert client.get(f"{instance_url(native_mf)}/frames/11").status_code == 404
+
+
+@pytest.mark.parametrize("frames", ["0", "1,x", "1,,2", "-1", "１"])
+def test_a_malformed_frame_list_is_a_bad_request(client: TestClient, native_mf: pydicom.Dataset, frames: str) -> None:
+    assert client.get(f"{instance_url(native_mf)}/frames/{frames}").status_code == 400
+
+
+def test_frames_of_an_instance_without_pixel_data_are_not_found(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    del ds.PixelData
+    store_and_index(client, runtime, [ds], tmp_path)
+    assert client.get(f"{instance_url(ds)}/frames/1").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bulk data
+
+
+def test_bulkdata_uri_from_metadata_returns_the_value(client: TestClient, native_mf: pydicom.Dataset) -> None:
+    (document,) = client.get(f"{instance_url(native_mf)}/metadata").json()
+    uri = document["7FE00010"]["BulkDataURI"].removeprefix("http://archive.test")
+    response = client.get(uri, headers={"Accept": f"{OCTET_MULTIPART}; transfer-syntax=*"})
+    assert response.status_code == 200
+    ((headers, body),) = multipart_bodies(response)
+    assert body == native_mf.PixelData
+    assert headers["content-location"] == document["7FE00010"]["BulkDataURI"]
+
+
+def test_bulkdata_with_a_hostile_tag_path_is_rejected(client: TestClient, native_mf: pydicom.Dataset) -> None:
+    response = client.get(f"{instance_url(native_mf)}/bulkdata/../../etc/passwd")
+    assert response.status_code in (400, 404)
+    assert client.get(f"{instance_url(native_mf)}/bulkdata/7FE00010x").status_code == 400
+
+
+def test_bulkdata_in_another_media_type_is_406(client: TestClient, native_mf: pydicom.Dataset) -> None:
+    response = client.get(f"{instance_url(native_mf)}/bulkdata/7FE00010", headers={"Accept": "application/json"})
+    assert response.status_code == 406
+
+
+# ---------------------------------------------------------------------------------------------------
+# DELETE
+
+
+def test_deleting_an_instance_removes_file_and_listing(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+) -> None:
+    ds = series[0]
+    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert client.delete(instance_url(ds)).status_code == 204
+    assert not runtime.storage.path(relpath).exists()
+    assert client.get(instance_url(ds)).status_code == 404
+    metadata = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata").json()
+    assert [d["00080018"]["Value"][0] for d in metadata] == [d.SOPInstanceUID for d in series[1:]]
+
+
+def test_deleting_a_study_forgets_it(client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]) -> None:
+    study = series[0].StudyInstanceUID
+    assert client.delete(f"/dicom-web/studies/{study}").status_code == 204
+    assert client.get("/dicom-web/studies").json() == []
+    assert client.get(f"/dicom-web/studies/{study}/metadata").status_code == 404
+    assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
+    assert client.delete(f"/dicom-web/studies/{study}").status_code == 404
+
+
+def test_stored_then_retrieved_through_a_tenant(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    raw = part10(ds, tmp_path)
+    store_and_index(client, runtime, [ds], tmp_path, tenant="radiology")
+    (only,) = multipart_bodies(client.get(instance_url(ds, "radiology")))
+    assert only[1] == raw
