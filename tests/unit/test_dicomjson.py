@@ -15,7 +15,7 @@ import pydicom.data
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomcloud.dicom.dicomjson import (
     bulk_value,
@@ -50,11 +50,11 @@ def complete_files() -> list[str]:
 def written(ds: Dataset, tmp_path: Path, syntax: str = ExplicitVRLittleEndian) -> Dataset:
     """`ds` as it reads back from a Part 10 file: raw elements, deferred values, charsets applied."""
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.SOPClassUID = ds.get("SOPClassUID", "1.2.840.10008.5.1.4.1.1.7")
-    ds.SOPInstanceUID = ds.get("SOPInstanceUID", "1.2.3.4")
-    ds.StudyInstanceUID = ds.get("StudyInstanceUID", "1.2.3")
-    ds.SeriesInstanceUID = ds.get("SeriesInstanceUID", "1.2.3.5")
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.5"
     path = tmp_path / "written.dcm"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -176,7 +176,7 @@ def test_decimal_text_that_is_no_number_is_kept_as_text(tmp_path: Path) -> None:
     ds = Dataset()
     ds.add_new(0x00280030, "DS", ["1.0", "nan"])
     assert dataset_to_json(written(ds, tmp_path))["00280030"]["Value"] == [1.0, "nan"]
-    bad = dataset_to_json(read_dataset(Path(pydicom.data.get_testdata_file("badVR.dcm"))))
+    bad = dataset_to_json(read_dataset(DATA / "test_files" / "badVR.dcm"))
     assert bad["00280008"] == {"vr": "IS", "Value": ["1A"]}
 
 
@@ -292,7 +292,7 @@ def test_binary_within_threshold_or_without_uri_builder_is_inline(tmp_path: Path
 
 
 def test_encapsulated_pixel_data_is_always_a_bulk_data_uri() -> None:
-    ds = read_dataset(Path(pydicom.data.get_testdata_file("JPEG2000.dcm")))
+    ds = read_dataset(DATA / "test_files" / "JPEG2000.dcm")
     obj = dataset_to_json(ds, lambda path: f"bulk/{path}", threshold=10**9)
     assert obj["7FE00010"] == {"vr": "OB", "BulkDataURI": "bulk/7FE00010"}
 
@@ -313,8 +313,8 @@ def test_unknown_private_element_in_implicit_vr_is_un_binary(tmp_path: Path) -> 
 
 
 def test_inline_binary_of_a_big_endian_file_is_little_endian() -> None:
-    little = dataset_to_json(read_dataset(Path(pydicom.data.get_testdata_file("MR_small.dcm"))))
-    big = dataset_to_json(read_dataset(Path(pydicom.data.get_testdata_file("MR_small_bigendian.dcm"))))
+    little = dataset_to_json(read_dataset(DATA / "test_files" / "MR_small.dcm"))
+    big = dataset_to_json(read_dataset(DATA / "test_files" / "MR_small_bigendian.dcm"))
     assert big["7FE00010"] == little["7FE00010"]
 
 
@@ -331,7 +331,7 @@ def test_inline_binary_of_a_big_endian_file_is_little_endian() -> None:
     ids=["GB18030", "ISO_2022_IR_87"],
 )
 def test_names_in_other_character_sets_round_trip(name: str, charset: list[str | None], groups: dict[str, str]) -> None:
-    ds = read_dataset(Path(pydicom.data.get_charset_files(name)[0]))
+    ds = read_dataset(DATA / "charset_files" / name)
     obj = json.loads(dumps(dataset_to_json(ds)).decode("utf-8"))
     assert obj["00100010"]["Value"] == [groups]
     assert obj["00080005"]["Value"] == charset
@@ -398,12 +398,11 @@ def test_malformed_tag_path_is_refused(path: str) -> None:
 
 def test_bulk_value_is_what_inline_binary_would_carry(tmp_path: Path) -> None:
     ds = icon_dataset(tmp_path, 2048)
-    uris: list[str] = []
-    dataset_to_json(ds, lambda path: uris.append(path) or path)
+    uri = dataset_to_json(ds, lambda path: path)["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
     inline = dataset_to_json(ds)["00880200"]["Value"][0]["7FE00010"]["InlineBinary"]
-    assert bulk_value(ds, uris[0]) == ("OB", base64.b64decode(inline))
-    big = read_dataset(Path(pydicom.data.get_testdata_file("MR_small_bigendian.dcm")))
-    little = read_dataset(Path(pydicom.data.get_testdata_file("MR_small.dcm")))
+    assert bulk_value(ds, uri) == ("OB", base64.b64decode(inline))
+    big = read_dataset(DATA / "test_files" / "MR_small_bigendian.dcm")
+    little = read_dataset(DATA / "test_files" / "MR_small.dcm")
     assert bulk_value(big, "7FE00010") == bulk_value(little, "7FE00010")
 
 

@@ -73,9 +73,9 @@ def file_id(name: str) -> str:
     return ("rejected:" if name in REJECTED else "accepted:") + name
 
 
-def synthetic_file(tmp_path: Path, name: str = "ct.dcm", **changes: object) -> Path:
+def synthetic_file(tmp_path: Path, **changes: object) -> Path:
     ds = next(ct_series(1, rows=16, columns=16))
-    path = tmp_path / name
+    path = tmp_path / "ct.dcm"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for keyword, value in changes.items():
@@ -163,7 +163,7 @@ def test_file_cut_anywhere_but_between_top_level_elements_is_refused(tmp_path: P
 def test_truncated_structures_are_refused_with_a_precise_message(
     tmp_path: Path, name: str, length_from_end: int, reason: str
 ) -> None:
-    source = Path(pydicom.data.get_testdata_file(name))
+    source = DATA / "test_files" / name
     with pytest.raises(InvalidInput) as refused:
         read_header(cut(source, tmp_path / name, source.stat().st_size - length_from_end))
     assert reason in refused.value.message
@@ -174,9 +174,7 @@ def test_deflated_transfer_syntax_is_read(tmp_path: Path) -> None:
     write_part10(ds, tmp_path / "deflated.dcm")
     header = read_header(tmp_path / "deflated.dcm")
     assert header.transfer_syntax == DeflatedExplicitVRLittleEndian
-    assert read_header(Path(pydicom.data.get_testdata_file("image_dfl.dcm"))).transfer_syntax == (
-        DeflatedExplicitVRLittleEndian
-    )
+    assert read_header(DATA / "test_files" / "image_dfl.dcm").transfer_syntax == (DeflatedExplicitVRLittleEndian)
 
 
 def test_file_starting_with_file_meta_but_no_preamble_is_read(tmp_path: Path) -> None:
@@ -268,7 +266,7 @@ def test_missing_text_is_empty_and_missing_number_is_none(tmp_path: Path) -> Non
     ],
 )
 def test_patient_name_is_decoded_with_its_character_set(name: str, patient_name: str) -> None:
-    path = Path(pydicom.data.get_charset_files(name)[0])
+    path = DATA / "charset_files" / name
     state, _ = extract_meta(path, "t", "f", 1, "s")
     assert state.patient_name == patient_name
 
