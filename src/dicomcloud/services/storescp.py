@@ -1,0 +1,178 @@
+"""wado-storescp: the DIMSE SCP (C-ECHO, C-STORE), a thin shell over pynetdicom and Ingest.
+
+Datasets are never decoded: pynetdicom writes each received dataset, behind a preamble and File
+Meta Information naming the accepted transfer syntax, to a temporary file
+(`_config.STORE_RECV_CHUNKED_DATASET`, which keeps memory flat for large objects); the handler copies
+it into a storage temp file and hands that to `Ingest.store`. Success (0x0000) is sent only after
+`store` returned, i.e. the file is durable and its event is on the bus.
+
+The called AE title picks the tenant (`dimse.ae_tenants`, else the default tenant); with
+`dimse.reject_unknown_called_ae`, an association to an AE title that is neither mapped nor ours is
+refused with A-ASSOCIATE-RJ (permanent, "called AE title not recognised").
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from typing import Any
+
+from pydicom import uid as ts
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
+
+from dicomcloud.errors import DicomCloudError
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Everything we can store as received; the requestor's order of preference decides per context.
+TRANSFER_SYNTAXES = [
+    ts.ExplicitVRLittleEndian,
+    ts.ImplicitVRLittleEndian,
+    ts.ExplicitVRBigEndian,
+    ts.DeflatedExplicitVRLittleEndian,
+    ts.RLELossless,
+    ts.JPEGBaseline8Bit,
+    ts.JPEGExtended12Bit,
+    ts.JPEGLossless,
+    ts.JPEGLosslessSV1,
+    ts.JPEGLSLossless,
+    ts.JPEGLSNearLossless,
+    ts.JPEG2000Lossless,
+    ts.JPEG2000,
+    ts.JPEG2000MCLossless,
+    ts.JPEG2000MC,
+    ts.HTJ2KLossless,
+    ts.HTJ2KLosslessRPCL,
+    ts.HTJ2K,
+    ts.MPEG2MPML,
+    ts.MPEG2MPMLF,
+    ts.MPEG2MPHL,
+    ts.MPEG2MPHLF,
+    ts.MPEG4HP41,
+    ts.MPEG4HP41F,
+    ts.MPEG4HP41BD,
+    ts.MPEG4HP41BDF,
+    ts.MPEG4HP422D,
+    ts.MPEG4HP422DF,
+    ts.MPEG4HP423D,
+    ts.MPEG4HP423DF,
+    ts.MPEG4HP42STEREO,
+    ts.MPEG4HP42STEREOF,
+    ts.HEVCMP51,
+    ts.HEVCM10P51,
+]
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+MAX_ASSOCIATIONS = 64
+# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, called AE title not recognised.
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+STATUS_SUCCESS = 0x0000
+STATUS_PROCESSING_FAILURE = 0xC000
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows, once each."""
+    classes = [cx.abstract_syntax for cx in (*AllStoragePresentationContexts, *StoragePresentationContexts)]
+    return [str(uid) for uid in dict.fromkeys(classes) if uid]
+
+
+class StoreSCP:
+    def __init__(self, runtime: Runtime, ingest: Ingest) -> None:
+        self.runtime = runtime
+        self.ingest = ingest
+        dimse = runtime.settings.dimse
+        self.ae = AE(ae_title=dimse.ae_title)
+        self.ae.maximum_pdu_size = dimse.max_pdu
+        self.ae.network_timeout = dimse.network_timeout
+        self.ae.acse_timeout = dimse.network_timeout
+        self.ae.dimse_timeout = dimse.network_timeout
+        self.ae.maximum_associations = MAX_ASSOCIATIONS
+        for sop_class in storage_sop_classes():
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(VERIFICATION_SOP_CLASS, TRANSFER_SYNTAXES[:3])
+        self._tenants = {title.strip(): tenant for title, tenant in dimse.ae_tenants.items()}
+        self._server: Any = None
+        self._stopped = threading.Event()
+
+    def tenant_for(self, called_ae: str) -> str | None:
+        """The tenant of a called AE title; None when it is unknown and unknown ones are refused."""
+        called = called_ae.strip()
+        if called in self._tenants:
+            return self._tenants[called]
+        dimse = self.runtime.settings.dimse
+        if dimse.reject_unknown_called_ae and called != dimse.ae_title.strip():
+            return None
+        return self.runtime.settings.tenant
+
+    def start(self, blocking: bool) -> None:
+        """Listen on `dimse.host:dimse.port`; with `blocking`, return only after `stop()`."""
+        # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        dimse = self.runtime.settings.dimse
+        handlers: list[evt.EventHandlerType] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server((dimse.host, dimse.port), block=False, evt_handlers=handlers)
+        log.info("DIMSE SCP %s listening on %s:%d", dimse.ae_title, dimse.host, self.port)
+        if blocking:
+            self._stopped.wait()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when the settings ask for port 0)."""
+        return int(self._server.server_address[1]) if self._server else self.runtime.settings.dimse.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self._stopped.set()
+
+    def _on_requested(self, event: evt.Event) -> None:
+        called = _called_ae(event)
+        if self.tenant_for(called) is None:
+            calling = event.assoc.requestor.primitive.calling_ae_title if event.assoc.requestor.primitive else ""
+            log.warning("refused an association from %r to unknown AE title %r", calling, called)
+            event.assoc.acse.send_reject(*REJECT_CALLED_AE)
+            # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
+            event.assoc.kill()
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        called = _called_ae(event)
+        calling = str(event.assoc.requestor.ae_title).strip()
+        tenant = self.tenant_for(called)
+        if tenant is None:
+            return STATUS_PROCESSING_FAILURE
+        try:
+            handle, temp = self.runtime.storage.new_temp()
+            try:
+                with handle, event.dataset_path.open("rb") as received:
+                    shutil.copyfileobj(received, handle, 1024 * 1024)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            stored = self.ingest.store(temp, tenant_id=tenant, source="dimse", calling_ae=calling, called_ae=called)
+        except DicomCloudError as exc:
+            log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
+            return exc.dimse_status
+        except Exception:
+            # pynetdicom would answer 0xC211 and keep going; we log the cause and say "failed".
+            log.exception("C-STORE from %s failed", calling)
+            return STATUS_PROCESSING_FAILURE
+        log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
+        return STATUS_SUCCESS
+
+
+def _called_ae(event: evt.Event) -> str:
+    """The AE title the peer asked for (ours may answer to several, one per tenant)."""
+    request = event.assoc.requestor.primitive
+    return str(request.called_ae_title).strip() if request is not None else ""

@@ -1,0 +1,172 @@
+"""wado-storescp in-process, driven by pynetdicom as the SCU: success only for what is durable."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from dicomcloud.config import load_settings
+from dicomcloud.errors import StorageFailure
+from dicomcloud.events import STORAGE_QUEUE, StorageEvent
+from dicomcloud.ports.bus import BusConsumer, Message
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.storescp import StoreSCP
+
+AE_TITLE = "DICOMCLOUD"
+STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def ct_dataset(sop: str = SOP, pixel: int = 0) -> pydicom.Dataset:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
+    return ds
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
+    """Start an SCP on a free loopback port with the given settings overlay (and optionally another bus)."""
+    started: list[tuple[StoreSCP, Runtime]] = []
+
+    def make(overrides: dict[str, Any] | None = None, bus: Any = None) -> StoreSCP:
+        settings = load_settings(
+            overrides={
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "dimse": {"host": "127.0.0.1", "port": 0, "ae_title": AE_TITLE, **(overrides or {})},
+            },
+            environ={},
+        )
+        runtime = Runtime.from_settings(settings)
+        if bus is not None:
+            runtime = dataclasses.replace(runtime, bus=bus(runtime))
+        scp = StoreSCP(runtime, Ingest(runtime))
+        scp.start(blocking=False)
+        started.append((scp, runtime))
+        return scp
+
+    yield make
+    for scp, runtime in started:
+        scp.stop()
+        runtime.close()
+
+
+def associate(scp: StoreSCP, called: str = AE_TITLE) -> Association:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_LE)
+    ae.add_requested_context(VERIFICATION)
+    return ae.associate("127.0.0.1", scp.port, ae_title=called)
+
+
+def c_store(scp: StoreSCP, ds: pydicom.Dataset, called: str = AE_TITLE) -> int:
+    assoc = associate(scp, called)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    return int(status.Status)
+
+
+def storage_events(runtime: Runtime) -> list[StorageEvent]:
+    consumer = runtime.bus.subscribe("test-reader", [STORAGE_QUEUE])
+    try:
+        return [StorageEvent.from_bytes(r.value) for r in consumer.poll(100, 0.2)]
+    finally:
+        consumer.close()
+
+
+def test_c_echo_succeeds(start: Callable[..., StoreSCP]) -> None:
+    assoc = associate(start())
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_c_store_succeeds_with_the_file_durable_and_announced(start: Callable[..., StoreSCP]) -> None:
+    scp = start()
+    ds = ct_dataset()
+    assert c_store(scp, ds) == 0x0000
+    [event] = storage_events(scp.runtime)
+    stored = pydicom.dcmread(scp.runtime.storage.path(event.file_path))
+    assert stored.SOPInstanceUID == SOP and stored.PixelData == ds.PixelData
+    assert stored.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert (event.source, event.calling_ae, event.called_ae, event.tenant_id) == (
+        "dimse",
+        "TESTSCU",
+        AE_TITLE,
+        "default",
+    )
+    assert list((scp.runtime.settings.data_path / "tmp").iterdir()) == []
+
+
+def test_a_mapped_called_ae_title_stores_into_its_tenant(start: Callable[..., StoreSCP]) -> None:
+    scp = start({"ae_tenants": {"CT_ROOM1": "radiology"}, "reject_unknown_called_ae": True})
+    assert c_store(scp, ct_dataset(), called="CT_ROOM1") == 0x0000
+    [event] = storage_events(scp.runtime)
+    assert event.tenant_id == "radiology" and event.file_path.startswith("radiology/")
+
+
+def test_an_unknown_called_ae_title_is_rejected_when_strict(start: Callable[..., StoreSCP]) -> None:
+    scp = start({"reject_unknown_called_ae": True})
+    assoc = associate(scp, called="NOBODY")
+    assert assoc.is_rejected
+    assert associate(scp).is_established
+
+
+def test_an_unknown_called_ae_title_maps_to_the_default_tenant_when_lenient(start: Callable[..., StoreSCP]) -> None:
+    scp = start()
+    assert c_store(scp, ct_dataset(), called="ANYONE") == 0x0000
+    assert [e.tenant_id for e in storage_events(scp.runtime)] == ["default"]
+
+
+class FailingBus:
+    def __init__(self, runtime: Runtime) -> None:
+        self.inner = runtime.bus
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        raise StorageFailure("bus unavailable")
+
+    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
+        return self.inner.subscribe(group, topics)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_c_store_answers_a_failure_status_when_the_store_fails(start: Callable[..., StoreSCP]) -> None:
+    scp = start(bus=FailingBus)
+    assert c_store(scp, ct_dataset()) == StorageFailure.dimse_status
+    stored = [p for p in (scp.runtime.settings.data_path / "storage").rglob("*") if p.is_file()]
+    assert stored == []
+
+
+def test_a_duplicate_refused_by_policy_gets_0111(start: Callable[..., StoreSCP]) -> None:
+    scp = start()
+    scp.runtime.settings.storage.duplicate_policy = "reject"
+    assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
+    assert c_store(scp, ct_dataset(pixel=2)) == 0x0111
+    assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_hostile_uid_gets_a_failure_status(start: Callable[..., StoreSCP]) -> None:
+    scp = start()
+    ds = ct_dataset()
+    ds.SeriesInstanceUID = "1.2.3/../../../etc"
+    assert c_store(scp, ds) in (0xA900, 0xC000)
+    assert [p for p in (scp.runtime.settings.data_path / "storage").rglob("*") if p.is_file()] == []
