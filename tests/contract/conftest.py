@@ -13,8 +13,10 @@ import pytest
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.sqlite_bus import SqliteBus
+from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
+from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -92,3 +94,32 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 
 
 # --------------------------------------------------------------------------------- end bus/cache/storage
+
+
+# ---------------------------------------------------------------------------------------------------
+# index (embedded SQLite; PostgreSQL adds its param here)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite"])
+def index_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Index]]:
+    """Opens the index on one store, as often as a test needs (a restart, another worker)."""
+    path = tmp_path / "index.sqlite"
+    opened: list[Index] = []
+
+    def open_index() -> Index:
+        index = SqliteIndex(path)
+        opened.append(index)
+        return index
+
+    yield open_index
+    for index in opened:
+        index.close()
+
+
+@pytest.fixture
+def index(index_factory: Callable[[], Index]) -> Index:
+    return index_factory()
+
+
+# ------------------------------------------------------------------------------------------- end index

@@ -41,6 +41,11 @@ from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
 
 SCHEMA_VERSION = 1
+# Planner statistics are refreshed after this many writes by one process. Without them SQLite walks
+# the date index for every search (it orders by date); with them an exact PatientID or
+# AccessionNumber uses its own index. `analysis_limit` keeps one ANALYZE to milliseconds at any size.
+ANALYZE_EVERY = 1000
+ANALYSIS_LIMIT = 400
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS version_counter (
@@ -221,6 +226,7 @@ class SqliteIndex:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._writes_since_analyze = 0
         with self._transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
@@ -230,6 +236,7 @@ class SqliteIndex:
                 conn.execute(statement)
             if found is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        self._analyze()
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -238,6 +245,7 @@ class SqliteIndex:
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
             with self._lock:
                 self._connections.append(conn)
             self._local.conn = conn
@@ -254,6 +262,18 @@ class SqliteIndex:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _wrote(self) -> None:
+        with self._lock:
+            self._writes_since_analyze += 1
+            due = self._writes_since_analyze >= ANALYZE_EVERY
+            if due:
+                self._writes_since_analyze = 0
+        if due:
+            self._analyze()
+
+    def _analyze(self) -> None:
+        self._connection().execute("ANALYZE")
 
     def close(self) -> None:
         with self._lock:
@@ -291,6 +311,7 @@ class SqliteIndex:
             _refresh_series(conn, tenant, study_uid, series_uid, version, now)
             if previous_patient is not None:
                 _prune_patient(conn, tenant, previous_patient[0])
+        self._wrote()
         return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
 
     def mark_built(self, key: SeriesKey, version: int) -> None:
