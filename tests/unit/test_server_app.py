@@ -20,6 +20,7 @@ import pydicom
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
 from dicomcloud.config import load_settings
 from dicomcloud.dicom.synthetic import ct_series, write_part10
@@ -27,6 +28,7 @@ from dicomcloud.events import STORAGE_QUEUE
 from dicomcloud.services.consumer import GROUP, IndexConsumer
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server.app import create_app
+from dicomcloud.services.server.context import request_origin
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
@@ -136,6 +138,23 @@ def test_tenants_do_not_see_each_other(client: TestClient, runtime: Runtime, tmp
     assert client.get("/dicom-web/studies").json() == []
     assert client.get("/cardiology/dicom-web/studies").json() == []
     assert client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}").status_code == 404
+
+
+def _request(host: str, server_port: int, **headers: str) -> Request:
+    raw = [(b"host", host.encode())] + [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    scope = {"type": "http", "scheme": "http", "server": ("10.0.0.5", server_port), "path": "/", "headers": raw}
+    return Request(scope)
+
+
+def test_urls_keep_the_port_a_client_left_out_of_host() -> None:
+    assert request_origin(_request("127.0.0.1", 8042)) == "http://127.0.0.1:8042"
+    assert request_origin(_request("127.0.0.1:9000", 8042)) == "http://127.0.0.1:9000"
+    assert request_origin(_request("pacs.example.org", 80)) == "http://pacs.example.org"
+
+
+def test_urls_behind_a_proxy_trust_its_host_header() -> None:
+    request = _request("pacs.example.org", 8042, x_forwarded_for="192.0.2.1")
+    assert request_origin(request) == "http://pacs.example.org"
 
 
 def test_an_invalid_tenant_is_a_bad_request(client: TestClient) -> None:

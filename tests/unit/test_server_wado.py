@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
-from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and_index
+from test_server_app import DICOM_MULTIPART, index_pending, multipart_bodies, part10, store_and_index, stow
 
 from dicomcloud.dicom.synthetic import ct_series, multiframe
 from dicomcloud.services.runtime import Runtime
@@ -131,6 +131,23 @@ def test_bare_application_dicom_gets_the_single_file(
     assert response.status_code == 200
     assert response.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
     assert response.content == stored_bytes(runtime, series[0])
+
+
+def test_a_file_stored_without_preamble_is_served_as_complete_part10(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    ds = next(ct_series(1, rows=8, columns=8))
+    without_preamble = part10(ds, tmp_path)[128:].removeprefix(b"DICM")
+    assert stow(client, [without_preamble]).status_code == 200
+    index_pending(runtime)
+    assert stored_bytes(runtime, ds) == without_preamble
+    for accept in (DICOM_MULTIPART, "application/dicom"):
+        response = client.get(instance_url(ds), headers={"Accept": accept})
+        body = multipart_bodies(response)[0][1] if accept == DICOM_MULTIPART else response.content
+        assert body == b"\0" * 128 + b"DICM" + without_preamble
+        assert pydicom.dcmread(BytesIO(body)).SOPInstanceUID == ds.SOPInstanceUID
+    headers = multipart_bodies(client.get(instance_url(ds)))[0][0]
+    assert int(headers["content-length"]) == 132 + len(without_preamble)
 
 
 def test_an_instance_under_the_wrong_series_is_not_found(client: TestClient, series: list[pydicom.Dataset]) -> None:

@@ -80,8 +80,24 @@ def dicomweb(request: Request) -> DicomWeb:
     """The request's DicomWeb view; the tenant was set by the router's tenant dependency."""
     archive: Archive = request.app.state.archive
     public = archive.runtime.settings.http.public_url.rstrip("/")
-    origin = public or str(request.base_url).rstrip("/")
-    return DicomWeb(archive, request.state.tenant, origin + request.state.prefix)
+    return DicomWeb(archive, request.state.tenant, (public or request_origin(request)) + request.state.prefix)
+
+
+def request_origin(request: Request) -> str:
+    """Scheme, host and port the client used, plus the ASGI root path; no trailing slash.
+
+    dicomweb-client sends `Host` without the port; on a direct connection (no proxy headers) the
+    port it connected to is put back, so the URLs handed out lead back here. Behind a proxy the
+    Host header stands, and `http.public_url` overrides all of it.
+    """
+    base = request.base_url
+    server = request.scope.get("server")
+    proxied = "x-forwarded-for" in request.headers or "x-forwarded-host" in request.headers
+    if base.port is None and server and not proxied:
+        port = int(server[1] or 0)
+        if port and port != {"https": 443, "http": 80}.get(base.scheme):
+            base = base.replace(port=port)
+    return str(base).rstrip("/")
 
 
 WebContext = Annotated[DicomWeb, Depends(dicomweb)]

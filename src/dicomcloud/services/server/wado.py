@@ -47,6 +47,7 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
 MAX_FRAMES_PER_REQUEST = 100_000
+PART10_PREFIX = b"\0" * 128 + b"DICM"
 
 router = APIRouter(tags=["WADO-RS"])
 
@@ -125,8 +126,9 @@ def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLoc
         raise NotFound("the instance files are not on storage")
     if packaging is _Packaging.SINGLE:
         path, syntax = present[0]
+        handle, prefix = _open_part10(path)
         media_type = format_media_type(DICOM, transfer_syntax=syntax)
-        return StreamingResponse(_file_chunks(path.open("rb")), media_type=media_type)
+        return StreamingResponse(_file_chunks(handle, prefix), media_type=media_type)
     boundary = new_boundary()
     return StreamingResponse(
         write_multipart(_file_parts(present), boundary),
@@ -138,19 +140,33 @@ def _file_parts(files: list[tuple[Path, str]]) -> Iterator[Part]:
     """One part per file, opened only when the stream reaches it."""
     for path, syntax in files:
         try:
-            handle = path.open("rb")
+            handle, prefix = _open_part10(path)
         except FileNotFoundError:
             log.warning("%s vanished while its study was being sent; left out", path)
             continue
         headers = {
             "Content-Type": format_media_type(DICOM, transfer_syntax=syntax),
-            "Content-Length": str(os.fstat(handle.fileno()).st_size),
+            "Content-Length": str(len(prefix) + os.fstat(handle.fileno()).st_size),
         }
-        yield headers, _file_chunks(handle)
+        yield headers, _file_chunks(handle, prefix)
 
 
-def _file_chunks(handle: BinaryIO) -> Iterator[bytes]:
+def _open_part10(path: Path) -> tuple[BinaryIO, bytes]:
+    """The file, and the preamble and "DICM" to send first if it was stored without them.
+
+    Some senders (dicomweb-client among them) omit the preamble; the original is kept as received,
+    but an application/dicom part must be a complete PS3.10 file, which pydicom insists on reading.
+    """
+    handle = path.open("rb")
+    head = handle.read(len(PART10_PREFIX))
+    handle.seek(0)
+    return handle, b"" if head[128:] == b"DICM" else PART10_PREFIX
+
+
+def _file_chunks(handle: BinaryIO, prefix: bytes = b"") -> Iterator[bytes]:
     with handle:
+        if prefix:
+            yield prefix
         while chunk := handle.read(CHUNK_SIZE):
             yield chunk
 
