@@ -1,0 +1,368 @@
+"""The `dicomcloud` command and the seed's console scripts: thin shells that wire services and signals.
+
+`dicomcloud up` runs every service in one process on one Runtime (one set of adapters, one cache):
+the SCP's threads, the consumer and webworker threads, and uvicorn in the main thread. SIGINT or
+SIGTERM stops uvicorn, then the workers finish their current batch and everything is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dicomcloud.config import Settings, load_settings
+from dicomcloud.errors import DicomCloudError
+from dicomcloud.logs import setup_logging
+from dicomcloud.services.runtime import Runtime
+
+log = logging.getLogger("dicomcloud")
+
+SERVICES = ("up", "server", "storescp", "consumer", "webworker")
+READY_TIMEOUT = 60.0
+WORKER_JOIN_TIMEOUT = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomcloud", description="A DICOMweb and DIMSE archive.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "up": "run every service in one process",
+        "server": "the DICOMweb HTTP API (wado-server)",
+        "storescp": "the DIMSE SCP: C-ECHO, C-STORE (wado-storescp)",
+        "consumer": "index stored instances from the bus (wado-consumer)",
+        "webworker": "build series metadata documents (wado-webworker)",
+        "import": "store DICOM files or folders, as C-STORE would",
+        "init": "create the data folders and schemas",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        _add_common(sub)
+        if name in ("up", "server", "storescp"):
+            sub.add_argument("--host", help="address to listen on (HTTP and DIMSE)")
+        if name in ("up", "server"):
+            sub.add_argument("--http-port", type=int, help="DICOMweb port")
+        if name in ("up", "storescp"):
+            sub.add_argument("--dimse-port", type=int, help="DIMSE port")
+            sub.add_argument("--ae-title", help="the SCP's AE title")
+        if name == "import":
+            sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+            sub.add_argument("--tenant", help="tenant to store into (default: the settings' tenant)")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data folder (settings: storage.data_dir)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        default=os.environ.get("DICOMCLOUD_LOG_FORMAT", "plain"),
+        help="plain lines, or one JSON object per line (env: DICOMCLOUD_LOG_FORMAT)",
+    )
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line options as a settings overlay: they win over files and the environment."""
+    overrides: dict[str, dict[str, Any]] = {"http": {}, "dimse": {}, "storage": {}}
+    options: dict[str, tuple[str, ...]] = {
+        "data": ("storage", "data_dir"),
+        "http_port": ("http", "port"),
+        "dimse_port": ("dimse", "port"),
+        "ae_title": ("dimse", "ae_title"),
+    }
+    for option, (section, name) in options.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[section][name] = value
+    host = getattr(args, "host", None)
+    if host is not None:
+        overrides["http"]["host"] = host
+        overrides["dimse"]["host"] = host
+    flat: dict[str, Any] = {section: values for section, values in overrides.items() if values}
+    if args.log_level:
+        flat["log_level"] = args.log_level
+    return flat
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = load_settings(overrides=overrides_from(args))
+    setup_logging(settings.log_level, args.log_format)
+    commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "up": lambda s, a: run_up(s),
+        "server": lambda s, a: run_server(s),
+        "storescp": lambda s, a: run_storescp(s),
+        "consumer": lambda s, a: run_consumer(s),
+        "webworker": lambda s, a: run_webworker(s),
+        "import": run_import,
+        "init": lambda s, a: run_init(s),
+    }
+    if args.command in SERVICES:
+        log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
+    try:
+        code = commands[args.command](settings, args)
+    except DicomCloudError as exc:
+        log.error("%s: %s", args.command, exc.message)
+        code = 1
+    except OSError as exc:
+        log.error("%s: %s", args.command, exc)
+        code = 1
+    sys.exit(code)
+
+
+def _script(command: str) -> Callable[[], None]:
+    def run() -> None:
+        main([command, *sys.argv[1:]])
+
+    run.__name__ = f"wado_{command}"
+    run.__doc__ = f"The `wado-{command}` console script: `dicomcloud {command}`."
+    return run
+
+
+wado_server = _script("server")
+wado_storescp = _script("storescp")
+wado_consumer = _script("consumer")
+wado_webworker = _script("webworker")
+
+
+def stop_on_signals(stop: threading.Event, also: Callable[[], None] | None = None) -> None:
+    """SIGINT/SIGTERM set `stop` (and call `also`); a second one is handled the same way, idempotently."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+        if also is not None:
+            also()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+
+
+def _worker(name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _join(threads: Sequence[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(WORKER_JOIN_TIMEOUT)
+        if thread.is_alive():
+            log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
+
+
+def _uvicorn(runtime: Runtime) -> Any:
+    import uvicorn
+
+    from dicomcloud.services.server.app import create_app
+
+    settings = runtime.settings
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.http.host,
+        port=settings.http.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.upper() == "DEBUG",
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    """True when something accepts a TCP connection at host:port (a wildcard host means loopback)."""
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, started: Callable[[], bool]) -> bool:
+    """Block until `started()` and every endpoint accepts connections; False if stopped or timed out."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not stop.is_set() and time.monotonic() < deadline:
+        if started() and all(accepts_connections(host, port) for host, port in endpoints):
+            return True
+        stop.wait(0.05)
+    return False
+
+
+def run_up(settings: Settings) -> int:
+    from dicomcloud.services.consumer import IndexConsumer
+    from dicomcloud.services.ingest import Ingest
+    from dicomcloud.services.metadata import SeriesMetadata
+    from dicomcloud.services.storescp import StoreSCP
+    from dicomcloud.services.webworker import Webworker
+
+    runtime = Runtime.from_settings(settings)
+    stop = threading.Event()
+    scp = StoreSCP(runtime, Ingest(runtime))
+    server = _uvicorn(runtime)
+
+    def stop_http() -> None:
+        server.should_exit = True
+
+    stop_on_signals(stop, stop_http)
+    threads: list[threading.Thread] = []
+    try:
+        scp.start(blocking=False)
+        threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
+        threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
+        http, dimse = settings.http, settings.dimse
+
+        def announce(_: threading.Event) -> None:
+            endpoints = [(http.host, http.port), (dimse.host, scp.port)]
+            if wait_listening(endpoints, stop, lambda: bool(server.started)):
+                line = (
+                    f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
+                    f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}"
+                )
+                log.info("%s", line)
+                print(line, flush=True)
+            elif not stop.is_set():
+                log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
+
+        _worker("ready", announce, stop)
+        server.run()
+        return 0 if stop.is_set() or server.started else 1
+    finally:
+        stop.set()
+        scp.stop()
+        _join(threads)
+        runtime.close()
+        log.info("stopped")
+
+
+def run_server(settings: Settings) -> int:
+    runtime = Runtime.from_settings(settings)
+    server = _uvicorn(runtime)
+    try:
+        server.run()
+    finally:
+        runtime.close()
+    return 0 if server.started else 1
+
+
+def run_storescp(settings: Settings) -> int:
+    from dicomcloud.services.ingest import Ingest
+    from dicomcloud.services.storescp import StoreSCP
+
+    runtime = Runtime.from_settings(settings)
+    scp = StoreSCP(runtime, Ingest(runtime))
+    stop_on_signals(threading.Event(), scp.stop)
+    try:
+        scp.start(blocking=True)
+    finally:
+        scp.stop()
+        runtime.close()
+    return 0
+
+
+def _run_worker(settings: Settings, make: Callable[[Runtime], Callable[[threading.Event], None]]) -> int:
+    runtime = Runtime.from_settings(settings)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        make(runtime)(stop)
+    finally:
+        runtime.close()
+    return 0
+
+
+def run_consumer(settings: Settings) -> int:
+    from dicomcloud.services.consumer import IndexConsumer
+
+    return _run_worker(settings, lambda runtime: IndexConsumer(runtime).run)
+
+
+def run_webworker(settings: Settings) -> int:
+    from dicomcloud.services.metadata import SeriesMetadata
+    from dicomcloud.services.webworker import Webworker
+
+    return _run_worker(settings, lambda runtime: Webworker(runtime, SeriesMetadata(runtime)).run)
+
+
+def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
+    """Files named, and files under folders named, in a stable order; hidden entries skipped."""
+    for path in paths:
+        if path.is_dir():
+            for folder, subfolders, files in os.walk(path):
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(folder) / name
+        else:
+            yield path
+
+
+def run_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Store every file through Ingest (source "import"); a file that is not DICOM is counted, not fatal."""
+    from dicomcloud.services.ingest import Ingest
+
+    files = list(iter_files(args.paths))
+    runtime = Runtime.from_settings(settings)
+    ingest = Ingest(runtime)
+    tenant = args.tenant or settings.tenant
+    stored = failed = 0
+    progress = Progress(len(files))
+    try:
+        for number, path in enumerate(files, 1):
+            handle, temp = runtime.storage.new_temp()
+            try:
+                with handle, path.open("rb") as source:
+                    shutil.copyfileobj(source, handle, 1024 * 1024)
+                ingest.store(temp, tenant_id=tenant, source="import")
+                stored += 1
+            except (DicomCloudError, OSError) as exc:
+                temp.unlink(missing_ok=True)
+                failed += 1
+                log.warning("not imported: %s: %s", path, exc)
+            progress.show(number, stored, failed)
+    finally:
+        progress.done()
+        runtime.close()
+    log.info("imported %d of %d files into tenant %s (%d failed)", stored, len(files), tenant, failed)
+    return 0 if failed == 0 else 2
+
+
+class Progress:
+    """A one-line counter on a terminal; a line every 100 files otherwise (logs, CI)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+
+    def show(self, number: int, stored: int, failed: int) -> None:
+        text = f"{number}/{self.total} files, {stored} stored, {failed} failed"
+        if self.tty:
+            sys.stderr.write("\r" + text)
+            sys.stderr.flush()
+        elif number % 100 == 0 or number == self.total:
+            log.info("%s", text)
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def run_init(settings: Settings) -> int:
+    """Opening the runtime creates the folders and every embedded schema."""
+    runtime = Runtime.from_settings(settings)
+    runtime.close()
+    print(f"initialised {settings.data_path}")
+    return 0
