@@ -34,9 +34,11 @@ from dicomcloud.services.runtime import Runtime
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1024 * 1024
-# Stores of one SOP Instance UID are serialised inside a process, so two concurrent senders of
-# the same UID cannot both pass the duplicate check. Striped: a lock per UID would grow unbounded.
+# Stores of one SOP Instance UID are serialised inside a process (across every Ingest: the SCP's and
+# the web app's), so two concurrent senders of the same UID cannot both pass the duplicate check.
+# Striped: a lock per UID would grow unbounded. Across processes the last rename wins.
 LOCK_STRIPES = 64
+_STORE_LOCKS = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -53,7 +55,6 @@ def file_digest(path: Path) -> tuple[str, int]:
 class Ingest:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     def store(
         self,
@@ -97,7 +98,7 @@ class Ingest:
                 called_ae=called_ae,
                 received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             )
-            with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
+            with _STORE_LOCKS[hash(header.sop_instance_uid) % LOCK_STRIPES]:
                 self._store_locked(temp, event)
             return event
         finally:

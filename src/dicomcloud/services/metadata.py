@@ -70,12 +70,15 @@ class _KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
+# Per process, shared by every SeriesMetadata (the web app's and the webworker's in `dicomcloud up`).
+_BUILD_LOCKS = _KeyedLocks()
+
+
 class SeriesMetadata:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._parsed: OrderedDict[SeriesKey, SeriesDocument] = OrderedDict()
         self._parsed_guard = threading.Lock()
-        self._building = _KeyedLocks()
 
     def document(self, key: SeriesKey) -> SeriesDocument | None:
         """The current document of a series; None if the series is not in the index."""
@@ -85,7 +88,7 @@ class SeriesMetadata:
         found = self._current(key, version)
         if found is not None:
             return found
-        with self._building.hold(key):
+        with _BUILD_LOCKS.hold(key):
             found = self._current(key, version)
             if found is not None:
                 return found
@@ -93,7 +96,7 @@ class SeriesMetadata:
 
     def build(self, key: SeriesKey) -> SeriesDocument | None:
         """Rebuild the document for the current version, reusing unchanged instances' entries."""
-        with self._building.hold(key):
+        with _BUILD_LOCKS.hold(key):
             return self._build_locked(key)
 
     def _current(self, key: SeriesKey, version: int) -> SeriesDocument | None:
