@@ -90,7 +90,8 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with every secret masked: the only form that may be logged."""
-        return _mask(dataclasses.asdict(self))
+        masked: dict[str, Any] = _mask(dataclasses.asdict(self))
+        return masked
 
 
 def _mask(value: Any, key: str = "") -> Any:
@@ -119,7 +120,8 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         merged = _deep_merge(merged, _nest(keys, _parse_env_value(raw)))
     if overrides:
         merged = _deep_merge(merged, overrides)
-    return _build(Settings, merged)
+    settings: Settings = _build(Settings, merged)
+    return settings
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -152,8 +154,8 @@ def _build(cls: Any, values: dict[str, Any]) -> Any:
         raise ValueError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
-        default = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
-        sample = default() if default is not None else None
+        factory = known[name].default_factory
+        sample = None if factory is dataclasses.MISSING else factory()
         if dataclasses.is_dataclass(sample) and isinstance(value, dict):
             kwargs[name] = _build(type(sample), value)
         else:
