@@ -39,6 +39,15 @@ def storescu(
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
+def storescu_can_read(path: Path) -> bool:
+    """storescu refuses files whose SOP Class/Instance UID dcmtk cannot read as UI (e.g. stored as UN)."""
+    dump = subprocess.run(
+        ["dcmdump", "-q", "+P", "0008,0016", "+P", "0008,0018", str(path)],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    return dump.count(") UI ") == 2
+
+
 def pynetdicom_store(port: int, called_ae: str, files: Iterable[Path]) -> list[int]:
     """Send each file in its own transfer syntax over one association; the C-STORE statuses."""
     datasets = [pydicom.dcmread(path) for path in files]

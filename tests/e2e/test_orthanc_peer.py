@@ -93,7 +93,7 @@ def test_orthanc_finds_the_study_with_qido(orthanc: Orthanc, peer_study: list[Pa
     studies = response.json()
     assert len(studies) == 1
     study_uid = str(pydicom.dcmread(peer_study[0], stop_before_pixels=True).StudyInstanceUID)
-    assert studies[0]["0020000D"]["Value"] == [study_uid]
+    assert studies[0]["0020000D"]["Value"] == study_uid  # Orthanc simplifies DICOM JSON to plain values
 
 
 def test_orthanc_retrieves_the_study_byte_for_byte(orthanc: Orthanc, peer_study: list[Path]) -> None:
