@@ -7,16 +7,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+import support
 
-from dicomcloud.config import load_settings
 from dicomcloud.events import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, STORAGE_QUEUE, DicomStateMeta, StorageEvent
 from dicomcloud.ports.bus import Message, Record
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
-from dicomcloud.services.ingest import Ingest, file_digest
+from dicomcloud.services.ingest import file_digest
 from dicomcloud.services.runtime import Runtime
 
 STUDY, SERIES = "1.2.826.0.2.1", "1.2.826.0.2.1.1"
@@ -24,30 +22,18 @@ KEY = SeriesKey("default", STUDY, SERIES)
 
 
 def write_ct(path: Path, sop: str, pixel: int = 0) -> Path:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return support.write_ct(path, STUDY, SERIES, sop, pixel)
 
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    settings = load_settings(
-        overrides={"storage": {"data_dir": str(tmp_path / "data")}, "workers": {"consumer_poll_timeout": 0.05}},
-        environ={},
-    )
-    rt = Runtime.from_settings(settings)
+    rt = support.make_runtime(tmp_path / "data", workers={"consumer_poll_timeout": 0.05})
     yield rt
     rt.close()
 
 
 def store(runtime: Runtime, source: Path) -> StorageEvent:
-    handle, temp = runtime.storage.new_temp()
-    with handle:
-        handle.write(source.read_bytes())
-    return Ingest(runtime).store(temp, tenant_id="default", source="import")
+    return support.ingest(runtime, source)
 
 
 def pending(runtime: Runtime) -> list[Record]:

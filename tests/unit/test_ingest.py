@@ -3,37 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+import support
+from support import FailingBus
 
-from dicomcloud.config import load_settings
 from dicomcloud.errors import Conflict, DuplicateInstance, InvalidInput, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
-from dicomcloud.ports.bus import BusConsumer, Message
 from dicomcloud.services.consumer import IndexConsumer
-from dicomcloud.services.ingest import Ingest, file_digest
+from dicomcloud.services.ingest import file_digest
 from dicomcloud.services.runtime import Runtime
 
 STUDY, SERIES, SOP = "1.2.826.0.1.1", "1.2.826.0.1.1.1", "1.2.826.0.1.1.1.1"
 
 
 def write_ct(path: Path, study: str = STUDY, series: str = SERIES, sop: str = SOP, pixel: int = 0) -> Path:
-    """pydicom's CT_small with our UIDs; `pixel` changes the content (and so the sha256), not the UIDs."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return support.write_ct(path, study, series, sop, pixel)
 
 
 def make_runtime(data: Path, policy: str = "replace") -> Runtime:
-    settings = load_settings(overrides={"storage": {"data_dir": str(data), "duplicate_policy": policy}}, environ={})
-    return Runtime.from_settings(settings)
+    return support.make_runtime(data, storage={"duplicate_policy": policy})
 
 
 @pytest.fixture(params=["replace", "reject"])
@@ -57,15 +48,8 @@ def rejecting(tmp_path: Path) -> Iterator[Runtime]:
     rt.close()
 
 
-def as_temp(runtime: Runtime, source: Path) -> Path:
-    handle, temp = runtime.storage.new_temp()
-    with handle:
-        handle.write(source.read_bytes())
-    return temp
-
-
 def store(runtime: Runtime, source: Path, **options: str) -> StorageEvent:
-    return Ingest(runtime).store(as_temp(runtime, source), tenant_id="default", source="stow", **options)
+    return support.ingest(runtime, source, "stow", **options)
 
 
 def published(runtime: Runtime, topic: str) -> list[bytes]:
@@ -159,22 +143,6 @@ def test_a_study_uid_other_than_the_requested_one_is_a_conflict(runtime: Runtime
         store(runtime, write_ct(tmp_path / "a.dcm"), expected_study_uid="1.2.3")
     assert not runtime.storage.path(f"default/{STUDY}/{SERIES}/{SOP}.dcm").exists()
     assert temp_files(runtime) == []
-
-
-class FailingBus:
-    """Accepts subscriptions, refuses every publish: the bus is down."""
-
-    def __init__(self, inner: Runtime) -> None:
-        self.inner = inner.bus
-
-    def publish(self, messages: Sequence[Message]) -> None:
-        raise StorageFailure("bus unavailable")
-
-    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
-        return self.inner.subscribe(group, topics)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_a_bus_failure_is_a_storage_failure_and_leaves_no_new_file(runtime: Runtime, tmp_path: Path) -> None:

@@ -18,14 +18,12 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+import support
 import uvicorn
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from dicomcloud.config import load_settings
 from dicomcloud.dicom.synthetic import ct_series, write_part10
-from dicomcloud.events import STORAGE_QUEUE
-from dicomcloud.services.consumer import GROUP, IndexConsumer
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server.app import create_app
 from dicomcloud.services.server.context import request_origin
@@ -34,8 +32,7 @@ DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
 
 def make_runtime(data: Path, **http: object) -> Runtime:
-    settings = load_settings(overrides={"storage": {"data_dir": str(data)}, "http": dict(http)}, environ={})
-    return Runtime.from_settings(settings)
+    return support.make_runtime(data, http=dict(http))
 
 
 @pytest.fixture
@@ -70,24 +67,13 @@ def stow(client: TestClient, parts: Sequence[bytes], path: str = "/dicom-web/stu
     return client.post(path, content=body, headers={"Content-Type": content_type})
 
 
-def index_pending(runtime: Runtime) -> None:
-    """Run the indexing consumer over what is on the bus, as wado-consumer would."""
-    consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
-    try:
-        records = consumer.poll(10_000, 0.1)
-        IndexConsumer(runtime).process(records)
-        consumer.commit(records)
-    finally:
-        consumer.close()
-
-
 def store_and_index(
     client: TestClient, runtime: Runtime, datasets: Sequence[pydicom.Dataset], tmp_path: Path, tenant: str = ""
 ) -> None:
     prefix = f"/{tenant}/dicom-web" if tenant else "/dicom-web"
     response = stow(client, [part10(ds, tmp_path) for ds in datasets], f"{prefix}/studies")
     assert response.status_code == 200, response.text
-    index_pending(runtime)
+    support.index_pending(runtime)
 
 
 def multipart_bodies(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:

@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
-from test_server_app import DICOM_MULTIPART, index_pending, multipart_bodies, part10, store_and_index, stow
+from support import index_pending
+from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and_index, stow
 
 from dicomcloud.dicom.synthetic import ct_series, multiframe
 from dicomcloud.services.runtime import Runtime

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+import support
 from pynetdicom import AE
 from pynetdicom.association import Association
+from support import FailingBus
 
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.ports.bus import BusConsumer, Message
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.storescp import StoreSCP
@@ -29,11 +29,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def ct_dataset(sop: str = SOP, pixel: int = 0) -> pydicom.Dataset:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
-    return ds
+    return support.ct_dataset(STUDY, SERIES, sop, pixel)
 
 
 @pytest.fixture
@@ -132,20 +128,6 @@ def test_an_unknown_called_ae_title_maps_to_the_default_tenant_when_lenient(star
     scp = start()
     assert c_store(scp, ct_dataset(), called="ANYONE") == 0x0000
     assert [e.tenant_id for e in storage_events(scp.runtime)] == ["default"]
-
-
-class FailingBus:
-    def __init__(self, runtime: Runtime) -> None:
-        self.inner = runtime.bus
-
-    def publish(self, messages: Sequence[Message]) -> None:
-        raise StorageFailure("bus unavailable")
-
-    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
-        return self.inner.subscribe(group, topics)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_c_store_answers_a_failure_status_when_the_store_fails(start: Callable[..., StoreSCP]) -> None:

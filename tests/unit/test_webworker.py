@@ -7,17 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+import support
 
-from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
-from dicomcloud.events import STORAGE_QUEUE
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services import metadata as metadata_module
-from dicomcloud.services.consumer import GROUP, IndexConsumer
-from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata, document_key
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.webworker import Webworker
@@ -27,21 +22,12 @@ KEY = SeriesKey("default", STUDY, SERIES)
 
 
 def write_ct(path: Path, sop: str, series: str = SERIES, pixel: int = 0) -> Path:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, series, sop
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.PixelData = bytes([pixel]) * len(ds.PixelData)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return support.write_ct(path, STUDY, series, sop, pixel)
 
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    settings = load_settings(
-        overrides={"storage": {"data_dir": str(tmp_path / "data")}, "workers": {"webworker_interval": 0.01}},
-        environ={},
-    )
-    rt = Runtime.from_settings(settings)
+    rt = support.make_runtime(tmp_path / "data", workers={"webworker_interval": 0.01})
     yield rt
     rt.close()
 
@@ -51,17 +37,8 @@ def add(runtime: Runtime, tmp_path: Path) -> Callable[..., None]:
     """Store an instance and index it, as C-STORE plus wado-consumer would."""
 
     def add_instance(sop: str, series: str = SERIES, pixel: int = 0) -> None:
-        handle, temp = runtime.storage.new_temp()
-        with handle:
-            handle.write(write_ct(tmp_path / "in.dcm", sop, series, pixel).read_bytes())
-        Ingest(runtime).store(temp, tenant_id="default", source="import")
-        consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
-        try:
-            records = consumer.poll(100, 0.2)
-            IndexConsumer(runtime).process(records)
-            consumer.commit(records)
-        finally:
-            consumer.close()
+        support.ingest(runtime, write_ct(tmp_path / "in.dcm", sop, series, pixel))
+        support.index_pending(runtime)
 
     return add_instance
 
