@@ -19,23 +19,22 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dicomcloud.dicom.query import (
-    MATCHING_KEYS,
-    PN_WORD_SEPARATORS,
-    Condition,
-    Query,
-    fuzzy_name_patterns,
-    is_wildcard,
-    normalize_pn,
-    range_bounds,
-    time_key,
+from dicomcloud.adapters.index_sql import (
+    LOCATION_COLUMNS,
+    Dialect,
+    count_sql,
+    instance_scope,
+    location,
+    result,
+    search_sql,
 )
+from dicomcloud.dicom.query import Query, normalize_pn, time_key
 from dicomcloud.errors import InvalidInput
 from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
@@ -134,87 +133,8 @@ _SCHEMA = (
         ON instance (tenant_id, study_instance_uid, series_instance_uid, instance_number)""",
     "CREATE INDEX IF NOT EXISTS instance_by_sop_class ON instance (tenant_id, sop_class_uid)",
 )
-
-# Output columns per table: DICOM keyword -> SQL column.
-_STUDY_OUT = {
-    "PatientName": "patient_name",
-    "PatientID": "patient_id",
-    "PatientBirthDate": "patient_birth_date",
-    "PatientSex": "patient_sex",
-    "StudyInstanceUID": "study_instance_uid",
-    "StudyDate": "study_date",
-    "StudyTime": "study_time",
-    "AccessionNumber": "accession_number",
-    "StudyID": "study_id",
-    "StudyDescription": "study_description",
-    "ReferringPhysicianName": "referring_physician_name",
-    "ModalitiesInStudy": "modalities",
-    "NumberOfStudyRelatedSeries": "num_series",
-    "NumberOfStudyRelatedInstances": "num_instances",
-}
-_SERIES_OUT = {
-    "SeriesInstanceUID": "series_instance_uid",
-    "Modality": "modality",
-    "SeriesNumber": "series_number",
-    "SeriesDescription": "series_description",
-    "SeriesDate": "series_date",
-    "SeriesTime": "series_time",
-    "BodyPartExamined": "body_part_examined",
-    "PerformedProcedureStepStartDate": "performed_procedure_step_start_date",
-    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time",
-    "InstitutionName": "institution_name",
-    "StationName": "station_name",
-    "NumberOfSeriesRelatedInstances": "num_instances",
-}
-_INSTANCE_OUT = {
-    "SOPInstanceUID": "sop_instance_uid",
-    "SOPClassUID": "sop_class_uid",
-    "InstanceNumber": "instance_number",
-    "Rows": '"rows"',
-    "Columns": '"columns"',
-    "BitsAllocated": "bits_allocated",
-    "NumberOfFrames": "number_of_frames",
-    "AvailableTransferSyntaxUID": "transfer_syntax",
-}
-# Columns matched instead of the output column: normalised person names and comparable times.
-_MATCH_COLUMN = {
-    "PatientName": "patient_name_lc",
-    "ReferringPhysicianName": "referring_physician_name_lc",
-    "StudyTime": "study_time_key",
-    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time_key",
-}
-
-_FROM = {
-    "study": "study st",
-    "series": """series se JOIN study st
-        ON st.tenant_id = se.tenant_id AND st.study_instance_uid = se.study_instance_uid""",
-    "instance": """instance i
-        JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
-            AND se.series_instance_uid = i.series_instance_uid
-        JOIN study st ON st.tenant_id = i.tenant_id AND st.study_instance_uid = i.study_instance_uid""",
-}
-_BASE_ALIAS = {"study": "st", "series": "se", "instance": "i"}
-_ORDER = {
-    "study": "st.study_date DESC, st.study_time_key DESC, st.study_instance_uid DESC",
-    "series": "se.series_number IS NULL, se.series_number, se.series_instance_uid",
-    "instance": "i.instance_number IS NULL, i.instance_number, i.sop_instance_uid",
-}
-_OUT_BY_LEVEL: dict[str, list[tuple[str, str]]] = {
-    "study": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()],
-    "series": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()] + [(k, f"se.{c}") for k, c in _SERIES_OUT.items()],
-    "instance": [(k, f"st.{c}") for k, c in _STUDY_OUT.items()]
-    + [(k, f"se.{c}") for k, c in _SERIES_OUT.items()]
-    + [(k, f"i.{c}") for k, c in _INSTANCE_OUT.items()],
-}
-_ALIAS_BY_KEYWORD = {
-    **{k: "st" for k in _STUDY_OUT},
-    **{k: "se" for k in _SERIES_OUT},
-    **{k: "i" for k in _INSTANCE_OUT},
-}
-
-_LOCATION_COLUMNS = """i.tenant_id, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid,
-    i.sop_class_uid, i.transfer_syntax, i.instance_number, i.number_of_frames, i.file_path, i.file_size,
-    i.sha256"""
+# GLOB is case-sensitive and its `*` and `?` are DICOM's; only `[` needs escaping.
+_DIALECT = Dialect(param="?", wildcard_operator="GLOB", wildcard_pattern=lambda p: p.replace("[", "[[]"), no_limit=-1)
 
 
 class SqliteIndex:
@@ -331,11 +251,11 @@ class SqliteIndex:
         sop_instance_uid: str | None = None,
     ) -> list[InstanceLocation]:
         """Series that keep instances get a new version: their documents list removed instances."""
-        where, params = _instance_scope(tenant_id, study_instance_uid, series_instance_uid, sop_instance_uid)
+        where, params = instance_scope(_DIALECT, tenant_id, study_instance_uid, series_instance_uid, sop_instance_uid)
         with self._transaction() as conn:
             removed = [
-                _location(row)
-                for row in conn.execute(f"SELECT {_LOCATION_COLUMNS} FROM instance i WHERE {where}", params)
+                location(row)
+                for row in conn.execute(f"SELECT {LOCATION_COLUMNS} FROM instance i WHERE {where}", params)
             ]
             if not removed:
                 return []
@@ -352,19 +272,19 @@ class SqliteIndex:
         row = (
             self._connection()
             .execute(
-                f"SELECT {_LOCATION_COLUMNS} FROM instance i WHERE i.tenant_id = ? AND i.sop_instance_uid = ?",
+                f"SELECT {LOCATION_COLUMNS} FROM instance i WHERE i.tenant_id = ? AND i.sop_instance_uid = ?",
                 (tenant_id, sop_instance_uid),
             )
             .fetchone()
         )
-        return _location(row) if row is not None else None
+        return location(row) if row is not None else None
 
     def list_instances(
         self, tenant_id: str, study_instance_uid: str, series_instance_uid: str | None = None
     ) -> list[InstanceLocation]:
-        where, params = _instance_scope(tenant_id, study_instance_uid, series_instance_uid, None)
+        where, params = instance_scope(_DIALECT, tenant_id, study_instance_uid, series_instance_uid, None)
         rows = self._connection().execute(
-            f"""SELECT {_LOCATION_COLUMNS} FROM instance i
+            f"""SELECT {LOCATION_COLUMNS} FROM instance i
                 JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
                     AND se.series_instance_uid = i.series_instance_uid
                 WHERE {where}
@@ -372,22 +292,15 @@ class SqliteIndex:
                     i.instance_number IS NULL, i.instance_number, i.sop_instance_uid""",
             params,
         )
-        return [_location(row) for row in rows]
+        return [location(row) for row in rows]
 
     def search(self, tenant_id: str, query: Query) -> list[dict[str, Any]]:
-        where, params = _where(tenant_id, query)
-        outputs = _OUT_BY_LEVEL[query.level]
-        columns = ", ".join(expr for _, expr in outputs)
-        sql = f"SELECT {columns} FROM {_FROM[query.level]} WHERE {where} ORDER BY {_ORDER[query.level]}"
-        if query.limit is not None or query.offset:
-            sql += " LIMIT ? OFFSET ?"
-            params += [-1 if query.limit is None else query.limit, query.offset]
-        return [_result(outputs, row) for row in self._connection().execute(sql, params)]
+        sql, params = search_sql(_DIALECT, tenant_id, query)
+        return [result(query.level, row) for row in self._connection().execute(sql, params)]
 
     def count(self, tenant_id: str, query: Query) -> int:
-        where, params = _where(tenant_id, query)
-        row = self._connection().execute(f"SELECT COUNT(*) FROM {_FROM[query.level]} WHERE {where}", params)
-        return int(row.fetchone()[0])
+        sql, params = count_sql(_DIALECT, tenant_id, query)
+        return int(self._connection().execute(sql, params).fetchone()[0])
 
     def stale_series(self, limit: int) -> list[StaleSeries]:
         rows = self._connection().execute(
@@ -597,112 +510,3 @@ def _prune_patient(conn: sqlite3.Connection, tenant: str, patient_id: str) -> No
            AND NOT EXISTS (SELECT 1 FROM study WHERE tenant_id = ? AND patient_id = ?)""",
         (tenant, patient_id, tenant, patient_id),
     )
-
-
-def _instance_scope(tenant: str, study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple[str, list[Any]]:
-    where = ["i.tenant_id = ?", "i.study_instance_uid = ?"]
-    params: list[Any] = [tenant, study_uid]
-    if series_uid is not None:
-        where.append("i.series_instance_uid = ?")
-        params.append(series_uid)
-    if sop_uid is not None:
-        where.append("i.sop_instance_uid = ?")
-        params.append(sop_uid)
-    return " AND ".join(where), params
-
-
-def _location(row: tuple[Any, ...]) -> InstanceLocation:
-    return InstanceLocation(*row)
-
-
-def _result(outputs: list[tuple[str, str]], row: tuple[Any, ...]) -> dict[str, Any]:
-    result = {keyword: value for (keyword, _), value in zip(outputs, row, strict=True)}
-    modalities = result["ModalitiesInStudy"]
-    result["ModalitiesInStudy"] = modalities.split("\\") if modalities else []
-    return result
-
-
-# -- matching in SQL ---------------------------------------------------------------------------
-
-
-def _where(tenant: str, query: Query) -> tuple[str, list[Any]]:
-    base = _BASE_ALIAS[query.level]
-    clauses = [f"{base}.tenant_id = ?"]
-    params: list[Any] = [tenant]
-    if query.study_instance_uid is not None:
-        clauses.append(f"{base}.study_instance_uid = ?")
-        params.append(query.study_instance_uid)
-    if query.series_instance_uid is not None:
-        clauses.append(f"{base}.series_instance_uid = ?")
-        params.append(query.series_instance_uid)
-    for condition in query.conditions:
-        sql, values = _condition(condition, query.fuzzy)
-        clauses.append(sql)
-        params.extend(values)
-    return " AND ".join(clauses), params
-
-
-def _condition(condition: Condition, fuzzy: bool) -> tuple[str, list[Any]]:
-    keyword = condition.keyword
-    if keyword == "ModalitiesInStudy":
-        inner, params = _string_match("m.modality", condition)
-        return (
-            f"""EXISTS (SELECT 1 FROM series m WHERE m.tenant_id = st.tenant_id
-                AND m.study_instance_uid = st.study_instance_uid AND {inner})""",
-            params,
-        )
-    vr = MATCHING_KEYS[keyword].vr
-    column = f"{_ALIAS_BY_KEYWORD[keyword]}.{_MATCH_COLUMN.get(keyword, _column_of(keyword))}"
-    if vr == "IS":
-        return f"{column} = ?", [int(str(condition.value))]
-    if vr in ("DA", "TM"):
-        low, high = range_bounds(condition)
-        clauses, params = [f"{column} <> ''"], []
-        if low:
-            clauses.append(f"{column} >= ?")
-            params.append(low)
-        if high:
-            clauses.append(f"{column} <= ?")
-            params.append(high)
-        return "(" + " AND ".join(clauses) + ")", params
-    if condition.kind == "uid_list":
-        return f"{column} IN ({', '.join('?' * len(condition.value))})", list(condition.value)
-    if vr != "PN":
-        return _string_match(column, condition)
-    literal_sql, literal_params = _string_match(column, condition, normalize_pn)
-    patterns = fuzzy_name_patterns(str(condition.value)) if fuzzy else []
-    if not patterns:
-        return literal_sql, literal_params
-    words = column
-    for separator in PN_WORD_SEPARATORS:
-        words = f"replace({words}, '{separator}', ' ')"
-    fuzzy_sql = " AND ".join(f"(' ' || {words}) GLOB ?" for _ in patterns)
-    return f"({literal_sql} OR ({fuzzy_sql}))", literal_params + [_glob(p) for p in patterns]
-
-
-def _string_match(
-    column: str, condition: Condition, normalize: Callable[[str], str] | None = None
-) -> tuple[str, list[Any]]:
-    """Single, wildcard or list matching of a string column (values normalised like the column)."""
-    values = condition.value if condition.kind == "list" else (str(condition.value),)
-    clauses, params = [], []
-    for value in values:
-        value = normalize(value) if normalize is not None else value
-        if is_wildcard(value):
-            clauses.append(f"{column} GLOB ?")
-            params.append(_glob(value))
-        else:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return "(" + " OR ".join(clauses) + ")", params
-
-
-def _glob(pattern: str) -> str:
-    return pattern.replace("[", "[[]")
-
-
-def _column_of(keyword: str) -> str:
-    for table in (_STUDY_OUT, _SERIES_OUT, _INSTANCE_OUT):
-        if keyword in table:
-            return table[keyword]
-    raise KeyError(keyword)
