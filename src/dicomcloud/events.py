@@ -154,3 +154,23 @@ class TranscodeFailure(Event):
     reason: str
     attempts: int
     failed_at: str
+
+
+@dataclass(frozen=True)
+class AccessLog(Event):
+    """One wado-server request, as the warehouse's `wado_access_log` keeps it. Never headers or tokens."""
+
+    topic: ClassVar[str] = ACCESS_LOG_QUEUE
+
+    accessed_at: str  # ISO 8601, UTC: when the request arrived
+    tenant_id: str
+    user_id: str  # the token's subject; "" without authentication
+    client_address: str
+    method: str
+    route: str  # the route template, e.g. /dicom-web/studies/{study}/series
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    status: int
+    bytes_sent: int
+    duration_ms: float

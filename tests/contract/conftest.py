@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.sqlite_bus import SqliteBus
@@ -18,6 +19,7 @@ from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
+from dicomcloud.ports.warehouse import Warehouse
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -123,3 +125,33 @@ def index(index_factory: Callable[[], Index]) -> Index:
 
 
 # ------------------------------------------------------------------------------------------- end index
+
+
+# ---------------------------------------------------------------------------------------------------
+# warehouse (embedded DuckDB; Doris against the protocol-level test server in tests/doris_server.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["duckdb"])
+def warehouse_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Warehouse]]:
+    """Opens the warehouse on one store, as often as a test needs (a restart after a crash)."""
+    opened: list[Warehouse] = []
+
+    def open_warehouse() -> Warehouse:
+        if opened:
+            opened.pop().close()
+        warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+        opened.append(warehouse)
+        return warehouse
+
+    yield open_warehouse
+    for warehouse in opened:
+        warehouse.close()
+
+
+@pytest.fixture
+def warehouse(warehouse_factory: Callable[[], Warehouse]) -> Warehouse:
+    return warehouse_factory()
+
+
+# --------------------------------------------------------------------------------------- end warehouse

@@ -1,0 +1,165 @@
+"""The embedded warehouse: one DuckDB file (`DATA/warehouse.duckdb`) holding the port's tables.
+
+A load is one transaction: the label check, the rows and the `loaded_batch` row commit together, so
+a label is in exactly when its rows are. UNIQUE tables are upserts whose newer `sequence` value wins,
+as Doris' sequence column does. DuckDB lets one process write a file; every call here is serialised
+on one connection, so the loader thread and the web app's statistics share it safely.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dicomcloud.adapters.warehouse_sql import statistics_sql
+from dicomcloud.errors import InvalidInput, StorageFailure
+from dicomcloud.ports.warehouse import LOADED_BATCH, TABLES, Batch, Table
+
+_TYPES = {"STRING": "VARCHAR", "INT": "INTEGER", "BIGINT": "BIGINT", "DOUBLE": "DOUBLE"}
+
+
+def _sql_type(doris_type: str) -> str:
+    if doris_type.startswith("VARCHAR"):
+        return "VARCHAR"
+    if doris_type.startswith("DATETIME"):
+        return "TIMESTAMP"
+    return _TYPES[doris_type]
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def create_table_sql(table: Table) -> str:
+    """DuckDB DDL mirroring the Doris table: same columns, NOT NULLs, and the UNIQUE key as primary key."""
+    columns = [f"{_q(c.name)} {_sql_type(c.type)}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
+    if table.unique:
+        columns.append(f"PRIMARY KEY ({', '.join(map(_q, table.key))})")
+    return f"CREATE TABLE IF NOT EXISTS {table.name} (\n  " + ",\n  ".join(columns) + "\n)"
+
+
+def _append_sql(table: Table) -> str:
+    names = ", ".join(map(_q, table.column_names))
+    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in table.columns)})"
+
+
+def _insert_sql(table: Table) -> str:
+    sql = _append_sql(table)
+    if not table.unique:
+        return sql
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in table.column_names if c not in table.key)
+    sql += f" ON CONFLICT ({', '.join(map(_q, table.key))}) DO UPDATE SET {updates}"
+    if table.sequence:
+        seq = _q(table.sequence)
+        sql += f" WHERE {table.name}.{seq} IS NULL OR excluded.{seq} >= {table.name}.{seq}"
+    return sql
+
+
+def newest_per_key(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """For a UNIQUE table, one row per key: the highest sequence value, the later row on a tie."""
+    if not table.unique:
+        return list(rows)
+    kept: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for row in rows:
+        key = tuple(row.get(k) for k in table.key)
+        old = kept.get(key)
+        if old is None or table.sequence is None or str(row.get(table.sequence) or "") >= str(
+            old.get(table.sequence) or ""
+        ):
+            kept[key] = row
+    return list(kept.values())
+
+
+class DuckDBWarehouse:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = duckdb.connect(str(path))
+        except duckdb.Error as exc:
+            raise StorageFailure(f"cannot open the warehouse {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        with self._lock:
+            for table in (*TABLES.values(), LOADED_BATCH):
+                self._conn.execute(create_table_sql(table))
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (duckdb.ConstraintException, duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+            raise InvalidInput(f"warehouse refused a row: {exc}") from exc
+        except duckdb.Error as exc:
+            raise StorageFailure(f"warehouse failure: {exc}") from exc
+
+    def load(self, batch: Batch, rows: Sequence[Mapping[str, Any]]) -> bool:
+        table = TABLES.get(batch.table)
+        if table is None:
+            raise InvalidInput(f"unknown warehouse table {batch.table[:64]!r}")
+        values = [tuple(row.get(c) for c in table.column_names) for row in newest_per_key(table, rows)]
+        with self._lock, self._errors():
+            conn = self._conn
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                if conn.execute("SELECT 1 FROM loaded_batch WHERE label = ?", [batch.label]).fetchone():
+                    conn.execute("ROLLBACK")
+                    return False
+                if values:
+                    conn.executemany(_insert_sql(table), values)
+                conn.execute(
+                    _append_sql(LOADED_BATCH),
+                    [
+                        batch.label,
+                        batch.topic,
+                        batch.partition,
+                        batch.first_offset,
+                        batch.last_offset,
+                        batch.table,
+                        len(rows),
+                        datetime.now(UTC).replace(tzinfo=None),
+                    ],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return True
+
+    def loaded_until(self, topic: str, partition: int) -> int:
+        with self._lock, self._errors():
+            row = self._conn.execute(
+                "SELECT MAX(last_offset) FROM loaded_batch WHERE topic = ? AND bus_partition = ?", [topic, partition]
+            ).fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
+
+    def statistics(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        sql = statistics_sql(name, limit)
+        with self._lock, self._errors():
+            cursor = self._conn.execute(sql)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, map(_plain, row), strict=True)) for row in cursor.fetchall()]
+
+    def count(self, table: str) -> int:
+        if table not in TABLES:
+            raise InvalidInput(f"unknown warehouse table {table[:64]!r}")
+        with self._lock, self._errors():
+            row = self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready values: dates as ISO text, decimals as numbers."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if value is not None and not isinstance(value, (int, float, str, bool)):
+        return float(value)
+    return value
