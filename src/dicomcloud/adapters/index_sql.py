@@ -8,9 +8,9 @@ spliced into the SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dicomcloud.dicom.query import (
     MATCHING_KEYS,
@@ -21,7 +21,9 @@ from dicomcloud.dicom.query import (
     is_wildcard,
     normalize_pn,
     range_bounds,
+    time_key,
 )
+from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation
 
 
@@ -31,6 +33,20 @@ class Dialect:
     wildcard_operator: str  # case-sensitive matching of a DICOM wildcard pattern (`*`, `?`)
     wildcard_pattern: Callable[[str], str]  # a DICOM pattern in the operator's syntax
     no_limit: int | None  # the LIMIT value that means "all rows"
+    greatest: str  # the scalar function returning the larger of two values
+    instance_key: tuple[str, ...]  # the instance table's primary key
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Executor(Protocol):
+    """A connection inside a write transaction (sqlite3 and psycopg connections both are)."""
+
+    def execute(self, sql: str, params: Sequence[Any], /) -> Cursor: ...
 
 
 # Output columns per table: DICOM keyword -> SQL column.
@@ -113,6 +129,237 @@ ALIAS_BY_KEYWORD = {
 LOCATION_COLUMNS = """i.tenant_id, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid,
     i.sop_class_uid, i.transfer_syntax, i.instance_number, i.number_of_frames, i.file_path, i.file_size,
     i.sha256"""
+
+
+# -- writes -------------------------------------------------------------------------------------------
+
+
+def write_instance(
+    dialect: Dialect,
+    conn: Executor,
+    state: DicomStateMeta,
+    image: DicomImageMeta,
+    old_place: tuple[str, str] | None,
+    version: int,
+    now: object,
+) -> None:
+    """Upsert patient, study, series and instance, then recount what changed (the caller holds the
+    locks its database needs). `old_place` is the (study, series) the instance was in, if stored."""
+    p = dialect.param
+    tenant, study_uid, series_uid = state.tenant_id, state.study_instance_uid, state.series_instance_uid
+    previous_patient = conn.execute(
+        f"SELECT patient_id FROM study WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
+    ).fetchone()
+    _upsert(dialect, conn, "patient", ("tenant_id", "patient_id"), _patient_row(state, now), {})
+    _upsert(dialect, conn, "study", ("tenant_id", "study_instance_uid"), _study_row(state, now), _STUDY_DERIVED)
+    series_key = ("tenant_id", "study_instance_uid", "series_instance_uid")
+    _upsert(dialect, conn, "series", series_key, _series_row(state, version, now), _SERIES_DERIVED)
+    if old_place is not None and old_place[0] != study_uid:
+        conn.execute(
+            f"DELETE FROM instance WHERE tenant_id = {p} AND study_instance_uid = {p} AND sop_instance_uid = {p}",
+            (tenant, old_place[0], image.sop_instance_uid),
+        )
+    _upsert_instance(dialect, conn, _instance_row(image, now))
+    if old_place is not None and old_place != (study_uid, series_uid):
+        refresh_series(dialect, conn, tenant, old_place[0], old_place[1], version, now)
+    refresh_series(dialect, conn, tenant, study_uid, series_uid, version, now)
+    if previous_patient is not None:
+        _prune_patient(dialect, conn, tenant, previous_patient[0])
+
+
+def refresh_series(
+    dialect: Dialect, conn: Executor, tenant: str, study_uid: str, series_uid: str, version: int, now: object
+) -> None:
+    """Recount a series and its study after their instances changed; remove whatever is left empty.
+
+    Counts are COUNTs inside the writing transaction, never increments, so replays cannot drift them."""
+    p = dialect.param
+    count = conn.execute(
+        f"""SELECT COUNT(*) FROM instance
+           WHERE tenant_id = {p} AND study_instance_uid = {p} AND series_instance_uid = {p}""",
+        (tenant, study_uid, series_uid),
+    ).fetchone()[0]
+    if count:
+        conn.execute(
+            f"""UPDATE series SET num_instances = {p}, version = {dialect.greatest}(version, {p}), updated_at = {p}
+               WHERE tenant_id = {p} AND study_instance_uid = {p} AND series_instance_uid = {p}""",
+            (count, version, now, tenant, study_uid, series_uid),
+        )
+    else:
+        conn.execute(
+            f"DELETE FROM series WHERE tenant_id = {p} AND study_instance_uid = {p} AND series_instance_uid = {p}",
+            (tenant, study_uid, series_uid),
+        )
+    modalities = [
+        m
+        for (m,) in conn.execute(
+            f"""SELECT DISTINCT modality FROM series
+               WHERE tenant_id = {p} AND study_instance_uid = {p} AND modality <> '' ORDER BY modality""",
+            (tenant, study_uid),
+        ).fetchall()
+    ]
+    series_count = conn.execute(
+        f"SELECT COUNT(*) FROM series WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
+    ).fetchone()[0]
+    if series_count:
+        conn.execute(
+            f"""UPDATE study SET num_series = {p}, modalities = {p}, updated_at = {p},
+                 num_instances = (SELECT COUNT(*) FROM instance
+                                  WHERE tenant_id = study.tenant_id AND study_instance_uid = study.study_instance_uid)
+               WHERE tenant_id = {p} AND study_instance_uid = {p}""",
+            (series_count, "\\".join(modalities), now, tenant, study_uid),
+        )
+        return
+    patient = conn.execute(
+        f"DELETE FROM study WHERE tenant_id = {p} AND study_instance_uid = {p} RETURNING patient_id",
+        (tenant, study_uid),
+    ).fetchone()
+    if patient is not None:
+        _prune_patient(dialect, conn, tenant, patient[0])
+
+
+def _prune_patient(dialect: Dialect, conn: Executor, tenant: str, patient_id: str) -> None:
+    p = dialect.param
+    conn.execute(
+        f"""DELETE FROM patient WHERE tenant_id = {p} AND patient_id = {p}
+           AND NOT EXISTS (SELECT 1 FROM study WHERE tenant_id = {p} AND patient_id = {p})""",
+        (tenant, patient_id, tenant, patient_id),
+    )
+
+
+def _upsert(
+    dialect: Dialect,
+    conn: Executor,
+    table: str,
+    key: tuple[str, ...],
+    values: dict[str, Any],
+    derived: dict[str, str],
+) -> None:
+    """Insert a row or update it: a blank or NULL never replaces a value, and a derived column
+    (`derived`: column -> its source column) changes exactly when its source does."""
+    columns = list(values)
+    updates = []
+    for column in columns:
+        if column in key or column == "created_at":
+            continue
+        source = derived.get(column, column)
+        if column in ("updated_at", "version"):
+            updates.append(f"{column} = excluded.{column}")
+        else:
+            updates.append(
+                f"{column} = CASE WHEN excluded.{source} IS NULL OR CAST(excluded.{source} AS TEXT) = '' "
+                f"THEN {table}.{column} ELSE excluded.{column} END"
+            )
+    conn.execute(
+        f"""INSERT INTO {table} ({", ".join(columns)}) VALUES ({", ".join([dialect.param] * len(columns))})
+            ON CONFLICT ({", ".join(key)}) DO UPDATE SET {", ".join(updates)}""",
+        list(values.values()),
+    )
+
+
+def _upsert_instance(dialect: Dialect, conn: Executor, values: dict[str, Any]) -> None:
+    """A new object replaces every fact of the old one (its blanks included)."""
+    kept = (*dialect.instance_key, "created_at")
+    updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in kept)
+    conn.execute(
+        f"""INSERT INTO instance ({", ".join(values)}) VALUES ({", ".join([dialect.param] * len(values))})
+            ON CONFLICT ({", ".join(dialect.instance_key)}) DO UPDATE SET {updates}""",
+        list(values.values()),
+    )
+
+
+def _text(value: str) -> str:
+    return value.strip("\x00 ")
+
+
+def _patient_row(state: DicomStateMeta, now: object) -> dict[str, Any]:
+    return {
+        "tenant_id": state.tenant_id,
+        "patient_id": _text(state.patient_id),
+        "patient_name": _text(state.patient_name),
+        "patient_birth_date": _text(state.patient_birth_date),
+        "patient_sex": _text(state.patient_sex),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+_STUDY_DERIVED = {
+    "patient_name_lc": "patient_name",
+    "study_time_key": "study_time",
+    "referring_physician_name_lc": "referring_physician_name",
+}
+_SERIES_DERIVED = {"performed_procedure_step_start_time_key": "performed_procedure_step_start_time"}
+
+
+def _study_row(state: DicomStateMeta, now: object) -> dict[str, Any]:
+    patient_name = _text(state.patient_name)
+    referring = _text(state.referring_physician_name)
+    return {
+        "tenant_id": state.tenant_id,
+        "study_instance_uid": state.study_instance_uid,
+        "patient_id": _text(state.patient_id),
+        "patient_name": patient_name,
+        "patient_name_lc": normalize_pn(patient_name),
+        "patient_birth_date": _text(state.patient_birth_date),
+        "patient_sex": _text(state.patient_sex),
+        "study_date": _text(state.study_date),
+        "study_time": _text(state.study_time),
+        "study_time_key": time_key(state.study_time),
+        "accession_number": _text(state.accession_number),
+        "study_id": _text(state.study_id),
+        "study_description": _text(state.study_description),
+        "referring_physician_name": referring,
+        "referring_physician_name_lc": normalize_pn(referring),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _series_row(state: DicomStateMeta, version: int, now: object) -> dict[str, Any]:
+    return {
+        "tenant_id": state.tenant_id,
+        "study_instance_uid": state.study_instance_uid,
+        "series_instance_uid": state.series_instance_uid,
+        "modality": _text(state.modality),
+        "series_number": state.series_number,
+        "series_description": _text(state.series_description),
+        "series_date": _text(state.series_date),
+        "series_time": _text(state.series_time),
+        "body_part_examined": _text(state.body_part_examined),
+        "performed_procedure_step_start_date": _text(state.performed_procedure_step_start_date),
+        "performed_procedure_step_start_time": _text(state.performed_procedure_step_start_time),
+        "performed_procedure_step_start_time_key": time_key(state.performed_procedure_step_start_time),
+        "institution_name": _text(state.institution_name),
+        "station_name": _text(state.station_name),
+        "version": version,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _instance_row(image: DicomImageMeta, now: object) -> dict[str, Any]:
+    return {
+        "tenant_id": image.tenant_id,
+        "sop_instance_uid": image.sop_instance_uid,
+        "study_instance_uid": image.study_instance_uid,
+        "series_instance_uid": image.series_instance_uid,
+        "sop_class_uid": image.sop_class_uid,
+        "instance_number": image.instance_number,
+        "transfer_syntax": image.transfer_syntax,
+        '"rows"': image.rows,
+        '"columns"': image.columns,
+        "bits_allocated": image.bits_allocated,
+        "number_of_frames": image.number_of_frames,
+        "file_path": image.file_path,
+        "file_size": image.file_size,
+        "sha256": image.sha256,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+# -- reads --------------------------------------------------------------------------------------------
 
 
 def instance_scope(

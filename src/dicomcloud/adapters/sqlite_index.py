@@ -31,10 +31,12 @@ from dicomcloud.adapters.index_sql import (
     count_sql,
     instance_scope,
     location,
+    refresh_series,
     result,
     search_sql,
+    write_instance,
 )
-from dicomcloud.dicom.query import Query, normalize_pn, time_key
+from dicomcloud.dicom.query import Query
 from dicomcloud.errors import InvalidInput
 from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
@@ -134,7 +136,14 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS instance_by_sop_class ON instance (tenant_id, sop_class_uid)",
 )
 # GLOB is case-sensitive and its `*` and `?` are DICOM's; only `[` needs escaping.
-_DIALECT = Dialect(param="?", wildcard_operator="GLOB", wildcard_pattern=lambda p: p.replace("[", "[[]"), no_limit=-1)
+_DIALECT = Dialect(
+    param="?",
+    wildcard_operator="GLOB",
+    wildcard_pattern=lambda p: p.replace("[", "[[]"),
+    no_limit=-1,
+    greatest="MAX",
+    instance_key=("tenant_id", "sop_instance_uid"),
+)
 
 
 class SqliteIndex:
@@ -217,20 +226,8 @@ class SqliteIndex:
             ).fetchone()
             if old == (study_uid, series_uid, image.file_path, image.sha256):
                 return UpsertOutcome.UNCHANGED
-            now = _now()
-            version = _next_version(conn)
-            previous_patient = conn.execute(
-                "SELECT patient_id FROM study WHERE tenant_id = ? AND study_instance_uid = ?", (tenant, study_uid)
-            ).fetchone()
-            _upsert_patient(conn, state, now)
-            _upsert_study(conn, state, now)
-            _upsert_series(conn, state, version, now)
-            _upsert_instance(conn, image, now)
-            if old is not None and (old[0], old[1]) != (study_uid, series_uid):
-                _refresh_series(conn, tenant, old[0], old[1], version, now)
-            _refresh_series(conn, tenant, study_uid, series_uid, version, now)
-            if previous_patient is not None:
-                _prune_patient(conn, tenant, previous_patient[0])
+            old_place = None if old is None else (old[0], old[1])
+            write_instance(_DIALECT, conn, state, image, old_place, _next_version(conn), _now())
         self._wrote()
         return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
 
@@ -263,7 +260,7 @@ class SqliteIndex:
             now = _now()
             version = _next_version(conn)
             for study_uid, series_uid in sorted({(r.study_instance_uid, r.series_instance_uid) for r in removed}):
-                _refresh_series(conn, tenant_id, study_uid, series_uid, version, now)
+                refresh_series(_DIALECT, conn, tenant_id, study_uid, series_uid, version, now)
         return removed
 
     # -- reads ---------------------------------------------------------------------------------
@@ -327,186 +324,5 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _text(value: str) -> str:
-    return value.strip("\x00 ")
-
-
 def _next_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("UPDATE version_counter SET value = value + 1 RETURNING value").fetchone()[0])
-
-
-def _upsert(
-    conn: sqlite3.Connection, table: str, key: tuple[str, ...], values: dict[str, Any], derived: dict[str, str]
-) -> None:
-    """Insert a row or update it: a blank or NULL never replaces a value, and a derived column
-    (`derived`: column -> its source column) changes exactly when its source does."""
-    columns = list(values)
-    updates = []
-    for column in columns:
-        if column in key or column == "created_at":
-            continue
-        source = derived.get(column, column)
-        if column in ("updated_at", "version"):
-            updates.append(f"{column} = excluded.{column}")
-        else:
-            updates.append(
-                f"{column} = CASE WHEN excluded.{source} IS NULL OR excluded.{source} = '' "
-                f"THEN {table}.{column} ELSE excluded.{column} END"
-            )
-    conn.execute(
-        f"""INSERT INTO {table} ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})
-            ON CONFLICT ({", ".join(key)}) DO UPDATE SET {", ".join(updates)}""",
-        list(values.values()),
-    )
-
-
-def _upsert_patient(conn: sqlite3.Connection, state: DicomStateMeta, now: str) -> None:
-    values = {
-        "tenant_id": state.tenant_id,
-        "patient_id": _text(state.patient_id),
-        "patient_name": _text(state.patient_name),
-        "patient_birth_date": _text(state.patient_birth_date),
-        "patient_sex": _text(state.patient_sex),
-        "created_at": now,
-        "updated_at": now,
-    }
-    _upsert(conn, "patient", ("tenant_id", "patient_id"), values, {})
-
-
-def _upsert_study(conn: sqlite3.Connection, state: DicomStateMeta, now: str) -> None:
-    patient_name = _text(state.patient_name)
-    referring = _text(state.referring_physician_name)
-    values = {
-        "tenant_id": state.tenant_id,
-        "study_instance_uid": state.study_instance_uid,
-        "patient_id": _text(state.patient_id),
-        "patient_name": patient_name,
-        "patient_name_lc": normalize_pn(patient_name),
-        "patient_birth_date": _text(state.patient_birth_date),
-        "patient_sex": _text(state.patient_sex),
-        "study_date": _text(state.study_date),
-        "study_time": _text(state.study_time),
-        "study_time_key": time_key(state.study_time),
-        "accession_number": _text(state.accession_number),
-        "study_id": _text(state.study_id),
-        "study_description": _text(state.study_description),
-        "referring_physician_name": referring,
-        "referring_physician_name_lc": normalize_pn(referring),
-        "created_at": now,
-        "updated_at": now,
-    }
-    derived = {
-        "patient_name_lc": "patient_name",
-        "study_time_key": "study_time",
-        "referring_physician_name_lc": "referring_physician_name",
-    }
-    _upsert(conn, "study", ("tenant_id", "study_instance_uid"), values, derived)
-
-
-def _upsert_series(conn: sqlite3.Connection, state: DicomStateMeta, version: int, now: str) -> None:
-    values = {
-        "tenant_id": state.tenant_id,
-        "study_instance_uid": state.study_instance_uid,
-        "series_instance_uid": state.series_instance_uid,
-        "modality": _text(state.modality),
-        "series_number": state.series_number,
-        "series_description": _text(state.series_description),
-        "series_date": _text(state.series_date),
-        "series_time": _text(state.series_time),
-        "body_part_examined": _text(state.body_part_examined),
-        "performed_procedure_step_start_date": _text(state.performed_procedure_step_start_date),
-        "performed_procedure_step_start_time": _text(state.performed_procedure_step_start_time),
-        "performed_procedure_step_start_time_key": time_key(state.performed_procedure_step_start_time),
-        "institution_name": _text(state.institution_name),
-        "station_name": _text(state.station_name),
-        "version": version,
-        "created_at": now,
-        "updated_at": now,
-    }
-    derived = {"performed_procedure_step_start_time_key": "performed_procedure_step_start_time"}
-    _upsert(conn, "series", ("tenant_id", "study_instance_uid", "series_instance_uid"), values, derived)
-
-
-def _upsert_instance(conn: sqlite3.Connection, image: DicomImageMeta, now: str) -> None:
-    """A new object replaces every fact of the old one (its blanks included)."""
-    values = {
-        "tenant_id": image.tenant_id,
-        "sop_instance_uid": image.sop_instance_uid,
-        "study_instance_uid": image.study_instance_uid,
-        "series_instance_uid": image.series_instance_uid,
-        "sop_class_uid": image.sop_class_uid,
-        "instance_number": image.instance_number,
-        "transfer_syntax": image.transfer_syntax,
-        '"rows"': image.rows,
-        '"columns"': image.columns,
-        "bits_allocated": image.bits_allocated,
-        "number_of_frames": image.number_of_frames,
-        "file_path": image.file_path,
-        "file_size": image.file_size,
-        "sha256": image.sha256,
-        "created_at": now,
-        "updated_at": now,
-    }
-    updates = ", ".join(
-        f"{c} = excluded.{c}" for c in values if c not in ("tenant_id", "sop_instance_uid", "created_at")
-    )
-    conn.execute(
-        f"""INSERT INTO instance ({", ".join(values)}) VALUES ({", ".join("?" * len(values))})
-            ON CONFLICT (tenant_id, sop_instance_uid) DO UPDATE SET {updates}""",
-        list(values.values()),
-    )
-
-
-def _refresh_series(
-    conn: sqlite3.Connection, tenant: str, study_uid: str, series_uid: str, version: int, now: str
-) -> None:
-    """Recount a series and its study after their instances changed; remove whatever is left empty."""
-    count = conn.execute(
-        """SELECT COUNT(*) FROM instance
-           WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?""",
-        (tenant, study_uid, series_uid),
-    ).fetchone()[0]
-    if count:
-        conn.execute(
-            """UPDATE series SET num_instances = ?, version = MAX(version, ?), updated_at = ?
-               WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?""",
-            (count, version, now, tenant, study_uid, series_uid),
-        )
-    else:
-        conn.execute(
-            "DELETE FROM series WHERE tenant_id = ? AND study_instance_uid = ? AND series_instance_uid = ?",
-            (tenant, study_uid, series_uid),
-        )
-    modalities = [
-        m
-        for (m,) in conn.execute(
-            """SELECT DISTINCT modality FROM series
-               WHERE tenant_id = ? AND study_instance_uid = ? AND modality <> '' ORDER BY modality""",
-            (tenant, study_uid),
-        )
-    ]
-    series_count = conn.execute(
-        "SELECT COUNT(*) FROM series WHERE tenant_id = ? AND study_instance_uid = ?", (tenant, study_uid)
-    ).fetchone()[0]
-    if series_count:
-        conn.execute(
-            """UPDATE study SET num_series = ?, modalities = ?, updated_at = ?,
-                 num_instances = (SELECT COUNT(*) FROM instance
-                                  WHERE tenant_id = study.tenant_id AND study_instance_uid = study.study_instance_uid)
-               WHERE tenant_id = ? AND study_instance_uid = ?""",
-            (series_count, "\\".join(modalities), now, tenant, study_uid),
-        )
-        return
-    patient = conn.execute(
-        "DELETE FROM study WHERE tenant_id = ? AND study_instance_uid = ? RETURNING patient_id", (tenant, study_uid)
-    ).fetchone()
-    if patient is not None:
-        _prune_patient(conn, tenant, patient[0])
-
-
-def _prune_patient(conn: sqlite3.Connection, tenant: str, patient_id: str) -> None:
-    conn.execute(
-        """DELETE FROM patient WHERE tenant_id = ? AND patient_id = ?
-           AND NOT EXISTS (SELECT 1 FROM study WHERE tenant_id = ? AND patient_id = ?)""",
-        (tenant, patient_id, tenant, patient_id),
-    )
