@@ -29,7 +29,7 @@ from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger("dicomcloud")
 
-SERVICES = ("up", "server", "storescp", "consumer", "webworker")
+SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader")
 READY_TIMEOUT = 60.0
 WORKER_JOIN_TIMEOUT = 30.0
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "storescp": "the DIMSE SCP: C-ECHO, C-STORE (wado-storescp)",
         "consumer": "index stored instances from the bus (wado-consumer)",
         "webworker": "build series metadata documents (wado-webworker)",
+        "loader": "load metadata and logs from the bus into the warehouse",
         "import": "store DICOM files or folders, as C-STORE would",
         "init": "create the data folders and schemas",
     }
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "storescp": lambda s, a: run_storescp(s),
         "consumer": lambda s, a: run_consumer(s),
         "webworker": lambda s, a: run_webworker(s),
+        "loader": lambda s, a: run_loader(s),
         "import": run_import,
         "init": lambda s, a: run_init(s),
     }
@@ -205,6 +207,7 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
 def run_up(settings: Settings) -> int:
     from dicomcloud.services.consumer import IndexConsumer
     from dicomcloud.services.ingest import Ingest
+    from dicomcloud.services.loader import Loader
     from dicomcloud.services.metadata import SeriesMetadata
     from dicomcloud.services.storescp import StoreSCP
     from dicomcloud.services.webworker import Webworker
@@ -223,6 +226,7 @@ def run_up(settings: Settings) -> int:
         scp.start(blocking=False)
         threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
         threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
+        threads.append(_worker("loader", Loader(runtime).run, stop))
         http, dimse = settings.http, settings.dimse
 
         def announce(_: threading.Event) -> None:
@@ -295,6 +299,12 @@ def run_webworker(settings: Settings) -> int:
     from dicomcloud.services.webworker import Webworker
 
     return _run_worker(settings, lambda runtime: Webworker(runtime, SeriesMetadata(runtime)).run)
+
+
+def run_loader(settings: Settings) -> int:
+    from dicomcloud.services.loader import Loader
+
+    return _run_worker(settings, lambda runtime: Loader(runtime).run)
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:

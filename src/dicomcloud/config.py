@@ -64,6 +64,7 @@ class BackendSettings:
     index: Literal["sqlite"] = "sqlite"
     cache: Literal["memory"] = "memory"
     cache_max_bytes: int = 256 * 1024**2
+    warehouse: Literal["duckdb"] = "duckdb"
 
 
 @dataclass
@@ -75,6 +76,29 @@ class WorkerSettings:
 
 
 @dataclass
+class DorisSettings:
+    # The FE's HTTP address (Stream Load; the FE redirects to a BE) and its MySQL-protocol port (queries).
+    http_url: str = "http://127.0.0.1:8030"
+    mysql_host: str = "127.0.0.1"
+    mysql_port: int = 9030
+    database: str = "dicomcloud"
+    user: str = "root"
+    password: str = ""
+    timeout: float = 60.0
+
+
+@dataclass
+class WarehouseSettings:
+    # The loader sends its batches when this many rows are pending, or when the oldest waited this long.
+    batch_rows: int = 1000
+    batch_seconds: float = 2.0
+    # Access-log events are published in the background every this many seconds (and at this many queued).
+    access_log_flush_seconds: float = 0.5
+    access_log_max_queued: int = 10_000
+    doris: DorisSettings = field(default_factory=DorisSettings)
+
+
+@dataclass
 class Settings:
     tenant: str = "default"
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -82,6 +106,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     backends: BackendSettings = field(default_factory=BackendSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     log_level: str = "INFO"
 
     @property

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from dicomcloud.config import Settings
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
+from dicomcloud.ports.warehouse import Warehouse
 
 
 @dataclass
@@ -18,6 +20,16 @@ class Runtime:
     bus: Bus
     index: Index
     cache: Cache
+    _warehouse: Warehouse | None = field(default=None, init=False, repr=False)
+    _warehouse_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def warehouse(self) -> Warehouse:
+        """Opened on first use: DuckDB lets one process write its file, so only processes that use it open it."""
+        with self._warehouse_lock:
+            if self._warehouse is None:
+                self._warehouse = open_warehouse(self.settings)
+            return self._warehouse
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -39,3 +51,13 @@ class Runtime:
     def close(self) -> None:
         self.bus.close()
         self.index.close()
+        with self._warehouse_lock:
+            if self._warehouse is not None:
+                self._warehouse.close()
+                self._warehouse = None
+
+
+def open_warehouse(settings: Settings) -> Warehouse:
+    from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
+
+    return DuckDBWarehouse(settings.data_path / "warehouse.duckdb")
