@@ -36,6 +36,19 @@ class HttpSettings:
 
 
 @dataclass
+class MoveDestination:
+    """A C-MOVE destination AE: where it listens and, with `tls`, how to reach it over DICOM TLS."""
+
+    host: str
+    port: int
+    tls: bool = False
+    # PEM files: CAs to verify the destination (system CAs when empty), our client certificate and key.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass
 class DimseSettings:
     host: str = "127.0.0.1"
     port: int = 11112
@@ -45,6 +58,17 @@ class DimseSettings:
     reject_unknown_called_ae: bool = False
     max_pdu: int = 0
     network_timeout: float = 60.0
+    # C-MOVE destinations by AE title: {"WORKSTATION1": {"host": "10.0.0.5", "port": 104, "tls": false}}.
+    move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.move_destinations = {
+            title.strip(): _move_destination(value) for title, value in self.move_destinations.items()
+        }
+
+
+def _move_destination(value: MoveDestination | dict[str, Any]) -> MoveDestination:
+    return value if isinstance(value, MoveDestination) else MoveDestination(**value)
 
 
 @dataclass

@@ -29,6 +29,12 @@ class InvalidUID(InvalidInput):
     """A UID or tenant id that does not match its strict pattern; it never reaches a path."""
 
 
+class IdentifierMismatch(InvalidInput):
+    """A C-FIND/C-GET/C-MOVE identifier that does not fit its information model or level."""
+
+    dimse_status = 0xA900  # Failure: Identifier does not match SOP Class
+
+
 class NotFound(DicomCloudError):
     http_status = 404
 
