@@ -5,14 +5,18 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.memory_cache import MemoryCache
+from dicomcloud.adapters.postgres_index import PostgresIndex, migrate
+from dicomcloud.adapters.redis_cache import RedisCache
 from dicomcloud.adapters.sqlite_bus import SqliteBus
 from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.ports.bus import Bus
@@ -20,6 +24,7 @@ from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
 from dicomcloud.ports.warehouse import Warehouse
+from dicomcloud.stack import Server
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -78,9 +83,15 @@ def bus(bus_target: BusTarget) -> Bus:
     return bus_target.open()
 
 
-@pytest.fixture(params=["memory"])
-def cache(request: pytest.FixtureRequest) -> Cache:
-    return MemoryCache(max_bytes=16 * 1024**2)
+@pytest.fixture(params=["memory", "redis"])
+def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
+    if request.param == "memory":
+        yield MemoryCache(max_bytes=16 * 1024**2)
+        return
+    server: Server = request.getfixturevalue("redis_server")
+    redis_cache = RedisCache(server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    yield redis_cache
+    redis_cache.close()
 
 
 @pytest.fixture(params=["memory"])
@@ -103,20 +114,56 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite"])
+INDEX_TEMPLATE = "index_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_index_template(postgres_server: Server) -> str:
+    """A database at the newest schema revision that each test's database is copied from."""
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {INDEX_TEMPLATE}")
+    migrate(database_dsn(postgres_server, INDEX_TEMPLATE))
+    return INDEX_TEMPLATE
+
+
+def database_dsn(server: Server, database: str) -> str:
+    return f"{server.url.rsplit('/', 1)[0]}/{database}"
+
+
+@contextmanager
+def scratch_database(server: Server, template: str) -> Iterator[str]:
+    """A database of the test's own (copied from `template`), dropped afterwards; yields its DSN."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    try:
+        yield database_dsn(server, name)
+    finally:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 def index_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Index]]:
     """Opens the index on one store, as often as a test needs (a restart, another worker)."""
-    path = tmp_path / "index.sqlite"
     opened: list[Index] = []
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            path = tmp_path / "index.sqlite"
+            opener: Callable[[], Index] = lambda: SqliteIndex(path)  # noqa: E731
+        else:
+            server: Server = request.getfixturevalue("postgres_server")
+            dsn = stack.enter_context(scratch_database(server, request.getfixturevalue("postgres_index_template")))
+            opener = lambda: PostgresIndex(dsn, pool_size=10)  # noqa: E731
 
-    def open_index() -> Index:
-        index = SqliteIndex(path)
-        opened.append(index)
-        return index
+        def open_index() -> Index:
+            index = opener()
+            opened.append(index)
+            return index
 
-    yield open_index
-    for index in opened:
-        index.close()
+        yield open_index
+        for index in opened:
+            index.close()
 
 
 @pytest.fixture

@@ -1,0 +1,267 @@
+"""The production index: patient, study, series and the instance registry in PostgreSQL (Citus-ready).
+
+Same semantics as the embedded SQLite index (both build their SQL with `adapters.index_sql`); what
+differs is concurrency. SQLite serialises every writer; here writers only wait for each other where
+they touch the same data: an upsert takes a transaction-scoped advisory lock on its SOP Instance UID,
+then on the studies it changes (in sorted order, so two writers never wait on each other in a
+cycle); a delete locks its study. Counts recomputed with COUNT under those locks are exact. A
+deadlock, serialization failure or dropped connection (a restarted server) is retried a few times;
+after that the error reaches the caller, whose events stay uncommitted and are redelivered.
+
+The schema is owned by Alembic (`dicomcloud/migrations`); `migrate` brings a database to the newest
+revision and is run when the index is opened, under an advisory lock so processes starting together
+do not race.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from psycopg_pool import ConnectionPool
+
+from dicomcloud.adapters.index_sql import (
+    LOCATION_COLUMNS,
+    Dialect,
+    count_sql,
+    instance_scope,
+    location,
+    refresh_series,
+    result,
+    search_sql,
+    write_instance,
+)
+from dicomcloud.dicom.query import Query
+from dicomcloud.errors import InvalidInput
+from dicomcloud.events import DicomImageMeta, DicomStateMeta
+from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+# Any fixed number, the same in every process: the advisory lock held while migrating.
+MIGRATION_LOCK = 0x64636D6967
+ATTEMPTS = 4
+RETRY_PAUSE = 0.2
+
+
+def _like(pattern: str) -> str:
+    """A DICOM wildcard pattern as a LIKE pattern (LIKE's escape character is the backslash)."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+# LIKE on "C"-collated columns is case-sensitive and compares characters, as DICOM matching does.
+_DIALECT = Dialect(
+    param="%s",
+    wildcard_operator="LIKE",
+    wildcard_pattern=_like,
+    no_limit=None,
+    greatest="GREATEST",
+    instance_key=("tenant_id", "study_instance_uid", "sop_instance_uid"),
+)
+
+T = TypeVar("T")
+
+
+def migrate(dsn: str) -> None:
+    """Bring the database at `dsn` to the newest schema revision (a no-op when it is there)."""
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=sqlalchemy.NullPool
+    )
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+class PostgresIndex:
+    """`dicomcloud.ports.index.Index` on PostgreSQL, through a pool of connections shared by threads."""
+
+    def __init__(self, dsn: str, pool_size: int = 10, connect_timeout: float = 30.0) -> None:
+        migrate(dsn)
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            timeout=connect_timeout,
+            check=ConnectionPool.check_connection,
+            name="dicomcloud-index",
+            open=True,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A transaction on a pooled connection: committed on exit, rolled back on an error."""
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return work()
+            except psycopg.OperationalError as exc:
+                if attempt == ATTEMPTS:
+                    raise
+                log.warning("index transaction failed (%s); retry %d of %d", type(exc).__name__, attempt, ATTEMPTS)
+                time.sleep(RETRY_PAUSE * attempt)
+        raise AssertionError("unreachable")
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
+        here = (state.tenant_id, state.study_instance_uid, state.series_instance_uid)
+        if here != (image.tenant_id, image.study_instance_uid, image.series_instance_uid):
+            raise InvalidInput(f"instance {image.sop_instance_uid} and its state name different series")
+        return self._retrying(lambda: self._upsert(state, image))
+
+    def _upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
+        tenant, study_uid, series_uid = state.tenant_id, state.study_instance_uid, state.series_instance_uid
+        with self._transaction() as conn:
+            _lock(conn, "sop", tenant, image.sop_instance_uid)
+            old = _stored_place(conn, tenant, image.sop_instance_uid)
+            if old == (study_uid, series_uid, image.file_path, image.sha256):
+                return UpsertOutcome.UNCHANGED
+            for study in sorted({study_uid} | ({old[0]} if old else set())):
+                _lock(conn, "study", tenant, study)
+            # A delete may have removed the old row before its study was locked; now it is stable.
+            old = _stored_place(conn, tenant, image.sop_instance_uid)
+            version = _next_version(conn)
+            old_place = None if old is None else (old[0], old[1])
+            write_instance(_DIALECT, conn, state, image, old_place, version, _now())
+        return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
+
+    def mark_built(self, key: SeriesKey, version: int) -> None:
+        def work() -> None:
+            with self._transaction() as conn:
+                conn.execute(
+                    """UPDATE series SET built_version = %s
+                       WHERE tenant_id = %s AND study_instance_uid = %s AND series_instance_uid = %s
+                         AND built_version < %s""",
+                    (version, key.tenant_id, key.study_instance_uid, key.series_instance_uid, version),
+                )
+
+        self._retrying(work)
+
+    def delete(
+        self,
+        tenant_id: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[InstanceLocation]:
+        """Series that keep instances get a new version: their documents list removed instances."""
+        where, params = instance_scope(_DIALECT, tenant_id, study_instance_uid, series_instance_uid, sop_instance_uid)
+
+        def work() -> list[InstanceLocation]:
+            with self._transaction() as conn:
+                _lock(conn, "study", tenant_id, study_instance_uid)
+                removed = [
+                    location(row)
+                    for row in conn.execute(
+                        f"DELETE FROM instance i WHERE {where} RETURNING {LOCATION_COLUMNS}", params
+                    )
+                ]
+                if not removed:
+                    return []
+                now, version = _now(), _next_version(conn)
+                for study_uid, series_uid in sorted({(r.study_instance_uid, r.series_instance_uid) for r in removed}):
+                    refresh_series(_DIALECT, conn, tenant_id, study_uid, series_uid, version, now)
+                return removed
+
+        return self._retrying(work)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def work() -> list[tuple[Any, ...]]:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, params).fetchall()
+
+        return self._retrying(work)
+
+    def get_instance(self, tenant_id: str, sop_instance_uid: str) -> InstanceLocation | None:
+        rows = self._rows(
+            f"SELECT {LOCATION_COLUMNS} FROM instance i WHERE i.tenant_id = %s AND i.sop_instance_uid = %s",
+            (tenant_id, sop_instance_uid),
+        )
+        return location(rows[0]) if rows else None
+
+    def list_instances(
+        self, tenant_id: str, study_instance_uid: str, series_instance_uid: str | None = None
+    ) -> list[InstanceLocation]:
+        where, params = instance_scope(_DIALECT, tenant_id, study_instance_uid, series_instance_uid, None)
+        rows = self._rows(
+            f"""SELECT {LOCATION_COLUMNS} FROM instance i
+                JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
+                    AND se.series_instance_uid = i.series_instance_uid
+                WHERE {where}
+                ORDER BY se.series_number IS NULL, se.series_number, i.series_instance_uid,
+                    i.instance_number IS NULL, i.instance_number, i.sop_instance_uid""",
+            params,
+        )
+        return [location(row) for row in rows]
+
+    def search(self, tenant_id: str, query: Query) -> list[dict[str, Any]]:
+        sql, params = search_sql(_DIALECT, tenant_id, query)
+        return [result(query.level, row) for row in self._rows(sql, params)]
+
+    def count(self, tenant_id: str, query: Query) -> int:
+        sql, params = count_sql(_DIALECT, tenant_id, query)
+        return int(self._rows(sql, params)[0][0])
+
+    def stale_series(self, limit: int) -> list[StaleSeries]:
+        rows = self._rows(
+            """SELECT tenant_id, study_instance_uid, series_instance_uid, version FROM series
+               WHERE version > built_version ORDER BY updated_at LIMIT %s""",
+            (limit,),
+        )
+        return [StaleSeries(SeriesKey(t, st, se), int(v)) for t, st, se, v in rows]
+
+    def series_version(self, key: SeriesKey) -> int | None:
+        rows = self._rows(
+            """SELECT version FROM series
+               WHERE tenant_id = %s AND study_instance_uid = %s AND series_instance_uid = %s""",
+            (key.tenant_id, key.study_instance_uid, key.series_instance_uid),
+        )
+        return int(rows[0][0]) if rows else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _lock(conn: psycopg.Connection[tuple[Any, ...]], kind: str, tenant: str, uid: str) -> None:
+    """A transaction-scoped advisory lock on one name (a 64-bit hash of it: a collision only waits)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{kind}\x1f{tenant}\x1f{uid}",))
+
+
+def _stored_place(conn: psycopg.Connection[tuple[Any, ...]], tenant: str, sop_uid: str) -> tuple[Any, ...] | None:
+    return conn.execute(
+        """SELECT study_instance_uid, series_instance_uid, file_path, sha256 FROM instance
+           WHERE tenant_id = %s AND sop_instance_uid = %s""",
+        (tenant, sop_uid),
+    ).fetchone()
+
+
+def _next_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+    row = conn.execute("SELECT nextval('index_version')").fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,37 @@
+"""Real servers shared by the whole session (contract and end-to-end tests): started once, stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomcloud.stack import Server, start_postgres, start_redis
+
+
+def server_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder for a server's data. Under root, PostgreSQL runs as an unprivileged user that cannot
+    enter pytest's private temp tree, so its folder is made directly under the system temp dir."""
+    if os.geteuid() == 0:
+        return Path(tempfile.mkdtemp(prefix=f"dicomcloud-{name}-"))
+    return tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = server_folder(tmp_path_factory, "postgres")
+    server = start_postgres(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
