@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
+from dicomcloud.adapters.redis_cache import RedisCache
 from dicomcloud.ports.cache import Cache
+from dicomcloud.stack import start_redis
 
 
 def test_get_returns_what_was_set(cache: Cache) -> None:
@@ -87,3 +92,26 @@ def test_a_value_larger_than_the_cache_is_not_kept_and_evicts_nothing(
     cache.set("huge", b"h" * 101)
     assert cache.get("huge") is None
     assert cache.get("small") == b"s" * 10
+
+
+def test_redis_down_means_misses_and_no_errors_and_recovers_when_it_returns(
+    tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis(tmp_path_factory.mktemp("redis-down"))
+    cache = RedisCache(server.url)
+    try:
+        cache.set("k", b"v")
+        assert cache.get("k") == b"v"
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="dicomcloud.adapters.redis_cache"):
+            for _ in range(3):
+                assert cache.get("k") is None
+                cache.set("k", b"w", ttl=10)
+                cache.delete("k", "other")
+        assert len(caplog.records) == 1
+        server = start_redis(server.folder, port=server.port)
+        cache.set("k", b"back")
+        assert cache.get("k") == b"back"
+    finally:
+        cache.close()
+        server.stop()
