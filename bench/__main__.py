@@ -1,0 +1,49 @@
+"""`python -m bench [--quick] [--out DIR]`: run the side-by-side benchmark, print the table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.report import table
+from bench.run import Bench
+from bench.servers import BenchError
+from bench.workload import FULL, QUICK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, every operation (CI smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
+    parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="dicomcloud-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(QUICK if args.quick else FULL, work)
+    try:
+        result = bench.run()
+    except BenchError as exc:
+        logging.getLogger("bench").error("%s (work folder kept: %s)", exc, work)
+        return 1
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    result["conditions"]["mode"] = "quick" if args.quick else "full"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    text = table(list(bench.ops.values()), bench.results_count)
+    (args.out / "results.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

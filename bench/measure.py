@@ -1,0 +1,122 @@
+"""The clients: curl for HTTP (its own timings, keep-alive across repeats), storescu for C-STORE, and a
+sampler of the server's resident memory. No Python HTTP client sits in a timed path."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.servers import BenchError, Server, wait_until
+
+CURL_FORMAT = "%{http_code} %{size_download} %{time_total}\\n"
+STUDY_INSTANCE_COUNT = "00201208"
+
+
+@dataclass(frozen=True)
+class Sample:
+    status: int
+    size: int
+    seconds: float
+
+
+def curl(urls: list[str], headers: dict[str, str], data: Path | None = None) -> list[Sample]:
+    """One curl process fetching each URL in turn on one kept-alive connection; curl's own timings."""
+    command = ["curl", "--silent", "--show-error", "--write-out", CURL_FORMAT]
+    for name, value in headers.items():
+        command += ["--header", f"{name}: {value}"]
+    if data is not None:
+        command += ["--data-binary", f"@{data}"]
+    for url in urls:
+        command += ["--output", "/dev/null", url]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"curl failed ({done.returncode}): {done.stderr.strip()}")
+    samples = []
+    for line in done.stdout.split("\n"):
+        if line.strip():
+            status, size, seconds = line.split()
+            samples.append(Sample(int(status), int(size), float(seconds)))
+    bad = [s.status for s in samples if s.status != 200]
+    if bad or len(samples) != len(urls):
+        raise BenchError(f"HTTP status {bad or 'missing'} from {urls[0]}")
+    return samples
+
+
+def storescu(server: Server, folder: Path) -> None:
+    """Send every file under `folder` over one association, as a modality would."""
+    command = ["storescu", "--aetitle", "BENCH", "--call", server.ae_title, "--scan-directories", "--recurse",
+               "127.0.0.1", str(server.dimse_port), str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"storescu to {server.name} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+
+def study_instance_count(server: Server, study_uid: str) -> int:
+    """Number of Study Related Instances as QIDO reports it, 0 while the study is not found."""
+    response = httpx.get(
+        f"{server.dicomweb}/studies",
+        params={"StudyInstanceUID": study_uid, "includefield": STUDY_INSTANCE_COUNT},
+        headers={"Accept": "application/dicom+json"},
+        timeout=60,
+    )
+    if response.status_code == 204 or not response.content or response.json() == []:
+        return 0
+    if response.status_code != 200:
+        raise BenchError(f"QIDO on {server.name}: {response.status_code} {response.text[:200]}")
+    return int(response.json()[0][STUDY_INSTANCE_COUNT]["Value"][0])
+
+
+def wait_queryable(server: Server, study_uid: str, count: int, timeout: float = 1800) -> None:
+    wait_until(lambda: study_instance_count(server, study_uid) >= count, timeout,
+               f"{count} instances of study {study_uid} queryable on {server.name}", interval=0.02)
+
+
+def timed_ingest(server: Server, folder: Path, study_uid: str, count: int) -> float:
+    """Seconds from the first storescu byte until QIDO counts every instance of the study."""
+    start = time.perf_counter()
+    storescu(server, folder)
+    wait_queryable(server, study_uid, count)
+    return time.perf_counter() - start
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+@dataclass(frozen=True)
+class Streamed:
+    sample: Sample
+    rss_before: int
+    rss_peak: int
+    rss_samples: int
+
+
+def stream_with_rss(server: Server, url: str, headers: dict[str, str], interval: float = 0.02) -> Streamed:
+    """Fetch `url` with curl while sampling the server's VmRSS every `interval` seconds."""
+    before = rss_bytes(server.pid)
+    peak, taken = before, 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, taken
+        while not done.is_set():
+            peak = max(peak, rss_bytes(server.pid))
+            taken += 1
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        (result,) = curl([url], headers)
+    finally:
+        done.set()
+        sampler.join()
+    return Streamed(result, before, peak, taken)

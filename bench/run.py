@@ -1,0 +1,215 @@
+"""The bench run: generate, start both archives, load the same data, time each operation on both.
+
+Repeated HTTP samples are taken in rounds that alternate between the servers, so a burst of load from
+elsewhere on the machine does not fall on one server only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.measure import curl, stream_with_rss, timed_ingest, wait_queryable
+from bench.report import SERVERS, Goal, Measured, Operation, Target, Unit
+from bench.servers import BenchError, Dicomcloud, Orthanc, Server
+from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
+
+log = logging.getLogger("bench")
+
+DICOM_JSON = {"Accept": "application/dicom+json"}
+DICOM_PARTS = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+FRAME_PARTS = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+ROUND = 10
+
+OPERATIONS = [
+    Operation("cstore_ingest", "storescu sends both CT series of one study (one association), until QIDO counts all",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 15)),
+    Operation("stow_rs", "STOW-RS of one study's CT instances in one multipart request",
+              Unit.INSTANCES, Target(Goal.TIME_AT_MOST, 1 / 3)),
+    Operation("qido_studies_patientid", "QIDO /studies?PatientID=<one of 1,000 patients> at the index scale",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
+    Operation("qido_studies_date_modality", "QIDO /studies?StudyDate=<a month>&ModalitiesInStudy=MR, index scale",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
+    Operation("qido_instances_series", "QIDO instances of the big series",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 20)),
+    Operation("metadata_series_cold", "series metadata of the big series, first request after a server restart",
+              Unit.REQUESTS, Target(Goal.NONE)),
+    Operation("metadata_series_warm", "series metadata of the big series, repeated",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 20)),
+    Operation("frame_single", "frame 1 of a 512x512 16-bit CT instance (octet-stream, transfer-syntax=*)",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
+    Operation("frame_multiframe", "middle frame of a multi-frame instance (octet-stream, transfer-syntax=*)",
+              Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
+    Operation("instance_retrieve", "one CT instance as multipart application/dicom",
+              Unit.MEGABYTES, Target(Goal.NONE)),
+    Operation("series_retrieve", "the big series as multipart application/dicom",
+              Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.8)),
+    Operation("study_stream_rss", "the whole study streamed while sampling the server's VmRSS",
+              Unit.MEGABYTES, Target(Goal.RSS_PEAK_BELOW_MB, 300)),
+]
+
+
+def new_operations() -> dict[str, Operation]:
+    return {op.name: Operation(op.name, op.description, op.unit, op.target) for op in OPERATIONS}
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, work: Path) -> None:
+        self.sizes = sizes
+        self.work_root = work
+        self.ops = new_operations()
+        self.servers: dict[str, Server] = {
+            "dicomcloud": Dicomcloud(work / "dicomcloud"),
+            "orthanc": Orthanc(work / "orthanc"),
+        }
+        self.results_count: dict[str, dict[str, int]] = {}
+
+    def run(self) -> dict[str, Any]:
+        conditions = self.conditions()
+        log.info("generating the workload in %s", self.work_root)
+        started = time.perf_counter()
+        workload = generate(self.work_root / "files", self.sizes)
+        log.info("generated in %.0fs: study of %d instances, %.0f MB", time.perf_counter() - started,
+                 workload.study_count, workload.study_bytes / 1024**2)
+        try:
+            for server in self.servers.values():
+                server.start()
+            conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
+            self.ingest(workload)
+            self.load(workload)
+            self.stow(workload)
+            self.http_operations(workload)
+            self.stream(workload)
+            self.cold_metadata(workload)
+        finally:
+            for server in self.servers.values():
+                server.stop()
+        conditions["load_average_end"] = os.getloadavg()
+        return {
+            "conditions": conditions,
+            "sizes": vars(self.sizes),
+            "result_counts": self.results_count,
+            "operations": [op.to_json() for op in self.ops.values()],
+        }
+
+    def ingest(self, work: Workload) -> None:
+        op = self.ops["cstore_ingest"]
+        for name, server in self.servers.items():
+            log.info("C-STORE of %d instances into %s", work.ingest_count, name)
+            seconds = timed_ingest(server, work.ingest_dir, work.study_uid, work.ingest_count)
+            op.results[name] = Measured(seconds=[seconds], items=work.ingest_count)
+
+    def load(self, work: Workload) -> None:
+        for name, server in self.servers.items():
+            log.info("loading the rest of the study and %d index studies into %s", self.sizes.index_studies, name)
+            server.load(work.extra_dir)
+            server.load(work.index_dir)
+            wait_queryable(server, work.study_uid, work.study_count)
+            wait_queryable(server, work.index_last_study_uid, 1)
+            server.wait_idle()
+
+    def stow(self, work: Workload) -> None:
+        op = self.ops["stow_rs"]
+        headers = {"Content-Type": STOW_CONTENT_TYPE, **DICOM_JSON}
+        for body, study_uid in zip(work.stow_bodies, work.stow_study_uids, strict=True):
+            for name, server in self.servers.items():
+                (sample,) = curl([f"{server.dicomweb}/studies"], headers, data=body)
+                measured = op.results[name]
+                measured.seconds.append(sample.seconds)
+                measured.size, measured.items = body.stat().st_size, self.sizes.stow_instances
+                wait_queryable(server, study_uid, self.sizes.stow_instances)
+                server.wait_idle()
+
+    def paths(self, work: Workload) -> dict[str, tuple[str, dict[str, str]]]:
+        series = f"/studies/{work.study_uid}/series/{work.series_uid}"
+        multiframe = f"/studies/{work.study_uid}/series/{work.multiframe_series_uid}/instances/{work.multiframe_uid}"
+        return {
+            "qido_studies_patientid": ("/studies?PatientID=P0042", DICOM_JSON),
+            "qido_studies_date_modality": ("/studies?StudyDate=20230101-20230131&ModalitiesInStudy=MR", DICOM_JSON),
+            "qido_instances_series": (f"{series}/instances", DICOM_JSON),
+            "metadata_series_warm": (f"{series}/metadata", DICOM_JSON),
+            "frame_single": (f"{series}/instances/{work.instance_uid}/frames/1", FRAME_PARTS),
+            "frame_multiframe": (f"{multiframe}/frames/{work.multiframe_frame}", FRAME_PARTS),
+            "instance_retrieve": (f"{series}/instances/{work.instance_uid}", DICOM_PARTS),
+            "series_retrieve": (series, DICOM_PARTS),
+        }
+
+    def http_operations(self, work: Workload) -> None:
+        for name, (path, headers) in self.paths(work).items():
+            repeats = self.sizes.retrieve_repeats if name == "series_retrieve" else self.sizes.repeats
+            log.info("%s: %d samples per server", name, repeats)
+            if name.startswith("qido"):
+                self.results_count[name] = {s: self.count_results(server, path) for s, server in self.servers.items()}
+            self.sample(self.ops[name], path, headers, repeats)
+
+    def sample(self, op: Operation, path: str, headers: dict[str, str], repeats: int) -> None:
+        for server in self.servers.values():
+            curl([f"{server.dicomweb}{path}"], headers)  # warm-up, not counted
+        done = 0
+        while done < repeats:
+            batch = min(ROUND, repeats - done)
+            for name, server in self.servers.items():
+                samples = curl([f"{server.dicomweb}{path}"] * batch, headers)
+                op.results[name].seconds += [s.seconds for s in samples]
+                op.results[name].size = samples[0].size
+            done += batch
+
+    def count_results(self, server: Server, path: str) -> int:
+        response = httpx.get(f"{server.dicomweb}{path}", headers=DICOM_JSON, timeout=120)
+        return len(response.json()) if response.status_code == 200 and response.content else 0
+
+    def stream(self, work: Workload) -> None:
+        op = self.ops["study_stream_rss"]
+        for name, server in self.servers.items():
+            log.info("streaming the %.0f MB study from %s", work.study_bytes / 1024**2, name)
+            streamed = stream_with_rss(server, f"{server.dicomweb}/studies/{work.study_uid}", DICOM_PARTS)
+            op.results[name] = Measured(seconds=[streamed.sample.seconds], size=streamed.sample.size,
+                                        rss_before=streamed.rss_before, rss_peak=streamed.rss_peak)
+            server.wait_idle()
+
+    def cold_metadata(self, work: Workload) -> None:
+        op = self.ops["metadata_series_cold"]
+        path, headers = self.paths(work)["metadata_series_warm"]
+        for restart in range(self.sizes.cold_restarts):
+            log.info("restarting both servers for a cold metadata request (%d/%d)", restart + 1,
+                     self.sizes.cold_restarts)
+            for name, server in self.servers.items():
+                server.restart()
+                server.wait_idle()
+                (sample,) = curl([f"{server.dicomweb}{path}"], headers)
+                op.results[name].seconds.append(sample.seconds)
+                op.results[name].size = sample.size
+
+    def orthanc_plugin_version(self) -> str:
+        response = httpx.get(f"{self.servers['orthanc'].base_url}/plugins/dicom-web", timeout=10)
+        return str(response.json().get("Version", "unknown")) if response.status_code == 200 else "unknown"
+
+    def conditions(self) -> dict[str, Any]:
+        repo = Path(__file__).resolve().parents[1]
+
+        def output(*command: str) -> str:
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=repo)
+            except OSError as exc:
+                raise BenchError(f"{command[0]} is missing: {exc}") from exc
+            return done.stdout.strip().splitlines()[0] if done.stdout.strip() else "unknown"
+
+        return {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_average_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "dicomcloud_commit": output("git", "rev-parse", "--short", "HEAD"),
+            "orthanc": output("Orthanc", "--version"),
+            "curl": output("curl", "--version"),
+            "storescu": output("storescu", "--version"),
+            "servers": list(SERVERS),
+        }

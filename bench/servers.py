@@ -1,0 +1,215 @@
+"""The two archives under test, each a child process on loopback with its own data folder.
+
+Both expose the same surface to the bench: a DICOMweb root, a DIMSE AE title and port, the server's
+PID (for memory samples), a restart (to empty process caches) and an untimed bulk load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+
+
+class BenchError(RuntimeError):
+    """The bench cannot go on: a server did not start, a client failed, the servers disagree."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Server:
+    """One archive process; subclasses say how to launch it and how to load files into it."""
+
+    name: str
+    ae_title: str
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.http_port = free_port()
+        self.dimse_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.base_url}/dicom-web"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise BenchError(f"{self.name} is not running")
+        return self.process.pid
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready_url(self) -> str:
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> None:
+        """Store every file under `folder` as fast as the server allows; not timed."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with (self.folder / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment()
+            )
+
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.process.returncode}; see {self.folder}/server.log")
+            return _answers(self.ready_url())
+
+        wait_until(up, START_TIMEOUT, f"{self.name} to start")
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the server process so far (to tell when it is idle)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, quiet: float = 1.0, timeout: float = 900.0) -> None:
+        """Block until the server has used almost no CPU for `quiet` seconds: background work is done."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.cpu_seconds()
+            if now - last < 0.02 * quiet:
+                return
+            last = now
+        raise BenchError(f"{self.name} stayed busy for {timeout:.0f}s")
+
+
+class Orthanc(Server):
+    """Debian's Orthanc with its DICOMweb plugin, on default settings apart from ports and folders."""
+
+    name = "orthanc"
+    ae_title = "ORTHANC"
+
+    def command(self) -> list[str]:
+        if not ORTHANC_DICOMWEB_PLUGIN.exists():
+            raise BenchError(f"{ORTHANC_DICOMWEB_PLUGIN} is missing: install orthanc-dicomweb (./dev does)")
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dimse_port,
+            "DicomAet": self.ae_title,
+            "DicomServerEnabled": True,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SaveJobs": False,
+            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = self.folder / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return ["Orthanc", str(path)]
+
+    def ready_url(self) -> str:
+        return f"{self.base_url}/system"
+
+    def load(self, folder: Path) -> None:
+        paths = sorted(path for path in folder.rglob("*") if path.is_file())
+        with httpx.Client(base_url=self.base_url, timeout=300) as client:
+
+            def post(path: Path) -> None:
+                response = client.post("/instances", content=path.read_bytes())
+                if response.status_code != 200:
+                    raise BenchError(f"Orthanc refused {path}: {response.status_code} {response.text[:200]}")
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(post, paths))
+
+
+class Dicomcloud(Server):
+    """`python -m dicomcloud up`, embedded defaults: the one-command archive a newcomer runs."""
+
+    name = "dicomcloud"
+    ae_title = "DICOMCLOUD"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def environment(self) -> dict[str, str]:
+        source = str(Path(__file__).resolve().parents[1] / "src")
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{path}" if path else source}
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "dicomcloud", "up",
+            "--data", str(self.data),
+            "--host", "127.0.0.1",
+            "--http-port", str(self.http_port),
+            "--dimse-port", str(self.dimse_port),
+            "--ae-title", self.ae_title,
+        ]
+
+    def ready_url(self) -> str:
+        return f"{self.base_url}/health"
+
+    def load(self, folder: Path) -> None:
+        """`dicomcloud import` beside the running server; its consumer indexes what the import publishes."""
+        command = [sys.executable, "-m", "dicomcloud", "import", "--data", str(self.data), "--log-level", "WARNING"]
+        with (self.folder / "import.log").open("ab") as log:
+            done = subprocess.run([*command, str(folder)], stdout=log, stderr=subprocess.STDOUT, env=self.environment())
+        if done.returncode != 0:
+            raise BenchError(f"dicomcloud import failed ({done.returncode}); see {self.folder}/import.log")
