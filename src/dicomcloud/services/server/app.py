@@ -21,6 +21,7 @@ from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server import delete, qido, stow, wado
+from dicomcloud.services.server.access_log import install_access_log
 from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         allow_headers=["*"],
         expose_headers=EXPOSED_HEADERS,
     )
+    install_access_log(app, runtime)  # last, so outermost: it sees what was actually sent
     return app
 
 
