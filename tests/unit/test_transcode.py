@@ -1,0 +1,156 @@
+"""Transcoding each of pydicom's test files to each target this archive can encode."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from test_codecs import DECODABLE, TEST_FILES
+
+from dicomcloud.dicom.codecs import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    LOSSY_SYNTAXES,
+    RLE_LOSSLESS,
+    TRANSCODE_TARGETS,
+    check_transcodable,
+    encode_frame,
+    transcode,
+)
+from dicomcloud.errors import InvalidInput, NotAcceptable
+
+# The documented tolerances of the lossy targets (dicom/codecs.py).
+JPEG_LS_NEAR = 2
+JPEG_2000_MIN_PSNR = 40.0
+
+
+def _pixels(ds: Dataset) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ds.pixel_array
+
+
+def _read(data: bytes | Path) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data, force=True)
+
+
+def _lossy_content(ds: Dataset) -> bool:
+    return ds.file_meta.TransferSyntaxUID in LOSSY_SYNTAXES or ds.get("LossyImageCompression") == "01"
+
+
+def assert_within_tolerance(original: np.ndarray, converted: np.ndarray, target: str, bits_stored: int) -> None:
+    assert original.shape == converted.shape
+    if target == JPEG_LS_NEAR_LOSSLESS:
+        assert np.abs(original.astype(np.int64) - converted.astype(np.int64)).max() <= JPEG_LS_NEAR
+    elif target == JPEG_2000:
+        mse = np.mean((original.astype(np.float64) - converted.astype(np.float64)) ** 2)
+        peak = float(2**bits_stored - 1)
+        assert mse == 0 or 10 * np.log10(peak**2 / mse) >= JPEG_2000_MIN_PSNR
+    else:
+        assert np.array_equal(original, converted)
+
+
+@pytest.mark.parametrize("target", sorted(TRANSCODE_TARGETS))
+@pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
+def test_transcoded_files_decode_to_the_original_pixels_or_are_refused_with_a_reason(path: Path, target: str) -> None:
+    original = _read(path)
+    before = path.read_bytes()
+    try:
+        converted = _read(transcode(path, target))
+    except (NotAcceptable, InvalidInput) as exc:
+        assert exc.message
+        return
+    finally:
+        assert path.read_bytes() == before
+    assert converted.file_meta.TransferSyntaxUID == target
+    assert converted.SOPInstanceUID == original.SOPInstanceUID
+    assert_within_tolerance(_pixels(original), _pixels(converted), target, int(original.BitsStored))
+
+
+def test_every_decodable_file_decompresses_to_explicit_little_endian() -> None:
+    for path in DECODABLE:
+        assert (
+            _read(transcode(path, EXPLICIT_VR_LITTLE_ENDIAN)).file_meta.TransferSyntaxUID == EXPLICIT_VR_LITTLE_ENDIAN
+        )
+
+
+def test_lossless_targets_take_the_common_images() -> None:
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "SC_rgb_rle.dcm", "examples_palette.dcm"):
+        for target in (RLE_LOSSLESS, JPEG_2000_LOSSLESS):
+            converted = _read(transcode(TEST_FILES / name, target))
+            assert np.array_equal(_pixels(converted), _pixels(_read(TEST_FILES / name)))
+
+
+def test_lossy_pixels_are_not_claimed_lossless() -> None:
+    with pytest.raises(NotAcceptable, match="lossy"):
+        transcode(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", JPEG_2000_LOSSLESS)
+    with pytest.raises(NotAcceptable, match="lossy"):
+        check_transcodable(EXPLICIT_VR_LITTLE_ENDIAN, RLE_LOSSLESS, lossy_content=True)
+
+
+def test_lossy_pixels_may_be_decompressed() -> None:
+    converted = _read(transcode(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", EXPLICIT_VR_LITTLE_ENDIAN))
+    assert converted.PhotometricInterpretation == "RGB"
+    assert converted.LossyImageCompression == "01"
+
+
+def test_a_target_without_encoder_is_not_acceptable() -> None:
+    with pytest.raises(NotAcceptable, match="no encoder"):
+        transcode(TEST_FILES / "CT_small.dcm", "1.2.840.10008.1.2.4.50")
+
+
+def test_a_file_without_pixels_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput):
+        transcode(TEST_FILES / "nested_priv_SQ.dcm", EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _decode_bitstream(header: Dataset, bitstream: bytes, syntax: str) -> np.ndarray:
+    """The frame as a one-frame dataset in `syntax` would give it."""
+    ds = Dataset()
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+        setattr(ds, keyword, header.get(keyword, 1 if keyword == "SamplesPerPixel" else 0))
+    ds.HighBit = ds.BitsStored - 1
+    photometric = header.PhotometricInterpretation
+    ds.PhotometricInterpretation = "RGB" if photometric.startswith("YBR") else photometric
+    if ds.SamplesPerPixel > 1:
+        ds.PlanarConfiguration = 0
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([bitstream])
+    return _pixels(ds)
+
+
+FRAME_FILES = [
+    "CT_small.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "MR_small_jp2klossless.dcm",
+]
+
+
+@pytest.mark.parametrize("target", sorted(TRANSCODE_TARGETS - {EXPLICIT_VR_LITTLE_ENDIAN}))
+@pytest.mark.parametrize("name", FRAME_FILES)
+def test_frames_encoded_in_each_syntax_decode_to_the_original_pixels(name: str, target: str) -> None:
+    path = TEST_FILES / name
+    original = _read(path)
+    frames = int(original.get("NumberOfFrames") or 1)
+    expected = _pixels(original) if frames > 1 else _pixels(original)[np.newaxis]
+    for number in range(1, frames + 1):
+        decoded = _decode_bitstream(original, encode_frame(path, number, target), target)
+        assert_within_tolerance(expected[number - 1], decoded, target, int(original.BitsStored))
+
+
+def test_a_frame_in_explicit_little_endian_is_the_decoded_frame() -> None:
+    path = TEST_FILES / "MR_small_RLE.dcm"
+    assert encode_frame(path, 1, EXPLICIT_VR_LITTLE_ENDIAN) == _pixels(_read(path)).astype("<i2").tobytes()
