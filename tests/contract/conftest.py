@@ -143,6 +143,13 @@ def scratch_database(server: Server, template: str) -> Iterator[str]:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+@pytest.fixture
+def postgres_scratch_dsn(postgres_server: Server, postgres_index_template: str) -> Iterator[str]:
+    """The DSN of a migrated database of the test's own."""
+    with scratch_database(postgres_server, postgres_index_template) as dsn:
+        yield dsn
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def index_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Index]]:
     """Opens the index on one store, as often as a test needs (a restart, another worker)."""
