@@ -122,6 +122,49 @@ class WarehouseSettings:
     doris: DorisSettings = field(default_factory=DorisSettings)
 
 
+# What @cornerstonejs/dicom-image-loader 5.14 decodes: the `switch (transferSyntax)` of
+# decodeImageFrame in its published dist/esm/decodeImageFrameWorker.js (npm, 2025). Its list also
+# has 1.2.840.10008.1.2.8.1 (Deflated Image Frame Compression) and a private "3.2.840.10008.1.2.4.96"
+# (HTJ2K). JPEG 2000 Part 2 (.92, .93), JPIP, MPEG and H.264/H.265 are absent, so they are transcoded.
+CORNERSTONE_SYNTAXES = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.1.98",
+    "1.2.840.10008.1.2.8.1",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.53",
+    "1.2.840.10008.1.2.4.55",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "3.2.840.10008.1.2.4.96",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.4.110",
+    "1.2.840.10008.1.2.4.111",
+    "1.2.840.10008.1.2.4.112",
+]
+
+
+@dataclass
+class TranscodeSettings:
+    # Instances stored in any other syntax get a derived copy in `target_syntax` at ingest.
+    viewer_syntaxes: list[str] = field(default_factory=lambda: list(CORNERSTONE_SYNTAXES))
+    # Explicit VR Little Endian: every viewer and toolkit decodes it with no codec, it is lossless
+    # for whatever was decoded, and pydicom writes it without an encoder plugin that could fail.
+    target_syntax: str = "1.2.840.10008.1.2.1"
+    # Attempts per instance before a TranscodeFailure is published.
+    max_attempts: int = 3
+
+
 @dataclass
 class Settings:
     tenant: str = "default"
