@@ -142,6 +142,22 @@ class DicomImageMeta(Event):
 
 
 @dataclass(frozen=True)
+class TranscodeRequest(Event):
+    """An instance is stored in a syntax the viewer cannot decode: derive a `target_syntax` copy."""
+
+    topic: ClassVar[str] = TRANSCODE_QUEUE
+
+    tenant_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    file_path: str
+    sha256: str
+    transfer_syntax: str
+    target_syntax: str
+
+
+@dataclass(frozen=True)
 class TranscodeFailure(Event):
     topic: ClassVar[str] = "transcode_failure"
 
