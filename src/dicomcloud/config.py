@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,9 +86,13 @@ class StorageSettings:
 @dataclass
 class BackendSettings:
     bus: Literal["sqlite"] = "sqlite"
-    index: Literal["sqlite"] = "sqlite"
-    cache: Literal["memory"] = "memory"
+    index: Literal["sqlite", "postgres"] = "sqlite"
+    cache: Literal["memory", "redis"] = "memory"
     cache_max_bytes: int = 256 * 1024**2
+    # libpq connection string of the PostgreSQL index, e.g. postgresql://user:password@host:5432/db
+    postgres_dsn: str = ""
+    # Redis URL of the cache, e.g. redis://:password@host:6379/0
+    redis_url: str = ""
     warehouse: Literal["duckdb"] = "duckdb"
 
 
@@ -187,11 +192,17 @@ class Settings:
 
 
 def _mask(value: Any, key: str = "") -> Any:
+    """Secret fields (`password`, or named like `postgres_dsn`) wholly; passwords inside URLs anywhere."""
     if isinstance(value, dict):
         return {k: _mask(v, k) for k, v in value.items()}
-    if key.lower() in SECRET_FIELDS and value:
+    if value and (key.lower() in SECRET_FIELDS or key.lower().rpartition("_")[2] in SECRET_FIELDS):
         return "***"
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>***@", value)
     return value
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@", re.I)
 
 
 def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
