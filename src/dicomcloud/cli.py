@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "loader": "load metadata and logs from the bus into the warehouse",
         "import": "store DICOM files or folders, as C-STORE would",
         "init": "create the data folders and schemas",
+        "stats": "print the warehouse's statistics as tables",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "import":
             sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
             sub.add_argument("--tenant", help="tenant to store into (default: the settings' tenant)")
+        if name == "stats":
+            from dicomcloud.ports.warehouse import STATISTICS
+
+            sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
+            sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
+            sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
     return parser
 
 
@@ -110,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "loader": lambda s, a: run_loader(s),
         "import": run_import,
         "init": lambda s, a: run_init(s),
+        "stats": run_stats,
     }
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
@@ -368,6 +376,32 @@ class Progress:
     def done(self) -> None:
         if self.tty:
             sys.stderr.write("\n")
+
+
+def run_stats(settings: Settings, args: argparse.Namespace) -> int:
+    """Print statistics: from a running archive's API with --url (DuckDB lets one process open its
+    file), else straight from the warehouse."""
+    import urllib.parse
+    import urllib.request
+
+    from dicomcloud.services.runtime import open_warehouse
+    from dicomcloud.services.stats import SUMMARY_PARTS, format_table
+
+    names = [args.name] if args.name else list(SUMMARY_PARTS)
+    if args.url:
+        base = args.url.rstrip("/")
+        for name in names:
+            query = urllib.parse.urlencode({"limit": args.limit})
+            with urllib.request.urlopen(f"{base}/api/stats/{name}?{query}", timeout=60) as response:
+                print(format_table(name, json.load(response)))
+        return 0
+    warehouse = open_warehouse(settings)
+    try:
+        for name in names:
+            print(format_table(name, warehouse.statistics(name, args.limit)))
+    finally:
+        warehouse.close()
+    return 0
 
 
 def run_init(settings: Settings) -> int:

@@ -1,0 +1,86 @@
+"""Statistics: `/api/stats/…` and `dicomcloud stats` show what the warehouse holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import support
+from fastapi.testclient import TestClient
+
+from dicomcloud import cli
+from dicomcloud.ports.warehouse import STATISTICS, TABLES, Batch
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server.app import create_app
+from dicomcloud.services.stats import format_table
+
+STUDY, SERIES = "1.2.826.0.5.1", "1.2.826.0.5.1.1"
+
+
+def fill(runtime: Runtime) -> None:
+    """Two CT instances of 1000 and 3000 bytes in one series of the default tenant."""
+    state = TABLES["dicom_state_meta"].row(
+        {"tenant_id": "default", "study_instance_uid": STUDY, "series_instance_uid": SERIES, "modality": "CT"}
+    )
+    images = [
+        TABLES["dicom_image_meta"].row(
+            {"tenant_id": "default", "study_instance_uid": STUDY, "series_instance_uid": SERIES,
+             "sop_instance_uid": f"{SERIES}.{n}", "file_size": size}
+        )
+        for n, size in enumerate((1000, 3000))
+    ]
+    runtime.warehouse.load(Batch("dicom_state_meta", "s", 0, 0, 0), [state])
+    runtime.warehouse.load(Batch("dicom_image_meta", "i", 0, 0, 1), images)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    rt = support.make_runtime(tmp_path / "data")
+    fill(rt)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime)) as test_client:
+        yield test_client
+
+
+def test_the_summary_counts_studies_series_instances_and_bytes_per_tenant_and_modality(client: TestClient) -> None:
+    body = client.get("/api/stats/summary").json()
+    assert body["totals"] == {"studies": 1, "series": 1, "instances": 2, "bytes": 4000}
+    assert body["tenants"] == [{"tenant_id": "default", "studies": 1, "series": 1, "instances": 2, "bytes": 4000}]
+    assert body["modalities"] == [{"modality": "CT", "studies": 1, "series": 1, "instances": 2, "bytes": 4000}]
+
+
+def test_every_statistic_is_served_as_json_rows(client: TestClient) -> None:
+    assert client.get("/api/stats").json() == {"statistics": list(STATISTICS)}
+    for name in STATISTICS:
+        response = client.get(f"/api/stats/{name}", params={"limit": 5})
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json(), list)
+
+
+def test_an_unknown_statistic_is_not_found(client: TestClient) -> None:
+    assert client.get("/api/stats/nope").status_code == 404
+    assert client.get("/api/stats/totals", params={"limit": 0}).status_code == 400
+
+
+def test_dicomcloud_stats_prints_the_summary_as_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runtime = support.make_runtime(tmp_path / "data")
+    fill(runtime)
+    runtime.close()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stats", "--data", str(tmp_path / "data")])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "totals\n  studies  series  instances  bytes\n" in out
+    assert "       1       1          2   4000" in out
+    assert "modalities" in out and "CT" in out
+
+
+def test_a_table_aligns_numbers_right_and_text_left() -> None:
+    table = format_table("t", [{"name": "a", "n": 10}, {"name": "bbb", "n": 2.5}])
+    assert table == "t\n  name    n\n  ----  ---\n  a      10\n  bbb   2.5\n"
