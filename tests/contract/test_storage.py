@@ -138,6 +138,34 @@ def test_remove_of_a_missing_instance_is_fine(storage: Storage) -> None:
     storage.remove_instance(storage.instance_relpath("default", STUDY, SERIES, SOP))
 
 
+def test_a_derived_copy_sits_beside_its_original(storage: Storage) -> None:
+    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
+    assert (
+        storage.derived_relpath(relpath, "1.2.840.10008.1.2.1")
+        == f"default/{STUDY}/{SERIES}/{SOP}_1.2.840.10008.1.2.1.dcm"
+    )
+
+
+@pytest.mark.parametrize("syntax", ["../x", "1.2/3", "", "1.2.a"])
+def test_derived_relpath_refuses_an_invalid_syntax(storage: Storage, syntax: str) -> None:
+    with pytest.raises(InvalidInput):
+        storage.derived_relpath(storage.instance_relpath("default", STUDY, SERIES, SOP), syntax)
+
+
+def test_replacing_or_removing_an_original_removes_its_derived_copies(storage: Storage) -> None:
+    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
+    derived = storage.derived_relpath(relpath, "1.2.840.10008.1.2.1")
+    stored(storage, relpath, b"original")
+    stored(storage, derived, b"derived")
+    assert storage.path(relpath).read_bytes() == b"original"
+    stored(storage, relpath, b"replacement")
+    assert not storage.path(derived).exists()
+    stored(storage, derived, b"derived again")
+    storage.remove_instance(relpath)
+    assert not storage.path(derived).exists()
+    assert not storage.path(relpath).parent.exists()
+
+
 def test_documents_round_trip(storage: Storage) -> None:
     key = f"default/{STUDY}/{SERIES}.json"
     storage.write_document(key, b'{"v": 1}')

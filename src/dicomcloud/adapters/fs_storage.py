@@ -21,6 +21,8 @@ from dicomcloud.errors import InvalidInput, StorageFailure
 TEMP_PREFIX = "dicomcloud-"
 TEMP_SUFFIX = ".part"
 PATH_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+INSTANCE_SUFFIX = ".dcm"
+DERIVED_SEPARATOR = "_"
 # A concurrent remove_instance may prune a folder between our mkdir and our rename.
 RENAME_ATTEMPTS = 3
 
@@ -53,15 +55,35 @@ class FsStorage:
         sop = validate_uid(sop_uid, "SOPInstanceUID")
         return f"{tenant}/{study}/{series}/{sop}.dcm"
 
+    def derived_relpath(self, relpath: str, transfer_syntax: str) -> str:
+        syntax = validate_uid(transfer_syntax, "TransferSyntaxUID")
+        folder, _, name = relpath.rpartition("/")
+        if not name.endswith(INSTANCE_SUFFIX) or DERIVED_SEPARATOR in name:
+            raise InvalidInput(f"not an instance path: {relpath[:200]!r}")
+        return f"{folder}/{name.removesuffix(INSTANCE_SUFFIX)}{DERIVED_SEPARATOR}{syntax}{INSTANCE_SUFFIX}"
+
     def commit_instance(self, temp: Path, relpath: str) -> None:
         """Make `temp` durable under `relpath`; on any failure the temp file is gone too."""
         self._commit(self._own_temp(temp), self.root, relpath)
+        if DERIVED_SEPARATOR not in relpath.rpartition("/")[2]:
+            self._remove_derived(self.path(relpath))
 
     def path(self, relpath: str) -> Path:
         return _inside(self.root, relpath)
 
     def remove_instance(self, relpath: str) -> None:
-        _remove(self.path(relpath), self.root)
+        path = self.path(relpath)
+        self._remove_derived(path)
+        _remove(path, self.root)
+
+    @staticmethod
+    def _remove_derived(original: Path) -> None:
+        stem = original.name.removesuffix(INSTANCE_SUFFIX)
+        try:
+            for derived in original.parent.glob(f"{stem}{DERIVED_SEPARATOR}*{INSTANCE_SUFFIX}"):
+                derived.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageFailure(f"cannot remove the derived copies of {original.name}: {exc}") from exc
 
     def read_document(self, key: str) -> bytes | None:
         try:

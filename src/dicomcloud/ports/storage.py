@@ -1,7 +1,9 @@
 """Storage of instance files and derived documents.
 
 Instances live at `<root>/<TenantID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm` (the user's layout);
-documents (series metadata) under a separate metadata root. Every write is temp name, fsync, rename.
+a derived copy in another transfer syntax sits beside its original as `<SOPUID>_<TransferSyntaxUID>.dcm`
+(`_` never occurs in a UID) and is removed or invalidated with it; documents (series metadata)
+live under a separate metadata root. Every write is temp name, fsync, rename.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ class Storage(Protocol):
         """Validate every id, then give the relative path of the instance file."""
         ...
 
+    def derived_relpath(self, relpath: str, transfer_syntax: str) -> str:
+        """The relative path of the copy of instance `relpath` in `transfer_syntax` (validated)."""
+        ...
+
     def commit_instance(self, temp: Path, relpath: str) -> None:
-        """fsync `temp`, rename it to `relpath` (replacing any file there), fsync the folder."""
+        """fsync `temp`, rename it to `relpath` (replacing any file there), fsync the folder.
+
+        Committing an original removes its derived copies: they were made from the file it replaces.
+        """
         ...
 
     def path(self, relpath: str) -> Path:
@@ -28,7 +37,7 @@ class Storage(Protocol):
         ...
 
     def remove_instance(self, relpath: str) -> None:
-        """Delete an instance file (missing is fine) and prune folders left empty."""
+        """Delete an instance file and its derived copies (missing is fine); prune folders left empty."""
         ...
 
     def read_document(self, key: str) -> bytes | None: ...
