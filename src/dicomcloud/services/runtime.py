@@ -34,9 +34,7 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         from dicomcloud.adapters.fs_storage import FsStorage
-        from dicomcloud.adapters.memory_cache import MemoryCache
         from dicomcloud.adapters.sqlite_bus import SqliteBus
-        from dicomcloud.adapters.sqlite_index import SqliteIndex
 
         data = settings.data_path
         data.mkdir(parents=True, exist_ok=True)
@@ -44,8 +42,8 @@ class Runtime:
             settings=settings,
             storage=FsStorage(root=data / "storage", metadata_root=data / "metadata", temp_dir=data / "tmp"),
             bus=SqliteBus(data / "bus.sqlite"),
-            index=SqliteIndex(data / "index.sqlite"),
-            cache=MemoryCache(max_bytes=settings.backends.cache_max_bytes),
+            index=open_index(settings),
+            cache=open_cache(settings),
         )
 
     def close(self) -> None:
@@ -55,6 +53,38 @@ class Runtime:
             if self._warehouse is not None:
                 self._warehouse.close()
                 self._warehouse = None
+
+
+def open_index(settings: Settings) -> Index:
+    backends = settings.backends
+    if backends.index == "sqlite":
+        from dicomcloud.adapters.sqlite_index import SqliteIndex
+
+        return SqliteIndex(settings.data_path / "index.sqlite")
+    if backends.index == "postgres":
+        from dicomcloud.adapters.postgres_index import PostgresIndex
+
+        return PostgresIndex(_required(backends.postgres_dsn, "backends.postgres_dsn", "the postgres index"))
+    raise ValueError(f"unknown index backend {backends.index!r} (sqlite or postgres)")
+
+
+def open_cache(settings: Settings) -> Cache:
+    backends = settings.backends
+    if backends.cache == "memory":
+        from dicomcloud.adapters.memory_cache import MemoryCache
+
+        return MemoryCache(max_bytes=backends.cache_max_bytes)
+    if backends.cache == "redis":
+        from dicomcloud.adapters.redis_cache import RedisCache
+
+        return RedisCache(_required(backends.redis_url, "backends.redis_url", "the redis cache"))
+    raise ValueError(f"unknown cache backend {backends.cache!r} (memory or redis)")
+
+
+def _required(value: str, name: str, user: str) -> str:
+    if not value:
+        raise ValueError(f"{user} needs the setting {name} (env: DICOMCLOUD_{name.upper().replace('.', '__')})")
+    return value
 
 
 def open_warehouse(settings: Settings) -> Warehouse:
