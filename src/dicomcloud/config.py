@@ -179,6 +179,7 @@ class Settings:
     backends: BackendSettings = field(default_factory=BackendSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
+    transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     log_level: str = "INFO"
 
     @property
