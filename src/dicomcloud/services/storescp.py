@@ -1,4 +1,5 @@
-"""wado-storescp: the DIMSE SCP (C-ECHO, C-STORE), a thin shell over pynetdicom and Ingest.
+"""wado-storescp: the DIMSE SCP (C-ECHO, C-STORE, and C-FIND/C-GET/C-MOVE from `qrscp`), a thin
+shell over pynetdicom and Ingest.
 
 Datasets are never decoded: pynetdicom writes each received dataset, behind a preamble and File
 Meta Information naming the accepted transfer syntax, to a temporary file
@@ -9,6 +10,9 @@ it into a storage temp file and hands that to `Ingest.store`. Success (0x0000) i
 The called AE title picks the tenant (`dimse.ae_tenants`, else the default tenant); with
 `dimse.reject_unknown_called_ae`, an association to an AE title that is neither mapped nor ours is
 refused with A-ASSOCIATE-RJ (permanent, "called AE title not recognised").
+
+Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
+storage SCP gets its C-STORE sub-operations on the same association.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, StoragePrese
 
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.qrscp import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
 from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,7 +71,6 @@ TRANSFER_SYNTAXES = [
     ts.HEVCM10P51,
 ]
 
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 MAX_ASSOCIATIONS = 64
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, called AE title not recognised.
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
@@ -92,9 +96,11 @@ class StoreSCP:
         self.ae.dimse_timeout = dimse.network_timeout
         self.ae.maximum_associations = MAX_ASSOCIATIONS
         for sop_class in storage_sop_classes():
-            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         self.ae.add_supported_context(VERIFICATION_SOP_CLASS, TRANSFER_SYNTAXES[:3])
         self._tenants = {title.strip(): tenant for title, tenant in dimse.ae_tenants.items()}
+        self.query_retrieve = QueryRetrieveSCP(runtime, self.tenant_for)
+        self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
         self._stopped = threading.Event()
 
@@ -117,6 +123,7 @@ class StoreSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            *self.query_retrieve.handlers,
         ]
         self._server = self.ae.start_server((dimse.host, dimse.port), block=False, evt_handlers=handlers)
         log.info("DIMSE SCP %s listening on %s:%d", dimse.ae_title, dimse.host, self.port)
@@ -135,7 +142,7 @@ class StoreSCP:
         self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
-        called = _called_ae(event)
+        called = called_ae(event)
         if self.tenant_for(called) is None:
             calling = event.assoc.requestor.primitive.calling_ae_title if event.assoc.requestor.primitive else ""
             log.warning("refused an association from %r to unknown AE title %r", calling, called)
@@ -147,7 +154,7 @@ class StoreSCP:
         return STATUS_SUCCESS
 
     def _on_store(self, event: evt.Event) -> int:
-        called = _called_ae(event)
+        called = called_ae(event)
         calling = str(event.assoc.requestor.ae_title).strip()
         tenant = self.tenant_for(called)
         if tenant is None:
@@ -170,9 +177,3 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
-
-
-def _called_ae(event: evt.Event) -> str:
-    """The AE title the peer asked for (ours may answer to several, one per tenant)."""
-    request = event.assoc.requestor.primitive
-    return str(request.called_ae_title).strip() if request is not None else ""

@@ -1,0 +1,249 @@
+"""C-FIND, C-GET and C-MOVE for wado-storescp: handlers bound to the same AE as C-STORE (one port).
+
+The domain (`dicomcloud.dicom.cfind`) turns identifiers into index queries and matches into
+response identifiers; this module runs them against the tenant's index and storage.
+
+- C-FIND: pending responses are produced one by one as pynetdicom sends them; a C-CANCEL stops the
+  stream with 0xFE00. IMAGE level fills keys the index does not keep from the series metadata
+  document, as QIDO-RS does for instance includefields (bulk data left out).
+- C-GET and C-MOVE send stored files as stored: the dataset is read without decoding its pixel data
+  and written back in its stored transfer syntax when the peer accepted that syntax for the SOP
+  class (for C-MOVE we propose it), so the dataset's bytes are the stored ones. Instances stored
+  uncompressed may also go in another accepted uncompressed syntax (pynetdicom re-encodes; values
+  are unchanged). A compressed instance whose syntax a C-GET requestor did not accept is
+  decompressed to Explicit VR Little Endian if the requestor accepted a native syntax for its SOP
+  class (pynetdicom, as acceptor, picks our first supported syntax among those proposed, so a
+  requestor proposing both gets the native one); otherwise, and always for C-MOVE, that
+  sub-operation fails and is counted.
+- An identifier that names no level or lacks its unique keys fails with 0xA900 after the C-MOVE
+  destination is known (pynetdicom asks for the destination first).
+- A C-MOVE destination comes from `dimse.move_destinations` (AE title -> host, port, TLS);
+  any other Move Destination is refused with 0xA801.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, build_context, evt
+from pynetdicom.presentation import PresentationContext
+
+from dicomcloud.config import MoveDestination
+from dicomcloud.dicom.cfind import (
+    InformationModel,
+    find_query,
+    find_response,
+    patient_rows,
+    query_retrieve_level,
+    retrieve_query,
+)
+from dicomcloud.errors import DicomCloudError
+from dicomcloud.ports.index import InstanceLocation, SeriesKey
+from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FIND_MODELS: dict[str, InformationModel] = {
+    "1.2.840.10008.5.1.4.1.2.1.1": "patient",  # Patient Root Query/Retrieve Information Model - FIND
+    "1.2.840.10008.5.1.4.1.2.2.1": "study",  # Study Root Query/Retrieve Information Model - FIND
+}
+MOVE_MODELS: dict[str, InformationModel] = {
+    "1.2.840.10008.5.1.4.1.2.1.2": "patient",
+    "1.2.840.10008.5.1.4.1.2.2.2": "study",
+}
+GET_MODELS: dict[str, InformationModel] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": "patient",
+    "1.2.840.10008.5.1.4.1.2.2.3": "study",
+}
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+QR_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
+# Syntaxes pynetdicom converts between by re-encoding (no pixel data decoding involved).
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
+STATUS_SUCCESS = 0x0000
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_UNABLE_TO_PROCESS = 0xC000
+
+FindResult = tuple[int, Dataset | None]
+
+
+class QueryRetrieveSCP:
+    """Query/retrieve handlers for an AE whose called AE title picks the tenant (`tenant_for`)."""
+
+    def __init__(self, runtime: Runtime, tenant_for: Callable[[str], str | None]) -> None:
+        self.runtime = runtime
+        self.tenant_for = tenant_for
+        self.metadata = SeriesMetadata(runtime)
+        self.destinations: dict[str, MoveDestination] = runtime.settings.dimse.move_destinations
+
+    def add_contexts(self, ae: AE) -> None:
+        """Accept the Patient Root and Study Root FIND, MOVE and GET SOP classes."""
+        for sop_class in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+            ae.add_supported_context(sop_class, QR_TRANSFER_SYNTAXES)
+
+    @property
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [(evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get), (evt.EVT_C_MOVE, self._on_move)]
+
+    def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
+        called = called_ae(event)
+        try:
+            tenant = self._tenant(called)
+            model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
+            identifier = event.identifier
+            qr_level = query_retrieve_level(identifier, model)
+            rows = self.runtime.index.search(tenant, find_query(identifier, model))
+        except DicomCloudError as exc:
+            log.warning("C-FIND to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
+            yield exc.dimse_status, None
+            return
+        if qr_level == "PATIENT":
+            rows = patient_rows(rows)
+        extras = self._document_values(tenant, identifier, rows) if qr_level == "IMAGE" else {}
+        for row in rows:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            values = {**extras.get(str(row.get("SOPInstanceUID")), {}), **row}
+            yield STATUS_PENDING, find_response(identifier, values, qr_level=qr_level, retrieve_ae_title=called)
+        yield STATUS_SUCCESS, None
+
+    def _document_values(
+        self, tenant: str, identifier: Dataset, rows: list[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """Per SOP Instance UID, values of requested keys the index rows lack, from series documents."""
+        missing = {f"{element.tag:08X}" for element in identifier if rows and element.keyword not in rows[0]}
+        if not missing:
+            return {}
+        values: dict[str, dict[str, Any]] = {}
+        for study, series in dict.fromkeys((str(r["StudyInstanceUID"]), str(r["SeriesInstanceUID"])) for r in rows):
+            document = self.metadata.document(SeriesKey(tenant, study, series))
+            for sop, entry in (document.instances.items() if document is not None else ()):
+                wanted = {tag: value for tag, value in entry.metadata.items() if tag in missing and _inline(value)}
+                values[sop] = {element.keyword: element.value for element in Dataset.from_json(wanted)}
+        return values
+
+    def _on_get(self, event: evt.Event) -> Iterator[int | FindResult]:
+        called = called_ae(event)
+        try:
+            instances = self._instances(called, event.identifier, GET_MODELS[str(event.request.AffectedSOPClassUID)])
+        except DicomCloudError as exc:
+            log.warning("C-GET to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
+            yield 1
+            yield exc.dimse_status, None
+            return
+        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts}
+        yield len(instances)
+        yield from self._sub_operations(event, instances, accepted)
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        called = called_ae(event)
+        name = str(event.move_destination).strip()
+        destination = self.destinations.get(name)
+        if destination is None:
+            log.warning("C-MOVE to %s refused: unknown Move Destination %r", called, name)
+            yield None, None
+            return
+        options: dict[str, Any] = {"tls_args": (tls_context(destination), destination.host)} if destination.tls else {}
+        try:
+            instances = self._instances(called, event.identifier, MOVE_MODELS[str(event.request.AffectedSOPClassUID)])
+        except DicomCloudError as exc:
+            log.warning("C-MOVE to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
+            # pynetdicom reports a status only after associating with the destination.
+            yield destination.host, destination.port, {**options, "contexts": [build_context(VERIFICATION_SOP_CLASS)]}
+            yield 1
+            yield exc.dimse_status, None
+            return
+        yield destination.host, destination.port, {**options, "contexts": move_contexts(instances)}
+        yield len(instances)
+        yield from self._sub_operations(event, instances)
+
+    def _sub_operations(
+        self, event: evt.Event, instances: list[InstanceLocation], accepted: set[tuple[str, str]] | None = None
+    ) -> Iterator[FindResult]:
+        """One C-STORE per instance; with the peer's `accepted` (SOP class, syntax) pairs known (C-GET),
+        a compressed instance whose syntax was not accepted is decompressed if a native one was."""
+        for location in instances:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            dataset = read_stored(self.runtime.storage.path(location.file_path), location)
+            if accepted is not None and needs_decompression(location, accepted):
+                dataset.decompress()
+            yield STATUS_PENDING, dataset
+
+    def _tenant(self, called: str) -> str:
+        tenant = self.tenant_for(called)
+        if tenant is None:
+            raise DicomCloudError(f"called AE title {called!r} is not recognised")
+        return tenant
+
+    def _instances(self, called: str, identifier: Dataset, model: InformationModel) -> list[InstanceLocation]:
+        """The stored instances a C-GET/C-MOVE identifier names, series by series."""
+        tenant = self._tenant(called)
+        rows = self.runtime.index.search(tenant, retrieve_query(identifier, model))
+        wanted = {str(row["SOPInstanceUID"]) for row in rows}
+        series = dict.fromkeys((str(row["StudyInstanceUID"]), str(row["SeriesInstanceUID"])) for row in rows)
+        return [
+            location
+            for study, series_uid in series
+            for location in self.runtime.index.list_instances(tenant, study, series_uid)
+            if location.sop_instance_uid in wanted
+        ]
+
+
+def read_stored(path: Path, location: InstanceLocation) -> Dataset:
+    """The stored dataset, undecoded (pixel data stays as stored), with its transfer syntax."""
+    dataset = dcmread(path, force=True)
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        dataset.file_meta.TransferSyntaxUID = UID(location.transfer_syntax)
+    return dataset
+
+
+def needs_decompression(location: InstanceLocation, accepted: set[tuple[str, str]]) -> bool:
+    """Compressed as stored, that syntax not accepted for its SOP class, a native syntax accepted."""
+    sop_class, syntax = location.sop_class_uid, location.transfer_syntax
+    return (
+        syntax not in NATIVE_SYNTAXES
+        and (sop_class, syntax) not in accepted
+        and any((sop_class, native) in accepted for native in NATIVE_SYNTAXES)
+    )
+
+
+def move_contexts(instances: list[InstanceLocation]) -> list[PresentationContext]:
+    """One context per (SOP class, stored syntax); native syntaxes also offer the other native ones."""
+    pairs = dict.fromkeys((loc.sop_class_uid, loc.transfer_syntax) for loc in instances)
+    if len(pairs) > MAX_CONTEXTS:
+        log.warning("C-MOVE needs %d presentation contexts; the instances beyond %d fail", len(pairs), MAX_CONTEXTS)
+    contexts = []
+    for sop_class, syntax in list(pairs)[:MAX_CONTEXTS]:
+        syntaxes = [syntax, *(s for s in NATIVE_SYNTAXES if s != syntax)] if syntax in NATIVE_SYNTAXES else [syntax]
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts
+
+
+def tls_context(destination: MoveDestination) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=destination.ca_file or None)
+    if destination.cert_file:
+        context.load_cert_chain(destination.cert_file, destination.key_file or None)
+    return context
+
+
+def called_ae(event: evt.Event) -> str:
+    """The AE title the peer asked for (ours may answer to several, one per tenant)."""
+    request = event.assoc.requestor.primitive
+    return str(request.called_ae_title).strip() if request is not None else ""
+
+
+def _inline(value: Any) -> bool:
+    """A DICOM JSON attribute without bulk data (C-FIND responses carry none)."""
+    return isinstance(value, dict) and "BulkDataURI" not in value and "InlineBinary" not in value
