@@ -92,6 +92,8 @@ class Loader:
                 self.load(pending)
                 consumer.commit(pending)
                 pending = []
+        # What was published just before the stop (the web app's last access-log flush) goes in too.
+        pending.extend(consumer.poll(max(1, limit - len(pending)), 0))
         if pending:
             self.load(pending)
             consumer.commit(pending)
