@@ -10,6 +10,9 @@ match the event's sha256 (replaced since: the later event indexes it). This is a
 replayed or reordered older event from moving an instance back; see services/ingest.py for who
 removes superseded files (ingest does; this consumer never deletes).
 
+An instance with pixels in a syntax outside `transcode.viewer_syntaxes` is also announced on
+`transcode_queue` (services/transcoder.py makes the viewer's copy).
+
 A poison message (not a StorageEvent, a path that does not match its UIDs, a file that cannot be
 parsed) goes to `storage_queue.dlq` with the error and is committed, so it never blocks the topic.
 Any other failure (index or bus down) is transient: the batch is not committed, the subscription is
@@ -34,9 +37,11 @@ from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
     DICOM_STATE_QUEUE,
     STORAGE_QUEUE,
+    TRANSCODE_QUEUE,
     DicomImageMeta,
     DicomStateMeta,
     StorageEvent,
+    TranscodeRequest,
 )
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.index import SeriesKey
@@ -94,6 +99,9 @@ class IndexConsumer:
             state, image = indexed
             states[SeriesKey(state.tenant_id, state.study_instance_uid, state.series_instance_uid)] = state
             messages.append(Message(DICOM_IMAGE_QUEUE, image.key, image.to_bytes()))
+            request = self._transcode_request(image)
+            if request is not None:
+                messages.append(Message(TRANSCODE_QUEUE, request.key, request.to_bytes()))
         for key, state in states.items():
             count = len(
                 self.runtime.index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid)
@@ -133,6 +141,22 @@ class IndexConsumer:
         outcome = self.runtime.index.upsert(state, image)
         log.debug("indexed %s: %s", event.sop_instance_uid, outcome.value)
         return state, image
+
+    def _transcode_request(self, image: DicomImageMeta) -> TranscodeRequest | None:
+        """A request for the viewer's copy when the stored syntax is one the viewer cannot decode."""
+        policy = self.runtime.settings.transcode
+        if image.rows is None or image.transfer_syntax in policy.viewer_syntaxes:
+            return None
+        return TranscodeRequest(
+            tenant_id=image.tenant_id,
+            study_instance_uid=image.study_instance_uid,
+            series_instance_uid=image.series_instance_uid,
+            sop_instance_uid=image.sop_instance_uid,
+            file_path=image.file_path,
+            sha256=image.sha256,
+            transfer_syntax=image.transfer_syntax,
+            target_syntax=policy.target_syntax,
+        )
 
     @staticmethod
     def _close(consumer: BusConsumer) -> None:
