@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -16,54 +12,18 @@ import pytest
 
 from dicomcloud.dicom.synthetic import ct_series, multiframe, write_part10
 
-from .conftest import Archive, free_port, wait_until
+from .conftest import Archive
 from .dicom_clients import stow
+from .orthanc import Orthanc, running_orthanc
 
 pytestmark = pytest.mark.e2e
-
-ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-@dataclass
-class Orthanc:
-    url: str
-    process: subprocess.Popen[bytes]
 
 
 @pytest.fixture(scope="module")
 def orthanc(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if shutil.which("Orthanc") is None or not ORTHANC_PLUGINS.exists():
-        pytest.fail("Orthanc and its DICOMweb plugin must be installed (./dev test installs them)")
-    folder = tmp_path_factory.mktemp("orthanc")
-    http_port = free_port()
-    config = {
-        "Name": "peer",
-        "StorageDirectory": str(folder / "db"),
-        "IndexDirectory": str(folder / "db"),
-        "HttpPort": http_port,
-        "DicomPort": free_port(),
-        "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(ORTHANC_PLUGINS)],
-        "DicomWeb": {"Enable": True, "Servers": {"archive": [archive.dicomweb_url() + "/"]}},
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http_port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/system", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, 60, "Orthanc to start")
-    yield Orthanc(url, process)
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    config = {"DicomWeb": {"Enable": True, "Servers": {"archive": [archive.dicomweb_url() + "/"]}}}
+    with running_orthanc(tmp_path_factory.mktemp("orthanc"), config) as orthanc:
+        yield orthanc
 
 
 @pytest.fixture(scope="module")
