@@ -1,10 +1,11 @@
-"""Real clients as users run them: dcmtk's storescu and pynetdicom for C-STORE, raw STOW-RS bodies."""
+"""Real clients as users run them: dcmtk's storescu and pynetdicom for C-STORE, dcmtk's findscu,
+getscu and movescu for query/retrieve, raw STOW-RS bodies."""
 
 from __future__ import annotations
 
 import secrets
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,50 @@ def storescu_can_read(path: Path) -> bool:
         capture_output=True, text=True, check=False,
     ).stdout
     return dump.count(") UI ") == 2
+
+
+def _query_retrieve_keys(model: str, level: str, keys: Mapping[str, str]) -> list[str]:
+    """dcmtk's -P/-S model option and one -k per key, Query/Retrieve Level first."""
+    arguments = ["-P" if model == "patient" else "-S", "-k", f"QueryRetrieveLevel={level}"]
+    for keyword, value in keys.items():
+        arguments += ["-k", f"{keyword}={value}" if value else keyword]
+    return arguments
+
+
+def findscu(
+    port: int, called_ae: str, model: str, level: str, keys: Mapping[str, str], folder: Path
+) -> tuple[list[pydicom.Dataset], subprocess.CompletedProcess[str]]:
+    """C-FIND with dcmtk; the response identifiers (extracted to files in `folder`) in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        "findscu", "-v", "-aet", "TESTSCU", "-aec", called_ae, "-X", "-od", str(folder),
+        *_query_retrieve_keys(model, level, keys), "127.0.0.1", str(port),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return [pydicom.dcmread(path) for path in sorted(folder.glob("rsp*.dcm"))], result
+
+
+def getscu(
+    port: int, called_ae: str, model: str, level: str, keys: Mapping[str, str], folder: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """C-GET with dcmtk, writing what it receives bit-preserving (+B) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        "getscu", "-v", "-aet", "TESTSCU", "-aec", called_ae, "+B", "-od", str(folder), *options,
+        *_query_retrieve_keys(model, level, keys), "127.0.0.1", str(port),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def movescu(
+    port: int, called_ae: str, destination: str, model: str, level: str, keys: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """C-MOVE with dcmtk to the AE title `destination` (verbose: the statuses are in the output)."""
+    command = [
+        "movescu", "-v", "-aet", "TESTSCU", "-aec", called_ae, "-aem", destination,
+        *_query_retrieve_keys(model, level, keys), "127.0.0.1", str(port),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
 def pynetdicom_store(port: int, called_ae: str, files: Iterable[Path]) -> list[int]:

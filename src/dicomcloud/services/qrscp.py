@@ -11,7 +11,8 @@ response identifiers; this module runs them against the tenant's index and stora
   class (for C-MOVE we propose it), so the dataset's bytes are the stored ones. Instances stored
   uncompressed may also go in another accepted uncompressed syntax (pynetdicom re-encodes; values
   are unchanged). A compressed instance whose syntax a C-GET requestor did not accept is
-  decompressed to Explicit VR Little Endian if the requestor accepted a native syntax for its SOP
+  decompressed to Explicit VR Little Endian, keeping its SOP Instance UID (PS3.5 A.4: a transfer
+  syntax change is not a new instance), if the requestor accepted a native syntax for its SOP
   class (pynetdicom, as acceptor, picks our first supported syntax among those proposed, so a
   requestor proposing both gets the native one); otherwise, and always for C-MOVE, that
   sub-operation fails and is counted.
@@ -178,7 +179,7 @@ class QueryRetrieveSCP:
                 return
             dataset = read_stored(self.runtime.storage.path(location.file_path), location)
             if accepted is not None and needs_decompression(location, accepted):
-                dataset.decompress()
+                dataset.decompress(generate_instance_uid=False)
             yield STATUS_PENDING, dataset
 
     def _tenant(self, called: str) -> str:
