@@ -50,6 +50,14 @@ def rle_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Data
     return ds
 
 
+@pytest.fixture
+def wide_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+    """Large enough for OpenJPEG's default resolution levels (it refuses 16 x 16)."""
+    ds = multiframe(3, rows=64, columns=64, transfer_syntax=RLE)
+    store_and_index(client, runtime, [ds], tmp_path)
+    return ds
+
+
 def stored_bytes(runtime: Runtime, ds: pydicom.Dataset) -> bytes:
     relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     return runtime.storage.path(relpath).read_bytes()
@@ -116,9 +124,7 @@ def test_acceptable_dicom_accepts_get_the_stored_files(
     assert response.headers["content-type"].startswith(DICOM_MULTIPART)
 
 
-def test_another_transfer_syntax_is_406_until_transcoding_exists(
-    client: TestClient, series: list[pydicom.Dataset]
-) -> None:
+def test_a_transfer_syntax_without_an_encoder_is_406(client: TestClient, series: list[pydicom.Dataset]) -> None:
     accept = f"{DICOM_MULTIPART}; transfer-syntax=1.2.840.10008.1.2.4.50"
     response = client.get(instance_url(series[0]), headers={"Accept": accept})
     assert response.status_code == 406
@@ -203,6 +209,37 @@ def test_metadata_base_follows_the_tenant_prefix(client: TestClient, runtime: Ru
     assert document["7FE00010"]["BulkDataURI"].startswith("http://archive.test/radiology/dicom-web/studies/")
 
 
+@pytest.mark.parametrize("syntax", [RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"])
+def test_an_instance_in_another_lossless_syntax_is_transcoded_then_cached_beside_the_original(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset], syntax: str
+) -> None:
+    ds = series[0]
+    original = stored_bytes(runtime, ds)
+    accept = f"{DICOM_MULTIPART}; transfer-syntax={syntax}"
+    response = client.get(instance_url(ds), headers={"Accept": accept})
+    assert response.status_code == 200
+    ((headers, body),) = multipart_bodies(response)
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={syntax}"
+    served = pydicom.dcmread(BytesIO(body))
+    assert served.file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(served.pixel_array, ds.pixel_array)
+    assert stored_bytes(runtime, ds) == original
+    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    derived = runtime.storage.path(runtime.storage.derived_relpath(relpath, syntax))
+    assert derived.read_bytes() == body
+    again = client.get(instance_url(ds), headers={"Accept": f"application/dicom; transfer-syntax={syntax}"})
+    assert again.content == body
+
+
+def test_a_compressed_instance_is_served_uncompressed_on_request(client: TestClient, rle_mf: pydicom.Dataset) -> None:
+    accept = f"{DICOM_MULTIPART}; transfer-syntax={EXPLICIT_LE}"
+    response = client.get(f"/dicom-web/studies/{rle_mf.StudyInstanceUID}", headers={"Accept": accept})
+    assert response.status_code == 200
+    ((headers, body),) = multipart_bodies(response)
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert np.array_equal(pydicom.dcmread(BytesIO(body)).pixel_array, rle_mf.pixel_array)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Frames
 
@@ -242,6 +279,49 @@ def test_compressed_frames_in_their_own_media_type(client: TestClient, rle_mf: p
     assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": accept}).status_code == 200
     jpeg = 'multipart/related; type="image/jpeg"'
     assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": jpeg}).status_code == 406
+
+
+@pytest.mark.parametrize(
+    ("media_type", "syntax"),
+    [
+        ("image/dicom-rle", RLE),
+        ("image/jls", "1.2.840.10008.1.2.4.80"),
+        ("image/jls", "1.2.840.10008.1.2.4.81"),
+        ("image/jp2", "1.2.840.10008.1.2.4.90"),
+        ("image/jp2", "1.2.840.10008.1.2.4.91"),
+    ],
+)
+def test_frames_requested_in_each_encodable_syntax_decode_to_the_original_pixels(
+    client: TestClient, wide_mf: pydicom.Dataset, media_type: str, syntax: str
+) -> None:
+    accept = f'multipart/related; type="{media_type}"; transfer-syntax={syntax}'
+    response = client.get(f"{instance_url(wide_mf)}/frames/2,3", headers={"Accept": accept})
+    assert response.status_code == 200
+    parts = multipart_bodies(response)
+    assert parts[0][0]["content-type"] == f"{media_type}; transfer-syntax={syntax}"
+    for (_, body), number in zip(parts, (2, 3), strict=True):
+        ds = pydicom.Dataset()
+        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit"):
+            setattr(ds, keyword, wide_mf.get(keyword))
+        ds.PixelRepresentation = wide_mf.PixelRepresentation
+        ds.PhotometricInterpretation = wide_mf.PhotometricInterpretation
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = pydicom.encaps.encapsulate([body])
+        difference = np.abs(ds.pixel_array.astype(int) - wide_mf.pixel_array[number - 1].astype(int))
+        assert difference.max() <= (
+            2 if syntax.endswith(".81") else 0 if syntax.endswith((".5", ".80", ".90")) else 255
+        )
+
+
+def test_a_frame_media_type_without_transfer_syntax_means_its_lossless_default(
+    client: TestClient, wide_mf: pydicom.Dataset
+) -> None:
+    response = client.get(
+        f"{instance_url(wide_mf)}/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'}
+    )
+    assert response.status_code == 200
+    assert multipart_bodies(response)[0][0]["content-type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
 
 
 def test_a_frame_beyond_the_last_is_not_found(client: TestClient, native_mf: pydicom.Dataset) -> None:

@@ -271,7 +271,7 @@ def encode_frame(path: Path, number: int, target_syntax: str) -> bytes:
     options = dict(_ENCODER_OPTIONS[target_syntax])
     options.pop("encoding_plugin", None)
     try:
-        return get_encoder(target_syntax).encode(
+        encoded = get_encoder(target_syntax).encode(
             arr,
             encoding_plugin="pydicom" if target_syntax == RLE_LOSSLESS else "",
             rows=int(header.Rows),
@@ -287,3 +287,4 @@ def encode_frame(path: Path, number: int, target_syntax: str) -> bytes:
         )
     except _DECODE_ERRORS as exc:
         raise NotAcceptable(f"cannot encode frame {number} as {target_syntax}: {exc}") from exc
+    return bytes(encoded)

@@ -1,15 +1,19 @@
 """WADO-RS retrieve (PS3.18 10.4): instances, metadata, frames and bulk data.
 
 Negotiation (PS3.18 8.7), in the client's order of preference:
-- Instances are served as stored. `multipart/related; type="application/dicom"` with no
-  transfer-syntax, `*`, or the stored one is acceptable, as are `*/*` and `multipart/*`; a bare
-  `application/dicom` is accepted for a single instance (one body, not multipart). Any other
-  transfer syntax is 406 until transcoding exists, unless every instance already has it.
+- Instances: `multipart/related; type="application/dicom"` with no transfer-syntax or `*` gets
+  the files as stored, as do `*/*` and `multipart/*`; a bare `application/dicom` is accepted for a
+  single instance (one body, not multipart). A named transfer syntax gets, per instance, the stored
+  file if it has that syntax, else its derived copy, made now (services/transcoder.py `derive`) if
+  it does not exist yet, and kept for the next request. 406 when no encoder makes that syntax or the
+  pixels are lossy and the syntax lossless (dicom/codecs.py).
 - Frames: `type="*/*"` (dicomweb-client's default) or octet-stream with `transfer-syntax=*` get
   the frames as stored (compressed bitstreams under their own media type). Octet-stream with no
   transfer syntax or Explicit VR Little Endian gets uncompressed little endian frames, decoded
   when stored compressed. `image/jpeg` & co. get the stored bitstream when their media type and
-  transfer syntax (if named) fit the stored one; otherwise 406.
+  transfer syntax (if named) fit the stored one; a named syntax of that media type (or the media
+  type's lossless default, PS3.18 Table 8.7.3-5) is otherwise encoded per frame when an encoder
+  exists; otherwise 406.
 - Metadata is DICOM JSON (gzip by the app's middleware); bulk data is one octet-stream part.
 """
 
@@ -25,7 +29,14 @@ from typing import BinaryIO
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dicomcloud.dicom.codecs import decode_frame, frame_media_type, frame_transfer_syntax
+from dicomcloud.dicom.codecs import (
+    TRANSCODE_TARGETS,
+    check_transcodable,
+    decode_frame,
+    encode_frame,
+    frame_media_type,
+    frame_transfer_syntax,
+)
 from dicomcloud.dicom.dicomjson import parse_tag_path
 from dicomcloud.dicom.seriesdoc import FrameIndex, index_frames, read_bulkdata, read_frames
 from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound
@@ -39,6 +50,7 @@ from dicomcloud.services.server.negotiation import (
     json_media_type,
     parse_accept,
 )
+from dicomcloud.services.transcoder import derive
 
 log = logging.getLogger(__name__)
 
@@ -96,27 +108,39 @@ class _Packaging(enum.Enum):
     SINGLE = "single"
 
 
-def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> _Packaging:
-    def syntax_fits(transfer_syntax: str | None) -> bool:
-        return transfer_syntax in (None, "*") or stored == {transfer_syntax}
+def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> tuple[_Packaging, str | None]:
+    """How to package the instances, and the transfer syntax to serve them in (None: as stored)."""
+
+    def wanted(transfer_syntax: str | None) -> tuple[bool, str | None]:
+        if transfer_syntax in (None, "*") or stored == {transfer_syntax}:
+            return True, None
+        if transfer_syntax not in TRANSCODE_TARGETS:
+            return False, None
+        try:
+            for syntax in stored - {transfer_syntax}:
+                check_transcodable(syntax, transfer_syntax)
+        except NotAcceptable:
+            return False, None
+        return True, transfer_syntax
 
     for media_range in ranges:
         if media_range.media_type in ("*/*", "multipart/*"):
-            return _Packaging.MULTIPART
+            return _Packaging.MULTIPART, None
         if media_range.is_multipart_related:
             part = media_range.part_range()
-            if part.matches(DICOM) and syntax_fits(part.transfer_syntax):
-                return _Packaging.MULTIPART
-        elif single and media_range.matches(DICOM) and syntax_fits(media_range.transfer_syntax):
-            return _Packaging.SINGLE
-    raise NotAcceptable(
-        f"stored as {', '.join(sorted(stored))}; transcoding to another transfer syntax is not supported"
-    )
+            fits, syntax = wanted(part.transfer_syntax)
+            if part.matches(DICOM) and fits:
+                return _Packaging.MULTIPART, syntax
+        elif single and media_range.matches(DICOM):
+            fits, syntax = wanted(media_range.transfer_syntax)
+            if fits:
+                return _Packaging.SINGLE, syntax
+    raise NotAcceptable(f"stored as {', '.join(sorted(stored))}; no acceptable transfer syntax can be made from it")
 
 
 def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
     ranges = parse_accept(request.headers.get("accept"))
-    packaging = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
+    packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
     storage = web.runtime.storage
     files = [(storage.path(loc.file_path), loc.transfer_syntax) for loc in locations]
     present = [(path, syntax) for path, syntax in files if path.is_file()]
@@ -124,6 +148,12 @@ def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLoc
         log.error("%d of %d indexed files are missing on storage", len(files) - len(present), len(files))
     if not present:
         raise NotFound("the instance files are not on storage")
+    if target is not None:
+        relpaths = {storage.path(loc.file_path): loc.file_path for loc in locations}
+        present = [
+            (path, syntax) if syntax == target else (derive(web.runtime, relpaths[path], target), target)
+            for path, syntax in present
+        ]
     if packaging is _Packaging.SINGLE:
         path, syntax = present[0]
         handle, prefix = _open_part10(path)
@@ -220,6 +250,16 @@ def instance_metadata(request: Request, web: WebContext, study: str, series: str
 class _FrameForm(enum.Enum):
     STORED = "stored"  # as read_frames gives them: compressed bitstreams, or native little endian
     UNCOMPRESSED = "uncompressed"  # native little endian, decoded if stored compressed
+    ENCODED = "encoded"  # decoded, then encoded in another compressed transfer syntax
+
+
+# The syntax a frame media type means when no transfer-syntax is named (PS3.18 Table 8.7.3-5's
+# defaults), for the media types this archive can encode.
+_FRAME_DEFAULT_SYNTAX = {
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+}
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -235,25 +275,34 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def _frame_form(part: MediaRange, stored_syntax: str) -> _FrameForm | None:
-    """The form one acceptable part media range asks for, or None if it cannot be met."""
+def _frame_form(part: MediaRange, stored_syntax: str) -> tuple[_FrameForm, str] | None:
+    """The form and transfer syntax one acceptable part media range asks for, or None if unmet."""
     requested = part.transfer_syntax
     stored_media = frame_media_type(stored_syntax)
     served_syntax = frame_transfer_syntax(stored_syntax)
     if part.media_type in ("*/*", "*"):
         if requested in (None, "*", served_syntax):
-            return _FrameForm.STORED
-        return _FrameForm.UNCOMPRESSED if requested == EXPLICIT_VR_LITTLE_ENDIAN else None
+            return _FrameForm.STORED, served_syntax
+        return (_FrameForm.UNCOMPRESSED, EXPLICIT_VR_LITTLE_ENDIAN) if requested == EXPLICIT_VR_LITTLE_ENDIAN else None
     if part.matches(OCTET_STREAM):
         if requested == "*":
-            return _FrameForm.STORED
-        return _FrameForm.UNCOMPRESSED if requested in (None, EXPLICIT_VR_LITTLE_ENDIAN) else None
+            return _FrameForm.STORED, served_syntax
+        if requested in (None, EXPLICIT_VR_LITTLE_ENDIAN):
+            return _FrameForm.UNCOMPRESSED, EXPLICIT_VR_LITTLE_ENDIAN
+        return None
     if stored_media != OCTET_STREAM and part.matches(stored_media) and requested in (None, "*", served_syntax):
-        return _FrameForm.STORED
-    return None
+        return _FrameForm.STORED, served_syntax
+    target = _FRAME_DEFAULT_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
+    if target is None or target not in TRANSCODE_TARGETS or not part.matches(frame_media_type(target)):
+        return None
+    try:
+        check_transcodable(stored_syntax, target)
+    except NotAcceptable:
+        return None
+    return _FrameForm.ENCODED, target
 
 
-def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> _FrameForm:
+def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> tuple[_FrameForm, str]:
     for media_range in ranges:
         if media_range.is_multipart_related:
             part = media_range.part_range()
@@ -264,7 +313,7 @@ def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> _FrameFo
         form = _frame_form(part, stored_syntax)
         if form is not None:
             return form
-    raise NotAcceptable(f"frames are stored as {stored_syntax}; transcoding them is not supported")
+    raise NotAcceptable(f"frames are stored as {stored_syntax}; none of the accepted forms can be made from them")
 
 
 def _frame_index(web: DicomWeb, location: InstanceLocation, path: Path) -> FrameIndex:
@@ -284,19 +333,21 @@ def retrieve_frames(request: Request, web: WebContext, study: str, series: str, 
     numbers = parse_frame_list(frames)
     path = web.runtime.storage.path(location.file_path)
     frame_index = _frame_index(web, location, path)
-    form = _select_frame_form(parse_accept(request.headers.get("accept")), frame_index.transfer_syntax)
+    form, part_syntax = _select_frame_form(parse_accept(request.headers.get("accept")), frame_index.transfer_syntax)
     stored_media = frame_media_type(frame_index.transfer_syntax)
-    decode = form is _FrameForm.UNCOMPRESSED and stored_media != OCTET_STREAM
-    if decode:
-        part_media, part_syntax = OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
-    else:
-        part_media, part_syntax = stored_media, frame_transfer_syntax(frame_index.transfer_syntax)
+    if form is _FrameForm.UNCOMPRESSED and stored_media == OCTET_STREAM:
+        form = _FrameForm.STORED
+    part_media = frame_media_type(part_syntax)
     beyond = [n for n in numbers if n > frame_index.number_of_frames]
     if beyond:
         raise NotFound(f"frame {beyond[0]} is out of range 1-{frame_index.number_of_frames}")
 
     def frame(number: int) -> bytes:
-        return decode_frame(path, number) if decode else read_frames(path, frame_index, [number])[0]
+        if form is _FrameForm.ENCODED:
+            return encode_frame(path, number, part_syntax)
+        if form is _FrameForm.UNCOMPRESSED:
+            return decode_frame(path, number)
+        return read_frames(path, frame_index, [number])[0]
 
     # The first frame is read before answering, so an unreadable or undecodable frame is a clean
     # error status rather than a broken stream; the others are read as the client takes them.
