@@ -29,7 +29,7 @@ from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger("dicomcloud")
 
-SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader")
+SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
 READY_TIMEOUT = 60.0
 WORKER_JOIN_TIMEOUT = 30.0
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "consumer": "index stored instances from the bus (wado-consumer)",
         "webworker": "build series metadata documents (wado-webworker)",
         "loader": "load metadata and logs from the bus into the warehouse",
+        "transcoder": "derive copies of instances the viewer cannot decode",
         "import": "store DICOM files or folders, as C-STORE would",
         "init": "create the data folders and schemas",
         "stats": "print the warehouse's statistics as tables",
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "consumer": lambda s, a: run_consumer(s),
         "webworker": lambda s, a: run_webworker(s),
         "loader": lambda s, a: run_loader(s),
+        "transcoder": lambda s, a: run_transcoder(s),
         "import": run_import,
         "init": lambda s, a: run_init(s),
         "stats": run_stats,
@@ -218,6 +220,7 @@ def run_up(settings: Settings) -> int:
     from dicomcloud.services.loader import Loader
     from dicomcloud.services.metadata import SeriesMetadata
     from dicomcloud.services.storescp import StoreSCP
+    from dicomcloud.services.transcoder import Transcoder
     from dicomcloud.services.webworker import Webworker
 
     runtime = Runtime.from_settings(settings)
@@ -235,6 +238,7 @@ def run_up(settings: Settings) -> int:
         threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
         threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
         threads.append(_worker("loader", Loader(runtime).run, stop))
+        threads.append(_worker("transcoder", Transcoder(runtime).run, stop))
         http, dimse = settings.http, settings.dimse
 
         def announce(_: threading.Event) -> None:
@@ -313,6 +317,12 @@ def run_loader(settings: Settings) -> int:
     from dicomcloud.services.loader import Loader
 
     return _run_worker(settings, lambda runtime: Loader(runtime).run)
+
+
+def run_transcoder(settings: Settings) -> int:
+    from dicomcloud.services.transcoder import Transcoder
+
+    return _run_worker(settings, lambda runtime: Transcoder(runtime).run)
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
