@@ -93,7 +93,7 @@ class BackendSettings:
     postgres_dsn: str = ""
     # Redis URL of the cache, e.g. redis://:password@host:6379/0
     redis_url: str = ""
-    warehouse: Literal["duckdb"] = "duckdb"
+    warehouse: Literal["duckdb", "doris"] = "duckdb"
 
 
 @dataclass

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from doris_server import DorisTestServer
 
+from dicomcloud.adapters.doris_warehouse import DorisWarehouse
 from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
 from dicomcloud.adapters.fs_storage import FsStorage
+from dicomcloud.adapters.kafka_bus import KafkaBus
 from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.postgres_index import PostgresIndex, migrate
 from dicomcloud.adapters.redis_cache import RedisCache
 from dicomcloud.adapters.sqlite_bus import SqliteBus
 from dicomcloud.adapters.sqlite_index import SqliteIndex
+from dicomcloud.config import DorisSettings
+from dicomcloud.kafka_local import KafkaCluster
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
@@ -41,6 +48,9 @@ class BusTarget:
     # Python source of an expression that builds a Bus on the same log in a fresh interpreter.
     child_expression: str
     check_integrity: Callable[[], None]
+    # Whether a publish call's messages are one unit (all or none in the log); Kafka only promises
+    # that the messages of a publish that returned are all there.
+    atomic_batches: bool
     child_pythonpath: str = str(SRC)
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}-")
     opened: list[Bus] = field(default_factory=list)
@@ -63,16 +73,35 @@ def _sqlite_integrity(path: Path) -> Callable[[], None]:
     return check
 
 
-@pytest.fixture(params=["sqlite"])
+# Contract tests use one partition per topic: the embedded bus's model, and the one in which Kafka
+# keeps a topic's whole order and hands a group's topic to one consumer at a time.
+KAFKA_TEST_OPTIONS = {"partitions": 1, "replication": 1, "delivery_timeout": 10.0}
+
+
+@pytest.fixture(params=["sqlite", "kafka"])
 def bus_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusTarget]:
-    path = tmp_path / "bus.sqlite"
-    target = BusTarget(
-        opener=lambda: SqliteBus(path),
-        child_expression=(
-            f"__import__('dicomcloud.adapters.sqlite_bus', fromlist=['SqliteBus']).SqliteBus({str(path)!r})"
-        ),
-        check_integrity=_sqlite_integrity(path),
-    )
+    if request.param == "sqlite":
+        path = tmp_path / "bus.sqlite"
+        target = BusTarget(
+            opener=lambda: SqliteBus(path),
+            child_expression=(
+                f"__import__('dicomcloud.adapters.sqlite_bus', fromlist=['SqliteBus']).SqliteBus({str(path)!r})"
+            ),
+            check_integrity=_sqlite_integrity(path),
+            atomic_batches=True,
+        )
+    else:
+        cluster: KafkaCluster = request.getfixturevalue("kafka_cluster")
+        bootstrap = cluster.bootstrap
+        target = BusTarget(
+            opener=lambda: KafkaBus(bootstrap, **KAFKA_TEST_OPTIONS),
+            child_expression=(
+                "__import__('dicomcloud.adapters.kafka_bus', fromlist=['KafkaBus'])"
+                f".KafkaBus({bootstrap!r}, **{KAFKA_TEST_OPTIONS!r})"
+            ),
+            check_integrity=lambda: None,
+            atomic_batches=False,
+        )
     yield target
     for bus in target.opened:
         bus.close()
@@ -186,15 +215,32 @@ def index(index_factory: Callable[[], Index]) -> Index:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["duckdb"])
+@pytest.fixture
+def doris() -> Iterator[DorisTestServer]:
+    server = DorisTestServer()
+    yield server
+    server.close()
+
+
+def doris_settings(server: DorisTestServer, **changes: Any) -> DorisSettings:
+    settings = DorisSettings(
+        http_url=server.fe_url, mysql_port=server.mysql_port, user=server.user, password=server.password, timeout=10
+    )
+    return dataclasses.replace(settings, **changes)
+
+
+@pytest.fixture(params=["duckdb", "doris"])
 def warehouse_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Warehouse]]:
     """Opens the warehouse on one store, as often as a test needs (a restart after a crash)."""
     opened: list[Warehouse] = []
+    server = request.getfixturevalue("doris") if request.param == "doris" else None
 
     def open_warehouse() -> Warehouse:
         if opened:
             opened.pop().close()
-        warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+        warehouse: Warehouse = (
+            DorisWarehouse(doris_settings(server)) if server else DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+        )
         opened.append(warehouse)
         return warehouse
 

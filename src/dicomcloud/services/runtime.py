@@ -88,6 +88,10 @@ def _required(value: str, name: str, user: str) -> str:
 
 
 def open_warehouse(settings: Settings) -> Warehouse:
+    if settings.backends.warehouse == "doris":
+        from dicomcloud.adapters.doris_warehouse import DorisWarehouse
+
+        return DorisWarehouse(settings.warehouse.doris)
     from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
 
     return DuckDBWarehouse(settings.data_path / "warehouse.duckdb")
