@@ -13,9 +13,11 @@ from conftest import doris_settings
 from dicomcloud.adapters.doris_warehouse import DorisWarehouse
 from dicomcloud.config import load_settings
 from dicomcloud.errors import InvalidInput, StorageFailure
-from dicomcloud.events import json_name
+from dicomcloud.events import AccessLog, json_name
+from dicomcloud.ports.bus import Message
 from dicomcloud.ports.warehouse import LOADED_BATCH, TABLES, Batch
-from dicomcloud.services.runtime import open_warehouse
+from dicomcloud.services.loader import GROUP, ROUTES, Loader
+from dicomcloud.services.runtime import Runtime, open_warehouse
 
 ROUTINE_LOAD = Path(__file__).resolve().parents[2] / "deploy" / "doris" / "routine_load.sql"
 
@@ -119,3 +121,33 @@ def test_settings_choose_doris(doris: DorisTestServer) -> None:
     warehouse = open_warehouse(settings)
     assert isinstance(warehouse, DorisWarehouse)
     assert warehouse.count("dicom_image_meta") == 0
+
+
+def test_a_batch_the_loader_replays_after_a_crash_is_not_loaded_twice(doris: DorisTestServer, tmp_path: Path) -> None:
+    doris_section = dataclasses.asdict(doris_settings(doris))
+    runtime = Runtime.from_settings(
+        load_settings(
+            overrides={"storage": {"data_dir": str(tmp_path)}, "backends": {"warehouse": "doris"},
+                       "warehouse": {"doris": doris_section}},
+            environ={},
+        )
+    )
+    event = AccessLog("2026-01-01T00:00:00+00:00", "default", "", "", "GET", "/health", "", "", "", 200, 1, 0.1)
+    message = Message(event.topic, event.key, event.to_bytes())
+
+    def run_loader(commit: bool) -> None:
+        consumer = runtime.bus.subscribe(GROUP, list(ROUTES))
+        records = consumer.poll(100, 0.2)
+        Loader(runtime).load(records)
+        if commit:
+            consumer.commit(records)
+        consumer.close()
+
+    try:
+        runtime.bus.publish([message, message])
+        run_loader(commit=False)  # loaded, then the loader died before committing
+        runtime.bus.publish([message])
+        run_loader(commit=True)
+        assert runtime.warehouse.count("wado_access_log") == 3
+    finally:
+        runtime.close()
