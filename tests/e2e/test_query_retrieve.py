@@ -108,7 +108,7 @@ def stored(qr_archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Sto
         path = folder / f"{i}.dcm"
         write_part10(ds, path)
         files[str(ds.SOPInstanceUID)] = path
-    jp2k = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    jp2k = pydicom.dcmread(str(get_testdata_file("MR_small_jp2klossless.dcm")))
     jp2k.PatientID, jp2k.PatientName = "QR-A", "Doe^Jane"
     jp2k.StudyInstanceUID, jp2k.SeriesInstanceUID, jp2k.SOPInstanceUID = (generate_uid() for _ in range(3))
     jp2k.file_meta.MediaStorageSOPInstanceUID = jp2k.SOPInstanceUID
