@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {
         "up": "run every service in one process",
         "server": "the DICOMweb HTTP API (wado-server)",
-        "storescp": "the DIMSE SCP: C-ECHO, C-STORE (wado-storescp)",
+        "storescp": "the DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE (wado-storescp)",
         "consumer": "index stored instances from the bus (wado-consumer)",
         "webworker": "build series metadata documents (wado-webworker)",
         "loader": "load metadata and logs from the bus into the warehouse",
