@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomcloud.kafka_local import KafkaCluster, start_kafka
 from dicomcloud.stack import Server, start_postgres, start_redis
 
 
@@ -35,3 +36,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One KRaft broker (also its controller): the contract tests need no replication."""
+    cluster = start_kafka(tmp_path_factory.mktemp("kafka"), brokers=1)
+    yield cluster
+    cluster.stop()

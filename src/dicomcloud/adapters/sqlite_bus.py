@@ -14,7 +14,6 @@ what at-least-once redelivery after a lost owner implies.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import time
@@ -24,11 +23,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from dicomcloud.errors import InvalidInput, StorageFailure
-from dicomcloud.ports.bus import Message, Record
+from dicomcloud.errors import StorageFailure
+from dicomcloud.ports.bus import Message, Record, check_name
 
-# Kafka's rule for topic and group names, so nothing works here that would fail there.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 POLL_INTERVAL = 0.05
 BUSY_TIMEOUT = 30.0
 
@@ -61,12 +58,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-
-
-def _check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise InvalidInput(f"invalid {what} name: {str(value)[:80]!r}")
-    return value
 
 
 class SqliteBus:
@@ -129,7 +120,7 @@ class SqliteBus:
 
     def publish(self, messages: Sequence[Message]) -> None:
         """All messages in one transaction: after a crash either all of them are in the log or none."""
-        rows = [(_check_name(m.topic, "topic"), m.key, bytes(m.value)) for m in messages]
+        rows = [(check_name(m.topic, "topic"), m.key, bytes(m.value)) for m in messages]
         if not rows:
             return
         with self._transaction() as conn:
@@ -179,8 +170,8 @@ class SqliteBusConsumer:
 
     def __init__(self, bus: SqliteBus, group: str, topics: Sequence[str]) -> None:
         self._bus = bus
-        self.group = _check_name(group, "group")
-        self.topics = tuple(dict.fromkeys(_check_name(t, "topic") for t in topics))
+        self.group = check_name(group, "group")
+        self.topics = tuple(dict.fromkeys(check_name(t, "topic") for t in topics))
         self._owner = uuid.uuid4().hex
         # Topic -> next offset to hand out, for the topics whose lease this consumer holds.
         self._positions: dict[str, int] = {}

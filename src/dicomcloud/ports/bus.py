@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from dicomcloud.errors import InvalidInput
+
+# Kafka's rule for topic and group names; every adapter enforces it, so nothing works embedded that fails on Kafka.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a valid topic or group name; InvalidInput otherwise."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidInput(f"invalid {what} name: {str(value)[:80]!r}")
+    return value
 
 
 @dataclass(frozen=True)
