@@ -122,7 +122,11 @@ class QueryRetrieveSCP:
         self, tenant: str, identifier: Dataset, rows: list[dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
         """Per SOP Instance UID, values of requested keys the index rows lack, from series documents."""
-        missing = {f"{element.tag:08X}" for element in identifier if rows and element.keyword not in rows[0]}
+        missing = {
+            f"{element.tag:08X}"
+            for element in identifier
+            if rows and element.keyword and element.VR != "SQ" and element.keyword not in rows[0]
+        }
         if not missing:
             return {}
         values: dict[str, dict[str, Any]] = {}
