@@ -85,7 +85,7 @@ class StorageSettings:
 
 @dataclass
 class BackendSettings:
-    bus: Literal["sqlite"] = "sqlite"
+    bus: Literal["sqlite", "kafka"] = "sqlite"
     index: Literal["sqlite", "postgres"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
     cache_max_bytes: int = 256 * 1024**2
@@ -93,6 +93,13 @@ class BackendSettings:
     postgres_dsn: str = ""
     # Redis URL of the cache, e.g. redis://:password@host:6379/0
     redis_url: str = ""
+    # Kafka bus: bootstrap servers (host:port,...), and the partitions and replication factor of the
+    # topics it creates. A publish the brokers have not acknowledged within the delivery timeout fails
+    # (the SCP then answers C-STORE with a failure status).
+    kafka_bootstrap: str = ""
+    kafka_partitions: int = 3
+    kafka_replication: int = 1
+    kafka_delivery_timeout: float = 30.0
     warehouse: Literal["duckdb", "doris"] = "duckdb"
 
 
@@ -124,6 +131,8 @@ class WarehouseSettings:
     # Access-log events are published in the background every this many seconds (and at this many queued).
     access_log_flush_seconds: float = 0.5
     access_log_max_queued: int = 10_000
+    # Chart.js for the dashboard; empty: the copy ./dev fetched from npm into the cache folder.
+    chart_js: str = ""
     doris: DorisSettings = field(default_factory=DorisSettings)
 
 

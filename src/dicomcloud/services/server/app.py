@@ -20,7 +20,7 @@ from dicomcloud.errors import DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
 from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server import delete, qido, stats, stow, wado
+from dicomcloud.services.server import dashboard, delete, qido, stats, stow, wado
 from dicomcloud.services.server.access_log import install_access_log
 from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
 
@@ -48,6 +48,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(dicomweb, prefix="/{tenant}" + root, dependencies=[Depends(use_path_tenant)])
 
     app.include_router(stats.router)
+    app.include_router(dashboard.router)
 
     @app.get("/health", tags=["Service"], summary="Liveness")
     def health() -> dict[str, str]:
