@@ -22,9 +22,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from dicomcloud.adapters.kafka_bus import LIBRDKAFKA_LOG
 from dicomcloud.stack import READY_TIMEOUT, STOP_TIMEOUT, Server, StackError, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -158,12 +159,16 @@ class KafkaCluster:
 
 
 def _registered_brokers(bootstrap: str) -> int:
-    # librdkafka's connection errors while the nodes start go to Python logging, not stderr.
-    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
+    # Connection errors while the nodes start are expected: logged at DEBUG, not on stderr.
+    admin = AdminClient({"bootstrap.servers": bootstrap}, error_cb=log_error, logger=LIBRDKAFKA_LOG)
     try:
         return len(admin.list_topics(timeout=1).brokers)
     except KafkaException:
         return 0
+
+
+def log_error(error: KafkaError) -> None:
+    log.debug("while starting: %s", error.str())
 
 
 def _tail(node: KafkaNode, lines: int = 20) -> str:

@@ -41,6 +41,25 @@ SESSION_TIMEOUT_MS = 10_000
 TopicPartitionKey = tuple[str, int]
 
 
+class LibrdkafkaLog:
+    """Takes librdkafka's log lines at DEBUG: it logs every failed reconnect, many per second while a
+    broker is down. What matters reaches `on_error` once per event."""
+
+    def log(self, _level: int, message: str, *args: object) -> None:
+        log.debug(message, *args)
+
+
+LIBRDKAFKA_LOG = LibrdkafkaLog()
+
+
+def on_error(error: KafkaError) -> None:
+    """librdkafka's error callback: all brokers unreachable and fatal errors are worth a warning."""
+    if error.fatal() or error.code() == KafkaError._ALL_BROKERS_DOWN:
+        log.warning("Kafka: %s", error.str())
+    else:
+        log.debug("Kafka: %s", error.str())
+
+
 class _Deliveries:
     """The delivery reports of one publish call."""
 
@@ -79,9 +98,11 @@ class KafkaBus:
         self.replication = replication
         self.delivery_timeout = delivery_timeout
         self.join_timeout = join_timeout
+        # Creating a topic on first publish must not outlast the publish's own deadline.
+        self._admin_timeout = min(ADMIN_TIMEOUT, delivery_timeout)
         self._known_topics: set[str] = set()
         self._topics_lock = threading.Lock()
-        self._admin = AdminClient({"bootstrap.servers": bootstrap_servers}, logger=log)
+        self._admin = AdminClient({"bootstrap.servers": bootstrap_servers}, error_cb=on_error, logger=LIBRDKAFKA_LOG)
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap_servers,
@@ -90,7 +111,8 @@ class KafkaBus:
                 "compression.type": compression,
                 "linger.ms": linger_ms,
                 "delivery.timeout.ms": max(int(delivery_timeout * 1000), linger_ms + 1),
-                "logger": log,
+                "logger": LIBRDKAFKA_LOG,
+                "error_cb": on_error,
             }
         )
         self._closed = threading.Event()
@@ -110,7 +132,9 @@ class KafkaBus:
             return
         new = [NewTopic(name, partitions or self.partitions, replication or self.replication) for name in wanted]
         try:
-            futures = self._admin.create_topics(new, operation_timeout=ADMIN_TIMEOUT, request_timeout=ADMIN_TIMEOUT)
+            futures = self._admin.create_topics(
+                new, operation_timeout=self._admin_timeout, request_timeout=self._admin_timeout
+            )
             for name, future in futures.items():
                 try:
                     future.result()
@@ -125,9 +149,9 @@ class KafkaBus:
 
     def _wait_for_leaders(self, names: Sequence[str]) -> None:
         """Until the brokers' metadata shows every partition of `names` with a leader."""
-        deadline = time.monotonic() + ADMIN_TIMEOUT
+        deadline = time.monotonic() + self._admin_timeout
         while True:
-            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT)
+            metadata = self._admin.list_topics(timeout=self._admin_timeout)
             if all(
                 name in metadata.topics
                 and metadata.topics[name].error is None
@@ -137,7 +161,7 @@ class KafkaBus:
             ):
                 return
             if time.monotonic() > deadline:
-                raise StorageFailure(f"topics {', '.join(names)} have no leader after {ADMIN_TIMEOUT:.0f}s")
+                raise StorageFailure(f"topics {', '.join(names)} have no leader after {self._admin_timeout:.0f}s")
             time.sleep(0.05)
 
     def _ensure_known(self, names: Iterable[str]) -> None:
@@ -210,7 +234,8 @@ class KafkaBusConsumer:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
                 "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
-                "logger": log,
+                "logger": LIBRDKAFKA_LOG,
+                "error_cb": on_error,
             }
         )
         try:

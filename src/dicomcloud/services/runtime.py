@@ -34,14 +34,13 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         from dicomcloud.adapters.fs_storage import FsStorage
-        from dicomcloud.adapters.sqlite_bus import SqliteBus
 
         data = settings.data_path
         data.mkdir(parents=True, exist_ok=True)
         return cls(
             settings=settings,
             storage=FsStorage(root=data / "storage", metadata_root=data / "metadata", temp_dir=data / "tmp"),
-            bus=SqliteBus(data / "bus.sqlite"),
+            bus=open_bus(settings),
             index=open_index(settings),
             cache=open_cache(settings),
         )
@@ -53,6 +52,24 @@ class Runtime:
             if self._warehouse is not None:
                 self._warehouse.close()
                 self._warehouse = None
+
+
+def open_bus(settings: Settings) -> Bus:
+    backends = settings.backends
+    if backends.bus == "sqlite":
+        from dicomcloud.adapters.sqlite_bus import SqliteBus
+
+        return SqliteBus(settings.data_path / "bus.sqlite")
+    if backends.bus == "kafka":
+        from dicomcloud.adapters.kafka_bus import KafkaBus
+
+        return KafkaBus(
+            _required(backends.kafka_bootstrap, "backends.kafka_bootstrap", "the kafka bus"),
+            partitions=backends.kafka_partitions,
+            replication=backends.kafka_replication,
+            delivery_timeout=backends.kafka_delivery_timeout,
+        )
+    raise ValueError(f"unknown bus backend {backends.bus!r} (sqlite or kafka)")
 
 
 def open_index(settings: Settings) -> Index:
