@@ -38,6 +38,8 @@ ADMIN_TIMEOUT = 30.0
 REPORT_INTERVAL = 0.1
 # A consumer's death is noticed (and its partitions reassigned) after this long without heartbeats.
 SESSION_TIMEOUT_MS = 10_000
+# A broker that comes back is reconnected to within a second (librdkafka's default backs off to 10 s).
+RECONNECT_BACKOFF_MAX_MS = 1000
 TopicPartitionKey = tuple[str, int]
 
 
@@ -113,6 +115,7 @@ class KafkaBus:
                 "delivery.timeout.ms": max(int(delivery_timeout * 1000), linger_ms + 1),
                 "logger": LIBRDKAFKA_LOG,
                 "error_cb": on_error,
+                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
             }
         )
         self._closed = threading.Event()
@@ -236,6 +239,7 @@ class KafkaBusConsumer:
                 "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
                 "logger": LIBRDKAFKA_LOG,
                 "error_cb": on_error,
+                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
             }
         )
         try:
