@@ -105,22 +105,42 @@ class KafkaBus:
         self._known_topics: set[str] = set()
         self._topics_lock = threading.Lock()
         self._admin = AdminClient({"bootstrap.servers": bootstrap_servers}, error_cb=on_error, logger=LIBRDKAFKA_LOG)
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": compression,
-                "linger.ms": linger_ms,
-                "delivery.timeout.ms": max(int(delivery_timeout * 1000), linger_ms + 1),
-                "logger": LIBRDKAFKA_LOG,
-                "error_cb": on_error,
-                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
-            }
-        )
+        self._compression = compression
+        self._linger_ms = linger_ms
+        self._producer_lock = threading.Lock()
+        self._producer_failed = False
+        self._producer = self._new_producer()
         self._closed = threading.Event()
         self._reporter = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
         self._reporter.start()
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": self._compression,
+                "linger.ms": self._linger_ms,
+                "delivery.timeout.ms": max(int(self.delivery_timeout * 1000), self._linger_ms + 1),
+                "logger": LIBRDKAFKA_LOG,
+                "error_cb": self._on_producer_error,
+                "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+            }
+        )
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        on_error(error)
+        if error.fatal():
+            self._producer_failed = True
+
+    def _current_producer(self) -> Producer:
+        """The producer, replaced after a fatal error: librdkafka fails everything on a producer after one."""
+        with self._producer_lock:
+            if self._producer_failed:
+                self._producer = self._new_producer()
+                self._producer_failed = False
+            return self._producer
 
     def _serve_reports(self) -> None:
         while not self._closed.is_set():
@@ -180,10 +200,11 @@ class KafkaBus:
         if self._closed.is_set():
             raise StorageFailure("the bus is closed")
         self._ensure_known(topic for topic, _, _ in batch)
+        producer = self._current_producer()
         deliveries = _Deliveries(len(batch))
         deadline = time.monotonic() + self.delivery_timeout
         for topic, key, value in batch:
-            self._produce(topic, key, value, deliveries, deadline)
+            self._produce(producer, topic, key, value, deliveries, deadline)
         # The reports come at the latest when librdkafka's own delivery timeout expires each message.
         if not deliveries.done.wait(max(deadline - time.monotonic(), 0) + 5.0):
             raise StorageFailure(f"Kafka did not acknowledge {len(batch)} messages in {self.delivery_timeout:.0f}s")
@@ -191,10 +212,13 @@ class KafkaBus:
             first = deliveries.errors[0]
             raise StorageFailure(f"Kafka refused {len(deliveries.errors)} of {len(batch)} messages: {first.str()}")
 
-    def _produce(self, topic: str, key: bytes, value: bytes, deliveries: _Deliveries, deadline: float) -> None:
+    @staticmethod
+    def _produce(
+        producer: Producer, topic: str, key: bytes, value: bytes, deliveries: _Deliveries, deadline: float
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=deliveries.report)
+                producer.produce(topic, value, key, on_delivery=deliveries.report)
                 return
             except BufferError:
                 # The local queue is full: wait for deliveries to make room, within the publish's deadline.
@@ -268,6 +292,12 @@ class KafkaBusConsumer:
 
     def _fetch(self, max_records: int, timeout: float) -> list[Record]:
         """The first record waits up to `timeout`; the rest are what is already fetched."""
+        try:
+            return self._fetch_messages(max_records, timeout)
+        except KafkaException as exc:
+            raise StorageFailure(f"Kafka consumer of group {self.group}: {exc}") from exc
+
+    def _fetch_messages(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout
         while True:
             first = self._consumer.poll(max(deadline - time.monotonic(), 0))
@@ -303,10 +333,7 @@ class KafkaBusConsumer:
         if self._buffer:
             records, self._buffer = self._buffer[:max_records], self._buffer[max_records:]
             return records
-        try:
-            return self._fetch(max_records, timeout)
-        except KafkaException as exc:
-            raise StorageFailure(f"Kafka consumer of group {self.group}: {exc}") from exc
+        return self._fetch(max_records, timeout)
 
     def commit(self, records: Sequence[Record]) -> None:
         """Synchronously store, per partition still assigned, the offset after the newest record."""
