@@ -146,7 +146,10 @@ class QueryRetrieveSCP:
             yield 1
             yield exc.dimse_status, None
             return
-        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts}
+        # Contexts we may send C-STOREs on: those the requestor took the storage SCP role for.
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts if cx.as_scu
+        }
         yield len(instances)
         yield from self._sub_operations(event, instances, accepted)
 
