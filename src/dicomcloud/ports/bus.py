@@ -56,7 +56,11 @@ class BusConsumer(Protocol):
 
 class Bus(Protocol):
     def publish(self, messages: Sequence[Message]) -> None:
-        """Durably accept all messages before returning; raise StorageFailure if that is not possible."""
+        """Durably accept all messages before returning; raise StorageFailure if that is not possible.
+
+        After a StorageFailure some of the messages may be in the log (the Kafka bus does not make a call
+        atomic): callers resend, and consumers' effects are idempotent.
+        """
         ...
 
     def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer: ...
