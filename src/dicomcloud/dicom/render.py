@@ -1,0 +1,222 @@
+"""Rendered images (PS3.18 8.3.5, 10.4.1.1.3): one frame of a stored instance as JPEG or PNG.
+
+The grayscale pipeline is PS3.4 N.2's: Modality LUT (Rescale Slope/Intercept or Modality LUT
+Sequence), then the VOI transformation (the requested window, else the object's VOI LUT Sequence,
+else its first Window Center/Width, else the minimum and maximum of the modality values), then
+MONOCHROME1 inverted. Colour objects come out as RGB: YBR converted by pydicom's decoder (which
+also undoes JPEG 2000's colour transforms), PALETTE COLOR looked up; a window does not apply to
+them. The source region and viewport come last, keeping the aspect ratio: the image is scaled to
+fit inside the viewport.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
+
+from dicomcloud.errors import InvalidInput, NotFound
+
+JPEG = "image/jpeg"
+PNG = "image/png"
+RENDERED_MEDIA_TYPES = (JPEG, PNG)
+DEFAULT_JPEG_QUALITY = 90
+THUMBNAIL_SIZE = 128
+# PS3.18 window functions -> PS3.3 C.11.2.1.3 VOI LUT Function values.
+WINDOW_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+
+
+@dataclass(frozen=True)
+class Window:
+    center: float
+    width: float
+    function: str = "LINEAR"  # a VOI LUT Function (0028,1056) value
+
+    def __post_init__(self) -> None:
+        least = 1.0 if self.function == "LINEAR" else 0.0
+        if not math.isfinite(self.center) or not math.isfinite(self.width) or self.width < least:
+            raise InvalidInput(f"window width must be a number >= {least:g} for {self.function}, center finite")
+
+
+@dataclass(frozen=True)
+class Viewport:
+    """The output size (vw, vh) and optionally the source region (sx, sy, sw, sh); a negative sw or
+    sh flips the region horizontally or vertically."""
+
+    width: int
+    height: int
+    region: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    media_type: str = JPEG
+    window: Window | None = None
+    viewport: Viewport | None = None
+    quality: int | None = None
+
+
+def _numbers(text: str, name: str) -> list[float]:
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"{name}={text[:80]!r}: comma-separated numbers expected") from None
+    if not all(math.isfinite(value) for value in values):
+        raise InvalidInput(f"{name}={text[:80]!r}: finite numbers expected")
+    return values
+
+
+def parse_window(text: str) -> Window:
+    """`center,width[,function]`, function one of linear (default), linear-exact, sigmoid."""
+    items = text.split(",")
+    if len(items) not in (2, 3):
+        raise InvalidInput(f"window={text[:80]!r}: expected center,width[,function]")
+    function = items[2].strip().lower() if len(items) == 3 else "linear"
+    if function not in WINDOW_FUNCTIONS:
+        raise InvalidInput(f"window function {function[:20]!r}: one of {', '.join(WINDOW_FUNCTIONS)}")
+    center, width = _numbers(",".join(items[:2]), "window")
+    return Window(center, width, WINDOW_FUNCTIONS[function])
+
+
+def parse_viewport(text: str) -> Viewport:
+    """`vw,vh` or `vw,vh,sx,sy,sw,sh`; empty sx/sy mean 0, empty sw/sh the rest of the image."""
+    items = [item.strip() for item in text.split(",")]
+    if len(items) not in (2, 6) or not all(item.lstrip("-").isdigit() for item in items[:2]):
+        raise InvalidInput(f"viewport={text[:80]!r}: expected vw,vh[,sx,sy,sw,sh] integers")
+    width, height = int(items[0]), int(items[1])
+    if width < 1 or height < 1:
+        raise InvalidInput(f"viewport={text[:80]!r}: vw and vh must be positive")
+    if len(items) == 2:
+        return Viewport(width, height)
+    region = []
+    for item in items[2:]:
+        if item and not item.lstrip("-").isdigit():
+            raise InvalidInput(f"viewport={text[:80]!r}: source region values must be integers")
+        region.append(int(item) if item else 0)
+    sx, sy, sw, sh = region
+    if sx < 0 or sy < 0:
+        raise InvalidInput(f"viewport={text[:80]!r}: sx and sy must not be negative")
+    return Viewport(width, height, (sx, sy, sw, sh))
+
+
+def parse_quality(text: str) -> int:
+    """An integer from 1 (worst) to 100 (best); PNG is lossless and ignores it."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:
+        raise InvalidInput(f"quality={text[:20]!r}: an integer from 1 to 100 expected")
+    return int(text)
+
+
+def number_of_frames(path: Path) -> int:
+    """How many frames the file's image has; 0 when it is not an image (no Rows)."""
+    return _frames(pydicom.dcmread(path, stop_before_pixels=True))
+
+
+def _frames(ds: pydicom.Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1) if "Rows" in ds else 0
+
+
+def render_frame(path: Path, frame: int, options: RenderOptions) -> bytes:
+    """Frame `frame` (1-based) of the file, rendered per `options`, as encoded image bytes."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    frames = _frames(ds)
+    if not 1 <= frame <= frames:
+        raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else f"{path.name} is not an image")
+    arr = pixel_array(path, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        image = Image.fromarray(_grayscale(arr, ds, options.window, invert=photometric == "MONOCHROME1"), "L")
+    else:
+        image = Image.fromarray(_color(arr, ds, photometric), "RGB")
+    if options.viewport is not None:
+        image = _apply_viewport(image, options.viewport)
+    return _encode(image, options)
+
+
+def _grayscale(arr: NDArray[np.generic], ds: pydicom.Dataset, window: Window | None, invert: bool) -> NDArray[np.uint8]:
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if window is None and "VOILUTSequence" in ds:
+        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        unit = apply_voi_lut(values, ds, prefer_lut=True) / float(2**lut_bits - 1)
+    else:
+        unit = _window(values, window or _default_window(values, ds))
+    unit = np.clip(unit, 0.0, 1.0)
+    if invert:
+        unit = 1.0 - unit
+    return np.round(unit * 255).astype(np.uint8)
+
+
+def _default_window(values: NDArray[np.float64], ds: pydicom.Dataset) -> Window:
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center = ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter
+        width = ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        if function in WINDOW_FUNCTIONS.values() and float(width) >= (1 if function == "LINEAR" else 0):
+            return Window(float(center), float(width), function)
+    low, high = float(values.min()), float(values.max())
+    return Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
+
+
+def _window(values: NDArray[np.float64], window: Window) -> NDArray[np.float64]:
+    """PS3.3 C.11.2.1.2.1 and C.11.2.1.3 onto [0, 1]."""
+    center, width = window.center, window.width
+    if window.function == "SIGMOID":
+        return np.asarray(1.0 / (1.0 + np.exp(-4.0 * (values - center) / width)))
+    if window.function == "LINEAR_EXACT":
+        return np.asarray((values - center) / width + 0.5) if width > 0 else np.asarray(values > center, np.float64)
+    if width == 1:
+        return np.asarray(values >= center - 0.5, np.float64)
+    return np.asarray((values - (center - 0.5)) / (width - 1) + 0.5)
+
+
+def _color(arr: NDArray[np.generic], ds: pydicom.Dataset, photometric: str) -> NDArray[np.uint8]:
+    if photometric == "PALETTE COLOR":
+        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        rgb = apply_color_lut(arr, ds).astype(np.float64)
+        top = float(2 ** (16 if lut_bits > 8 else 8) - 1)
+    else:
+        rgb = np.asarray(arr, np.float64)
+        top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    return np.round(np.clip(rgb / top, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _apply_viewport(image: Image.Image, viewport: Viewport) -> Image.Image:
+    if viewport.region is not None:
+        image = _source_region(image, viewport.region)
+    scale = min(viewport.width / image.width, viewport.height / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _source_region(image: Image.Image, region: tuple[int, int, int, int]) -> Image.Image:
+    sx, sy, sw, sh = region
+    left, right = (sx, image.width if sw == 0 else sx + sw) if sw >= 0 else (sx + sw, sx)
+    top, bottom = (sy, image.height if sh == 0 else sy + sh) if sh >= 0 else (sy + sh, sy)
+    left, top = max(left, 0), max(top, 0)
+    right, bottom = min(right, image.width), min(bottom, image.height)
+    if right <= left or bottom <= top:
+        raise InvalidInput(f"viewport source region {region} lies outside the {image.width}x{image.height} image")
+    image = image.crop((left, top, right, bottom))
+    if sw < 0:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if sh < 0:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return image
+
+
+def _encode(image: Image.Image, options: RenderOptions) -> bytes:
+    out = BytesIO()
+    if options.media_type == PNG:
+        image.save(out, "PNG")
+    elif options.media_type == JPEG:
+        image.save(out, "JPEG", quality=options.quality or DEFAULT_JPEG_QUALITY)
+    else:
+        raise InvalidInput(f"cannot render as {options.media_type}; one of {', '.join(RENDERED_MEDIA_TYPES)}")
+    return out.getvalue()

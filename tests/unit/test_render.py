@@ -1,0 +1,196 @@
+"""Rendering (dicom/render.py): JPEG/PNG frames with the PS3.4 grayscale pipeline, colour, viewport."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from dicomcloud.dicom.render import (
+    JPEG,
+    PNG,
+    RenderOptions,
+    Viewport,
+    Window,
+    number_of_frames,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render_frame,
+)
+from dicomcloud.errors import InvalidInput, NotFound
+
+
+def data_file(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert path is not None, name
+    return Path(path)
+
+
+def decode(data: bytes, fmt: str) -> Image.Image:
+    image = Image.open(BytesIO(data))
+    assert image.format == fmt
+    image.load()
+    return image
+
+
+def pixels(data: bytes, fmt: str = "PNG") -> NDArray[np.int64]:
+    return np.asarray(decode(data, fmt), dtype=np.int64)
+
+
+def render_png(
+    path: Path, frame: int = 1, window: Window | None = None, viewport: Viewport | None = None
+) -> NDArray[np.int64]:
+    return pixels(render_frame(path, frame, RenderOptions(media_type=PNG, window=window, viewport=viewport)))
+
+
+def assert_sensibly_windowed(gray: NDArray[np.int64]) -> None:
+    """Neither blank nor mostly clipped: the body spans many grey levels."""
+    assert gray.ndim == 2
+    assert len(np.unique(gray)) > 64
+    assert np.mean((gray == 0) | (gray == 255)) < 0.5
+    assert gray.std() > 20
+
+
+def test_ct_renders_as_a_valid_jpeg_with_the_objects_window() -> None:
+    image = decode(render_frame(data_file("CT_small.dcm"), 1, RenderOptions()), "JPEG")
+    assert (image.mode, image.size) == ("L", (128, 128))
+    assert_sensibly_windowed(np.asarray(image, dtype=np.int64))
+
+
+def test_ct_window_is_applied_to_modality_values() -> None:
+    """CT_small's stored values plus its Rescale Intercept are HU; a window around them is linear."""
+    path = data_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    center, width = float(np.median(hu)), 400.0
+    gray = render_png(path, window=Window(center, width))
+    expected = np.clip(((hu - (center - 0.5)) / (width - 1) + 0.5), 0, 1) * 255
+    assert np.abs(gray - np.round(expected)).max() <= 1
+
+
+def test_mr_renders_as_a_valid_png_sensibly_windowed() -> None:
+    gray = render_png(data_file("MR_small.dcm"))
+    assert gray.shape == (64, 64)
+    assert_sensibly_windowed(gray)
+
+
+def test_without_a_window_the_modality_range_is_used(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    for keyword in ("WindowCenter", "WindowWidth"):
+        ds.pop(keyword, None)
+    path = tmp_path / "nowindow.dcm"
+    ds.save_as(path)
+    gray = render_png(path)
+    assert (gray.min(), gray.max()) == (0, 255)
+
+
+def test_monochrome1_is_rendered_inverted_relative_to_its_monochrome2_twin(tmp_path: Path) -> None:
+    source = data_file("MR_small.dcm")
+    ds = pydicom.dcmread(source)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted = tmp_path / "mono1.dcm"
+    ds.save_as(inverted)
+    assert np.array_equal(render_png(inverted), 255 - render_png(source))
+
+
+def test_rgb_renders_as_rgb() -> None:
+    rgb = render_png(data_file("examples_rgb_color.dcm"))
+    ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))
+    assert rgb.shape == (ds.Rows, ds.Columns, 3)
+    assert np.array_equal(rgb, ds.pixel_array)
+
+
+def test_ybr_is_converted_to_the_same_colours_as_its_rgb_twin() -> None:
+    ybr = render_png(data_file("SC_ybr_full_422_uncompressed.dcm"))
+    rgb = render_png(data_file("SC_rgb_rle.dcm"))
+    assert ybr.shape == rgb.shape == (100, 100, 3)
+    assert np.abs(ybr - rgb).max() <= 8  # 4:2:2 chroma subsampling at colour edges
+
+
+def test_ybr_jpeg_multiframe_renders_each_frame_in_colour() -> None:
+    path = data_file("examples_ybr_color.dcm")
+    assert number_of_frames(path) == 30
+    first, last = render_png(path, 1), render_png(path, 30)
+    assert first.shape[-1] == 3
+    assert not np.array_equal(first, last)
+    assert (np.abs(first[..., 0] - first[..., 1]) > 20).any()  # not grey
+
+
+def test_palette_colour_is_looked_up() -> None:
+    path = data_file("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    rgb = render_png(path)
+    assert rgb.shape == (ds.Rows, ds.Columns, 3)
+    red = np.frombuffer(ds.RedPaletteColorLookupTableData, dtype="<u2")
+    first, index = int(ds.RedPaletteColorLookupTableDescriptor[1]), int(ds.pixel_array[0, 0])
+    assert abs(rgb[0, 0, 0] - round(red[max(index - first, 0)] / 65535 * 255)) <= 1
+    assert (rgb[..., 0] != rgb[..., 2]).any()
+
+
+def test_window_parameter_changes_the_output() -> None:
+    path = data_file("CT_small.dcm")
+    default, narrow = render_png(path), render_png(path, window=Window(40, 80))
+    assert not np.array_equal(default, narrow)
+    assert np.mean((narrow == 0) | (narrow == 255)) > np.mean((default == 0) | (default == 255))
+
+
+def test_sigmoid_and_linear_exact_windows_differ_from_linear() -> None:
+    path = data_file("CT_small.dcm")
+    linear = render_png(path, window=parse_window("40,400"))
+    sigmoid = render_png(path, window=parse_window("40,400,sigmoid"))
+    exact = render_png(path, window=parse_window("40,400,linear-exact"))
+    assert not np.array_equal(linear, sigmoid)
+    assert np.abs(linear - exact).max() <= 1
+
+
+def test_viewport_fits_the_image_keeping_its_aspect_ratio() -> None:
+    path = data_file("CT_small.dcm")  # 128 x 128
+    assert render_png(path, viewport=parse_viewport("64,32")).shape == (32, 32)
+    assert render_png(path, viewport=parse_viewport("300,400")).shape == (300, 300)
+
+
+def test_viewport_source_region_crops_and_negative_size_flips() -> None:
+    path = data_file("CT_small.dcm")
+    whole = render_png(path)
+    left = render_png(path, viewport=Viewport(64, 128, (0, 0, 64, 128)))
+    assert np.array_equal(left, whole[:, :64])
+    flipped = render_png(path, viewport=parse_viewport("128,128,128,0,-128,"))
+    assert np.array_equal(flipped, whole[:, ::-1])
+
+
+def test_lower_quality_makes_a_smaller_jpeg() -> None:
+    path = data_file("MR_small.dcm")
+    best = render_frame(path, 1, RenderOptions(media_type=JPEG, quality=100))
+    worst = render_frame(path, 1, RenderOptions(media_type=JPEG, quality=5))
+    decode(worst, "JPEG")
+    assert len(worst) < len(best)
+
+
+def test_a_frame_beyond_the_last_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        render_frame(data_file("CT_small.dcm"), 2, RenderOptions())
+
+
+@pytest.mark.parametrize("text", ["40", "40,0", "a,b", "40,400,cubic", "40,400,linear,x", "nan,10"])
+def test_malformed_window_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_window(text)
+
+
+@pytest.mark.parametrize("text", ["64", "0,64", "64,64,1,2", "64,64,-1,0,10,10", "a,64", "64,64,0,0,x,1"])
+def test_malformed_viewport_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_viewport(text)
+
+
+@pytest.mark.parametrize("text", ["0", "101", "high", "-5", ""])
+def test_quality_outside_1_to_100_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_quality(text)
