@@ -20,7 +20,7 @@ from dicomcloud.errors import DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
 from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server import dashboard, delete, qido, stats, stow, wado
+from dicomcloud.services.server import dashboard, delete, qido, rendered, stats, stow, wado
 from dicomcloud.services.server.access_log import install_access_log
 from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
 
@@ -41,7 +41,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.archive = Archive(runtime=runtime, ingest=Ingest(runtime), metadata=SeriesMetadata(runtime))
 
     dicomweb = APIRouter()
-    for module in (qido, wado, stow, delete):
+    for module in (qido, wado, rendered, stow, delete):
         dicomweb.include_router(module.router)
     root = runtime.settings.http.root_path
     app.include_router(dicomweb, prefix=root, dependencies=[Depends(use_default_tenant)])
