@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,8 @@ from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
 from dicomcloud.services.server.multipart import Part, new_boundary, write_multipart
 from dicomcloud.services.server.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
 from dicomcloud.services.server.wado import _instance, _locations, parse_frame_list
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["WADO-RS rendered"])
 
@@ -70,6 +73,9 @@ def _frames_of(web: DicomWeb, locations: list[InstanceLocation]) -> Iterator[tup
     """(file, frame number) for every frame of the image instances among `locations`."""
     for location in locations:
         path = web.runtime.storage.path(location.file_path)
+        if not path.is_file():
+            log.error("instance %s is indexed but its file is not on storage; left out", location.sop_instance_uid)
+            continue
         for frame in range(1, number_of_frames(path) + 1):
             yield path, frame
 
