@@ -91,6 +91,20 @@ def test_without_a_window_the_modality_range_is_used(tmp_path: Path) -> None:
     assert (gray.min(), gray.max()) == (0, 255)
 
 
+def test_a_voi_lut_sequence_is_applied_when_no_window_is_asked(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    stored = ds.pixel_array
+    entries = int(stored.max()) + 1
+    lut = (65535 - np.arange(entries) * 65535 // (entries - 1)).astype(np.uint16)  # an inverting ramp
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [entries, 0, 16]
+    item.add_new("LUTData", "US", lut.tolist())
+    ds.VOILUTSequence = [item]
+    path = tmp_path / "voilut.dcm"
+    ds.save_as(path)
+    assert np.abs(render_png(path) - np.round(lut[stored] / 65535 * 255)).max() == 0
+
+
 def test_monochrome1_is_rendered_inverted_relative_to_its_monochrome2_twin(tmp_path: Path) -> None:
     source = data_file("MR_small.dcm")
     ds = pydicom.dcmread(source)

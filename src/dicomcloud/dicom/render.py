@@ -141,11 +141,15 @@ def render_frame(path: Path, frame: int, options: RenderOptions) -> bytes:
 
 
 def _grayscale(arr: NDArray[np.generic], ds: pydicom.Dataset, window: Window | None, invert: bool) -> NDArray[np.uint8]:
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    modality = apply_modality_lut(arr, ds)
     if window is None and "VOILUTSequence" in ds:
+        # A LUT is indexed by integer modality values; pydicom's lookup is wrong on floats.
+        if not np.issubdtype(modality.dtype, np.integer):
+            modality = np.rint(modality).astype(np.int64)
         lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        unit = apply_voi_lut(values, ds, prefer_lut=True) / float(2**lut_bits - 1)
+        unit = apply_voi_lut(modality, ds, prefer_lut=True).astype(np.float64) / float(2**lut_bits - 1)
     else:
+        values = modality.astype(np.float64)
         unit = _window(values, window or _default_window(values, ds))
     unit = np.clip(unit, 0.0, 1.0)
     if invert:
