@@ -180,6 +180,35 @@ class TranscodeSettings:
 
 
 @dataclass
+class AuthSettings:
+    """OAuth2/OIDC bearer tokens on the DICOMweb routes; off by default, fail closed when on."""
+
+    enabled: bool = False
+    # `iss` the tokens must carry, and the `aud` that names this archive.
+    issuer: str = ""
+    audience: str = ""
+    # Where the signing keys are; empty: the `jwks_uri` of `<issuer>/.well-known/openid-configuration`.
+    jwks_url: str = ""
+    # Clock skew tolerated on `exp`, `nbf` and `iat`.
+    leeway_seconds: float = 30.0
+    # How long keys are cached when the issuer sends no Cache-Control max-age.
+    jwks_ttl_seconds: float = 300.0
+    # An unknown `kid` refetches the keys at most once per this many seconds.
+    jwks_refetch_seconds: float = 30.0
+    http_timeout: float = 5.0
+    # Claims (dotted paths) holding scopes or roles: a space-separated string or a list.
+    scope_claims: list[str] = field(default_factory=lambda: ["scope", "scp", "realm_access.roles"])
+    # The scope or role each kind of request needs; `admin_scope` guards the cross-tenant statistics.
+    read_scope: str = "dicom.read"
+    write_scope: str = "dicom.write"
+    delete_scope: str = "dicom.delete"
+    admin_scope: str = "dicom.admin"
+    # Claim (dotted path) listing the tenants a token may reach.
+    tenants_claim: str = "tenants"
+    realm: str = "dicomcloud"
+
+
+@dataclass
 class Settings:
     tenant: str = "default"
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -189,6 +218,7 @@ class Settings:
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     log_level: str = "INFO"
 
     @property

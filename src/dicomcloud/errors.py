@@ -72,3 +72,29 @@ class StorageFailure(DicomCloudError):
     http_status = 503
     dimse_status = 0xA700  # Refused: out of resources
     failure_reason = 0xA700
+
+
+class AuthError(DicomCloudError):
+    """A request without the right to what it asked; `challenge` is its `WWW-Authenticate` header."""
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class Unauthenticated(AuthError):
+    """No bearer token, or one that does not verify."""
+
+    http_status = 401
+
+
+class Forbidden(AuthError):
+    """A valid token without the scope, role or tenant the request needs."""
+
+    http_status = 403
+
+
+class ServiceUnavailable(DicomCloudError):
+    """A service the request depends on (the token issuer) cannot be reached."""
+
+    http_status = 503

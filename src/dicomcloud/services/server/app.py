@@ -16,12 +16,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
-from dicomcloud.errors import DicomCloudError
+from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server import dashboard, delete, qido, rendered, stats, stow, wado
 from dicomcloud.services.server.access_log import install_access_log
+from dicomcloud.services.server.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
 
 log = logging.getLogger(__name__)
@@ -38,16 +39,19 @@ CLOSE_AFTER = frozenset({408, 413})
 
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0")
+    app.state.auth = open_authenticator(runtime.settings.auth, runtime.cache)
     app.state.archive = Archive(runtime=runtime, ingest=Ingest(runtime), metadata=SeriesMetadata(runtime))
 
     dicomweb = APIRouter()
     for module in (qido, wado, rendered, stow, delete):
         dicomweb.include_router(module.router)
     root = runtime.settings.http.root_path
-    app.include_router(dicomweb, prefix=root, dependencies=[Depends(use_default_tenant)])
-    app.include_router(dicomweb, prefix="/{tenant}" + root, dependencies=[Depends(use_path_tenant)])
+    # The tenant dependency runs first: access is checked against the tenant it found.
+    authorized = Depends(require_dicomweb_access)
+    app.include_router(dicomweb, prefix=root, dependencies=[Depends(use_default_tenant), authorized])
+    app.include_router(dicomweb, prefix="/{tenant}" + root, dependencies=[Depends(use_path_tenant), authorized])
 
-    app.include_router(stats.router)
+    app.include_router(stats.router, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)
 
     @app.get("/health", tags=["Service"], summary="Liveness")
@@ -73,6 +77,8 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, DicomCloudError):
         status, message = exc.http_status, exc.message
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = exc.challenge
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
         headers.update(exc.headers or {})
