@@ -67,6 +67,13 @@ def test_a_request_without_a_token_gets_401_with_the_realm(client: TestClient) -
     assert response.headers["www-authenticate"] == 'Bearer realm="dicomcloud"'
 
 
+def test_a_refused_upload_closes_the_connection_so_its_unread_body_is_not_taken_as_a_request(
+    client: TestClient,
+) -> None:
+    response = client.post(PROBE, content=b"x" * 100_000, headers={"Content-Type": "multipart/related"})
+    assert (response.status_code, response.headers["connection"]) == (401, "close")
+
+
 def test_an_expired_token_is_rejected(client: TestClient, issuer: Issuer) -> None:
     assert_invalid_token(get(client, issuer.token(exp=int(time.time()) - 120)), "expired")
 

@@ -32,9 +32,9 @@ EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Conten
 # Multipart, DICOM and pixel data gain little from gzip and cost CPU per byte; JSON gains a lot.
 NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "multipart/*", "application/dicom", "application/octet-stream")
 GZIP_MINIMUM_SIZE = 1024
-# A response sent before the request body was read must close the connection, or the unread
-# body would be taken as the next request.
-CLOSE_AFTER = frozenset({408, 413})
+# A response sent before the request body was read (a stalled, oversized or unauthorized
+# upload) must close the connection, or the unread body would be taken as the next request.
+CLOSE_AFTER = frozenset({401, 403, 408, 413})
 
 
 def create_app(runtime: Runtime) -> FastAPI:
