@@ -147,6 +147,11 @@ def test_the_key_set_is_cached_in_the_cache_port_for_the_issuers_max_age(
     assert max_age(None, 300) == 300
 
 
+def test_a_damaged_cached_key_set_is_fetched_again(client: TestClient, runtime: Runtime, issuer: Issuer) -> None:
+    runtime.cache.set(f"auth:jwks:{issuer.url}", b"{not json", None)
+    assert get(client, issuer.token()).status_code == 200
+
+
 def test_a_token_without_kid_is_rejected(client: TestClient, issuer: Issuer) -> None:
     token = unsigned_token({"alg": "RS256", "typ": "JWT"}, issuer.claims())
     assert_invalid_token(get(client, token), "no kid")

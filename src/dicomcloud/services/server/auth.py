@@ -158,7 +158,13 @@ class KeySet:
 
     def _cached(self) -> dict[str, dict[str, Any]] | None:
         raw = self.cache.get(self._cache_key)
-        return None if raw is None else _by_kid(json.loads(raw))
+        if raw is None:
+            return None
+        try:
+            return _by_kid(json.loads(raw))
+        except (ValueError, ServiceUnavailable):
+            log.warning("ignored a damaged cached key set of %s", self.settings.issuer)
+            return None
 
     def _fetch(self) -> dict[str, dict[str, Any]]:
         response = self._get(self.jwks_url())
