@@ -147,9 +147,9 @@ def test_log_statistics_rank_senders_reads_endpoints_and_failures(warehouse: War
     warehouse.load(batch("transcode_failure", 2), [failure_row("1.2.8.1"), failure_row("1.2.8.2")])
     assert [r["calling_ae"] for r in warehouse.statistics("busiest_ae_titles")] == ["BUSY", "QUIET"]
     day = warehouse.statistics("received_per_day")[0]
-    assert (day["day"], day["studies"], day["instances"], day["objects"]) == ("2026-01-02", 1, 3, 3)
+    assert (day["received_date"], day["studies"], day["instances"], day["objects"]) == ("2026-01-02", 1, 3, 3)
     assert warehouse.statistics("most_read_studies")[0] == {
-        "tenant_id": "default", "study_instance_uid": STUDY, "reads": 2, "bytes_sent": 2000
+        "tenant_id": "default", "study_instance_uid": STUDY, "read_count": 2, "bytes_sent": 2000
     }
     slowest = warehouse.statistics("slowest_endpoints")
     assert [(r["route"], r["requests"], r["mean_ms"]) for r in slowest] == [("/slow", 1, 90.0), ("/fast", 2, 2.0)]

@@ -67,7 +67,7 @@ def test_the_warehouse_matches_the_index_after_ingest_and_reads(
     def loaded() -> bool:
         totals = stats(archive, "totals")[0]
         objects = sum(day["objects"] for day in stats(archive, "received_per_day"))
-        reads = [r["reads"] for r in stats(archive, "most_read_studies") if r["study_instance_uid"] == STUDY]
+        reads = [r["read_count"] for r in stats(archive, "most_read_studies") if r["study_instance_uid"] == STUDY]
         return (totals["instances"], totals["series"], objects, reads) == (instances, series, received, [READS])
 
     wait_until(loaded, 120, "the warehouse to hold what the index holds")

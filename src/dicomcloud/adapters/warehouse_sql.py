@@ -37,14 +37,14 @@ STATISTICS_SQL: dict[str, str] = {
         group_by=f"GROUP BY i.tenant_id, {_MODALITY} ORDER BY bytes DESC, tenant_id, modality",
     ),
     "received_per_day": """
-SELECT CAST(received_at AS DATE) AS day,
+SELECT CAST(received_at AS DATE) AS received_date,
        COUNT(DISTINCT CONCAT(tenant_id, '/', study_instance_uid)) AS studies,
        COUNT(DISTINCT CONCAT(tenant_id, '/', sop_instance_uid)) AS instances,
        COUNT(*) AS objects,
        COALESCE(SUM(file_size), 0) AS bytes
 FROM dicom_object_meta
 GROUP BY CAST(received_at AS DATE)
-ORDER BY day DESC
+ORDER BY received_date DESC
 LIMIT {limit}
 """,
     "busiest_ae_titles": """
@@ -56,11 +56,11 @@ ORDER BY objects DESC, calling_ae, called_ae
 LIMIT {limit}
 """,
     "most_read_studies": """
-SELECT tenant_id, study_instance_uid, COUNT(*) AS reads, COALESCE(SUM(bytes_sent), 0) AS bytes_sent
+SELECT tenant_id, study_instance_uid, COUNT(*) AS read_count, COALESCE(SUM(bytes_sent), 0) AS bytes_sent
 FROM wado_access_log
 WHERE study_instance_uid <> '' AND method = 'GET' AND status < 400
 GROUP BY tenant_id, study_instance_uid
-ORDER BY reads DESC, tenant_id, study_instance_uid
+ORDER BY read_count DESC, tenant_id, study_instance_uid
 LIMIT {limit}
 """,
     "slowest_endpoints": """

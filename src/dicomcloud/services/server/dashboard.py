@@ -95,7 +95,7 @@ async function main() {
   const rows = document.querySelector("#most-read tbody");
   for (const r of reads) {
     const tr = rows.insertRow();
-    for (const v of [r.tenant_id, r.study_instance_uid, r.reads]) tr.insertCell().textContent = v;
+    for (const v of [r.tenant_id, r.study_instance_uid, r.read_count]) tr.insertCell().textContent = v;
   }
   if (typeof Chart === "undefined") throw new Error("Chart.js is not installed: the charts cannot be drawn");
   chart("modalities", "bar", summary.modalities.map((m) => m.modality || "(none)"), "Instances per modality",
@@ -103,7 +103,7 @@ async function main() {
   chart("tenants", "bar", summary.tenants.map((t) => t.tenant_id), "Bytes per tenant",
         summary.tenants.map((t) => t.bytes), "rgb(255, 99, 132)");
   received.reverse();
-  chart("received", "bar", received.map((d) => d.day), "Instances received per day",
+  chart("received", "bar", received.map((d) => d.received_date), "Instances received per day",
         received.map((d) => d.instances), "rgb(75, 192, 192)");
   chart("endpoints", "bar", endpoints.map((e) => e.method + " " + e.route), "Mean duration (ms)",
         endpoints.map((e) => e.mean_ms), "rgb(255, 159, 64)");
