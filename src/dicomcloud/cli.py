@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "import": "store DICOM files or folders, as C-STORE would",
         "init": "create the data folders and schemas",
         "stats": "print the warehouse's statistics as tables",
+        "certs": "create a CA (or reuse the folder's) and server and client certificates for DICOM TLS and HTTPS",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
             sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
             sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
+        if name == "certs":
+            from dicomcloud.certs import LEAF_DAYS
+
+            sub.add_argument("--out", type=Path, default=Path("certs"), help="folder to write to (default: ./certs)")
+            sub.add_argument(
+                "--host", dest="hosts", action="append", default=[], help="server DNS name or IP (repeat; first is CN)"
+            )
+            sub.add_argument("--client", dest="clients", action="append", default=[], help="client certificate name")
+            sub.add_argument("--days", type=int, default=LEAF_DAYS, help=f"validity in days (default: {LEAF_DAYS})")
     return parser
 
 
@@ -120,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "import": run_import,
         "init": lambda s, a: run_init(s),
         "stats": run_stats,
+        "certs": run_certs,
     }
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
@@ -132,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.error("%s: %s", args.command, exc)
         code = 1
     sys.exit(code)
+
+
+def run_certs(settings: Settings, args: argparse.Namespace) -> int:
+    from dicomcloud.certs import write_pki
+
+    for path in write_pki(args.out, hosts=args.hosts, clients=args.clients, days=args.days):
+        print(path)
+    return 0
 
 
 def _script(command: str) -> Callable[[], None]:
