@@ -61,6 +61,12 @@ class DimseSettings:
     network_timeout: float = 60.0
     # C-MOVE destinations by AE title: {"WORKSTATION1": {"host": "10.0.0.5", "port": 104, "tls": false}}.
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
+    # DICOM TLS on the SCP: on when a certificate is given (PEM files, e.g. from `dicomcloud certs`).
+    # With `tls_require_client_cert`, peers must present a certificate signed by a CA in `tls_ca_file`.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_require_client_cert: bool = False
 
     def __post_init__(self) -> None:
         self.move_destinations = {

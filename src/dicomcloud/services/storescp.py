@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import ssl
 import threading
 from typing import Any
 
@@ -26,6 +27,7 @@ from pydicom import uid as ts
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
+from dicomcloud.config import DimseSettings
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.qrscp import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
@@ -78,6 +80,24 @@ STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
 
 
+def server_tls_context(dimse: DimseSettings) -> ssl.SSLContext | None:
+    """DICOM TLS for the SCP (TLS 1.2 or later), or None without a certificate; fails at start when misconfigured."""
+    if not dimse.tls_cert_file:
+        if dimse.tls_require_client_cert:
+            raise ValueError("dimse.tls_require_client_cert needs dimse.tls_cert_file (DICOM TLS is off)")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=dimse.tls_ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(dimse.tls_cert_file, dimse.tls_key_file or None)
+    if dimse.tls_require_client_cert:
+        if not dimse.tls_ca_file:
+            raise ValueError(
+                "dimse.tls_require_client_cert needs dimse.tls_ca_file, the CA client certificates chain to"
+            )
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def storage_sop_classes() -> list[str]:
     """Every storage SOP class pynetdicom knows, once each."""
     classes = [cx.abstract_syntax for cx in (*AllStoragePresentationContexts, *StoragePresentationContexts)]
@@ -125,8 +145,16 @@ class StoreSCP:
             (evt.EVT_C_STORE, self._on_store),
             *self.query_retrieve.handlers,
         ]
-        self._server = self.ae.start_server((dimse.host, dimse.port), block=False, evt_handlers=handlers)
-        log.info("DIMSE SCP %s listening on %s:%d", dimse.ae_title, dimse.host, self.port)
+        self._server = self.ae.start_server(
+            (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
+        )
+        log.info(
+            "DIMSE SCP %s listening on %s:%d%s",
+            dimse.ae_title,
+            dimse.host,
+            self.port,
+            " (TLS)" if dimse.tls_cert_file else "",
+        )
         if blocking:
             self._stopped.wait()
 

@@ -1,0 +1,100 @@
+"""DICOM TLS on wado-storescp, with certificates from `dicomcloud certs` and DCMTK's storescu as the peer."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import support
+
+from dicomcloud.certs import write_pki
+from dicomcloud.config import load_settings
+from dicomcloud.events import STORAGE_QUEUE, StorageEvent
+from dicomcloud.services.ingest import Ingest
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.storescp import StoreSCP
+
+AE_TITLE = "DICOMCLOUD"
+STUDY, SERIES = "1.2.826.0.4.7", "1.2.826.0.4.7.1"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pki")
+    write_pki(out, hosts=["localhost", "127.0.0.1"], clients=["STORESCU"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def scp(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[StoreSCP]:
+    """An SCP that speaks only DICOM TLS and requires a client certificate from the CA."""
+    tls = {
+        "tls_cert_file": str(pki / "server.pem"),
+        "tls_key_file": str(pki / "server.key"),
+        "tls_ca_file": str(pki / "ca.pem"),
+        "tls_require_client_cert": True,
+    }
+    data = tmp_path_factory.mktemp("tls") / "data"
+    settings = load_settings(
+        overrides={
+            "storage": {"data_dir": str(data)},
+            "dimse": {"host": "127.0.0.1", "port": 0, "ae_title": AE_TITLE, **tls},
+        },
+        environ={},
+    )
+    runtime = Runtime.from_settings(settings)
+    server = StoreSCP(runtime, Ingest(runtime))
+    server.start(blocking=False)
+    yield server
+    server.stop()
+    runtime.close()
+
+
+def storescu(scp: StoreSCP, path: Path, *tls: str) -> subprocess.CompletedProcess[str]:
+    command = ["storescu", *tls, "-aec", AE_TITLE, "-to", "10", "127.0.0.1", str(scp.port), str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def stored_sops(runtime: Runtime) -> set[str]:
+    records = runtime.bus.subscribe("tls-test", [STORAGE_QUEUE]).poll(1000, 0.2)
+    return {StorageEvent.from_bytes(record.value).sop_instance_uid for record in records}
+
+
+def test_storescu_with_a_client_certificate_stores_over_tls(scp: StoreSCP, pki: Path, tmp_path: Path) -> None:
+    sop = STUDY + ".1.1"
+    path = support.write_ct(tmp_path / "ct.dcm", STUDY, SERIES, sop)
+    tls = ("+tls", str(pki / "client-STORESCU.key"), str(pki / "client-STORESCU.pem"), "+cf", str(pki / "ca.pem"))
+    result = storescu(scp, path, *tls)
+    assert result.returncode == 0, result.stderr
+    assert sop in stored_sops(scp.runtime)
+
+
+def test_storescu_without_a_client_certificate_is_refused(scp: StoreSCP, pki: Path, tmp_path: Path) -> None:
+    sop = STUDY + ".1.2"
+    path = support.write_ct(tmp_path / "ct.dcm", STUDY, SERIES, sop)
+    assert storescu(scp, path, "+tla", "+cf", str(pki / "ca.pem")).returncode != 0
+    assert storescu(scp, path).returncode != 0
+    assert sop not in stored_sops(scp.runtime)
+
+
+def test_requiring_client_certificates_without_a_ca_refuses_to_start(tmp_path: Path, pki: Path) -> None:
+    settings = load_settings(
+        overrides={
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "dimse": {
+                "port": 0,
+                "tls_cert_file": str(pki / "server.pem"),
+                "tls_key_file": str(pki / "server.key"),
+                "tls_require_client_cert": True,
+            },
+        },
+        environ={},
+    )
+    runtime = Runtime.from_settings(settings)
+    try:
+        with pytest.raises(ValueError, match="tls_ca_file"):
+            StoreSCP(runtime, Ingest(runtime)).start(blocking=False)
+    finally:
+        runtime.close()
