@@ -118,6 +118,7 @@ class Bench:
     def stow(self, work: Workload) -> None:
         op = self.ops["stow_rs"]
         headers = {"Content-Type": STOW_CONTENT_TYPE, **DICOM_JSON}
+        log.info("STOW-RS: %d requests of %d instances per server", len(work.stow_bodies), self.sizes.stow_instances)
         for body, study_uid in zip(work.stow_bodies, work.stow_study_uids, strict=True):
             for name, server in self.servers.items():
                 (sample,) = curl([f"{server.dicomweb}/studies"], headers, data=body)

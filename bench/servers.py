@@ -122,7 +122,7 @@ class Server:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def wait_idle(self, quiet: float = 1.0, timeout: float = 900.0) -> None:
+    def wait_idle(self, quiet: float = 1.0, timeout: float = 1800.0) -> None:
         """Block until the server has used almost no CPU for `quiet` seconds: background work is done."""
         deadline = time.monotonic() + timeout
         last = self.cpu_seconds()
