@@ -1,0 +1,114 @@
+"""The shipped Nginx config in front of `dicomcloud up`: HTTPS with a `dicomcloud certs` server certificate,
+plain HTTP redirected, and DICOM TLS passed through to the SCP, which checks client certificates itself."""
+
+from __future__ import annotations
+
+import socket
+import string
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicomcloud.certs import write_pki
+
+from .conftest import Archive, free_port, wait_until
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf.template"
+NGINX_MODULES = Path("/usr/lib/nginx/modules")
+
+
+@dataclass
+class Proxy:
+    https_port: int
+    http_port: int
+    dimse_port: int
+    pki: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pki")
+    write_pki(out, hosts=["localhost", "127.0.0.1"], clients=["STORESCU"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    archive_factory: Callable[..., Archive], pki: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    tls = {
+        "DICOMCLOUD_DIMSE__TLS_CERT_FILE": str(pki / "server.pem"),
+        "DICOMCLOUD_DIMSE__TLS_KEY_FILE": str(pki / "server.key"),
+        "DICOMCLOUD_DIMSE__TLS_CA_FILE": str(pki / "ca.pem"),
+        "DICOMCLOUD_DIMSE__TLS_REQUIRE_CLIENT_CERT": "true",
+    }
+    archive = archive_factory("behind-nginx", env=tls)
+    run = tmp_path_factory.mktemp("nginx")
+    ports = Proxy(free_port(), free_port(), free_port(), pki)
+    values = {
+        "NGINX_MODULES": str(NGINX_MODULES),
+        "HTTPS_LISTEN": f"127.0.0.1:{ports.https_port}",
+        "HTTP_LISTEN": f"127.0.0.1:{ports.http_port}",
+        "SERVER_NAME": "localhost",
+        "CERT_FILE": str(pki / "server.pem"),
+        "KEY_FILE": str(pki / "server.key"),
+        "UPSTREAM_HTTP": f"127.0.0.1:{archive.http_port}",
+        "DIMSE_TLS_LISTEN": f"127.0.0.1:{ports.dimse_port}",
+        "UPSTREAM_DIMSE": f"127.0.0.1:{archive.dimse_port}",
+        "RUN_DIR": str(run),
+    }
+    config = run / "nginx.conf"
+    config.write_text(string.Template(TEMPLATE.read_text()).safe_substitute(values))
+    assert "${" not in config.read_text(), "a template variable was left unset"
+    command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", "daemon off;"]
+    log = (run / "nginx.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _listening(ports.https_port) or process.poll() is not None, 30, "nginx")
+        assert process.poll() is None, (run / "nginx.log").read_text()
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_https_with_the_issued_certificate_serves_the_api(proxy: Proxy) -> None:
+    with httpx.Client(base_url=f"https://localhost:{proxy.https_port}", verify=str(proxy.pki / "ca.pem")) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        studies = client.get("/dicom-web/studies", headers={"Accept": "application/dicom+json"})
+        assert studies.status_code == 200
+        assert studies.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_plain_http_redirects_to_https(proxy: Proxy) -> None:
+    response = httpx.get(f"http://localhost:{proxy.http_port}/dicom-web/studies", follow_redirects=False)
+    assert response.status_code == 301
+    assert response.headers["location"].startswith("https://localhost")
+
+
+def storescu(proxy: Proxy, *tls: str) -> subprocess.CompletedProcess[str]:
+    path = get_testdata_file("CT_small.dcm")
+    command = ["storescu", *tls, "-aec", "DICOMCLOUD", "-to", "10", "127.0.0.1", str(proxy.dimse_port), str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_dicom_tls_passes_through_to_the_scp_which_requires_a_client_certificate(proxy: Proxy) -> None:
+    ca = str(proxy.pki / "ca.pem")
+    client = ("+tls", str(proxy.pki / "client-STORESCU.key"), str(proxy.pki / "client-STORESCU.pem"))
+    stored = storescu(proxy, *client, "+cf", ca)
+    assert stored.returncode == 0, stored.stderr
+    assert storescu(proxy, "+tla", "+cf", ca).returncode != 0
