@@ -19,8 +19,9 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dicomcloud.dicom.render import (
@@ -48,13 +49,19 @@ router = APIRouter(tags=["WADO-RS rendered"])
 INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
 
-def _options(request: Request, window: str | None, viewport: str | None, quality: str | None) -> RenderOptions:
+def rendering_options(
+    request: Request, window: str | None = None, viewport: str | None = None, quality: str | None = None
+) -> RenderOptions:
+    """The `window`, `viewport` and `quality` query parameters and the Accept header, parsed once."""
     return RenderOptions(
         media_type=_rendered_media_type(request.headers.get("accept")),
         window=parse_window(window) if window is not None else None,
         viewport=parse_viewport(viewport) if viewport is not None else None,
         quality=parse_quality(quality) if quality is not None else None,
     )
+
+
+Rendering = Annotated[RenderOptions, Depends(rendering_options)]
 
 
 def _rendered_media_type(accept: str | None) -> str:
@@ -120,44 +127,32 @@ def _image_path(web: DicomWeb, location: InstanceLocation) -> tuple[Path, int]:
 
 @router.get("/studies/{study}/rendered", summary="Retrieve a rendered study")
 def rendered_study(
-    request: Request,
     web: WebContext,
     study: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Rendering,
 ) -> Response:
-    options = _options(request, window, viewport, quality)
     return _multipart(_frames_of(web, _locations(web, path_uid(study, "StudyInstanceUID"))), options)
 
 
 @router.get("/studies/{study}/series/{series}/rendered", summary="Retrieve a rendered series")
 def rendered_series(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Rendering,
 ) -> Response:
-    options = _options(request, window, viewport, quality)
     locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
     return _multipart(_frames_of(web, locations), options)
 
 
 @router.get(INSTANCE + "/rendered", summary="Retrieve a rendered instance")
 def rendered_instance(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
     instance: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Rendering,
 ) -> Response:
-    options = _options(request, window, viewport, quality)
     path, frames = _image_path(web, _instance(web, study, series, instance))
     if frames == 1:
         return _single(path, 1, options)
@@ -166,19 +161,15 @@ def rendered_instance(
 
 @router.get(INSTANCE + "/frames/{frames}/rendered", summary="Retrieve rendered frames")
 def rendered_frames(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
     instance: str,
     frames: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Rendering,
 ) -> Response:
     location = _instance(web, study, series, instance)
     numbers = parse_frame_list(frames)
-    options = _options(request, window, viewport, quality)
     path, count = _image_path(web, location)
     beyond = [n for n in numbers if n > count]
     if beyond:
@@ -192,11 +183,11 @@ def rendered_frames(
 # Thumbnails
 
 
-def _thumbnail_options(
-    request: Request, window: str | None, viewport: str | None, quality: str | None
-) -> RenderOptions:
-    options = _options(request, window, viewport, quality)
+def thumbnail_options(options: Rendering) -> RenderOptions:
     return options if options.viewport else replace(options, viewport=Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+
+
+Thumbnail = Annotated[RenderOptions, Depends(thumbnail_options)]
 
 
 def _representative(web: DicomWeb, locations: list[InstanceLocation]) -> tuple[Path, int]:
@@ -218,63 +209,47 @@ def _representative(web: DicomWeb, locations: list[InstanceLocation]) -> tuple[P
 
 @router.get("/studies/{study}/thumbnail", summary="Retrieve a study thumbnail")
 def study_thumbnail(
-    request: Request,
     web: WebContext,
     study: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Thumbnail,
 ) -> Response:
-    options = _thumbnail_options(request, window, viewport, quality)
     return _single(*_representative(web, _locations(web, path_uid(study, "StudyInstanceUID"))), options)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Retrieve a series thumbnail")
 def series_thumbnail(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Thumbnail,
 ) -> Response:
-    options = _thumbnail_options(request, window, viewport, quality)
     locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
     return _single(*_representative(web, locations), options)
 
 
 @router.get(INSTANCE + "/thumbnail", summary="Retrieve an instance thumbnail")
 def instance_thumbnail(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
     instance: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Thumbnail,
 ) -> Response:
-    options = _thumbnail_options(request, window, viewport, quality)
     path, count = _image_path(web, _instance(web, study, series, instance))
     return _single(path, (count + 1) // 2, options)
 
 
 @router.get(INSTANCE + "/frames/{frames}/thumbnail", summary="Retrieve a frame thumbnail")
 def frame_thumbnail(
-    request: Request,
     web: WebContext,
     study: str,
     series: str,
     instance: str,
     frames: str,
-    window: str | None = None,
-    viewport: str | None = None,
-    quality: str | None = None,
+    options: Thumbnail,
 ) -> Response:
     location = _instance(web, study, series, instance)
     numbers = parse_frame_list(frames)
-    options = _thumbnail_options(request, window, viewport, quality)
     path, count = _image_path(web, location)
     if numbers[0] > count:
         raise NotFound(f"frame {numbers[0]} is out of range 1-{count}")
