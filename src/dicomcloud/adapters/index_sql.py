@@ -377,6 +377,18 @@ def instance_scope(
     return " AND ".join(where), params
 
 
+def list_instances_sql(dialect: Dialect, tenant: str, study_uid: str, series_uid: str | None) -> tuple[str, list[Any]]:
+    """The SELECT of `Index.list_instances`: series by SeriesNumber, then instances by InstanceNumber."""
+    where, params = instance_scope(dialect, tenant, study_uid, series_uid, None)
+    sql = f"""SELECT {LOCATION_COLUMNS} FROM instance i
+        JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
+            AND se.series_instance_uid = i.series_instance_uid
+        WHERE {where}
+        ORDER BY se.series_number IS NULL, se.series_number, i.series_instance_uid,
+            i.instance_number IS NULL, i.instance_number, i.sop_instance_uid"""
+    return sql, params
+
+
 def location(row: tuple[Any, ...]) -> InstanceLocation:
     return InstanceLocation(*row)
 

@@ -30,6 +30,7 @@ from dicomcloud.adapters.index_sql import (
     Dialect,
     count_sql,
     instance_scope,
+    list_instances_sql,
     location,
     refresh_series,
     result,
@@ -279,16 +280,8 @@ class SqliteIndex:
     def list_instances(
         self, tenant_id: str, study_instance_uid: str, series_instance_uid: str | None = None
     ) -> list[InstanceLocation]:
-        where, params = instance_scope(_DIALECT, tenant_id, study_instance_uid, series_instance_uid, None)
-        rows = self._connection().execute(
-            f"""SELECT {LOCATION_COLUMNS} FROM instance i
-                JOIN series se ON se.tenant_id = i.tenant_id AND se.study_instance_uid = i.study_instance_uid
-                    AND se.series_instance_uid = i.series_instance_uid
-                WHERE {where}
-                ORDER BY se.series_number IS NULL, se.series_number, i.series_instance_uid,
-                    i.instance_number IS NULL, i.instance_number, i.sop_instance_uid""",
-            params,
-        )
+        sql, params = list_instances_sql(_DIALECT, tenant_id, study_instance_uid, series_instance_uid)
+        rows = self._connection().execute(sql, params)
         return [location(row) for row in rows]
 
     def search(self, tenant_id: str, query: Query) -> list[dict[str, Any]]:
