@@ -215,6 +215,14 @@ class AuthSettings:
 
 
 @dataclass
+class OpsSettings:
+    """Where a service process answers /health, /ready and /metrics; port 0 = no ops listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass
 class Settings:
     tenant: str = "default"
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -225,6 +233,7 @@ class Settings:
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
     log_level: str = "INFO"
 
     @property
