@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from dicomcloud.adapters.kafka_bus import KafkaBus
 from dicomcloud.adapters.sqlite_bus import SqliteBus
-from dicomcloud.errors import DicomCloudError
+from dicomcloud.errors import DicomCloudError, ServiceUnavailable
 from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
+from dicomcloud.stack.servers import free_port
 
 if TYPE_CHECKING:
     from conftest import BusTarget
@@ -252,3 +254,16 @@ def test_sqlite_bus_second_consumer_of_a_group_takes_over_after_the_lease_lapses
     successor = bus.subscribe("g", ["events"])
     assert values_of(drain(successor, 2)) == ["a", "b"]
     bus.close()
+
+
+def test_ping_answers_while_the_bus_is_reachable(bus: Bus) -> None:
+    bus.ping()
+
+
+def test_ping_of_a_kafka_bus_without_any_broker_raises_service_unavailable() -> None:
+    bus = KafkaBus(f"127.0.0.1:{free_port()}", partitions=1, replication=1, delivery_timeout=5.0)
+    try:
+        with pytest.raises(ServiceUnavailable):
+            bus.ping()
+    finally:
+        bus.close()

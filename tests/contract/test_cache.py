@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from dicomcloud.adapters.redis_cache import RedisCache
+from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.ports.cache import Cache
-from dicomcloud.stack import start_redis
+from dicomcloud.stack.servers import start_redis
 
 
 def test_get_returns_what_was_set(cache: Cache) -> None:
@@ -112,6 +113,27 @@ def test_redis_down_means_misses_and_no_errors_and_recovers_when_it_returns(
         server = start_redis(server.folder, port=server.port)
         cache.set("k", b"back")
         assert cache.get("k") == b"back"
+    finally:
+        cache.close()
+        server.stop()
+
+
+def test_ping_answers_while_the_cache_is_reachable(cache: Cache) -> None:
+    cache.ping()
+
+
+def test_ping_says_when_redis_is_down_and_answers_again_when_it_returns(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    server = start_redis(tmp_path_factory.mktemp("redis-ping"))
+    cache = RedisCache(server.url)
+    try:
+        cache.ping()
+        server.stop()
+        with pytest.raises(ServiceUnavailable):
+            cache.ping()
+        server = start_redis(server.folder, port=server.port)
+        cache.ping()
     finally:
         cache.close()
         server.stop()

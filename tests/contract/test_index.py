@@ -641,3 +641,7 @@ def test_matches_and_search_agree_within_a_scope(index: Index) -> None:
         query = q(level, {}, study_instance_uid=uid)
         expected = [row for row in index.search("t1", Query(level)) if matches(query, row)]
         assert expected and index.search("t1", query) == expected
+
+
+def test_ping_answers_while_the_database_is_reachable(index: Index) -> None:
+    index.ping()

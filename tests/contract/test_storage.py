@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomcloud.adapters.fs_storage import FsStorage
-from dicomcloud.errors import InvalidInput, StorageFailure
+from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
 from dicomcloud.ports.storage import Storage
 
 STUDY, SERIES, SOP = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
@@ -216,3 +216,14 @@ def test_fs_storage_refuses_to_commit_a_file_that_is_not_its_temp(tmp_path: Path
     with pytest.raises(InvalidInput):
         storage.commit_instance(precious, "default/1.2/1.2.3/1.2.3.4.dcm")
     assert precious.read_bytes() == b"keep me"
+
+
+def test_ping_answers_while_every_folder_is_writable(storage: Storage) -> None:
+    storage.ping()
+
+
+def test_ping_of_fs_storage_whose_temp_folder_is_gone_raises_service_unavailable(tmp_path: Path) -> None:
+    storage = FsStorage(root=tmp_path / "storage", metadata_root=tmp_path / "metadata", temp_dir=tmp_path / "tmp")
+    (tmp_path / "tmp").rmdir()
+    with pytest.raises(ServiceUnavailable):
+        storage.ping()

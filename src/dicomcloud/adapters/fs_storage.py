@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomcloud.dicom.uids import validate_tenant, validate_uid
-from dicomcloud.errors import InvalidInput, StorageFailure
+from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
 
 TEMP_PREFIX = "dicomcloud-"
 TEMP_SUFFIX = ".part"
@@ -107,6 +107,11 @@ class FsStorage:
 
     def delete_document(self, key: str) -> None:
         _remove(_inside(self.metadata_root, key), self.metadata_root)
+
+    def ping(self) -> None:
+        for folder in (self.root, self.metadata_root, self.temp_dir):
+            if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise ServiceUnavailable(f"storage folder {folder} is missing or not writable")
 
     def sweep_temp(self, older_than_seconds: float) -> int:
         """Remove temp files a crash left behind; returns how many. Run at start-up."""

@@ -28,12 +28,14 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from dicomcloud.errors import StorageFailure
+from dicomcloud.errors import ServiceUnavailable, StorageFailure
 from dicomcloud.ports.bus import Message, Record, check_name
 
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT = 30.0
+# How long a readiness check waits for any broker to answer a metadata request.
+PING_TIMEOUT = 2.0
 # How often the producer's delivery reports are served; publish waits on them, not on this.
 REPORT_INTERVAL = 0.1
 # A consumer's death is noticed (and its partitions reassigned) after this long without heartbeats.
@@ -232,6 +234,13 @@ class KafkaBus:
         names = [check_name(topic, "topic") for topic in dict.fromkeys(topics)]
         self._ensure_known(names)
         return KafkaBusConsumer(self, check_name(group, "group"), names)
+
+    def ping(self) -> None:
+        """Some broker answers a metadata request (the cluster may still have others down)."""
+        try:
+            self._admin.list_topics(timeout=PING_TIMEOUT)
+        except KafkaException as exc:
+            raise ServiceUnavailable(f"no Kafka broker of {self.bootstrap_servers} answers: {exc}") from exc
 
     def close(self) -> None:
         if self._closed.is_set():

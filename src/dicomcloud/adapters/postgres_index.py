@@ -42,7 +42,7 @@ from dicomcloud.adapters.index_sql import (
     write_instance,
 )
 from dicomcloud.dicom.query import Query
-from dicomcloud.errors import InvalidInput
+from dicomcloud.errors import InvalidInput, ServiceUnavailable
 from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
 
@@ -53,6 +53,8 @@ MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 MIGRATION_LOCK = 0x64636D6967
 ATTEMPTS = 4
 RETRY_PAUSE = 0.2
+# How long a readiness check waits for a pooled connection that answers.
+PING_TIMEOUT = 2.0
 
 
 def _like(pattern: str) -> str:
@@ -108,6 +110,14 @@ class PostgresIndex:
     def close(self) -> None:
         self._pool.close()
 
+    def ping(self) -> None:
+        """One round trip on a pooled connection; no retries, so /ready tells the truth at once."""
+        try:
+            with self._pool.connection(timeout=PING_TIMEOUT) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise ServiceUnavailable(f"PostgreSQL index unreachable: {type(exc).__name__}: {exc}") from exc
+
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         """A transaction on a pooled connection: committed on exit, rolled back on an error."""
@@ -121,7 +131,8 @@ class PostgresIndex:
             except psycopg.OperationalError as exc:
                 if attempt == ATTEMPTS:
                     raise
-                log.warning("index transaction failed (%s); retry %d of %d", type(exc).__name__, attempt, ATTEMPTS)
+                # At DEBUG: callers that retry longer (the consumer) log an outage once, not every attempt.
+                log.debug("index transaction failed (%s); retry %d of %d", type(exc).__name__, attempt, ATTEMPTS)
                 time.sleep(RETRY_PAUSE * attempt)
         raise AssertionError("unreachable")
 

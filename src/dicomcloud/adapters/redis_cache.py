@@ -14,6 +14,8 @@ import time
 
 import redis
 
+from dicomcloud.errors import ServiceUnavailable
+
 log = logging.getLogger(__name__)
 
 WARN_INTERVAL = 30.0
@@ -55,6 +57,13 @@ class RedisCache:
             self._client.delete(*(self._prefix + key for key in keys))
         except redis.RedisError as exc:
             self._unavailable("delete", exc)
+
+    def ping(self) -> None:
+        """Unlike the other calls, this one says when Redis is down (/ready reports the cache degraded)."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"Redis unreachable: {exc}") from exc
 
     def close(self) -> None:
         self._client.close()

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from dicomcloud.errors import StorageFailure
+from dicomcloud.errors import ServiceUnavailable, StorageFailure
 from dicomcloud.ports.bus import Message, Record, check_name
 
 POLL_INTERVAL = 0.05
@@ -131,6 +131,12 @@ class SqliteBus:
 
     def subscribe(self, group: str, topics: Sequence[str]) -> SqliteBusConsumer:
         return SqliteBusConsumer(self, group, topics)
+
+    def ping(self) -> None:
+        try:
+            self._read("SELECT 1 FROM group_offsets LIMIT 1", ())
+        except StorageFailure as exc:
+            raise ServiceUnavailable(exc.message) from exc
 
     def compact(self) -> int:
         """Delete messages every group that ever subscribed to their topic has committed.

@@ -38,7 +38,7 @@ from dicomcloud.adapters.index_sql import (
     write_instance,
 )
 from dicomcloud.dicom.query import Query
-from dicomcloud.errors import InvalidInput
+from dicomcloud.errors import InvalidInput, ServiceUnavailable
 from dicomcloud.events import DicomImageMeta, DicomStateMeta
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
 
@@ -211,6 +211,12 @@ class SqliteIndex:
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+    def ping(self) -> None:
+        try:
+            self._connection().execute("SELECT 1 FROM schema_version LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"index {self._path}: {exc}") from exc
 
     # -- writes --------------------------------------------------------------------------------
 
