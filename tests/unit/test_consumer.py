@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import support
 
-from dicomcloud.events import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, STORAGE_QUEUE, DicomStateMeta, StorageEvent
-from dicomcloud.ports.bus import Message, Record
-from dicomcloud.ports.index import SeriesKey
+from dicomcloud.errors import StorageFailure
+from dicomcloud.events import (
+    DICOM_IMAGE_QUEUE,
+    DICOM_STATE_QUEUE,
+    STORAGE_QUEUE,
+    DicomImageMeta,
+    DicomStateMeta,
+    StorageEvent,
+)
+from dicomcloud.ports.bus import BusConsumer, Message, Record
+from dicomcloud.ports.index import Index, SeriesKey, UpsertOutcome
 from dicomcloud.services.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
 from dicomcloud.services.ingest import file_digest
 from dicomcloud.services.runtime import Runtime
@@ -146,3 +155,69 @@ def test_run_commits_poison_so_it_never_blocks_the_events_behind_it(runtime: Run
     assert runtime.index.get_instance("default", good.sop_instance_uid) is not None
     assert pending(runtime) == []
     assert len(read_topic(runtime, DEAD_LETTER_TOPIC)) == 3
+
+
+class FlakyIndex:
+    """The runtime's index, down for the first `failures` upserts; `journal` records what happened when."""
+
+    def __init__(self, inner: Index, failures: int, journal: list[str]) -> None:
+        self.inner, self.failures, self.journal = inner, failures, journal
+
+    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
+        if self.failures > 0:
+            self.failures -= 1
+            self.journal.append("upsert failed")
+            raise StorageFailure("index unavailable")
+        self.journal.append("upsert")
+        return self.inner.upsert(state, image)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+class JournalingConsumer:
+    """A subscription that records its commits in the journal."""
+
+    def __init__(self, inner: BusConsumer, journal: list[str]) -> None:
+        self.inner, self.journal = inner, journal
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        return self.inner.poll(max_records, timeout)
+
+    def commit(self, records: Sequence[Record]) -> None:
+        self.inner.commit(records)
+        self.journal.append("commit")
+
+    def lag(self) -> int:
+        return self.inner.lag()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_batch_whose_index_is_down_is_retried_with_backoff_and_committed_only_once_durable_logging_the_outage_once(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = store(runtime, write_ct(tmp_path / "ct.dcm", "1.2.826.0.2.1.1.9"))
+    journal: list[str] = []
+    runtime.index = FlakyIndex(runtime.index, failures=3, journal=journal)  # type: ignore[assignment]
+    subscribe = runtime.bus.subscribe
+    monkeypatch.setattr(runtime.bus, "subscribe", lambda g, t: JournalingConsumer(subscribe(g, t), journal))
+    stop = threading.Event()
+    worker = threading.Thread(target=IndexConsumer(runtime).run, args=(stop,))
+    with caplog.at_level(logging.WARNING, logger="dicomcloud.services.consumer"):
+        worker.start()
+        try:
+            for _ in range(400):
+                if "commit" in journal:
+                    break
+                stop.wait(0.05)
+        finally:
+            stop.set()
+            worker.join(10)
+    assert journal == ["upsert failed"] * 3 + ["upsert", "commit"]
+    assert runtime.index.get_instance("default", event.sop_instance_uid) is not None
+    assert pending(runtime) == []
+    outage = [r.getMessage() for r in caplog.records]
+    assert len(outage) == 2, outage
+    assert "index unavailable" in outage[0] and "after 3 failed attempts" in outage[1]

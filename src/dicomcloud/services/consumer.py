@@ -10,13 +10,17 @@ match the event's sha256 (replaced since: the later event indexes it). This is a
 replayed or reordered older event from moving an instance back; see services/ingest.py for who
 removes superseded files (ingest does; this consumer never deletes).
 
+After indexing, the QIDO results cached for the touched studies (and their tenants) are dropped.
+
 An instance with pixels in a syntax outside `transcode.viewer_syntaxes` is also announced on
 `transcode_queue` (services/transcoder.py makes the viewer's copy).
 
 A poison message (not a StorageEvent, a path that does not match its UIDs, a file that cannot be
 parsed) goes to `storage_queue.dlq` with the error and is committed, so it never blocks the topic.
-Any other failure (index or bus down) is transient: the batch is not committed, the subscription is
-reopened after a pause, and delivery resumes at the last commit.
+Any other failure is transient (index or bus down): a batch whose effects failed is retried in place
+with exponential backoff until they are durable, and only then committed; a failed poll, commit or
+subscribe reopens the subscription (with the same backoff), so delivery resumes at the last commit.
+Each outage is logged when it starts and when it ends (services/retry.py), not once per attempt.
 
 Bus compaction is left out: SqliteBus offers `compact()` but the Bus port does not, and Kafka
 handles retention itself; the embedded log grows until a maintenance step compacts it.
@@ -46,13 +50,14 @@ from dicomcloud.events import (
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services.ingest import file_digest
+from dicomcloud.services.qido_cache import QidoCache
+from dicomcloud.services.retry import Outage
 from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 GROUP = "wado-consumer"
 DEAD_LETTER_TOPIC = STORAGE_QUEUE + ".dlq"
-RETRY_DELAY = 2.0
 
 
 def _now() -> str:
@@ -62,46 +67,76 @@ def _now() -> str:
 class IndexConsumer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.qido_cache = QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl)
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set; transient failures restart from the last commit."""
+        """Consume until `stop` is set; a bus failure reopens the subscription at the last commit."""
+        bus = Outage("consuming storage_queue", log)
+        effects = Outage("indexing storage events", log)
+        while not stop.is_set():
+            try:
+                self._consume(stop, bus, effects)
+            except Exception as exc:
+                # A service loop outlives any one failure; nothing uncommitted is lost, it is redelivered.
+                bus.failed(exc, stop)
+
+    def _consume(self, stop: threading.Event, bus: Outage, effects: Outage) -> None:
+        """One subscription's life: closed before any pause, so the group hands its partitions on at once."""
+        consumer = self.runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+        try:
+            self._consume_from(consumer, stop, bus, effects)
+        finally:
+            self._close(consumer)
+
+    def _consume_from(self, consumer: BusConsumer, stop: threading.Event, bus: Outage, effects: Outage) -> None:
         workers = self.runtime.settings.workers
         while not stop.is_set():
-            consumer: BusConsumer | None = None
+            records = consumer.poll(workers.consumer_batch, workers.consumer_poll_timeout)
+            if not records:
+                bus.recovered()
+                continue
+            if not self._process_until_durable(records, stop, effects):
+                return
+            consumer.commit(records)
+            bus.recovered()
+
+    def _process_until_durable(self, records: Sequence[Record], stop: threading.Event, effects: Outage) -> bool:
+        """Retry the batch's (idempotent) effects until they succeed; False when stopped first."""
+        while not stop.is_set():
             try:
-                consumer = self.runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
-                while not stop.is_set():
-                    records = consumer.poll(workers.consumer_batch, workers.consumer_poll_timeout)
-                    if records:
-                        self.process(records)
-                        consumer.commit(records)
-            except Exception:
-                # A service loop outlives any one failure; the batch was not committed.
-                log.exception("indexing failed; resuming from the last commit in %.0fs", RETRY_DELAY)
-                stop.wait(RETRY_DELAY)
-            finally:
-                if consumer is not None:
-                    self._close(consumer)
+                self.process(records)
+            except Exception as exc:
+                # Poison never gets here (process dead-letters it): this is the index or bus being down.
+                effects.failed(exc, stop)
+                continue
+            effects.recovered()
+            return True
+        return False
 
     def process(self, records: Sequence[Record]) -> None:
         """Apply a batch's effects; raises on a transient failure, so the caller does not commit."""
         messages: list[Message] = []
         states: dict[SeriesKey, DicomStateMeta] = {}
-        for record in records:
-            try:
-                indexed = self._index(record)
-            except InvalidInput as exc:
-                log.warning("dead-lettered %s@%d: %s", record.topic, record.offset, exc.message)
-                messages.append(_dead_letter(record, exc))
-                continue
-            if indexed is None:
-                continue
-            state, image = indexed
-            states[SeriesKey(state.tenant_id, state.study_instance_uid, state.series_instance_uid)] = state
-            messages.append(Message(DICOM_IMAGE_QUEUE, image.key, image.to_bytes()))
-            request = self._transcode_request(image)
-            if request is not None:
-                messages.append(Message(TRANSCODE_QUEUE, request.key, request.to_bytes()))
+        try:
+            for record in records:
+                try:
+                    indexed = self._index(record)
+                except InvalidInput as exc:
+                    log.warning("dead-lettered %s@%d: %s", record.topic, record.offset, exc.message)
+                    messages.append(_dead_letter(record, exc))
+                    continue
+                if indexed is None:
+                    continue
+                state, image = indexed
+                states[SeriesKey(state.tenant_id, state.study_instance_uid, state.series_instance_uid)] = state
+                messages.append(Message(DICOM_IMAGE_QUEUE, image.key, image.to_bytes()))
+                request = self._transcode_request(image)
+                if request is not None:
+                    messages.append(Message(TRANSCODE_QUEUE, request.key, request.to_bytes()))
+        finally:
+            # Even a batch cut short by a failure may have changed what QIDO answers.
+            for tenant in {key.tenant_id for key in states}:
+                self.qido_cache.changed(tenant, {key.study_instance_uid for key in states if key.tenant_id == tenant})
         for key, state in states.items():
             count = len(
                 self.runtime.index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid)
