@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomcloud.kafka_local import KafkaCluster, start_kafka
-from dicomcloud.stack import Server, start_postgres, start_redis
+from dicomcloud.stack.kafka import KafkaCluster, start_kafka
+from dicomcloud.stack.servers import Server, start_postgres, start_redis
 
 
 def server_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:

@@ -25,13 +25,13 @@ from dicomcloud.adapters.redis_cache import RedisCache
 from dicomcloud.adapters.sqlite_bus import SqliteBus
 from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.config import DorisSettings
-from dicomcloud.kafka_local import KafkaCluster
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
 from dicomcloud.ports.warehouse import Warehouse
-from dicomcloud.stack import Server
+from dicomcloud.stack.kafka import KafkaCluster
+from dicomcloud.stack.servers import Server
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

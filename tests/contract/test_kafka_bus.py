@@ -10,8 +10,8 @@ import pytest
 from test_bus import drain
 
 from dicomcloud.adapters.kafka_bus import KafkaBus
-from dicomcloud.kafka_local import start_kafka
 from dicomcloud.ports.bus import Message
+from dicomcloud.stack.kafka import start_kafka
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ plain HTTP redirected, and DICOM TLS passed through to the SCP, which checks cli
 from __future__ import annotations
 
 import socket
-import string
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomcloud.certs import write_pki
+from dicomcloud.stack.servers import NginxSite, render_nginx
 
 from .conftest import Archive, free_port, wait_until
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf.template"
-NGINX_MODULES = Path("/usr/lib/nginx/modules")
 
 
 @dataclass
@@ -50,21 +47,17 @@ def proxy(
     archive = archive_factory("behind-nginx", env=tls)
     run = tmp_path_factory.mktemp("nginx")
     ports = Proxy(free_port(), free_port(), free_port(), pki)
-    values = {
-        "NGINX_MODULES": str(NGINX_MODULES),
-        "HTTPS_LISTEN": f"127.0.0.1:{ports.https_port}",
-        "HTTP_LISTEN": f"127.0.0.1:{ports.http_port}",
-        "SERVER_NAME": "localhost",
-        "CERT_FILE": str(pki / "server.pem"),
-        "KEY_FILE": str(pki / "server.key"),
-        "UPSTREAM_HTTP": f"127.0.0.1:{archive.http_port}",
-        "DIMSE_TLS_LISTEN": f"127.0.0.1:{ports.dimse_port}",
-        "UPSTREAM_DIMSE": f"127.0.0.1:{archive.dimse_port}",
-        "RUN_DIR": str(run),
-    }
+    site = NginxSite(
+        https_listen=f"127.0.0.1:{ports.https_port}",
+        http_listen=f"127.0.0.1:{ports.http_port}",
+        cert_file=pki / "server.pem",
+        key_file=pki / "server.key",
+        upstreams=[f"127.0.0.1:{archive.http_port}"],
+        run_dir=run,
+        dimse_tls=(f"127.0.0.1:{ports.dimse_port}", f"127.0.0.1:{archive.dimse_port}"),
+    )
     config = run / "nginx.conf"
-    config.write_text(string.Template(TEMPLATE.read_text()).safe_substitute(values))
-    assert "${" not in config.read_text(), "a template variable was left unset"
+    config.write_text(render_nginx(site))
     command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", "daemon off;"]
     log = (run / "nginx.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

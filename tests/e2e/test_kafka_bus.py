@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicomcloud.kafka_local import KafkaCluster, start_kafka
+from dicomcloud.stack.kafka import KafkaCluster, start_kafka
 
 from .conftest import AE_TITLE, Archive
 from .dicom_clients import pynetdicom_store, storescu

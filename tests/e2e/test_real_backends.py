@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from dicomcloud.stack import Server, start_redis
+from dicomcloud.stack.servers import Server, start_redis
 
 from .conftest import Archive
 

@@ -1,4 +1,4 @@
-"""A throwaway Apache Kafka cluster on loopback, for tests and developers (to join `stack.py` later).
+"""Apache Kafka in KRaft mode on loopback, for the local stack, tests and developers.
 
 The broker's jars come from Maven Central (`deploy/kafka/pom.xml`) into a cache folder shared by every
 checkout and CI run. Each node is a combined KRaft broker and controller listening on 127.0.0.1 on free
@@ -26,12 +26,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from dicomcloud.adapters.kafka_bus import LIBRDKAFKA_LOG
-from dicomcloud.stack import READY_TIMEOUT, STOP_TIMEOUT, Server, StackError, free_port, stop_pid
+from dicomcloud.stack.servers import READY_TIMEOUT, STOP_TIMEOUT, Server, StackError, free_port, stop_pid
 
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
-POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "pom.xml"
 # Small and quick to start: C1-compiled code only and a serial collector suit a loopback test cluster.
 JVM_OPTIONS = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
 # Written once all jars are in place, so an interrupted download is fetched again.
@@ -127,6 +127,8 @@ class KafkaCluster:
             url=node.address,
             folder=node.folder,
             process=process,
+            command=command,
+            log=log,
         )
 
     def stop_node(self, index: int, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:

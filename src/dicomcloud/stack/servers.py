@@ -1,4 +1,4 @@
-"""The local real stack: throwaway PostgreSQL and Redis servers on loopback, for tests and developers.
+"""Throwaway PostgreSQL and Redis servers on loopback, for the local stack, tests and developers.
 
 Each server lives in its own folder, listens on 127.0.0.1 on a free non-default port, runs in its own
 session (so it outlives the process that started it, and a terminal's Ctrl-C does not reach it) and is
@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,8 @@ class Server:
     url: str  # the DSN or URL clients connect with
     folder: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    command: list[str] = field(default_factory=list)
+    log: Path | None = None
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -221,6 +225,8 @@ def start_postgres(folder: Path, port: int | None = None) -> Server:
         url=f"postgresql://{POSTGRES_USER}:{password}@127.0.0.1:{port}/{POSTGRES_DATABASE}",
         folder=folder,
         process=process,
+        command=command,
+        log=log,
     )
     _wait_ready(server, lambda: _postgres_answers(admin), log)
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -255,7 +261,7 @@ def start_redis(folder: Path, port: int | None = None) -> Server:
     ]  # fmt: skip
     process = _popen_as(None, command, log, detach=True)
     url = f"redis://127.0.0.1:{port}/0"
-    server = Server(name="redis", pid=process.pid, port=port, url=url, folder=folder, process=process)
+    server = Server("redis", process.pid, port, url, folder, process, command, log)
     _wait_ready(server, lambda: _redis_answers(url), log)
     return server
 
@@ -268,3 +274,86 @@ def _redis_answers(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+# -- Nginx -------------------------------------------------------------------------------------------
+
+NGINX_TEMPLATES = Path(__file__).resolve().parents[3] / "deploy" / "nginx"
+NGINX_MODULES = Path("/usr/lib/nginx/modules")
+
+
+@dataclass(frozen=True)
+class NginxSite:
+    """What the shipped template needs: where Nginx listens, its certificate, and the wado-servers."""
+
+    https_listen: str
+    http_listen: str
+    cert_file: Path
+    key_file: Path
+    upstreams: Sequence[str]
+    run_dir: Path
+    server_name: str = "localhost"
+    # DICOM TLS passed through to the SCP: (listen address, wado-storescp host:port); None leaves it out.
+    dimse_tls: tuple[str, str] | None = None
+    modules: Path = NGINX_MODULES
+
+
+def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
+    """The shipped config for `site`: one upstream `server` line per wado-server (a failed one is left out for
+    5 s), and the DICOM TLS stream part in front when asked for."""
+    if not site.upstreams:
+        raise StackError("Nginx needs at least one wado-server upstream")
+    values = {
+        "HTTPS_LISTEN": site.https_listen,
+        "HTTP_LISTEN": site.http_listen,
+        "SERVER_NAME": site.server_name,
+        "CERT_FILE": str(site.cert_file),
+        "KEY_FILE": str(site.key_file),
+        "UPSTREAM_SERVERS": "\n        ".join(f"server {up} max_fails=1 fail_timeout=5s;" for up in site.upstreams),
+        "RUN_DIR": str(site.run_dir),
+        "NGINX_MODULES": str(site.modules),
+    }
+    parts = [templates / "nginx.conf.template"]
+    if site.dimse_tls is not None:
+        values["DIMSE_TLS_LISTEN"], values["UPSTREAM_DIMSE"] = site.dimse_tls
+        parts.insert(0, templates / "dimse-tls.conf.template")
+    # Nginx's own `$host`-style variables stay; a `${NAME}` left over is a template variable nobody set.
+    text = "".join(string.Template(part.read_text()).safe_substitute(values) for part in parts)
+    unset = sorted(set(re.findall(r"\$\{(\w+)\}", text)))
+    if unset:
+        raise StackError(f"Nginx template variables not set: {', '.join(unset)}")
+    return text
+
+
+def start_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> Server:
+    """Render the config into `site.run_dir` and run Nginx in the foreground of its own session."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).is_file():
+        raise StackError("nginx not found; install the Debian packages `nginx-light` and `libnginx-mod-stream`")
+    site.run_dir.mkdir(parents=True, exist_ok=True)
+    config, log = site.run_dir / "nginx.conf", site.run_dir / "nginx.log"
+    config.write_text(render_nginx(site, templates))
+    command = [binary, "-p", str(site.run_dir), "-e", "stderr", "-c", str(config), "-g", "daemon off;"]
+    process = _popen_as(None, command, log, detach=True)
+    host, _, port = site.https_listen.rpartition(":")
+    server = Server(
+        name="nginx",
+        pid=process.pid,
+        port=int(port),
+        url=f"https://{site.server_name}:{port}",
+        folder=site.run_dir,
+        process=process,
+        command=command,
+        log=log,
+    )
+    _wait_ready(server, lambda: accepts(host or "127.0.0.1", int(port)), log)
+    return server
+
+
+def accepts(host: str, port: int) -> bool:
+    """True when something accepts a TCP connection at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
