@@ -95,6 +95,8 @@ class BackendSettings:
     index: Literal["sqlite", "postgres"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
     cache_max_bytes: int = 256 * 1024**2
+    # Seconds a QIDO-RS result may be served from the cache (changes invalidate it sooner); 0 = off.
+    qido_cache_ttl: float = 30.0
     # libpq connection string of the PostgreSQL index, e.g. postgresql://user:password@host:5432/db
     postgres_dsn: str = ""
     # Redis URL of the cache, e.g. redis://:password@host:6379/0

@@ -19,6 +19,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.qido_cache import QidoCache
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server import dashboard, delete, qido, rendered, stats, stow, wado
 from dicomcloud.services.server.access_log import install_access_log
@@ -40,7 +41,12 @@ CLOSE_AFTER = frozenset({401, 403, 408, 413})
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0")
     app.state.auth = open_authenticator(runtime.settings.auth, runtime.cache)
-    app.state.archive = Archive(runtime=runtime, ingest=Ingest(runtime), metadata=SeriesMetadata(runtime))
+    app.state.archive = Archive(
+        runtime=runtime,
+        ingest=Ingest(runtime),
+        metadata=SeriesMetadata(runtime),
+        qido_cache=QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl),
+    )
 
     dicomweb = APIRouter()
     for module in (qido, wado, rendered, stow, delete):

@@ -16,6 +16,7 @@ from dicomcloud.errors import InvalidUID
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.qido_cache import QidoCache
 from dicomcloud.services.runtime import Runtime
 
 
@@ -26,6 +27,7 @@ class Archive:
     runtime: Runtime
     ingest: Ingest
     metadata: SeriesMetadata
+    qido_cache: QidoCache
 
 
 @dataclass(frozen=True)

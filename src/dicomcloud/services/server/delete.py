@@ -47,6 +47,7 @@ def delete(web: DicomWeb, study: str, series: str | None = None, sop: str | None
     removed = runtime.index.delete(web.tenant, study, series, sop)
     if not removed:
         raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else ""))
+    web.archive.qido_cache.changed(web.tenant, {loc.study_instance_uid for loc in removed})
     for location in removed:
         runtime.storage.remove_instance(location.file_path)
     touched = {SeriesKey(web.tenant, loc.study_instance_uid, loc.series_instance_uid) for loc in removed}

@@ -10,11 +10,14 @@ Decisions:
 - Each match holds the level's default attributes, the matching keys, the includefields and
   RetrieveURL (0008,1190). At instance level, includefields the index does not keep (or `all`) are
   taken from the instance's DICOM JSON in its series document, bulk data left out.
+- Answers are kept for `backends.qido_cache_ttl` seconds in the cache port, keyed by tenant and the
+  normalised request, and dropped as soon as the data they cover changes (services/qido_cache.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +26,7 @@ from pydicom.datadict import tag_for_keyword
 
 from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
 from dicomcloud.dicom.query import QIDO_LEVEL_KEYWORDS, Level, Query, parse_qido
+from dicomcloud.services.qido_cache import CachedResult
 from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
 from dicomcloud.services.server.negotiation import json_media_type
 
@@ -79,6 +83,25 @@ def search(
     for name, value in request.query_params.multi_items():
         params[name].append(value)
     query = parse_qido(level, params, study_instance_uid=study, series_instance_uid=series)
+    slot = web.archive.qido_cache.slot(web.tenant, study, _normalised(web, level, study, series, params))
+    cached = slot.get() if slot is not None else None
+    if cached is None:
+        cached = _search(web, query)
+        if slot is not None:
+            slot.put(cached)
+    headers = {"Warning": cached.warning} if cached.warning else {}
+    return Response(cached.body, media_type=media_type, headers=headers)
+
+
+def _normalised(
+    web: DicomWeb, level: Level, study: str | None, series: str | None, params: dict[str, list[str]]
+) -> str:
+    """What the answer depends on; parameter order does not matter, the base URL (RetrieveURL) does."""
+    return json.dumps([level, study, series, web.base_url, sorted(params.items())])
+
+
+def _search(web: DicomWeb, query: Query) -> CachedResult:
+    level = query.level
     capped = query.limit is None or query.limit > MAX_RESULTS
     limit = MAX_RESULTS if query.limit is None or query.limit > MAX_RESULTS else query.limit
     # One extra row tells whether the cap cut anything off.
@@ -88,10 +111,9 @@ def search(
         warnings.append(LIMIT_WARNING)
     if query.unsupported:
         warnings.append(f'299 dicomcloud "Not supported for matching, ignored: {", ".join(query.unsupported)}"')
-    headers = {"Warning": ", ".join(warnings)} if warnings else {}
     rows = rows[:limit]
     results = _instance_results(web, query, rows) if level == "instance" else [_result(web, query, r) for r in rows]
-    return Response(dumps(results), media_type=media_type, headers=headers)
+    return CachedResult(dumps(results), ", ".join(warnings))
 
 
 def _wanted(query: Query, row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""QIDO-RS results cached in the cache port never outlive a change to what they cover (each cache adapter)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+
+from dicomcloud.adapters.redis_cache import RedisCache
+from dicomcloud.config import load_settings
+from dicomcloud.dicom.synthetic import ct_series
+from dicomcloud.events import STORAGE_QUEUE
+from dicomcloud.ports.cache import Cache
+from dicomcloud.services.consumer import GROUP, IndexConsumer
+from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server.app import create_app
+
+PATIENT = "QIDO-CACHE"
+BOUNDARY = "qido-cache-test"
+SOP_UID, COUNT = "00080018", "00201208"  # SOPInstanceUID, NumberOfStudyRelatedInstances
+
+
+@dataclass
+class Archive:
+    runtime: Runtime
+    client: TestClient
+
+    def store(self, *datasets: Dataset) -> None:
+        """STOW-RS, then index what it published, as wado-consumer does."""
+        body = b""
+        for ds in datasets:
+            part = io.BytesIO()
+            ds.save_as(part, enforce_file_format=True)
+            body += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part.getvalue() + b"\r\n"
+        body += f"--{BOUNDARY}--\r\n".encode()
+        content_type = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
+        response = self.client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 200, response.text
+        consumer = self.runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+        try:
+            records = consumer.poll(10_000, 0.1)
+            IndexConsumer(self.runtime).process(records)
+            consumer.commit(records)
+        finally:
+            consumer.close()
+
+    def instances(self, study: str) -> list[str]:
+        response = self.client.get(f"/dicom-web/studies/{study}/instances")
+        assert response.status_code == 200, response.text
+        return sorted(found[SOP_UID]["Value"][0] for found in response.json())
+
+    def study_counts(self) -> list[int]:
+        response = self.client.get("/dicom-web/studies", params={"PatientID": PATIENT})
+        assert response.status_code == 200, response.text
+        return [found[COUNT]["Value"][0] for found in response.json()]
+
+
+def open_archive(data: Path, cache: Cache) -> Iterator[Archive]:
+    runtime = Runtime.from_settings(load_settings(overrides={"storage": {"data_dir": str(data)}}, environ={}))
+    runtime.cache = cache
+    try:
+        with TestClient(create_app(runtime), base_url="http://archive.test") as client:
+            yield Archive(runtime, client)
+    finally:
+        runtime.close()
+
+
+@pytest.fixture
+def archive(cache: Cache, tmp_path: Path) -> Iterator[Archive]:
+    yield from open_archive(tmp_path / "data", cache)
+
+
+def series(count: int, study: str | None = None, series_uid: str | None = None) -> list[Dataset]:
+    return list(ct_series(count, rows=8, columns=8, patient_id=PATIENT, study_uid=study, series_uid=series_uid))
+
+
+def test_an_unchanged_query_is_answered_from_the_cache(archive: Archive) -> None:
+    first, second = series(2)
+    archive.store(first, second)
+    assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    # Behind the cache's back (no invalidation): the cached answer is what comes back.
+    archive.runtime.index.delete("default", first.StudyInstanceUID, first.SeriesInstanceUID, second.SOPInstanceUID)
+    assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+
+
+def test_a_stored_instance_shows_in_the_next_qido(archive: Archive) -> None:
+    (first,) = series(1)
+    archive.store(first)
+    study = first.StudyInstanceUID
+    assert (archive.instances(study), archive.study_counts()) == ([first.SOPInstanceUID], [1])
+    (second,) = series(1, study, first.SeriesInstanceUID)
+    archive.store(second)
+    assert archive.instances(study) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert archive.study_counts() == [2]
+
+
+def test_a_new_study_shows_in_the_next_tenant_wide_qido(archive: Archive) -> None:
+    archive.store(*series(1))
+    assert archive.study_counts() == [1]
+    archive.store(*series(3))
+    assert sorted(archive.study_counts()) == [1, 3]
+
+
+def test_a_deleted_instance_and_study_are_gone_from_the_next_qido(archive: Archive) -> None:
+    first, second = series(2)
+    archive.store(first, second)
+    study = first.StudyInstanceUID
+    assert (len(archive.instances(study)), archive.study_counts()) == (2, [2])
+    url = f"/dicom-web/studies/{study}/series/{first.SeriesInstanceUID}/instances/{second.SOPInstanceUID}"
+    assert archive.client.delete(url).status_code == 204
+    assert (archive.instances(study), archive.study_counts()) == ([first.SOPInstanceUID], [1])
+    assert archive.client.delete(f"/dicom-web/studies/{study}").status_code == 204
+    assert (archive.instances(study), archive.study_counts()) == ([], [])
+
+
+def test_qido_answers_correctly_while_redis_is_down(tmp_path: Path) -> None:
+    down = RedisCache("redis://127.0.0.1:1/0", timeout=0.2)  # nothing listens on port 1
+    for archive in open_archive(tmp_path / "data", down):
+        first, second = series(2)
+        archive.store(first)
+        assert archive.study_counts() == [1]
+        archive.store(second)
+        assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+        assert archive.study_counts() == [2]
+    down.close()
