@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomcloud.config import Settings, load_settings
-from dicomcloud.errors import DicomCloudError
+from dicomcloud.errors import DicomCloudError, ServiceUnavailable
 from dicomcloud.logs import setup_logging
+from dicomcloud.services.ops import Check, ops_listener, runtime_checks
 from dicomcloud.services.runtime import Runtime
+
+if TYPE_CHECKING:
+    from dicomcloud.services.storescp import StoreSCP
 
 log = logging.getLogger("dicomcloud")
 
@@ -233,6 +237,17 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
     return False
 
 
+def dimse_check(scp: StoreSCP) -> Check:
+    """Ready only while the SCP accepts connections."""
+    dimse = scp.runtime.settings.dimse
+
+    def probe() -> None:
+        if not accepts_connections(dimse.host, scp.port):
+            raise ServiceUnavailable(f"the DIMSE listener {dimse.host}:{scp.port} accepts no connection")
+
+    return Check("dimse", probe)
+
+
 def run_up(settings: Settings) -> int:
     from dicomcloud.services.consumer import IndexConsumer
     from dicomcloud.services.ingest import Ingest
@@ -253,28 +268,29 @@ def run_up(settings: Settings) -> int:
     stop_on_signals(stop, stop_http)
     threads: list[threading.Thread] = []
     try:
-        scp.start(blocking=False)
-        threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
-        threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
-        threads.append(_worker("loader", Loader(runtime).run, stop))
-        threads.append(_worker("transcoder", Transcoder(runtime).run, stop))
-        http, dimse = settings.http, settings.dimse
+        with ops_listener(settings.ops, [*runtime_checks(runtime), dimse_check(scp)]):
+            scp.start(blocking=False)
+            threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
+            threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
+            threads.append(_worker("loader", Loader(runtime).run, stop))
+            threads.append(_worker("transcoder", Transcoder(runtime).run, stop))
+            http, dimse = settings.http, settings.dimse
 
-        def announce(_: threading.Event) -> None:
-            endpoints = [(http.host, http.port), (dimse.host, scp.port)]
-            if wait_listening(endpoints, stop, lambda: bool(server.started)):
-                line = (
-                    f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
-                    f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}"
-                )
-                log.info("%s", line)
-                print(line, flush=True)
-            elif not stop.is_set():
-                log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
+            def announce(_: threading.Event) -> None:
+                endpoints = [(http.host, http.port), (dimse.host, scp.port)]
+                if wait_listening(endpoints, stop, lambda: bool(server.started)):
+                    line = (
+                        f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
+                        f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}"
+                    )
+                    log.info("%s", line)
+                    print(line, flush=True)
+                elif not stop.is_set():
+                    log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
 
-        _worker("ready", announce, stop)
-        server.run()
-        return 0 if stop.is_set() or server.started else 1
+            _worker("ready", announce, stop)
+            server.run()
+            return 0 if stop.is_set() or server.started else 1
     finally:
         stop.set()
         scp.stop()
@@ -287,7 +303,8 @@ def run_server(settings: Settings) -> int:
     runtime = Runtime.from_settings(settings)
     server = _uvicorn(runtime)
     try:
-        server.run()
+        with ops_listener(settings.ops, runtime_checks(runtime)):
+            server.run()
     finally:
         runtime.close()
     return 0 if server.started else 1
@@ -301,7 +318,8 @@ def run_storescp(settings: Settings) -> int:
     scp = StoreSCP(runtime, Ingest(runtime))
     stop_on_signals(threading.Event(), scp.stop)
     try:
-        scp.start(blocking=True)
+        with ops_listener(settings.ops, [*runtime_checks(runtime), dimse_check(scp)]):
+            scp.start(blocking=True)
     finally:
         scp.stop()
         runtime.close()
@@ -313,7 +331,8 @@ def _run_worker(settings: Settings, make: Callable[[Runtime], Callable[[threadin
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        make(runtime)(stop)
+        with ops_listener(settings.ops, runtime_checks(runtime)):
+            make(runtime)(stop)
     finally:
         runtime.close()
     return 0

@@ -11,7 +11,8 @@ import logging
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
@@ -19,6 +20,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.metadata import SeriesMetadata
+from dicomcloud.services.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
 from dicomcloud.services.qido_cache import QidoCache
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.server import dashboard, delete, qido, rendered, stats, stow, wado
@@ -62,7 +64,18 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/health", tags=["Service"], summary="Liveness")
     def health() -> dict[str, str]:
-        return {"status": "ok"}
+        return HEALTH_BODY
+
+    checks = runtime_checks(runtime)
+
+    @app.get("/ready", tags=["Service"], summary="Readiness: 503 naming the dependency that cannot be reached")
+    def ready() -> JSONResponse:
+        is_ready, body = readiness(checks)
+        return JSONResponse(body, status_code=200 if is_ready else 503)
+
+    @app.get("/metrics", tags=["Service"], summary="Prometheus metrics of this process")
+    def metrics() -> Response:
+        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     for handled in (DicomCloudError, HTTPException, RequestValidationError):
         app.add_exception_handler(handled, _error_response)
