@@ -1,6 +1,9 @@
 """The embedded bus: a durable log in one SQLite file, shared by threads and processes.
 
 Durability: WAL with `synchronous=FULL`, so a `publish` that returned survives `kill -9` and power loss.
+Writers of one process queue on a lock rather than in SQLite's busy handler (which sleeps in steps of
+milliseconds while another thread commits), and publishes that queue up meanwhile are group-committed:
+one transaction, one WAL fsync, each publish still all-or-nothing and returning only once durable.
 Offsets come from one AUTOINCREMENT sequence over all topics: strictly increasing in commit order
 (writers are serialized by SQLite), with gaps inside a topic, which the contract allows.
 
@@ -20,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,15 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+@dataclass
+class _Pending:
+    """One publish call's rows, waiting for whichever publisher commits next."""
+
+    rows: list[tuple[str, str, bytes]]
+    done: bool = False
+    error: BaseException | None = field(default=None)
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with suppress(sqlite3.Error):
@@ -69,6 +82,9 @@ class SqliteBus:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Held for the whole of every write transaction of this process.
+        self._writer = threading.Lock()
+        self._pending: list[_Pending] = []
         # Wakes in-process pollers at once; other processes' publishes are seen by sleep-polling.
         self._published = threading.Condition()
         self._generation = 0
@@ -99,7 +115,13 @@ class SqliteBus:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front (BEGIN IMMEDIATE), so writers queue instead of deadlocking."""
+        """A write transaction; this process's writers take turns on `_writer`."""
+        with self._writer, self._locked_transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _locked_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Taken up front (BEGIN IMMEDIATE), so writers of other processes queue instead of deadlocking."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -119,15 +141,45 @@ class SqliteBus:
             raise StorageFailure(f"bus {self.path}: {exc}") from exc
 
     def publish(self, messages: Sequence[Message]) -> None:
-        """All messages in one transaction: after a crash either all of them are in the log or none."""
-        rows = [(check_name(m.topic, "topic"), m.key, bytes(m.value)) for m in messages]
-        if not rows:
+        """All messages in one transaction: after a crash either all of them are in the log or none.
+
+        The transaction may also hold other threads' publishes that were waiting for the writer lock
+        (group commit); one failure fails every publish it held.
+        """
+        pending = _Pending([(check_name(m.topic, "topic"), m.key, bytes(m.value)) for m in messages])
+        if not pending.rows:
             return
-        with self._transaction() as conn:
-            conn.executemany("INSERT INTO messages (topic, key, value) VALUES (?, ?, ?)", rows)
+        with self._lock:
+            self._pending.append(pending)
+        with self._writer:
+            if not pending.done:
+                self._commit_pending()
+        if pending.error is not None:
+            if isinstance(pending.error, StorageFailure):
+                raise pending.error
+            raise StorageFailure(f"bus {self.path}: publish failed: {pending.error!r}") from pending.error
         with self._published:
             self._generation += 1
             self._published.notify_all()
+
+    def _commit_pending(self) -> None:
+        """With `_writer` held: every queued publish in one transaction, in queue order."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        error: BaseException | None = None
+        try:
+            with self._locked_transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO messages (topic, key, value) VALUES (?, ?, ?)",
+                    [row for pending in batch for row in pending.rows],
+                )
+        except BaseException as exc:
+            error = exc
+        for pending in batch:
+            pending.error = error
+            pending.done = True
+        if error is not None and not isinstance(error, Exception):
+            raise error
 
     def subscribe(self, group: str, topics: Sequence[str]) -> SqliteBusConsumer:
         return SqliteBusConsumer(self, group, topics)
