@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "loader": "load metadata and logs from the bus into the warehouse",
         "transcoder": "derive copies of instances the viewer cannot decode",
         "import": "store DICOM files or folders, as C-STORE would",
-        "init": "create the data folders and schemas",
+        "init": "create the data folders, the index schema and, on Kafka, the bus topics",
         "stats": "print the warehouse's statistics as tables",
         "certs": "create a CA (or reuse the folder's) and server and client certificates for DICOM TLS and HTTPS",
+        "stack": "start or stop the local distributed stack: PostgreSQL, Redis, Kafka, Nginx and every service",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
             sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
             sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
+        if name == "stack":
+            sub.add_argument("action", choices=("up", "down"), help="start (returns once all is ready) or stop")
+            sub.add_argument("--dir", type=Path, default=Path(".stack"), help="the stack's folder (default: .stack)")
+            sub.add_argument("--brokers", type=int, default=3, help="Kafka brokers (default: 3)")
+            sub.add_argument("--consumers", type=int, default=2, help="wado-consumers in one group (default: 2)")
+            sub.add_argument("--servers", type=int, default=2, help="wado-servers behind Nginx (default: 2)")
         if name == "certs":
             from dicomcloud.certs import LEAF_DAYS
 
@@ -135,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "init": lambda s, a: run_init(s),
         "stats": run_stats,
         "certs": run_certs,
+        "stack": run_stack,
     }
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
@@ -453,8 +461,44 @@ def run_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_init(settings: Settings) -> int:
-    """Opening the runtime creates the folders and every embedded schema."""
+    """Opening the runtime creates the folders and every schema (the PostgreSQL index migrates as it opens);
+    on Kafka, every topic is created up front with the configured partitions and replication, so no
+    service's first publish or subscribe creates one with whatever it happened to assume."""
+    from dicomcloud.adapters.kafka_bus import KafkaBus
+
     runtime = Runtime.from_settings(settings)
-    runtime.close()
+    try:
+        if isinstance(runtime.bus, KafkaBus):
+            topics = bus_topics()
+            runtime.bus.ensure_topics(topics)
+            print(f"topics on {settings.backends.kafka_bootstrap}: {', '.join(topics)}")
+    finally:
+        runtime.close()
     print(f"initialised {settings.data_path}")
+    return 0
+
+
+def bus_topics() -> list[str]:
+    """Every topic the services publish to or read: each event's, the log queue, and the dead letters."""
+    from dicomcloud.events import LOG_QUEUE, Event
+    from dicomcloud.services import consumer, loader
+
+    names = [event.topic for event in Event.__subclasses__()]
+    return list(dict.fromkeys([*names, LOG_QUEUE, consumer.DEAD_LETTER_TOPIC, loader.DEAD_LETTER_TOPIC]))
+
+
+def run_stack(settings: Settings, args: argparse.Namespace) -> int:
+    """`stack up` returns once every process is ready, printing where things are; `stack down` stops them."""
+    from dicomcloud.stack import LocalStack, StackError
+
+    try:
+        if args.action == "down":
+            LocalStack.load(args.dir).down()
+            print(f"stopped the stack in {args.dir}")
+            return 0
+        stack = LocalStack.up(args.dir, brokers=args.brokers, consumers=args.consumers, servers=args.servers)
+    except StackError as exc:
+        log.error("stack %s: %s", args.action, exc)
+        return 1
+    print(stack.summary())
     return 0

@@ -4,6 +4,7 @@
 (`dicomcloud stack up/down`).
 """
 
+from dicomcloud.stack.local import LocalStack
 from dicomcloud.stack.servers import StackError
 
-__all__ = ["StackError"]
+__all__ = ["LocalStack", "StackError"]

@@ -146,7 +146,7 @@ class KafkaCluster:
             for node in running:
                 if node.server is not None and not node.server.alive():
                     raise StackError(f"kafka node {node.node_id} exited while starting:\n{_tail(node)}")
-            if _registered_brokers(",".join(n.address for n in running)) >= len(running):
+            if registered_brokers(",".join(n.address for n in running)) >= len(running):
                 return
             time.sleep(0.2)
         raise StackError(f"kafka was not ready after {timeout:.0f}s:\n" + "\n".join(_tail(n) for n in running))
@@ -161,7 +161,8 @@ class KafkaCluster:
             self.stop_node(index, timeout=timeout)
 
 
-def _registered_brokers(bootstrap: str) -> int:
+def registered_brokers(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata lists, asked of `bootstrap`; 0 when it does not answer."""
     # Connection errors while the nodes start are expected: logged at DEBUG, not on stderr.
     admin = AdminClient({"bootstrap.servers": bootstrap}, error_cb=log_error, logger=LIBRDKAFKA_LOG)
     try:

@@ -228,14 +228,14 @@ def start_postgres(folder: Path, port: int | None = None) -> Server:
         command=command,
         log=log,
     )
-    _wait_ready(server, lambda: _postgres_answers(admin), log)
+    _wait_ready(server, lambda: postgres_answers(admin), log)
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (POSTGRES_DATABASE,)).fetchone() is None:
             conn.execute(f"CREATE DATABASE {POSTGRES_DATABASE}")
     return server
 
 
-def _postgres_answers(dsn: str) -> bool:
+def postgres_answers(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, connect_timeout=2) as conn:
             conn.execute("SELECT 1")
@@ -262,11 +262,11 @@ def start_redis(folder: Path, port: int | None = None) -> Server:
     process = _popen_as(None, command, log, detach=True)
     url = f"redis://127.0.0.1:{port}/0"
     server = Server("redis", process.pid, port, url, folder, process, command, log)
-    _wait_ready(server, lambda: _redis_answers(url), log)
+    _wait_ready(server, lambda: redis_answers(url), log)
     return server
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
     try:
         return bool(client.ping())
@@ -280,6 +280,9 @@ def _redis_answers(url: str) -> bool:
 
 NGINX_TEMPLATES = Path(__file__).resolve().parents[3] / "deploy" / "nginx"
 NGINX_MODULES = Path("/usr/lib/nginx/modules")
+# The OHIF viewer Nginx serves at /viewer/: @ohif/app's prebuilt dist/ as ./dev fetches it, and our config.
+OHIF_DIST = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dicomcloud" / "npm" / "ohif" / "dist"
+OHIF_APP_CONFIG = NGINX_TEMPLATES.parent / "ohif" / "app-config.js"
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,8 @@ class NginxSite:
     # DICOM TLS passed through to the SCP: (listen address, wado-storescp host:port); None leaves it out.
     dimse_tls: tuple[str, str] | None = None
     modules: Path = NGINX_MODULES
+    viewer_dist: Path = OHIF_DIST
+    viewer_config: Path = OHIF_APP_CONFIG
 
 
 def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
@@ -312,6 +317,8 @@ def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
         "UPSTREAM_SERVERS": "\n        ".join(f"server {up} max_fails=1 fail_timeout=5s;" for up in site.upstreams),
         "RUN_DIR": str(site.run_dir),
         "NGINX_MODULES": str(site.modules),
+        "OHIF_DIST": str(site.viewer_dist),
+        "OHIF_APP_CONFIG": str(site.viewer_config),
     }
     parts = [templates / "nginx.conf.template"]
     if site.dimse_tls is not None:
