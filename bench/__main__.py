@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # SIGTERM unwinds like Ctrl-C, so both archives are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = args.work or Path(tempfile.mkdtemp(prefix="dicomcloud-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(QUICK if args.quick else FULL, work)
