@@ -10,6 +10,7 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomcloud.dicom.parse import InstanceHeader, extract_meta, read_dataset, read_header
@@ -104,9 +105,30 @@ def test_every_pydicom_file_is_read_or_refused_as_invalid_input(name: str) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = pydicom.dcmread(path)
-    assert header.sop_instance_uid == reference.SOPInstanceUID
-    assert header.study_instance_uid == reference.StudyInstanceUID
-    assert header.transfer_syntax == reference.file_meta.TransferSyntaxUID
+        patient_id = reference.get("PatientID")
+    assert header == InstanceHeader(
+        sop_class_uid=reference.SOPClassUID,
+        sop_instance_uid=reference.SOPInstanceUID,
+        study_instance_uid=reference.StudyInstanceUID,
+        series_instance_uid=reference.SeriesInstanceUID,
+        transfer_syntax=reference.file_meta.TransferSyntaxUID,
+        patient_id="\\".join(patient_id) if isinstance(patient_id, MultiValue) else str(patient_id or ""),
+    )
+
+
+@pytest.mark.parametrize(
+    ("charset", "patient_id"), [("ISO_IR 100", "Müller-1"), ("ISO_IR 192", "患者-7"), (["", "ISO 2022 IR 87"], "山田")]
+)
+def test_header_patient_id_is_decoded_with_the_specific_character_set(
+    tmp_path: Path, charset: str | list[str], patient_id: str
+) -> None:
+    path = synthetic_file(tmp_path, SpecificCharacterSet=charset, PatientID=patient_id)
+    assert read_header(path).patient_id == patient_id
+
+
+def test_a_header_value_longer_than_any_valid_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"\(0010,0020\) is 5000 bytes long"):
+        read_header(synthetic_file(tmp_path, PatientID="P" * 5000))
 
 
 def test_header_carries_identity_and_transfer_syntax(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 pydicom reads what it can and silently stops at a truncated element, so completeness is
 checked by our own structural walk over the encoded bytes (tags, VRs, lengths, items,
 delimiters) before pydicom reads any value. The walk seeks past values, so Pixel Data is
-never read into memory.
+never read into memory. The file is walked through a read-only memory map (a buffered file
+costs system calls per element); only the pages the walk touches are read. The identity
+(`read_header`) is taken from the walk itself, with pydicom's value conversions but without a
+second read by pydicom.
 
 Files without the 128-byte preamble and "DICM" are accepted only when they start directly
 with a File Meta Information group (explicit VR little endian, group 0002): some
@@ -13,6 +16,8 @@ file meta is refused.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 import tempfile
 import warnings
@@ -21,12 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Literal, Protocol
 
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.values import convert_string, convert_text, convert_UI
 
 from dicomcloud.dicom.uids import validate_uid
 from dicomcloud.errors import InvalidInput
@@ -51,7 +59,15 @@ _LONG_VRS: Final = frozenset(
 # Everything pydicom raises on a malformed file that our walk let through.
 _PYDICOM_ERRORS: Final = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error, TypeError)
 
-_HEADER_TAGS: Final = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00100020]
+_SOP_CLASS: Final = 0x00080016
+_SOP_INSTANCE: Final = 0x00080018
+_STUDY: Final = 0x0020000D
+_SERIES: Final = 0x0020000E
+_PATIENT_ID: Final = 0x00100020
+_CHARSET: Final = 0x00080005
+_HEADER_TAGS: Final = frozenset({_SOP_CLASS, _SOP_INSTANCE, _STUDY, _SERIES, _PATIENT_ID, _CHARSET})
+# A header value longer than this is refused rather than read (UIDs have 64 characters, LO 64).
+_MAX_HEADER_VALUE: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,16 @@ class InstanceHeader:
     patient_id: str
 
 
+class _Source(Protocol):
+    """What the walk reads from: a file, a memory map or an inflated spool."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def seek(self, pos: int, whence: Literal[0, 1, 2] = ..., /) -> int | None: ...
+
+    def tell(self) -> int: ...
+
+
 def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
@@ -73,23 +99,30 @@ def _unpack(fmt: str, raw: bytes, little: bool) -> tuple[int, ...]:
 
 
 class _Walker:
-    """Walks an encoded dataset, checking that every element and item lies inside its parent."""
+    """Walks an encoded dataset, checking that every element and item lies inside its parent.
 
-    def __init__(self, fp: IO[bytes]) -> None:
+    The values of the top-level elements named in `capture` are kept in `captured`, raw.
+    """
+
+    def __init__(self, fp: _Source, capture: frozenset[int] = frozenset()) -> None:
         self.fp = fp
+        self.capture = capture
+        self.captured: dict[int, bytes] = {}
 
-    def _read(self, count: int, end: int, what: str) -> bytes:
+    def _read(self, count: int, end: int, what: str, tag: int | None = None) -> bytes:
         at = self.fp.tell()
         raw = self.fp.read(min(count, max(end - at, 0)))
         if len(raw) < count:
-            raise InvalidInput(f"truncated file: {what} at offset {at} needs {count} bytes, {len(raw)} left")
+            where = what if tag is None else f"{what} {_tag_text(tag)}"
+            raise InvalidInput(f"truncated file: {where} at offset {at} needs {count} bytes, {len(raw)} left")
         return raw
 
-    def _within(self, length: int, end: int, what: str) -> int:
+    def _within(self, length: int, end: int, what: str, tag: int) -> int:
         """`length`, if the value that starts here fits before `end`."""
         at = self.fp.tell()
         if length > end - at:
-            raise InvalidInput(f"truncated file: {what} at offset {at} has length {length}, only {end - at} bytes left")
+            where = f"{what} {_tag_text(tag)} at offset {at}"
+            raise InvalidInput(f"truncated file: {where} has length {length}, only {end - at} bytes left")
         return length
 
     def dataset(self, end: int, implicit: bool, little: bool, delimited: bool, depth: int) -> None:
@@ -117,7 +150,7 @@ class _Walker:
         if not explicit:
             (length,) = _unpack("L", head[4:], little)
         elif vr in _LONG_VRS:
-            (length,) = _unpack("L", self._read(4, end, f"length of {_tag_text(tag)}"), little)
+            (length,) = _unpack("L", self._read(4, end, "length of", tag), little)
         else:
             (length,) = _unpack("H", head[6:], little)
         self._value(tag, vr if explicit else None, length, end, little, depth)
@@ -125,9 +158,13 @@ class _Walker:
 
     def _value(self, tag: int, vr: bytes | None, length: int, end: int, little: bool, depth: int) -> None:
         if length != _UNDEFINED:
-            length = self._within(length, end, f"element {_tag_text(tag)}")
+            length = self._within(length, end, "element", tag)
             if vr == b"SQ":
                 self.items(tag, self.fp.tell() + length, False, little, depth)
+            elif depth == 0 and tag in self.capture:
+                if length > _MAX_HEADER_VALUE:
+                    raise InvalidInput(f"element {_tag_text(tag)} is {length} bytes long")
+                self.captured[tag] = self.fp.read(length)
             else:
                 self.fp.seek(length, 1)
         elif vr is None:
@@ -155,9 +192,8 @@ class _Walker:
         implicit: bool = False,
     ) -> None:
         """The items of a sequence, or the fragments of encapsulated data."""
-        what = f"item of {_tag_text(tag)}"
         while delimited or self.fp.tell() < end:
-            group, number, length = _unpack("HHL", self._read(8, end, what), little)
+            group, number, length = _unpack("HHL", self._read(8, end, "item of", tag), little)
             item_tag = group << 16 | number
             if item_tag == _SEQUENCE_DELIMITER and delimited:
                 return
@@ -166,14 +202,16 @@ class _Walker:
             if fragments:
                 if length == _UNDEFINED:
                     raise InvalidInput(f"fragment of {_tag_text(tag)} with undefined length")
-                self.fp.seek(self._within(length, end, what), 1)
+                self.fp.seek(self._within(length, end, "item of", tag), 1)
             elif length == _UNDEFINED:
                 self.dataset(end, implicit, little, True, depth + 1)
             else:
-                self.dataset(self.fp.tell() + self._within(length, end, what), implicit, little, False, depth + 1)
+                self.dataset(
+                    self.fp.tell() + self._within(length, end, "item of", tag), implicit, little, False, depth + 1
+                )
 
 
-def _meta_offset(fp: IO[bytes]) -> tuple[int, bool]:
+def _meta_offset(fp: _Source) -> tuple[int, bool]:
     """Where the file meta group starts, and whether the file has its preamble."""
     head = fp.read(132)
     if len(head) == 132 and head[128:132] == b"DICM":
@@ -183,7 +221,7 @@ def _meta_offset(fp: IO[bytes]) -> tuple[int, bool]:
     raise InvalidInput("not a DICOM Part 10 file")
 
 
-def _read_file_meta(fp: IO[bytes], meta_start: int, size: int) -> tuple[int, str]:
+def _read_file_meta(fp: _Source, meta_start: int, size: int) -> tuple[int, str]:
     """Walk the file meta group (explicit VR little endian): where the dataset begins, and its syntax."""
     walker = _Walker(fp)
     fp.seek(meta_start)
@@ -215,7 +253,7 @@ def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
     return False, True
 
 
-def _starts_implicit(fp: IO[bytes], assumed: bool) -> bool:
+def _starts_implicit(fp: _Source, assumed: bool) -> bool:
     """pydicom trusts the first element's VR bytes over the transfer syntax; so do we."""
     at = fp.tell()
     head = fp.read(6)
@@ -226,7 +264,7 @@ def _starts_implicit(fp: IO[bytes], assumed: bool) -> bool:
     return not (vr.isalpha() and vr.isupper())
 
 
-def _inflate(fp: IO[bytes], start: int, out: IO[bytes]) -> None:
+def _inflate(fp: _Source, start: int, out: IO[bytes]) -> None:
     """Inflate the dataset of a Deflated Explicit VR Little Endian file into `out`, complete or refused."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     crc = size = 0
@@ -247,15 +285,34 @@ def _inflate(fp: IO[bytes], start: int, out: IO[bytes]) -> None:
         raise InvalidInput(f"{len(trailing)} unexpected bytes after the end of the deflated dataset")
 
 
-def _validate(path: Path) -> bool:
-    """Raise InvalidInput unless `path` is a complete Part 10 file; returns whether it has a preamble."""
+@dataclass(frozen=True)
+class _Checked:
+    """What the structural walk learnt about a complete file."""
+
+    has_preamble: bool
+    transfer_syntax: str
+    captured: dict[int, bytes]
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[tuple[_Source, int]]:
+    """The file mapped read-only, and its size (an empty file cannot be mapped: it stays a file)."""
     try:
         fp = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot open {path.name}: {exc.strerror}") from exc
     with fp:
-        size = fp.seek(0, 2)
-        fp.seek(0)
+        size = os.fstat(fp.fileno()).st_size
+        if not size:
+            yield fp, 0
+            return
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped, size
+
+
+def _validate(path: Path, capture: frozenset[int] = frozenset()) -> _Checked:
+    """Raise InvalidInput unless `path` is a complete Part 10 file; keeps the `capture` top-level values."""
+    with _open(path) as (fp, size):
         meta_start, has_preamble = _meta_offset(fp)
         start, transfer_syntax = _read_file_meta(fp, meta_start, size)
         implicit, little = _encoding(transfer_syntax)
@@ -264,11 +321,13 @@ def _validate(path: Path) -> bool:
                 _inflate(fp, start, inflated)
                 end = inflated.tell()
                 inflated.seek(0)
-                _Walker(inflated).dataset(end, _starts_implicit(inflated, implicit), little, False, 0)
+                walker = _Walker(inflated, capture)
+                walker.dataset(end, _starts_implicit(inflated, implicit), little, False, 0)
         else:
             fp.seek(start)
-            _Walker(fp).dataset(size, _starts_implicit(fp, implicit), little, False, 0)
-    return has_preamble
+            walker = _Walker(fp, capture)
+            walker.dataset(size, _starts_implicit(fp, implicit), little, False, 0)
+    return _Checked(has_preamble, transfer_syntax, walker.captured)
 
 
 @contextmanager
@@ -288,10 +347,13 @@ def _dcmread(path: Path, has_preamble: bool, **options: Any) -> Dataset:
 
 def _text(ds: Dataset, keyword: str) -> str:
     """A text attribute as decoded str: "" when missing or empty; multiple values joined by backslash."""
-    value = ds.get(keyword)
+    return _joined(ds.get(keyword))
+
+
+def _joined(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value)
 
@@ -326,26 +388,50 @@ def _header(ds: Dataset) -> InstanceHeader:
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """The identity of a Part 10 file, after checking it is complete; Pixel Data is never loaded."""
-    has_preamble = _validate(path)
+    """The identity of a Part 10 file, after checking it is complete; Pixel Data is never loaded.
+
+    Values are converted as pydicom converts them (`_header` of a dcmread dataset gives the same).
+    """
+    checked = _validate(path, _HEADER_TAGS)
+    values = checked.captured
     with _quiet():
-        return _header(_dcmread(path, has_preamble, stop_before_pixels=True, specific_tags=_HEADER_TAGS))
+        charset = values.get(_CHARSET)
+        encodings = convert_encodings(convert_string(charset, True)) if charset else [default_encoding]
+
+        def uid(tag: int, keyword: str) -> str:
+            raw = values.get(tag)
+            value = convert_UI(raw, True) if raw else ""
+            if value == "":
+                raise InvalidInput(f"missing {keyword}")
+            return validate_uid(str(value), keyword)
+
+        patient = values.get(_PATIENT_ID)
+        return InstanceHeader(
+            sop_class_uid=uid(_SOP_CLASS, "SOPClassUID"),
+            sop_instance_uid=uid(_SOP_INSTANCE, "SOPInstanceUID"),
+            study_instance_uid=uid(_STUDY, "StudyInstanceUID"),
+            series_instance_uid=uid(_SERIES, "SeriesInstanceUID"),
+            transfer_syntax=checked.transfer_syntax,
+            patient_id=_joined(convert_text(patient, encodings)) if patient else "",
+        )
 
 
 def read_dataset(path: Path) -> Dataset:
     """The whole dataset of a complete Part 10 file; values over DEFER_SIZE are read on access."""
-    has_preamble = _validate(path)
+    checked = _validate(path)
     with _quiet():
-        return _dcmread(path, has_preamble)
+        return _dcmread(path, checked.has_preamble)
 
 
 def extract_meta(
     path: Path, tenant_id: str, file_path: str, file_size: int, sha256: str
 ) -> tuple[DicomStateMeta, DicomImageMeta]:
     """The index and warehouse records of one received file."""
-    has_preamble = _validate(path)
+    checked = _validate(path)
     with _quiet():
-        return _records(_dcmread(path, has_preamble, stop_before_pixels=True), tenant_id, file_path, file_size, sha256)
+        return _records(
+            _dcmread(path, checked.has_preamble, stop_before_pixels=True), tenant_id, file_path, file_size, sha256
+        )
 
 
 def _records(
