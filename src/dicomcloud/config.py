@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 ENV_PREFIX = "DICOMCLOUD_"
+# Variables with our prefix that are not settings: the file choice, and the CLI's --log-format default.
+NOT_SETTINGS = frozenset({ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR", ENV_PREFIX + "LOG_FORMAT"})
 SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn"})
 
 
@@ -274,7 +276,7 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
             raise FileNotFoundError(f"{ENV_PREFIX}ENV={env_name} but {path} does not exist")
         merged = _deep_merge(merged, json.loads(path.read_text(encoding="utf-8")))
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR"):
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
         merged = _deep_merge(merged, _nest(keys, _parse_env_value(raw)))
