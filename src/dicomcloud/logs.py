@@ -11,7 +11,9 @@ import json
 import logging
 import re
 import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Literal
 
 from dicomcloud.config import SECRET_FIELDS
@@ -69,7 +71,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
-    """Route every logger (ours, uvicorn's, pynetdicom's) to stderr through the redacting filter."""
+    """Route every logger (ours, uvicorn's, pynetdicom's) to stderr through the redacting filter.
+
+    Warnings and uncaught exceptions (any thread) go through logging too, so in JSON format every line
+    on stderr is one JSON object.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     if fmt == "json":
@@ -87,3 +93,19 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+    logging.getLogger("dicomcloud").critical("uncaught %s", kind.__name__, exc_info=(kind, value, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    log = logging.getLogger("dicomcloud")
+    log.critical("uncaught %s in thread %s", args.exc_type.__name__, name, exc_info=exc_info)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from support import make_runtime
 
 from dicomcloud.config import OpsSettings
@@ -115,3 +120,68 @@ def test_wado_server_answers_health_ready_and_metrics_outside_the_dicomweb_root(
         metrics = client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")
+
+
+def sample_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` with these labels in a Prometheus text exposition (0 if none)."""
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_metrics_parse_and_count_a_request_by_its_route_template_not_its_uids(runtime: Runtime) -> None:
+    study = "1.2.826.0.1.3680043.8.498.101"
+    route = "/dicom-web/studies/{study}/series"
+    with TestClient(create_app(runtime)) as client:
+        before = sample_value(client.get("/metrics").text, "dicomcloud_http_requests_total", method="GET", route=route)
+        client.get(f"/dicom-web/studies/{study}/series")
+        text = client.get("/metrics").text
+    assert sample_value(text, "dicomcloud_http_requests_total", method="GET", route=route) == before + 1
+    assert sample_value(text, "dicomcloud_http_request_duration_seconds_count", method="GET", route=route) >= 1
+    assert sample_value(text, "dicomcloud_http_response_bytes_total", method="GET", route=route) > 0
+    assert study not in text
+
+
+def test_ops_listener_metrics_parse_as_prometheus_text(ops_url: str) -> None:
+    response = httpx.get(f"{ops_url}/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {"dicomcloud_http_requests", "dicomcloud_events_processed", "dicomcloud_consumer_lag"} <= names
+
+
+# Logs through every path a service has: ours, uvicorn's, pynetdicom's, a warning, and uncaught
+# exceptions in a thread and in the main thread.
+LOGGING_PROGRAM = """
+import logging, threading, warnings
+from dicomcloud.cli import build_parser
+from dicomcloud.config import load_settings
+from dicomcloud.logs import setup_logging
+args = build_parser().parse_args(["consumer"])
+setup_logging(load_settings().log_level, args.log_format)
+logging.getLogger("dicomcloud").info("multi\\nline")
+logging.getLogger("uvicorn.error").info("Uvicorn running")
+logging.getLogger("pynetdicom").error("association aborted")
+warnings.warn("deprecated")
+thread = threading.Thread(target=lambda: 1 / 0)
+thread.start()
+thread.join()
+raise ValueError("fatal")
+"""
+
+
+def test_with_the_json_log_format_every_stderr_line_is_one_json_object(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "DICOMCLOUD_LOG_FORMAT": "json"}
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_PROGRAM], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    lines = result.stderr.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [entry["logger"] for entry in entries] == [
+        "dicomcloud", "uvicorn.error", "pynetdicom", "py.warnings", "dicomcloud", "dicomcloud"
+    ]
+    assert entries[0]["message"] == "multi\nline"
+    assert "ZeroDivisionError" in entries[4]["exception"]
+    assert "ValueError: fatal" in entries[5]["exception"]

@@ -47,6 +47,7 @@ from dicomcloud.events import (
     StorageEvent,
     TranscodeRequest,
 )
+from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services.ingest import file_digest
@@ -57,6 +58,7 @@ from dicomcloud.services.runtime import Runtime
 log = logging.getLogger(__name__)
 
 GROUP = "wado-consumer"
+SERVICE = "consumer"
 DEAD_LETTER_TOPIC = STORAGE_QUEUE + ".dlq"
 
 
@@ -68,6 +70,7 @@ class IndexConsumer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.qido_cache = QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl)
+        self.lag = LagReporter(GROUP, [STORAGE_QUEUE])
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; a bus failure reopens the subscription at the last commit."""
@@ -92,12 +95,14 @@ class IndexConsumer:
         workers = self.runtime.settings.workers
         while not stop.is_set():
             records = consumer.poll(workers.consumer_batch, workers.consumer_poll_timeout)
+            self.lag.update(consumer)
             if not records:
                 bus.recovered()
                 continue
             if not self._process_until_durable(records, stop, effects):
                 return
             consumer.commit(records)
+            count_records(EVENTS_PROCESSED, SERVICE, records)
             bus.recovered()
 
     def _process_until_durable(self, records: Sequence[Record], stop: threading.Event, effects: Outage) -> bool:
@@ -107,6 +112,7 @@ class IndexConsumer:
                 self.process(records)
             except Exception as exc:
                 # Poison never gets here (process dead-letters it): this is the index or bus being down.
+                count_records(EVENTS_FAILED, SERVICE, records)
                 effects.failed(exc, stop)
                 continue
             effects.recovered()
@@ -123,6 +129,7 @@ class IndexConsumer:
                     indexed = self._index(record)
                 except InvalidInput as exc:
                     log.warning("dead-lettered %s@%d: %s", record.topic, record.offset, exc.message)
+                    EVENTS_FAILED.labels(SERVICE, record.topic).inc()
                     messages.append(_dead_letter(record, exc))
                     continue
                 if indexed is None:

@@ -37,6 +37,7 @@ from dicomcloud.events import (
     StorageEvent,
     TranscodeFailure,
 )
+from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.warehouse import TABLES, Batch
 from dicomcloud.services.runtime import Runtime
@@ -44,6 +45,7 @@ from dicomcloud.services.runtime import Runtime
 log = logging.getLogger(__name__)
 
 GROUP = "warehouse-loader"
+SERVICE = "loader"
 DEAD_LETTER_TOPIC = "warehouse.dlq"
 RETRY_DELAY = 2.0
 # Topic -> the event it carries and the table its rows go to.
@@ -61,6 +63,7 @@ class Loader:
         self.runtime = runtime
         # (topic, partition) -> highest offset known to be in the warehouse; read once per subscription.
         self._loaded: dict[tuple[str, int], int] = {}
+        self.lag = LagReporter(GROUP, list(ROUTES))
 
     def run(self, stop: threading.Event) -> None:
         """Load until `stop` is set (what is pending then is loaded first); failures resume from the last commit."""
@@ -85,18 +88,21 @@ class Loader:
         oldest = 0.0
         while not stop.is_set():
             records = consumer.poll(max(1, limit - len(pending)), settings.workers.consumer_poll_timeout)
+            self.lag.update(consumer)
             if records and not pending:
                 oldest = time.monotonic()
             pending.extend(records)
             if pending and (len(pending) >= limit or time.monotonic() - oldest >= wait):
                 self.load(pending)
                 consumer.commit(pending)
+                count_records(EVENTS_PROCESSED, SERVICE, pending)
                 pending = []
         # What was published just before the stop (the web app's last access-log flush) goes in too.
         pending.extend(consumer.poll(max(1, limit - len(pending)), 0))
         if pending:
             self.load(pending)
             consumer.commit(pending)
+            count_records(EVENTS_PROCESSED, SERVICE, pending)
 
     def load(self, records: Sequence[Record]) -> None:
         """Load every topic partition's run of records; raises on a transient failure, so nothing is committed."""
@@ -140,6 +146,7 @@ class Loader:
                     dead.append(_dead_letter(record, exc))
         for message in dead:
             log.warning("dead-lettered a %s record: %s", table, json.loads(message.value)["Error"])
+        EVENTS_FAILED.labels(SERVICE, run[0].topic).inc(len(dead))
         return dead
 
     def _load_batch(self, first: Record, last: Record, table: str, rows: list[dict[str, Any]]) -> None:

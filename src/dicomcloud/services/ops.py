@@ -41,12 +41,15 @@ class Check:
 
 
 def runtime_checks(runtime: Runtime) -> list[Check]:
-    """The dependencies every service process has: index, bus and storage required, the cache optional."""
+    """The dependencies every service process has: index, bus and storage required, the cache optional.
+
+    Each is looked up when probed, so the checks follow an adapter the runtime was given later.
+    """
     return [
-        Check("index", runtime.index.ping),
-        Check("bus", runtime.bus.ping),
-        Check("storage", runtime.storage.ping),
-        Check("cache", runtime.cache.ping, required=False),
+        Check("index", lambda: runtime.index.ping()),
+        Check("bus", lambda: runtime.bus.ping()),
+        Check("storage", lambda: runtime.storage.ping()),
+        Check("cache", lambda: runtime.cache.ping(), required=False),
     ]
 
 

@@ -29,6 +29,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, StoragePrese
 
 from dicomcloud.config import DimseSettings
 from dicomcloud.errors import DicomCloudError
+from dicomcloud.metrics import DIMSE_OPERATIONS
 from dicomcloud.services.ingest import Ingest
 from dicomcloud.services.qrscp import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
 from dicomcloud.services.runtime import Runtime
@@ -78,6 +79,8 @@ MAX_ASSOCIATIONS = 64
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
+# Responses that announce more to come; the operation is counted at its final response.
+PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
 
 def server_tls_context(dimse: DimseSettings) -> ssl.SSLContext | None:
@@ -144,6 +147,7 @@ class StoreSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             *self.query_retrieve.handlers,
+            (evt.EVT_DIMSE_SENT, _count_response),
         ]
         self._server = self.ae.start_server(
             (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
@@ -205,3 +209,11 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+def _count_response(event: evt.Event) -> None:
+    """Count each operation we answered (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE) by its final status."""
+    name = type(event.message).__name__
+    status = getattr(event.message.command_set, "Status", None)
+    if name.endswith("_RSP") and status is not None and status not in PENDING_STATUSES:
+        DIMSE_OPERATIONS.labels(name.removesuffix("_RSP").replace("_", "-"), f"0x{int(status):04X}").inc()

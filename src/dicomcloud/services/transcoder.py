@@ -23,6 +23,7 @@ from pathlib import Path
 from dicomcloud.dicom.codecs import transcode
 from dicomcloud.errors import DicomCloudError, InvalidInput, NotAcceptable
 from dicomcloud.events import TRANSCODE_QUEUE, TranscodeFailure, TranscodeRequest
+from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, TRANSCODE_FAILURES, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.services.ingest import file_digest
 from dicomcloud.services.runtime import Runtime
@@ -30,6 +31,7 @@ from dicomcloud.services.runtime import Runtime
 log = logging.getLogger(__name__)
 
 GROUP = "wado-transcoder"
+SERVICE = "transcoder"
 RETRY_DELAY = 2.0
 # Failures that repeat identically on every attempt.
 DETERMINISTIC = (NotAcceptable, InvalidInput)
@@ -67,6 +69,7 @@ class Transcoder:
         self.runtime = runtime
         self.converted = 0
         self.failed = 0
+        self.lag = LagReporter(GROUP, [TRANSCODE_QUEUE])
 
     def run(self, stop: threading.Event) -> None:
         """Consume `transcode_queue` until `stop` is set; a batch is committed after its effects."""
@@ -77,9 +80,11 @@ class Transcoder:
                 consumer = self.runtime.bus.subscribe(GROUP, [TRANSCODE_QUEUE])
                 while not stop.is_set():
                     records = consumer.poll(workers.consumer_batch, workers.consumer_poll_timeout)
+                    self.lag.update(consumer)
                     if records:
                         self.process(records, stop)
                         consumer.commit(records)
+                        count_records(EVENTS_PROCESSED, SERVICE, records)
             except Exception:
                 # A service loop outlives any one failure; the batch was not committed.
                 log.exception("transcoding failed; resuming from the last commit in %.0fs", RETRY_DELAY)
@@ -99,9 +104,12 @@ class Transcoder:
                 request = TranscodeRequest.from_bytes(record.value)
             except (ValueError, TypeError, KeyError) as exc:
                 log.warning("skipped %s@%d: not a TranscodeRequest: %s", record.topic, record.offset, exc)
+                EVENTS_FAILED.labels(SERVICE, record.topic).inc()
                 continue
             failure = self._convert(request, stop or threading.Event())
             if failure is not None:
+                EVENTS_FAILED.labels(SERVICE, record.topic).inc()
+                TRANSCODE_FAILURES.inc()
                 failures.append(Message(failure.topic, failure.key, failure.to_bytes()))
         if failures:
             self.runtime.bus.publish(failures)

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from dicomcloud.metrics import SERIES_METADATA_BUILDS
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services.metadata import SeriesMetadata
 from dicomcloud.services.runtime import Runtime
@@ -62,10 +63,12 @@ class Webworker:
             except Exception:
                 # One series' failure (unreadable file, storage error) must not stop the others.
                 failures += 1
+                SERIES_METADATA_BUILDS.labels("failed").inc()
                 pause = min(MAX_BACKOFF, interval * 2**failures)
                 self._failed[stale.key] = (failures, time.monotonic() + pause)
                 log.exception("building the metadata of %s failed (%d); retry in %.1fs", stale.key, failures, pause)
                 continue
             self._failed.pop(stale.key, None)
+            SERIES_METADATA_BUILDS.labels("built").inc()
             built += 1
         return built > 0

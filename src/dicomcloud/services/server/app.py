@@ -27,6 +27,7 @@ from dicomcloud.services.server import dashboard, delete, qido, rendered, stats,
 from dicomcloud.services.server.access_log import install_access_log
 from dicomcloud.services.server.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
+from dicomcloud.services.server.http_metrics import HttpMetricsMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         allow_headers=["*"],
         expose_headers=EXPOSED_HEADERS,
     )
+    app.add_middleware(HttpMetricsMiddleware)
     install_access_log(app, runtime)  # last, so outermost: it sees what was actually sent
     return app
 
