@@ -36,6 +36,7 @@ from dicomcloud.stack.servers import (
     StackError,
     accepts,
     free_port,
+    install_missing,
     postgres_answers,
     redis_answers,
     start_nginx,
@@ -88,7 +89,8 @@ class LocalStack:
 
     @classmethod
     def up(cls, folder: Path, *, brokers: int = 3, consumers: int = 2, servers: int = 2) -> LocalStack:
-        """Start the whole stack in `folder`; returns once every process is ready.
+        """Start the whole stack in `folder` (installing missing Debian packages, fetching Kafka's jars);
+        returns once every process is ready.
 
         A folder holding a stopped stack is reused (its data is removed first); one with a running stack
         is refused. If anything fails to start, everything already started is stopped again."""
@@ -96,6 +98,7 @@ class LocalStack:
             raise StackError("a stack needs at least one broker, one consumer and one server")
         folder = folder.resolve()
         _clear(folder)
+        install_missing()
         for part in ("config", "logs", "data"):
             (folder / part).mkdir(parents=True, exist_ok=True)
         write_pki(folder / "certs", hosts=["localhost", HOST], clients=[])

@@ -121,6 +121,46 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+# -- Debian packages ---------------------------------------------------------------------------------
+
+
+def install_missing() -> None:
+    """Install, with apt-get, the Debian package of each server the stack runs whose program is missing
+    (as `./dev` does). Without apt-get, the servers' own lookups name what to install."""
+    programs: dict[str, Callable[[], bool]] = {
+        "postgresql": _has_postgres,
+        "redis-server": lambda: shutil.which("redis-server") is not None,
+        "openjdk-17-jre-headless": lambda: shutil.which("java") is not None,
+        "maven": lambda: shutil.which("mvn") is not None,
+        "nginx-light": lambda: _nginx() is not None,
+    }
+    missing = [package for package, present in programs.items() if not present()]
+    apt_get = shutil.which("apt-get")
+    if not missing or apt_get is None:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([apt_get, "update", "-q"], [apt_get, "install", "-y", "-q", "--no-install-recommends", *missing]):
+        result = subprocess.run([*sudo, *command], capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise StackError(f"installing {' '.join(missing)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+def _has_postgres() -> bool:
+    try:
+        postgres_bindir()
+    except StackError:
+        return False
+    return True
+
+
+def _nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found is None and Path("/usr/sbin/nginx").is_file():
+        found = "/usr/sbin/nginx"
+    return found
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------------
 
 
@@ -334,8 +374,8 @@ def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
 
 def start_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> Server:
     """Render the config into `site.run_dir` and run Nginx in the foreground of its own session."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).is_file():
+    binary = _nginx()
+    if binary is None:
         raise StackError("nginx not found; install the Debian packages `nginx-light` and `libnginx-mod-stream`")
     site.run_dir.mkdir(parents=True, exist_ok=True)
     config, log = site.run_dir / "nginx.conf", site.run_dir / "nginx.log"
