@@ -27,15 +27,19 @@ def ops_archive(archive_factory: Callable[..., Archive]) -> tuple[Archive, str]:
     return archive, f"http://127.0.0.1:{port}"
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of the samples named `name` with these labels in the Prometheus text at `url`."""
+def samples(url: str, name: str, **labels: str) -> list[float]:
+    """The values of the samples named `name` with these labels in the Prometheus text at `url`."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    return sum(
+    return [
         float(sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+    ]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    return sum(samples(url, name, **labels))
 
 
 def test_up_with_an_ops_port_is_live_and_ready_with_every_check(ops_archive: tuple[Archive, str]) -> None:
@@ -52,7 +56,7 @@ def test_wado_server_port_is_ready_too(ops_archive: tuple[Archive, str]) -> None
     assert httpx.get(f"{archive.base_url}/ready", timeout=30).status_code == 200
 
 
-def test_a_stow_shows_in_the_request_metrics_and_its_event_as_processed(ops_archive: tuple[Archive, str]) -> None:
+def test_a_stow_is_counted_as_request_and_processed_event_and_the_lag_drains(ops_archive: tuple[Archive, str]) -> None:
     archive, ops = ops_archive
     stow = {"method": "POST", "route": "/dicom-web/studies"}
     indexed = {"service": "consumer", "topic": "storage_queue"}
@@ -68,6 +72,11 @@ def test_a_stow_shows_in_the_request_metrics_and_its_event_as_processed(ops_arch
         lambda: metric(ops, "dicomcloud_events_processed_total", **indexed) > events_before,
         120,
         "the STOW's storage event counted as processed",
+    )
+    wait_until(
+        lambda: samples(ops, "dicomcloud_consumer_lag", group="wado-consumer", topic="storage_queue") == [0.0],
+        120,
+        "the indexing consumer's lag measured and back to 0",
     )
 
 

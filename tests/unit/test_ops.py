@@ -122,6 +122,17 @@ def test_wado_server_answers_health_ready_and_metrics_outside_the_dicomweb_root(
         assert metrics.headers["content-type"].startswith("text/plain")
 
 
+def test_with_oidc_on_the_ops_paths_need_no_token_and_dicomweb_still_does(tmp_path: Path) -> None:
+    auth = {"enabled": True, "issuer": "http://127.0.0.1:9/realms/none", "audience": "dicomcloud"}
+    runtime = make_runtime(tmp_path / "data", auth=auth)
+    try:
+        with TestClient(create_app(runtime)) as client:
+            assert [client.get(path).status_code for path in ("/health", "/ready", "/metrics")] == [200, 200, 200]
+            assert client.get("/dicom-web/studies").status_code == 401
+    finally:
+        runtime.close()
+
+
 def sample_value(text: str, name: str, **labels: str) -> float:
     """The sum of the samples named `name` with these labels in a Prometheus text exposition (0 if none)."""
     return sum(
