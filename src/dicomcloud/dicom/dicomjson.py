@@ -18,6 +18,7 @@ Choices where Annex F leaves room:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -149,28 +150,34 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _converter(vr: str) -> Callable[[Any], Any]:
-    if vr in _DECIMAL_VRS:
-        return lambda value: _decimal(vr, value)
-    if vr in _FLOAT_VRS:
-        return lambda value: _float(vr, value)
-    if vr in _INT_VRS:
-        return lambda value: None if value is None or value == "" else int(value)
-    if vr in _BIG_INT_VRS:
-        return _big_int
-    if vr == "PN":
-        return _person_name
-    if vr == "AT":
-        return _tag_value
-    return _text
+def _int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+# Value converters of the VRs that need one; any other VR's values are text.
+_CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
+    **{vr: functools.partial(_decimal, vr) for vr in _DECIMAL_VRS},
+    **{vr: functools.partial(_float, vr) for vr in _FLOAT_VRS},
+    **dict.fromkeys(_INT_VRS, _int),
+    **dict.fromkeys(_BIG_INT_VRS, _big_int),
+    "PN": _person_name,
+    "AT": _tag_value,
+}
+
+
+_SCALARS: Final = (str, int, float)
+# VRs whose values are JSON strings as they are.
+_TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 
 
 def _values(vr: str, value: Any) -> list[Any]:
     """The "Value" array of a non-binary, non-sequence attribute; [] when empty."""
     if value is None or value == "":
         return []
+    convert: Callable[[Any], Any] = _CONVERTERS.get(vr, _text)
+    if type(value) in _SCALARS:  # the common case (index rows) first, without the ABC checks below
+        return [convert(value)]
     items = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
-    convert = _converter(vr)
     return [convert(item) for item in items]
 
 
@@ -264,21 +271,46 @@ def dataset_to_json(ds: Dataset, bulkdata_uri: BulkDataURIFor | None = None, thr
     return _Encoder(bulkdata_uri, threshold).dataset(ds, ())
 
 
+@functools.lru_cache(maxsize=4096)
+def _keyword_entry(keyword: str) -> tuple[str, str]:
+    """The tag ("00100010") and dictionary VR of a keyword, looked up once per process."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise InvalidInput(f"unknown DICOM keyword: {keyword[:80]!r}")
+    return f"{tag:08X}", dictionary_VR(tag)
+
+
+def _keyword_attribute(vr: str, value: Any) -> dict[str, Any]:
+    """One attribute from a Python value; `vr` may still be pydicom's "US or SS" kind."""
+    if value is None or value == "":
+        return {"vr": vr if " or " not in vr else _resolve_vr(vr, value)}
+    if type(value) is str and vr in _TEXT_VRS:
+        return {"vr": vr, "Value": [value]}  # the most common case, without the general path
+    vr = _resolve_vr(vr, value)
+    if vr == "SQ":
+        return _attribute(vr, [keyword_values_to_json(item) for item in value])
+    if vr in _BINARY_VRS:
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode()}
+    return _attribute(vr, _values(vr, value))
+
+
+class KeywordEncoder:
+    """`keyword_values_to_json` for many rows with the same keywords (QIDO results): the
+    dictionary look-ups and the tag order are worked out once, not per row."""
+
+    def __init__(self, keywords: Iterable[str]) -> None:
+        entries = [(keyword, *_keyword_entry(keyword)) for keyword in dict.fromkeys(keywords)]
+        # Eight upper-case hex digits sort as the tags' numbers do.
+        self._entries = sorted(entries, key=lambda entry: entry[1])
+
+    def __call__(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The row's DICOM JSON; keywords the row lacks are left out."""
+        return {tag: _keyword_attribute(vr, values[keyword]) for keyword, tag, vr in self._entries if keyword in values}
+
+
 def keyword_values_to_json(values: Mapping[str, Any]) -> dict[str, Any]:
     """Index rows to DICOM JSON: {"PatientName": "Doe^John", ...}, VRs from the data dictionary."""
-    out: dict[int, dict[str, Any]] = {}
-    for keyword, value in values.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise InvalidInput(f"unknown DICOM keyword: {keyword[:80]!r}")
-        vr = _resolve_vr(dictionary_VR(tag), value)
-        if vr == "SQ":
-            out[tag] = _attribute(vr, [keyword_values_to_json(item) for item in value or ()])
-        elif vr in _BINARY_VRS and value:
-            out[tag] = {"vr": vr, "InlineBinary": base64.b64encode(value).decode()}
-        else:
-            out[tag] = _attribute(vr, _values(vr, value))
-    return {f"{tag:08X}": out[tag] for tag in sorted(out)}
+    return KeywordEncoder(values)(values)
 
 
 def dumps(obj: Any) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydicom.datadict import tag_for_keyword
 
-from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
+from dicomcloud.dicom.dicomjson import KeywordEncoder, dumps
 from dicomcloud.dicom.query import QIDO_LEVEL_KEYWORDS, Level, Query, parse_qido
 from dicomcloud.services.qido_cache import CachedResult
 from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
@@ -112,18 +112,18 @@ def _search(web: DicomWeb, query: Query) -> CachedResult:
     if query.unsupported:
         warnings.append(f'299 dicomcloud "Not supported for matching, ignored: {", ".join(query.unsupported)}"')
     rows = rows[:limit]
-    results = _instance_results(web, query, rows) if level == "instance" else [_result(web, query, r) for r in rows]
+    results = _instance_results(web, query, rows) if level == "instance" else _results(web, query, rows)
     return CachedResult(dumps(results), ", ".join(warnings))
 
 
-def _wanted(query: Query, row: dict[str, Any]) -> dict[str, Any]:
-    """The row's attributes this query returns (PS3.18 Tables 10.6.3-3 to -5).
+def _wanted(query: Query, row: dict[str, Any]) -> list[str]:
+    """The keywords of the row this query returns (PS3.18 Tables 10.6.3-3 to -5).
 
     Those are the level's defaults, plus the defaults of a parent level the URL does not fix, the
     parents' UIDs, the includefields and the matching keys (parse_qido folds those in).
     """
     if query.include_all:
-        return dict(row)
+        return list(row)
     names = set(QIDO_LEVEL_KEYWORDS[query.level]) | query.includefields | {"StudyInstanceUID"}
     if query.level != "study":
         names.add("SeriesInstanceUID")
@@ -131,7 +131,7 @@ def _wanted(query: Query, row: dict[str, Any]) -> dict[str, Any]:
             names.update(QIDO_LEVEL_KEYWORDS["study"])
     if query.level == "instance" and query.series_instance_uid is None:
         names.update(QIDO_LEVEL_KEYWORDS["series"])
-    return {name: value for name, value in row.items() if name in names}
+    return [name for name in row if name in names]
 
 
 def _retrieve_url(web: DicomWeb, level: Level, row: dict[str, Any]) -> str:
@@ -144,20 +144,23 @@ def _retrieve_url(web: DicomWeb, level: Level, row: dict[str, Any]) -> str:
     return web.instance_url(study, series, str(row["SOPInstanceUID"]))
 
 
-def _result(web: DicomWeb, query: Query, row: dict[str, Any]) -> dict[str, Any]:
-    values = _wanted(query, row)
-    values["RetrieveURL"] = _retrieve_url(web, query.level, row)
-    return keyword_values_to_json(values)
+def _results(web: DicomWeb, query: Query, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's attributes and RetrieveURL; the rows of one search share their keys, so one encoder serves all."""
+    if not rows:
+        return []
+    encode = KeywordEncoder([*_wanted(query, rows[0]), "RetrieveURL"])
+    return [encode({**row, "RetrieveURL": _retrieve_url(web, query.level, row)}) for row in rows]
 
 
 def _instance_results(web: DicomWeb, query: Query, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Instance matches; attributes beyond the index's come from the series documents."""
     extra_tags = {_tag(k) for k in query.includefields} - {None}
+    results = _results(web, query, rows)
     if not (query.include_all or any(k not in row for row in rows for k in query.includefields)):
-        return [_result(web, query, row) for row in rows]
+        return results
     documents: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    results = []
-    for row in rows:
+    merged_results = []
+    for row, result in zip(rows, results, strict=True):
         study, series = str(row["StudyInstanceUID"]), str(row["SeriesInstanceUID"])
         if (study, series) not in documents:
             doc = web.archive.metadata.document(web.series_key(study, series))
@@ -170,9 +173,9 @@ def _instance_results(web: DicomWeb, query: Query, rows: list[dict[str, Any]]) -
             for tag, value in metadata.items()
             if (query.include_all or tag in extra_tags) and not _is_bulkdata(value)
         }
-        merged = {**from_document, **_result(web, query, row)}
-        results.append(dict(sorted(merged.items())))
-    return results
+        merged = {**from_document, **result}
+        merged_results.append(dict(sorted(merged.items())))
+    return merged_results
 
 
 def _tag(keyword: str) -> str | None:
