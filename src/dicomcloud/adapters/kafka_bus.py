@@ -56,10 +56,34 @@ class LibrdkafkaLog:
 LIBRDKAFKA_LOG = LibrdkafkaLog()
 
 
+class Throttle:
+    """Lets one event through per `interval` seconds, across threads."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+            return True
+
+
+# While the cluster is down librdkafka reports "all brokers down" after every failed reconnect (each
+# second, per client): one warning per interval, the repeats at DEBUG.
+ALL_BROKERS_DOWN_WARNINGS = Throttle(60.0)
+
+
 def on_error(error: KafkaError) -> None:
     """librdkafka's error callback: all brokers unreachable and fatal errors are worth a warning."""
-    if error.fatal() or error.code() == KafkaError._ALL_BROKERS_DOWN:
+    if error.fatal():
         log.warning("Kafka: %s", error.str())
+    elif error.code() == KafkaError._ALL_BROKERS_DOWN and ALL_BROKERS_DOWN_WARNINGS.allow():
+        log.warning("Kafka: %s (repeats within %.0fs at DEBUG)", error.str(), ALL_BROKERS_DOWN_WARNINGS.interval)
     else:
         log.debug("Kafka: %s", error.str())
 
