@@ -1,6 +1,6 @@
 """Series metadata documents: built once per index version, served from memory after that.
 
-Lookup order for `document()`: parsed documents in a small in-process LRU (parsing a 500-instance
+Lookup order for `document()`: parsed documents in an in-process LRU (parsing a 500-instance
 document per request is too slow), then the shared cache (Redis in production) by version, then the
 stored document if its version is current, else a build. Builds of one series are serialised by a
 per-series lock; a request that waited for another's build reuses its result.
@@ -24,8 +24,10 @@ from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# Parsed documents kept per process; each holds one series.
-LRU_SERIES = 64
+# Instances of the parsed documents kept per process: a parsed CT instance takes ~20 KB of Python
+# objects, so this bounds the LRU near 100 MB whatever the series sizes (counting series did not).
+# The document of one larger series is still kept, alone.
+LRU_INSTANCES = 5_000
 
 
 def document_key(key: SeriesKey) -> str:
@@ -74,11 +76,52 @@ class _KeyedLocks:
 _BUILD_LOCKS = _KeyedLocks()
 
 
+# A series in one archive: its data folder, then the series (tests run several archives in one process).
+_Scoped = tuple[str, SeriesKey]
+
+
+class _ParsedDocuments:
+    """Least recently used parsed documents, bounded by their instance count."""
+
+    def __init__(self, max_instances: int) -> None:
+        self.max_instances = max_instances
+        self._documents: OrderedDict[_Scoped, SeriesDocument] = OrderedDict()
+        self._instances = 0
+        self._guard = threading.Lock()
+
+    def get(self, key: _Scoped) -> SeriesDocument | None:
+        with self._guard:
+            doc = self._documents.get(key)
+            if doc is not None:
+                self._documents.move_to_end(key)
+            return doc
+
+    def put(self, key: _Scoped, doc: SeriesDocument) -> None:
+        with self._guard:
+            self._drop(key)
+            self._documents[key] = doc
+            self._instances += len(doc.instances)
+            while self._instances > self.max_instances and len(self._documents) > 1:
+                self._drop(next(iter(self._documents)))
+
+    def forget(self, key: _Scoped) -> None:
+        with self._guard:
+            self._drop(key)
+
+    def _drop(self, key: _Scoped) -> None:
+        doc = self._documents.pop(key, None)
+        if doc is not None:
+            self._instances -= len(doc.instances)
+
+
+# Per process like the build locks: in `dicomcloud up` the web app and the webworker share one copy.
+_PARSED = _ParsedDocuments(LRU_INSTANCES)
+
+
 class SeriesMetadata:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._parsed: OrderedDict[SeriesKey, SeriesDocument] = OrderedDict()
-        self._parsed_guard = threading.Lock()
+        self._scope = str(runtime.settings.data_path)
 
     def document(self, key: SeriesKey) -> SeriesDocument | None:
         """The current document of a series; None if the series is not in the index."""
@@ -101,11 +144,9 @@ class SeriesMetadata:
 
     def _current(self, key: SeriesKey, version: int) -> SeriesDocument | None:
         """The document built for exactly `version`, from memory, the shared cache or storage."""
-        with self._parsed_guard:
-            doc = self._parsed.get(key)
-            if doc is not None and doc.version == version:
-                self._parsed.move_to_end(key)
-                return doc
+        doc = _PARSED.get((self._scope, key))
+        if doc is not None and doc.version == version:
+            return doc
         raw = self.runtime.cache.get(cache_key(key, version))
         stored = _parse(raw, cache_key(key, version)) if raw is not None else self._stored(key)
         if stored is None or stored.version != version:
@@ -118,8 +159,7 @@ class SeriesMetadata:
         return _parse(raw, document_key(key)) if raw is not None else None
 
     def _previous(self, key: SeriesKey) -> SeriesDocument | None:
-        with self._parsed_guard:
-            doc = self._parsed.get(key)
+        doc = _PARSED.get((self._scope, key))
         return doc if doc is not None else self._stored(key)
 
     def _build_locked(self, key: SeriesKey) -> SeriesDocument | None:
@@ -149,6 +189,9 @@ class SeriesMetadata:
         raw = doc.to_bytes()
         self.runtime.storage.write_document(document_key(key), raw)
         self.runtime.cache.set(cache_key(key, version), raw)
+        if previous is not None and previous.version != version:
+            # Nobody asks for an older version again; while a series grows, they would fill the cache.
+            self.runtime.cache.delete(cache_key(key, previous.version))
         index.mark_built(key, version)
         self._remember(key, doc)
         log.debug("built %s v%d: %d instances, %d read", document_key(key), version, len(instances), rebuilt)
@@ -172,13 +215,8 @@ class SeriesMetadata:
             return None
 
     def _remember(self, key: SeriesKey, doc: SeriesDocument) -> None:
-        with self._parsed_guard:
-            self._parsed[key] = doc
-            self._parsed.move_to_end(key)
-            while len(self._parsed) > LRU_SERIES:
-                self._parsed.popitem(last=False)
+        _PARSED.put((self._scope, key), doc)
 
     def _forget(self, key: SeriesKey) -> None:
-        with self._parsed_guard:
-            self._parsed.pop(key, None)
+        _PARSED.forget((self._scope, key))
         self.runtime.storage.delete_document(document_key(key))
