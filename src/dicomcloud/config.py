@@ -96,7 +96,9 @@ class BackendSettings:
     bus: Literal["sqlite", "kafka"] = "sqlite"
     index: Literal["sqlite", "postgres"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
-    cache_max_bytes: int = 256 * 1024**2
+    # Bound of the embedded (memory) cache. Its series documents are also files under the metadata root
+    # and parsed ones stay in an LRU of their own, so a large cache mostly holds RSS, not speed.
+    cache_max_bytes: int = 64 * 1024**2
     # Seconds a QIDO-RS result may be served from the cache (changes invalidate it sooner); 0 = off.
     qido_cache_ttl: float = 30.0
     # libpq connection string of the PostgreSQL index, e.g. postgresql://user:password@host:5432/db

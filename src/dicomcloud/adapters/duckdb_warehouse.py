@@ -4,6 +4,10 @@ A load is one transaction: the label check, the rows and the `loaded_batch` row 
 a label is in exactly when its rows are. UNIQUE tables are upserts whose newer `sequence` value wins,
 as Doris' sequence column does. DuckDB lets one process write a file; every call here is serialised
 on one connection, so the loader thread and the web app's statistics share it safely.
+
+DuckDB's defaults (a buffer pool of 80% of RAM, a thread per core) suit an analytics box, not a
+process that also serves DICOMweb: the buffer pool grows with every load and stays, so it is
+bounded here; one thread is plenty for the loader's small batches and the dashboard's queries.
 """
 
 from __future__ import annotations
@@ -77,10 +81,10 @@ def newest_per_key(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[Mapp
 
 
 class DuckDBWarehouse:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory_limit: str = "128MB", threads: int = 1) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = duckdb.connect(str(path))
+            self._conn = duckdb.connect(str(path), config={"memory_limit": memory_limit, "threads": threads})
         except duckdb.Error as exc:
             raise StorageFailure(f"cannot open the warehouse {path}: {exc}") from exc
         self._lock = threading.Lock()
