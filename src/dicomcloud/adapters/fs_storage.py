@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -64,9 +65,21 @@ class FsStorage:
 
     def commit_instance(self, temp: Path, relpath: str) -> None:
         """Make `temp` durable under `relpath`; on any failure the temp file is gone too."""
-        self._commit(self._own_temp(temp), self.root, relpath)
+        self.place_instance(temp, relpath)
+        self.sync_folders([relpath])
+
+    def place_instance(self, temp: Path, relpath: str) -> None:
+        self._commit(self._own_temp(temp), self.root, relpath, sync_folder=False)
         if DERIVED_SEPARATOR not in relpath.rpartition("/")[2]:
             self._remove_derived(self.path(relpath))
+
+    def sync_folders(self, relpaths: Sequence[str]) -> None:
+        folders = dict.fromkeys(self.path(relpath).parent for relpath in relpaths)
+        try:
+            for folder in folders:
+                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StorageFailure(f"cannot make stored names durable: {exc}") from exc
 
     def path(self, relpath: str) -> Path:
         return _inside(self.root, relpath)
@@ -138,7 +151,7 @@ class FsStorage:
             raise InvalidInput(f"not a temp file of this storage: {temp}")
         return temp
 
-    def _commit(self, temp: Path, base: Path, relpath: str) -> None:
+    def _commit(self, temp: Path, base: Path, relpath: str, sync_folder: bool = True) -> None:
         """The path is checked inside the guarded block, so a refused one also discards the temp."""
         try:
             dest = _inside(base, relpath)
@@ -151,7 +164,8 @@ class FsStorage:
                 except FileNotFoundError:
                     if attempt == RENAME_ATTEMPTS - 1 or not temp.exists():
                         raise
-            _fsync(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+            if sync_folder:
+                _fsync(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             _discard(temp)
             raise StorageFailure(f"cannot store {temp.name}: {exc}") from exc

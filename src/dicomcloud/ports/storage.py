@@ -8,6 +8,7 @@ live under a separate metadata root. Every write is temp name, fsync, rename.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -30,6 +31,15 @@ class Storage(Protocol):
 
         Committing an original removes its derived copies: they were made from the file it replaces.
         """
+        ...
+
+    def place_instance(self, temp: Path, relpath: str) -> None:
+        """`commit_instance` without the folder fsync, for committing many files at once: the file is
+        complete under its name, but the name is durable only once `sync_folders` covered it."""
+        ...
+
+    def sync_folders(self, relpaths: Sequence[str]) -> None:
+        """Make the names placed at these instance paths durable (one fsync per distinct folder)."""
         ...
 
     def path(self, relpath: str) -> Path:
