@@ -6,7 +6,9 @@ they touch the same data: an upsert takes a transaction-scoped advisory lock on 
 then on the studies it changes (in sorted order, so two writers never wait on each other in a
 cycle); a delete locks its study. Counts recomputed with COUNT under those locks are exact. A
 deadlock, serialization failure or dropped connection (a restarted server) is retried a few times;
-after that the error reaches the caller, whose events stay uncommitted and are redelivered.
+after that the error reaches the caller, whose events stay uncommitted and are redelivered. A value
+PostgreSQL cannot store (psycopg's DataError) is the caller's input at fault: InvalidInput, which the
+consumer dead-letters instead of retrying forever.
 
 The schema is owned by Alembic (`dicomcloud/migrations`); `migrate` brings a database to the newest
 revision and is run when the index is opened, under an advisory lock so processes starting together
@@ -142,7 +144,11 @@ class PostgresIndex:
         here = (state.tenant_id, state.study_instance_uid, state.series_instance_uid)
         if here != (image.tenant_id, image.study_instance_uid, image.series_instance_uid):
             raise InvalidInput(f"instance {image.sop_instance_uid} and its state name different series")
-        return self._retrying(lambda: self._upsert(state, image))
+        try:
+            return self._retrying(lambda: self._upsert(state, image))
+        except psycopg.DataError as exc:
+            # Deterministic (a NUL in a text value, a number out of range): poison, not an outage to wait out.
+            raise InvalidInput(f"the index cannot store instance {image.sop_instance_uid}: {exc}") from exc
 
     def _upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
         tenant, study_uid, series_uid = state.tenant_id, state.study_instance_uid, state.series_instance_uid
