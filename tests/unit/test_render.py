@@ -114,6 +114,15 @@ def test_monochrome1_is_rendered_inverted_relative_to_its_monochrome2_twin(tmp_p
     assert np.array_equal(render_png(inverted), 255 - render_png(source))
 
 
+def test_a_deflated_file_renders_like_its_explicit_little_endian_twin(tmp_path: Path) -> None:
+    source = data_file("image_dfl.dcm")
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    twin = tmp_path / "inflated.dcm"
+    ds.save_as(twin, enforce_file_format=True)
+    assert np.array_equal(render_png(source), render_png(twin))
+
+
 def test_rgb_renders_as_rgb() -> None:
     rgb = render_png(data_file("examples_rgb_color.dcm"))
     ds = pydicom.dcmread(data_file("examples_rgb_color.dcm"))

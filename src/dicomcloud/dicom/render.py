@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomcloud.errors import InvalidInput, NotFound
 
@@ -129,7 +130,9 @@ def render_frame(path: Path, frame: int, options: RenderOptions) -> bytes:
     frames = _frames(ds)
     if not 1 <= frame <= frames:
         raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else f"{path.name} is not an image")
-    arr = pixel_array(path, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
+    # Decoding from the path seeks to Pixel Data in the file, which a deflated file's bytes do not allow.
+    source = pydicom.dcmread(path) if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian else path
+    arr = pixel_array(source, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
     photometric = str(ds.PhotometricInterpretation)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         image = Image.fromarray(_grayscale(arr, ds, options.window, invert=photometric == "MONOCHROME1"), "L")
