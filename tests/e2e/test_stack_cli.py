@@ -5,6 +5,7 @@ One stack for the module (starting it is the expensive part); the last test stop
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +26,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicomcloud.cli import bus_topics
+from dicomcloud.stack import LocalStack
 
 from .conftest import wait_until
 
@@ -117,8 +119,27 @@ def finds_all(client: httpx.Client, wanted: set[str]) -> bool:
     return wanted <= found
 
 
-def test_stack_down_leaves_no_process_alive(folder: Path, described: dict[str, Any]) -> None:
-    pids = [service["pid"] for service in described["services"].values()]
+def test_a_second_stack_up_in_a_running_stacks_folder_is_refused(folder: Path) -> None:
+    again = dicomcloud("stack", "up", "--dir", str(folder), timeout=120)
+    assert again.returncode == 1
+    assert "stack down" in again.stderr
+
+
+def test_a_killed_consumer_is_recorded_stopped_and_starts_again_on_its_ports(folder: Path) -> None:
+    stack = LocalStack.load(folder)
+    ports = stack.components["consumer-1"].ports
+    stack.kill("consumer-1")
+    assert stack.pid("consumer-1") is None and not stack.ready("consumer-1")
+    assert LocalStack.load(folder).pid("consumer-1") is None
+    stack.start("consumer-1")
+    assert stack.ready("consumer-1")
+    assert LocalStack.load(folder).components["consumer-1"].ports == ports
+
+
+def test_stack_down_leaves_no_process_alive(folder: Path) -> None:
+    stack = LocalStack.load(folder)
+    pids = [stack.pid(name) for name in stack.names()]
+    assert None not in pids
     down = dicomcloud("stack", "down", "--dir", str(folder), timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
     assert [pid for pid in pids if process_exists(pid)] == []
@@ -128,6 +149,9 @@ def test_stack_down_leaves_no_process_alive(folder: Path, described: dict[str, A
 
 
 def process_exists(pid: int) -> bool:
+    """The consumer this module restarted is our child: its exit is reaped here, not left a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

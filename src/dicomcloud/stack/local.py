@@ -54,6 +54,8 @@ SERVICE_READY_TIMEOUT = 180.0
 # What `up` writes under the stack's folder: removed when a stopped stack's folder is reused.
 PARTS = ("postgres", "redis", "kafka", "nginx", "certs", "config", "data", "logs", STACK_FILE)
 INFRASTRUCTURE = ("postgres", "redis", "kafka", "nginx")
+# Seconds a stopped process's parent gets to reap it before `kill` returns anyway.
+ZOMBIE_GRACE = 5.0
 # How each kind of process is asked to stop: PostgreSQL's "fast" shutdown; SIGTERM for the rest.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 
@@ -501,13 +503,17 @@ def _running(pid: int) -> bool:
 
 
 def _wait_gone(pids: list[int], leader: int) -> None:
-    """Until none of `pids` exists (a PostgreSQL restart refuses while its old postmaster's pid does);
-    SIGKILL to what is left after STOP_TIMEOUT."""
+    """Until none of `pids` runs (SIGKILL to what is left after STOP_TIMEOUT), then a few seconds more for
+    their parents to reap them: a PostgreSQL restart refuses while its old postmaster's pid exists. A zombie
+    whose parent never reaps it (a test process that restarted it, say) still counts as stopped."""
     deadline = time.monotonic() + STOP_TIMEOUT
-    while any(_exists(pid) for pid in pids):
+    while any(_running(pid) for pid in pids):
         if time.monotonic() > deadline:
             pids = sorted(set(pids) | set(_signal(leader, signal.SIGKILL)))
             deadline = time.monotonic() + STOP_TIMEOUT
+        time.sleep(0.05)
+    reaped = time.monotonic() + ZOMBIE_GRACE
+    while any(_exists(pid) for pid in pids) and time.monotonic() < reaped:
         time.sleep(0.05)
 
 
