@@ -315,6 +315,9 @@ def run_up(settings: Settings) -> int:
 
 
 def run_server(settings: Settings) -> int:
+    if settings.backends.cache == "memory":
+        # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
+        settings.backends.qido_cache_ttl = 0
     runtime = Runtime.from_settings(settings)
     server = _uvicorn(runtime)
     try:
