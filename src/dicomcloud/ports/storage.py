@@ -38,6 +38,10 @@ class Storage(Protocol):
         complete under its name, but the name is durable only once `sync_folders` covered it."""
         ...
 
+    def sync_temps(self, temps: Sequence[Path]) -> None:
+        """fsync several temp files at once (concurrently), so committing them later writes nothing more."""
+        ...
+
     def sync_folders(self, relpaths: Sequence[str]) -> None:
         """Make the names placed at these instance paths durable (one fsync per distinct folder)."""
         ...
