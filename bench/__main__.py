@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out DIR]`: run the side-by-side benchmark, print the table, write JSON."""
+"""`python -m bench [--quick] [--stack] [--out DIR]`: run the side-by-side benchmark, print the table, write JSON."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from bench.workload import FULL, QUICK
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, every operation (CI smoke run)")
+    parser.add_argument(
+        "--stack", action="store_true", help="bench the distributed stack (dicomcloud stack up) instead of `up`"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
     parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -31,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = args.work or Path(tempfile.mkdtemp(prefix="dicomcloud-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(QUICK if args.quick else FULL, work)
+    # Synthetic data only: open to others, so the stack's PostgreSQL (run as `postgres` under root) reaches its folder.
+    work.chmod(0o755)
+    bench = Bench(QUICK if args.quick else FULL, work, stack=args.stack)
     try:
         result = bench.run()
     except BenchError as exc:

@@ -24,9 +24,13 @@ class Sample:
     seconds: float
 
 
-def curl(urls: list[str], headers: dict[str, str], data: Path | None = None) -> list[Sample]:
+def curl(
+    urls: list[str], headers: dict[str, str], data: Path | None = None, ca_file: Path | None = None
+) -> list[Sample]:
     """One curl process fetching each URL in turn on one kept-alive connection; curl's own timings."""
     command = ["curl", "--silent", "--show-error", "--write-out", CURL_FORMAT]
+    if ca_file is not None:
+        command += ["--cacert", str(ca_file)]
     for name, value in headers.items():
         command += ["--header", f"{name}: {value}"]
     if data is not None:
@@ -63,6 +67,7 @@ def study_instance_count(server: Server, study_uid: str) -> int:
         params={"StudyInstanceUID": study_uid, "includefield": STUDY_INSTANCE_COUNT},
         headers={"Accept": "application/dicom+json"},
         timeout=60,
+        verify=server.verify,
     )
     if response.status_code == 204 or not response.content or response.json() == []:
         return 0
@@ -91,6 +96,11 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+def server_rss(server: Server) -> int:
+    """The largest VmRSS among the processes that serve HTTP (one, or each wado-server of a stack)."""
+    return max(rss_bytes(pid) for pid in server.http_pids())
+
+
 @dataclass(frozen=True)
 class Streamed:
     sample: Sample
@@ -101,21 +111,21 @@ class Streamed:
 
 def stream_with_rss(server: Server, url: str, headers: dict[str, str], interval: float = 0.02) -> Streamed:
     """Fetch `url` with curl while sampling the server's VmRSS every `interval` seconds."""
-    before = rss_bytes(server.pid)
+    before = server_rss(server)
     peak, taken = before, 0
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak, taken
         while not done.is_set():
-            peak = max(peak, rss_bytes(server.pid))
+            peak = max(peak, server_rss(server))
             taken += 1
             done.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        (result,) = curl([url], headers)
+        (result,) = curl([url], headers, ca_file=server.ca_file)
     finally:
         done.set()
         sampler.join()

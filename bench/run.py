@@ -18,7 +18,7 @@ import httpx
 
 from bench.measure import curl, stream_with_rss, timed_ingest, wait_queryable
 from bench.report import SERVERS, Goal, Measured, Operation, Target, Unit
-from bench.servers import BenchError, Dicomcloud, Orthanc, Server
+from bench.servers import BenchError, Dicomcloud, DicomcloudStack, Orthanc, Server
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
 
 log = logging.getLogger("bench")
@@ -61,12 +61,14 @@ def new_operations() -> dict[str, Operation]:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, work: Path) -> None:
+    def __init__(self, sizes: Sizes, work: Path, *, stack: bool = False) -> None:
         self.sizes = sizes
         self.work_root = work
+        self.stack = stack
         self.ops = new_operations()
+        ours = DicomcloudStack if stack else Dicomcloud
         self.servers: dict[str, Server] = {
-            "dicomcloud": Dicomcloud(work / "dicomcloud"),
+            "dicomcloud": ours(work / "dicomcloud"),
             "orthanc": Orthanc(work / "orthanc"),
         }
         self.results_count: dict[str, dict[str, int]] = {}
@@ -121,7 +123,7 @@ class Bench:
         log.info("STOW-RS: %d requests of %d instances per server", len(work.stow_bodies), self.sizes.stow_instances)
         for body, study_uid in zip(work.stow_bodies, work.stow_study_uids, strict=True):
             for name, server in self.servers.items():
-                (sample,) = curl([f"{server.dicomweb}/studies"], headers, data=body)
+                (sample,) = curl([f"{server.dicomweb}/studies"], headers, data=body, ca_file=server.ca_file)
                 measured = op.results[name]
                 measured.seconds.append(sample.seconds)
                 measured.size, measured.items = body.stat().st_size, self.sizes.stow_instances
@@ -152,18 +154,18 @@ class Bench:
 
     def sample(self, op: Operation, path: str, headers: dict[str, str], repeats: int) -> None:
         for server in self.servers.values():
-            curl([f"{server.dicomweb}{path}"], headers)  # warm-up, not counted
+            curl([f"{server.dicomweb}{path}"], headers, ca_file=server.ca_file)  # warm-up, not counted
         done = 0
         while done < repeats:
             batch = min(ROUND, repeats - done)
             for name, server in self.servers.items():
-                samples = curl([f"{server.dicomweb}{path}"] * batch, headers)
+                samples = curl([f"{server.dicomweb}{path}"] * batch, headers, ca_file=server.ca_file)
                 op.results[name].seconds += [s.seconds for s in samples]
                 op.results[name].size = samples[0].size
             done += batch
 
     def count_results(self, server: Server, path: str) -> int:
-        response = httpx.get(f"{server.dicomweb}{path}", headers=DICOM_JSON, timeout=120)
+        response = httpx.get(f"{server.dicomweb}{path}", headers=DICOM_JSON, timeout=120, verify=server.verify)
         return len(response.json()) if response.status_code == 200 and response.content else 0
 
     def stream(self, work: Workload) -> None:
@@ -184,7 +186,7 @@ class Bench:
             for name, server in self.servers.items():
                 server.restart()
                 server.wait_idle()
-                (sample,) = curl([f"{server.dicomweb}{path}"], headers)
+                (sample,) = curl([f"{server.dicomweb}{path}"], headers, ca_file=server.ca_file)
                 op.results[name].seconds.append(sample.seconds)
                 op.results[name].size = sample.size
 
@@ -213,4 +215,5 @@ class Bench:
             "curl": output("curl", "--version"),
             "storescu": output("storescu", "--version"),
             "servers": list(SERVERS),
+            "dicomcloud_mode": "stack (Kafka, PostgreSQL, Redis, Nginx)" if self.stack else "embedded (dicomcloud up)",
         }

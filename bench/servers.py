@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from dicomcloud.stack import LocalStack, StackError
+
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -61,7 +63,14 @@ class Server:
         self.http_port = free_port()
         self.dimse_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # The CA that signed the server's HTTPS certificate; None for plain HTTP.
+        self.ca_file: Path | None = None
         folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def verify(self) -> str | bool:
+        """What httpx verifies the server's certificate with."""
+        return str(self.ca_file) if self.ca_file is not None else True
 
     @property
     def base_url(self) -> str:
@@ -76,6 +85,14 @@ class Server:
         if self.process is None:
             raise BenchError(f"{self.name} is not running")
         return self.process.pid
+
+    def http_pids(self) -> list[int]:
+        """The processes answering HTTP, whose memory the bench samples."""
+        return [self.pid]
+
+    def busy_pids(self) -> list[int]:
+        """The processes doing the archive's work, whose CPU time tells when background work is done."""
+        return [self.pid]
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -118,9 +135,12 @@ class Server:
         self.start()
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of the server process so far (to tell when it is idle)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time of the server's processes so far (to tell when it is idle)."""
+        ticks = 0
+        for pid in self.busy_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 1800.0) -> None:
         """Block until the server has used almost no CPU for `quiet` seconds: background work is done."""
@@ -211,5 +231,75 @@ class Dicomcloud(Server):
         command = [sys.executable, "-m", "dicomcloud", "import", "--data", str(self.data), "--log-level", "WARNING"]
         with (self.folder / "import.log").open("ab") as log:
             done = subprocess.run([*command, str(folder)], stdout=log, stderr=subprocess.STDOUT, env=self.environment())
+        if done.returncode != 0:
+            raise BenchError(f"dicomcloud import failed ({done.returncode}); see {self.folder}/import.log")
+
+
+class DicomcloudStack(Dicomcloud):
+    """`dicomcloud stack up`: Kafka, PostgreSQL, Redis, consumers and two wado-servers behind Nginx.
+
+    HTTP goes through Nginx (HTTPS, the stack's own CA) and C-STORE to its wado-storescp. A restart
+    restarts the wado-servers only: their process caches empty, Redis keeps what it holds, as in production.
+    """
+
+    SERVER_KINDS = ("server",)
+    WORKER_KINDS = ("server", "storescp", "consumer", "webworker", "transcoder")
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.stack: LocalStack | None = None
+
+    def running(self) -> LocalStack:
+        if self.stack is None:
+            raise BenchError("the dicomcloud stack is not running")
+        return self.stack
+
+    @property
+    def dicomweb(self) -> str:
+        return self.running().dicomweb
+
+    def pids_of(self, kinds: tuple[str, ...]) -> list[int]:
+        stack = self.running()
+        return [c.pid for c in stack.components.values() if c.kind in kinds and c.pid is not None]
+
+    def http_pids(self) -> list[int]:
+        return self.pids_of(self.SERVER_KINDS)
+
+    def busy_pids(self) -> list[int]:
+        return self.pids_of(self.WORKER_KINDS)
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), **self.running().components["storescp"].env}
+
+    def start(self) -> None:
+        if self.stack is None:
+            try:
+                self.stack = LocalStack.up(self.folder / "stack")
+            except StackError as exc:
+                raise BenchError(f"the dicomcloud stack did not start: {exc}") from exc
+            _, self.dimse_port, self.ae_title = self.stack.dimse
+            self.ca_file = self.stack.ca_file
+            return
+        for name, component in self.stack.components.items():
+            if component.kind in self.SERVER_KINDS:
+                self.stack.start(name)
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            self.stack.down()
+            self.stack = None
+
+    def restart(self) -> None:
+        stack = self.running()
+        for name, component in stack.components.items():
+            if component.kind in self.SERVER_KINDS:
+                stack.kill(name, signal.SIGTERM)
+        self.start()
+
+    def load(self, folder: Path) -> None:
+        """`dicomcloud import` on the stack's settings: it publishes to Kafka, the consumers index."""
+        command = [sys.executable, "-m", "dicomcloud", "import", "--log-level", "WARNING", str(folder)]
+        with (self.folder / "import.log").open("ab") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment())
         if done.returncode != 0:
             raise BenchError(f"dicomcloud import failed ({done.returncode}); see {self.folder}/import.log")
