@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -43,6 +44,8 @@ from dicomcloud.stack.servers import (
     start_postgres,
     start_redis,
 )
+
+log = logging.getLogger(__name__)
 
 STACK_FILE = "stack.json"
 ENV_NAME = "stack"
@@ -104,6 +107,7 @@ class LocalStack:
         for part in ("config", "logs", "data"):
             (folder / part).mkdir(parents=True, exist_ok=True)
         write_pki(folder / "certs", hosts=["localhost", HOST], clients=[])
+        log.info("starting PostgreSQL, Redis and %d Kafka brokers in %s", brokers, folder)
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures: list[Future[Any]] = [
                 pool.submit(start_postgres, folder / "postgres"),
@@ -132,8 +136,10 @@ class LocalStack:
         try:
             stack._save()
             stack._write_settings(brokers)
+            log.info("creating the topics and the index schema (dicomcloud init)")
             stack._init()
             stack._start_nginx(https_port, http_ports)
+            log.info("starting the services; waiting for each one's /ready")
             stack._start_services(consumers, http_ports)
         except BaseException:
             stack.down()
@@ -173,7 +179,7 @@ class LocalStack:
         component = self._component(name)
         if component.pid is None or not _running(component.pid):
             return False
-        return self._ready_check(name, component)()
+        return self._ready_check(component)()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` (SIGKILL: to the process and everything it started), wait until they are gone
@@ -226,7 +232,7 @@ class LocalStack:
         except KeyError:
             raise StackError(f"no process named {name!r} in the stack (known: {', '.join(self.components)})") from None
 
-    def _ready_check(self, name: str, component: Component) -> Callable[[], bool]:
+    def _ready_check(self, component: Component) -> Callable[[], bool]:
         ports = component.ports
         checks: dict[str, Callable[[], bool]] = {
             "postgres": lambda: postgres_answers(self.postgres_dsn),
@@ -272,7 +278,7 @@ class LocalStack:
                 component = self.components[name]
                 if component.pid is None or not _running(component.pid):
                     raise StackError(f"{name} exited while starting; see {component.log}:\n{_tail(component.log)}")
-                if self._ready_check(name, component)():
+                if self._ready_check(component)():
                     pending.remove(name)
             if pending and time.monotonic() > deadline:
                 logs = "\n".join(f"--- {self.components[n].log}\n{_tail(self.components[n].log)}" for n in pending)
@@ -315,14 +321,14 @@ class LocalStack:
 
     def _init(self) -> None:
         """`dicomcloud init` on the stack's settings: the topics and the index schema, before any service."""
-        log = self.folder / "logs" / "init.log"
+        output = self.folder / "logs" / "init.log"
         command = [sys.executable, "-m", "dicomcloud", "init", "--log-format", "json"]
-        with log.open("ab") as out:
+        with output.open("ab") as out:
             result = subprocess.run(
                 command, env=_environment(self._service_env({})), stdout=out, stderr=subprocess.STDOUT, check=False
             )
         if result.returncode != 0:
-            raise StackError(f"dicomcloud init failed ({result.returncode}); see {log}:\n{_tail(str(log))}")
+            raise StackError(f"dicomcloud init failed ({result.returncode}); see {output}:\n{_tail(str(output))}")
 
     def _start_nginx(self, https_port: int, http_ports: list[int]) -> None:
         certs = self.folder / "certs"
