@@ -237,7 +237,7 @@ class LocalStack:
         checks: dict[str, Callable[[], bool]] = {
             "postgres": lambda: postgres_answers(self.postgres_dsn),
             "redis": lambda: redis_answers(self.redis_url),
-            "kafka": lambda: registered_brokers(f"{HOST}:{ports.get('broker')}") > 0,
+            "kafka": lambda: registered_brokers(f"{HOST}:{ports['broker']}") > 0,
             "nginx": lambda: accepts(HOST, ports["https"]),
         }
         return checks.get(component.kind, lambda: service_ready(ports["ops"]))
