@@ -68,11 +68,14 @@ class FsStorage:
 
     def commit_instance(self, temp: Path, relpath: str) -> None:
         """Make `temp` durable under `relpath`; on any failure the temp file is gone too."""
-        self.place_instance(temp, relpath)
-        self.sync_folders([relpath])
+        self._commit(self._own_temp(temp), self.root, relpath)
+        self._remove_derived_of(relpath)
 
     def place_instance(self, temp: Path, relpath: str) -> None:
-        self._commit(self._own_temp(temp), self.root, relpath, sync_folder=False)
+        self._commit(self._own_temp(temp), self.root, relpath, durable=False)
+        self._remove_derived_of(relpath)
+
+    def _remove_derived_of(self, relpath: str) -> None:
         if DERIVED_SEPARATOR not in relpath.rpartition("/")[2]:
             self._remove_derived(self.path(relpath))
 
@@ -80,6 +83,9 @@ class FsStorage:
         """Concurrent fsyncs share the disk's flushes: 100 files of 0.5 MB took 0.1-0.2 s this way, 0.6 s in turn."""
         paths = [self._own_temp(temp) for temp in temps]
         try:
+            if len(paths) == 1:
+                _fsync(paths[0], os.O_RDWR)
+                return
             with ThreadPoolExecutor(min(len(paths), SYNC_THREADS) or 1) as pool:
                 list(pool.map(lambda path: _fsync(path, os.O_RDWR), paths))
         except OSError as exc:
@@ -163,11 +169,15 @@ class FsStorage:
             raise InvalidInput(f"not a temp file of this storage: {temp}")
         return temp
 
-    def _commit(self, temp: Path, base: Path, relpath: str, sync_folder: bool = True) -> None:
-        """The path is checked inside the guarded block, so a refused one also discards the temp."""
+    def _commit(self, temp: Path, base: Path, relpath: str, durable: bool = True) -> None:
+        """The path is checked inside the guarded block, so a refused one also discards the temp.
+
+        Without `durable` the caller has fsynced the temp before and fsyncs the folder after.
+        """
         try:
             dest = _inside(base, relpath)
-            _fsync(temp, os.O_RDWR)
+            if durable:
+                _fsync(temp, os.O_RDWR)
             for attempt in range(RENAME_ATTEMPTS):
                 _make_folders(dest.parent, base)
                 try:
@@ -176,7 +186,7 @@ class FsStorage:
                 except FileNotFoundError:
                     if attempt == RENAME_ATTEMPTS - 1 or not temp.exists():
                         raise
-            if sync_folder:
+            if durable:
                 _fsync(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             _discard(temp)

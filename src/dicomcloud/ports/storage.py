@@ -34,12 +34,12 @@ class Storage(Protocol):
         ...
 
     def place_instance(self, temp: Path, relpath: str) -> None:
-        """`commit_instance` without the folder fsync, for committing many files at once: the file is
-        complete under its name, but the name is durable only once `sync_folders` covered it."""
+        """`commit_instance` without its fsyncs, for committing many files at once: `temp` must have
+        been through `sync_temps`, and the name is durable only once `sync_folders` covered it."""
         ...
 
     def sync_temps(self, temps: Sequence[Path]) -> None:
-        """fsync several temp files at once (concurrently), so committing them later writes nothing more."""
+        """fsync complete temp files (several at once concurrently), ready for `place_instance`."""
         ...
 
     def sync_folders(self, relpaths: Sequence[str]) -> None:

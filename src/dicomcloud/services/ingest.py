@@ -123,11 +123,10 @@ class Ingest:
                 self._prepare(temp, tenant_id, source, calling_ae, called_ae, expected_study_uid) for temp in temps
             ]
             accepted = {i: o for i, o in enumerate(outcomes) if isinstance(o, StorageEvent)}
-            if len(accepted) > 1:
-                try:
-                    self.runtime.storage.sync_temps([temps[i] for i in accepted])
-                except DicomCloudError as exc:
-                    return [Refused(exc, _header_of(o)) if isinstance(o, StorageEvent) else o for o in outcomes]
+            try:
+                self.runtime.storage.sync_temps([temps[i] for i in accepted])
+            except DicomCloudError as exc:
+                return [Refused(exc, _header_of(o)) if isinstance(o, StorageEvent) else o for o in outcomes]
             stripes = sorted({hash(event.sop_instance_uid) % LOCK_STRIPES for event in accepted.values()})
             with ExitStack() as locks:
                 for stripe in stripes:
