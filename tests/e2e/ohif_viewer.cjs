@@ -44,6 +44,19 @@ async function main() {
     }
   });
   page.on('pageerror', error => errors.push(`${error.name}: ${error.message}`));
+  // Requests the archive refused or failed: what the viewer asks for that we do not serve.
+  // Frames fetched for the study on screen: the image drawn is this study's, from the archive.
+  let refused = [];
+  let frames = 0;
+  let current = '';
+  page.on('response', response => {
+    const url = response.url();
+    if (response.status() >= 400 && url.includes('/dicom-web/')) {
+      refused.push(`${response.status()} ${response.request().method()} ${url}`);
+    } else if (current && url.includes(`/studies/${current}/`) && url.includes('/frames/')) {
+      frames += 1;
+    }
+  });
 
   await page.goto(`${job.base}/viewer/`);
   const total = new RegExp(`\\bof ${job.studies.length}\\b`);
@@ -57,10 +70,13 @@ async function main() {
     await dismiss.click();
   }
   await page.screenshot({ path: `${job.shots}/study-list.png` });
-  console.log(JSON.stringify({ kind: 'list', listed, text: await page.innerText('body'), errors }));
+  console.log(JSON.stringify({ kind: 'list', listed, text: await page.innerText('body'), errors, refused }));
 
   for (const study of job.studies) {
     errors = [];
+    refused = [];
+    frames = 0;
+    current = study.uid;
     await page.goto(`${job.base}/viewer/viewer?StudyInstanceUIDs=${study.uid}`);
     let spread = 0;
     try {
@@ -72,7 +88,7 @@ async function main() {
     const shot = `${job.shots}/${study.name}.png`;
     const canvas = page.locator('canvas.cornerstone-canvas').first();
     await ((await canvas.count()) ? canvas.screenshot({ path: shot }) : page.screenshot({ path: shot }));
-    console.log(JSON.stringify({ kind: 'study', name: study.name, uid: study.uid, spread, shot, errors }));
+    console.log(JSON.stringify({ kind: 'study', name: study.name, uid: study.uid, spread, frames, shot, errors, refused }));
   }
   await browser.close();
 }

@@ -156,5 +156,11 @@ def test_each_study_is_displayed_without_a_decode_error(browsed: dict[str, dict[
     report = browsed[name]
     decode_errors = [e for e in report["errors"] if any(word in e.lower() for word in DECODE_ERROR)]
     assert not decode_errors, report["errors"]
+    assert report["frames"] > 0, f"no frame of the study was fetched: {report}"
     assert report["spread"] > 1, f"the viewport stayed blank: {report}"
     assert image_spread(Path(report["shot"])) > 1, f"the screenshot is blank: {report['shot']}"
+
+
+@pytest.mark.parametrize("name", ["list", *PYDICOM_FILES, "ct-200-slices"])
+def test_the_archive_answers_every_request_the_viewer_makes(browsed: dict[str, dict[str, Any]], name: str) -> None:
+    assert browsed[name]["refused"] == []
