@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from dicomcloud.certs import write_pki
 from dicomcloud.dicom.synthetic import ct_series, new_uid
-from dicomcloud.stack.servers import OHIF_DIST, NginxSite, accepts, render_nginx
+from dicomcloud.stack.servers import OHIF_DIST, NginxSite, accepts, nginx_directives, render_nginx
 
 from .conftest import Archive, free_port, wait_until
 from .dicom_clients import stow
@@ -103,9 +103,7 @@ def viewer(archive_factory: Callable[..., Archive], tmp_path_factory: pytest.Tem
     )
     config = run / "nginx.conf"
     config.write_text(render_nginx(site))
-    # As root, Nginx's workers would drop to an account that cannot read the viewer in root's cache folder.
-    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
-    command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", directives]
+    command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", nginx_directives()]
     port = int(site.https_listen.rpartition(":")[2])
     with (run / "nginx.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -301,6 +302,9 @@ class LocalStack:
                 "kafka_bootstrap": self.kafka_bootstrap,
                 "kafka_partitions": 3,
                 "kafka_replication": min(3, brokers),
+                # A broker's death moves its leaders in ~5 s (broker.session.timeout.ms 4000); with every broker
+                # gone, a C-STORE fails after this instead of the default 30 s.
+                "kafka_delivery_timeout": 15.0,
             },
             "ops": {"host": HOST},
         }
@@ -428,7 +432,8 @@ def _clear(folder: Path) -> None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
+    """Owner-only, replaced atomically; a temp name per writer, so concurrent saves cannot collide."""
+    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     temp.unlink(missing_ok=True)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -372,6 +372,12 @@ def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
     return text
 
 
+def nginx_directives() -> str:
+    """Nginx in the foreground; as root, its workers stay root: the account they would drop to cannot read
+    the viewer in root's cache folder (a local stack on loopback, not a production install)."""
+    return "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+
+
 def start_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> Server:
     """Render the config into `site.run_dir` and run Nginx in the foreground of its own session."""
     binary = _nginx()
@@ -380,7 +386,7 @@ def start_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> Server:
     site.run_dir.mkdir(parents=True, exist_ok=True)
     config, log = site.run_dir / "nginx.conf", site.run_dir / "nginx.log"
     config.write_text(render_nginx(site, templates))
-    command = [binary, "-p", str(site.run_dir), "-e", "stderr", "-c", str(config), "-g", "daemon off;"]
+    command = [binary, "-p", str(site.run_dir), "-e", "stderr", "-c", str(config), "-g", nginx_directives()]
     process = _popen_as(None, command, log, detach=True)
     host, _, port = site.https_listen.rpartition(":")
     server = Server(
