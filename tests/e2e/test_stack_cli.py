@@ -5,10 +5,8 @@ One stack for the module (starting it is the expensive part); the last test stop
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import shutil
 import ssl
 import stat
@@ -27,6 +25,7 @@ from pydicom.data import get_testdata_file
 
 from dicomcloud.cli import bus_topics
 from dicomcloud.stack import LocalStack
+from dicomcloud.stack.local import process_exists
 
 from .conftest import wait_until
 
@@ -148,15 +147,6 @@ def test_stack_down_leaves_no_process_alive(folder: Path) -> None:
     assert all(service["pid"] is None for service in after["services"].values())
 
 
-def process_exists(pid: int) -> bool:
-    """The consumer this module restarted is our child: its exit is reaped here, not left a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def processes_naming(folder: Path) -> list[str]:

@@ -39,6 +39,7 @@ from dicomcloud.stack.servers import (
     accepts,
     free_port,
     install_missing,
+    pid_alive,
     postgres_answers,
     redis_answers,
     start_nginx,
@@ -490,22 +491,16 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     """Whether `pid` is still in the process table (a zombie too, unless it is our child: then it is reaped)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _running(pid: int) -> bool:
     """Exists and is no zombie."""
-    if not _exists(pid):
+    if not process_exists(pid):
         return False
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -524,7 +519,7 @@ def _wait_gone(pids: list[int], leader: int) -> None:
             deadline = time.monotonic() + STOP_TIMEOUT
         time.sleep(0.05)
     reaped = time.monotonic() + ZOMBIE_GRACE
-    while any(_exists(pid) for pid in pids) and time.monotonic() < reaped:
+    while any(process_exists(pid) for pid in pids) and time.monotonic() < reaped:
         time.sleep(0.05)
 
 

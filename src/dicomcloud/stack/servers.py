@@ -54,7 +54,7 @@ class Server:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _pid_alive(self.pid)
+        return pid_alive(self.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the server to shut down cleanly, then kill it if it does not within `timeout`."""
@@ -85,7 +85,7 @@ def stop_pid(
             process.wait()
         return
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -93,7 +93,8 @@ def stop_pid(
         time.sleep(0.05)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is in the process table (a zombie counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

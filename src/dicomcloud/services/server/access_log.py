@@ -14,6 +14,7 @@ import collections
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +91,24 @@ class AccessLogPublisher:
             thread.join()
 
 
+@dataclass
+class ResponseFacts:
+    """What a middleware sees of a response passing through: its status (500 if none was sent) and body bytes."""
+
+    status: int = 500
+    sent: int = 0
+
+    def watch(self, send: Send) -> Send:
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                self.sent += len(message.get("body", b""))
+            await send(message)
+
+        return watching_send
+
+
 class AccessLogMiddleware:
     def __init__(self, app: ASGIApp, publisher: AccessLogPublisher, default_tenant: str) -> None:
         self.app = app
@@ -102,22 +121,12 @@ class AccessLogMiddleware:
             return
         accessed_at = datetime.now(UTC).isoformat(timespec="microseconds")
         started = time.perf_counter()
-        status = 500
-        sent = 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
+        response = ResponseFacts()
         try:
-            await self.app(scope, receive, counting_send)
+            await self.app(scope, receive, response.watch(send))
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
-            self.publisher.submit(self._event(scope, accessed_at, status, sent, duration_ms))
+            self.publisher.submit(self._event(scope, accessed_at, response.status, response.sent, duration_ms))
 
     def _event(self, scope: Scope, accessed_at: str, status: int, sent: int, duration_ms: float) -> AccessLog:
         params: dict[str, Any] = scope.get("path_params") or {}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomcloud.metrics import HTTP_DURATION, HTTP_REQUESTS, HTTP_RESPONSE_BYTES
-from dicomcloud.services.server.access_log import UNMATCHED_ROUTE, route_template
+from dicomcloud.services.server.access_log import UNMATCHED_ROUTE, ResponseFacts, route_template
 
 
 class HttpMetricsMiddleware:
@@ -25,25 +25,15 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-        sent = 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
+        response = ResponseFacts()
         try:
-            await self.app(scope, receive, counting_send)
+            await self.app(scope, receive, response.watch(send))
         finally:
             method = str(scope["method"])
             route = _route(scope)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_REQUESTS.labels(method, route, str(response.status)).inc()
             HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
-            HTTP_RESPONSE_BYTES.labels(method, route).inc(sent)
+            HTTP_RESPONSE_BYTES.labels(method, route).inc(response.sent)
 
 
 def _route(scope: Scope) -> str:
