@@ -121,7 +121,9 @@ def test_an_unknown_called_ae_title_is_rejected_when_strict(start: Callable[...,
     scp = start({"reject_unknown_called_ae": True})
     assoc = associate(scp, called="NOBODY")
     assert assoc.is_rejected
-    assert associate(scp).is_established
+    known = associate(scp)
+    assert known.is_established
+    known.release()
 
 
 def test_an_unknown_called_ae_title_maps_to_the_default_tenant_when_lenient(start: Callable[..., StoreSCP]) -> None:
