@@ -1,4 +1,4 @@
-"""Real servers shared by the whole session (contract and end-to-end tests): started once, stopped at the end."""
+"""Real servers and test certificates shared by the whole session: started (or written) once, stopped at the end."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomcloud.certs import write_pki
 from dicomcloud.stack.kafka import KafkaCluster, start_kafka
 from dicomcloud.stack.servers import Server, start_postgres, start_redis
 
@@ -44,3 +45,11 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     cluster = start_kafka(tmp_path_factory.mktemp("kafka"), brokers=1)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with a server certificate for localhost/127.0.0.1 and a client certificate `STORESCU`."""
+    out = tmp_path_factory.mktemp("pki")
+    write_pki(out, hosts=["localhost", "127.0.0.1"], clients=["STORESCU"])
+    return out

@@ -3,7 +3,6 @@ plain HTTP redirected, and DICOM TLS passed through to the SCP, which checks cli
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,10 +12,9 @@ import httpx
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomcloud.certs import write_pki
-from dicomcloud.stack.servers import NginxSite, render_nginx
+from dicomcloud.stack.servers import NginxSite, start_nginx
 
-from .conftest import Archive, free_port, wait_until
+from .conftest import Archive, free_port
 
 
 @dataclass
@@ -25,13 +23,6 @@ class Proxy:
     http_port: int
     dimse_port: int
     pki: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_pki(out, hosts=["localhost", "127.0.0.1"], clients=["STORESCU"])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +47,11 @@ def proxy(
         run_dir=run,
         dimse_tls=(f"127.0.0.1:{ports.dimse_port}", f"127.0.0.1:{archive.dimse_port}"),
     )
-    config = run / "nginx.conf"
-    config.write_text(render_nginx(site))
-    command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", "daemon off;"]
-    log = (run / "nginx.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    nginx = start_nginx(site)
     try:
-        wait_until(lambda: _listening(ports.https_port) or process.poll() is not None, 30, "nginx")
-        assert process.poll() is None, (run / "nginx.log").read_text()
         yield ports
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        nginx.stop()
 
 
 def test_https_with_the_issued_certificate_serves_the_api(proxy: Proxy) -> None:

@@ -24,11 +24,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from dicomcloud.certs import write_pki
 from dicomcloud.dicom.synthetic import ct_series, new_uid
-from dicomcloud.stack.servers import OHIF_DIST, NginxSite, accepts, nginx_directives, render_nginx
+from dicomcloud.stack.servers import OHIF_DIST, NginxSite, start_nginx
 
-from .conftest import Archive, free_port, wait_until
+from .conftest import Archive, free_port
 from .dicom_clients import stow
 
 pytestmark = pytest.mark.e2e
@@ -84,36 +83,28 @@ def store(archive: Archive, datasets: list[Dataset]) -> str:
 
 
 @pytest.fixture(scope="module")
-def viewer(archive_factory: Callable[..., Archive], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
+def viewer(
+    archive_factory: Callable[..., Archive], pki: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Viewer]:
     assert (OHIF_DIST / "index.html").is_file(), f"the OHIF viewer is not at {OHIF_DIST}: run ./dev test"
     archive = archive_factory("ohif")
     studies = {name: store(archive, [reidentified(file)]) for name, file in PYDICOM_FILES.items()}
     studies["ct-200-slices"] = store(archive, list(ct_series(CT_SLICES, rows=256, columns=256)))
     archive.wait_indexed(len(PYDICOM_FILES) + CT_SLICES, timeout=300)
 
-    run = tmp_path_factory.mktemp("viewer-nginx")
-    write_pki(run, hosts=["localhost", "127.0.0.1"], clients=[])
     site = NginxSite(
         https_listen=f"127.0.0.1:{free_port()}",
         http_listen=f"127.0.0.1:{free_port()}",
-        cert_file=run / "server.pem",
-        key_file=run / "server.key",
+        cert_file=pki / "server.pem",
+        key_file=pki / "server.key",
         upstreams=[f"127.0.0.1:{archive.http_port}"],
-        run_dir=run,
+        run_dir=tmp_path_factory.mktemp("viewer-nginx"),
     )
-    config = run / "nginx.conf"
-    config.write_text(render_nginx(site))
-    command = ["nginx", "-p", str(run), "-e", "stderr", "-c", str(config), "-g", nginx_directives()]
-    port = int(site.https_listen.rpartition(":")[2])
-    with (run / "nginx.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    nginx = start_nginx(site)
     try:
-        wait_until(lambda: accepts("127.0.0.1", port) or process.poll() is not None, 30, "nginx")
-        assert process.poll() is None, (run / "nginx.log").read_text()
-        yield Viewer(f"https://localhost:{port}", studies)
+        yield Viewer(f"https://localhost:{nginx.port}", studies)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        nginx.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import support
 
-from dicomcloud.certs import write_pki
 from dicomcloud.config import load_settings
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
 from dicomcloud.services.ingest import Ingest
@@ -18,13 +17,6 @@ from dicomcloud.services.storescp import StoreSCP
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES = "1.2.826.0.4.7", "1.2.826.0.4.7.1"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_pki(out, hosts=["localhost", "127.0.0.1"], clients=["STORESCU"])
-    return out
 
 
 @pytest.fixture(scope="module")
