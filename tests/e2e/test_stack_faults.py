@@ -125,12 +125,19 @@ def test_1000_instances_sent_by_storescu_are_queryable_through_nginx_and_each_se
     check(stack, client, batch, batch.sop_uids)
 
 
-def test_kill_9_of_a_consumer_during_ingest_leaves_every_acknowledged_instance_indexed_exactly_once(
-    stack: LocalStack, client: httpx.Client, tmp_path: Path
-) -> None:
+def mid_ingest(stack: LocalStack, tmp_path: Path) -> tuple[Batch, Sender]:
+    """A pynetdicom sender of 300 instances, returned once a third of them is acknowledged: the moment to break
+    something."""
     batch = generate(tmp_path, studies=3, series=2, instances=50)
     sender = Sender(stack.dimse, batch.files).start()
     sender.wait_acknowledged(len(batch.files) // 3)
+    return batch, sender
+
+
+def test_kill_9_of_a_consumer_during_ingest_leaves_every_acknowledged_instance_indexed_exactly_once(
+    stack: LocalStack, client: httpx.Client, tmp_path: Path
+) -> None:
+    batch, sender = mid_ingest(stack, tmp_path)
     stack.kill("consumer-1", signal.SIGKILL)
     statuses = sender.join()
     check(stack, client, batch, sender.acknowledged)
@@ -142,9 +149,7 @@ def test_kill_9_of_a_consumer_during_ingest_leaves_every_acknowledged_instance_i
 def test_a_kafka_broker_killed_during_ingest_loses_nothing_and_ingest_continues_on_the_others(
     stack: LocalStack, client: httpx.Client, tmp_path: Path
 ) -> None:
-    batch = generate(tmp_path, studies=3, series=2, instances=50)
-    sender = Sender(stack.dimse, batch.files).start()
-    sender.wait_acknowledged(len(batch.files) // 3)
+    batch, sender = mid_ingest(stack, tmp_path)
     stack.kill("kafka-2", signal.SIGKILL)
     sender.join()
     last = sender.order[-1]
@@ -173,9 +178,7 @@ def test_with_all_kafka_brokers_down_c_store_fails_and_after_their_restart_it_su
 def test_postgresql_restarted_during_ingest_consumers_retry_and_catch_up_losing_nothing(
     stack: LocalStack, client: httpx.Client, tmp_path: Path
 ) -> None:
-    batch = generate(tmp_path, studies=3, series=2, instances=50)
-    sender = Sender(stack.dimse, batch.files).start()
-    sender.wait_acknowledged(len(batch.files) // 3)
+    batch, sender = mid_ingest(stack, tmp_path)
     # PostgreSQL's fast shutdown (SIGINT), then a start on the same data.
     stack.kill("postgres", signal.SIGINT)
     stack.start("postgres")
