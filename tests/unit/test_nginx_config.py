@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dicomcloud.certs import write_pki
 from dicomcloud.stack.servers import NGINX_TEMPLATES, NginxSite, StackError, render_nginx
 
 UPSTREAMS = ["127.0.0.1:18081", "127.0.0.1:18082"]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_pki(out, hosts=["localhost"], clients=[])
-    return out
 
 
 def site(pki: Path, run_dir: Path, dimse_tls: tuple[str, str] | None = None) -> NginxSite:
