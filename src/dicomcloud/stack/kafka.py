@@ -183,8 +183,12 @@ def _tail(node: KafkaNode, lines: int = 20) -> str:
 
 
 def _cluster_id() -> str:
-    """Kafka's cluster id format: a UUID as 22 characters of unpadded URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """Kafka's cluster id format: a UUID as 22 characters of unpadded URL-safe base64. Like Kafka's own
+    Uuid.randomUuid, never one starting with '-': the storage tool would read it as an option (1 start in 64 failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _properties(node: KafkaNode, voters: str, size: int) -> str:
