@@ -15,6 +15,7 @@ from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and
 
 from dicomcloud.dicom.synthetic import ct_series, multiframe
 from dicomcloud.services.runtime import Runtime
+from dicomcloud.services.server import wado
 from dicomcloud.services.server.multipart import MultipartParser, PartData, PartStart
 
 pytest_plugins = ["test_server_app"]
@@ -78,6 +79,37 @@ def test_a_study_is_every_stored_file_as_is(
     headers = parts[0][0]
     assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
     assert int(headers["content-length"]) == len(parts[0][1])
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+def test_files_larger_than_a_piece_are_sent_whole(
+    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
+    assert [body for _, body in multipart_bodies(response)] == [stored_bytes(runtime, ds) for ds in series]
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+def test_a_file_that_changes_size_while_sent_aborts_the_response(
+    client: TestClient,
+    series: list[pydicom.Dataset],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The announced Content-Length is kept or the response fails: never a body that parses but is wrong."""
+    listed = wado._StoredFile.open
+
+    def truncated_after_listing(path: Path, syntax: str) -> wado._StoredFile | None:
+        stored = listed(path, syntax)
+        path.write_bytes(path.read_bytes()[:100])
+        return stored
+
+    monkeypatch.setattr(wado._StoredFile, "open", truncated_after_listing)
+    # The status line is out already: the app can only fail the stream (Starlette says so to the test client).
+    with pytest.raises(RuntimeError, match="response already started"):
+        client.get(instance_url(series[0]), headers={"Accept": DICOM_MULTIPART})
+    assert "changed size while being sent; response aborted" in caplog.text
 
 
 def test_a_series_and_an_instance_are_served(client: TestClient, series: list[pydicom.Dataset]) -> None:
@@ -152,6 +184,7 @@ def test_a_file_stored_without_preamble_is_served_as_complete_part10(
         response = client.get(instance_url(ds), headers={"Accept": accept})
         body = multipart_bodies(response)[0][1] if accept == DICOM_MULTIPART else response.content
         assert body == b"\0" * 128 + b"DICM" + without_preamble
+        assert int(response.headers["content-length"]) == len(response.content)
         assert pydicom.dcmread(BytesIO(body)).SOPInstanceUID == ds.SOPInstanceUID
     headers = multipart_bodies(client.get(instance_url(ds)))[0][0]
     assert int(headers["content-length"]) == 132 + len(without_preamble)

@@ -33,25 +33,29 @@ def validate_boundary(boundary: str) -> str:
     return boundary
 
 
+def part_head(boundary: str, headers: Mapping[str, str]) -> bytes:
+    """A part's delimiter line and header block, up to the blank line that starts its body."""
+    lines = [f"--{boundary}", *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def close_delimiter(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("ascii")
+
+
 def write_multipart(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """The body of a multipart/related message, part by part.
 
     `parts` may be lazy, and each body iterable is only started when its part is reached, so a
     study is streamed one open file at a time.
     """
-    dash_boundary = b"--" + boundary.encode("ascii")
     for headers, body in parts:
-        head = [dash_boundary, CRLF]
-        for name, value in headers.items():
-            head.append(f"{name}: {value}".encode("latin-1"))
-            head.append(CRLF)
-        head.append(CRLF)
-        yield b"".join(head)
+        yield part_head(boundary, headers)
         for chunk in body:
             if chunk:
                 yield chunk
         yield CRLF
-    yield dash_boundary + b"--" + CRLF
+    yield close_delimiter(boundary)
 
 
 @dataclass(frozen=True)

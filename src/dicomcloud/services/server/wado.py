@@ -23,8 +23,8 @@ import enum
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -39,10 +39,10 @@ from dicomcloud.dicom.codecs import (
 )
 from dicomcloud.dicom.dicomjson import parse_tag_path
 from dicomcloud.dicom.seriesdoc import FrameIndex, index_frames, read_bulkdata, read_frames
-from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound
+from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
-from dicomcloud.services.server.multipart import Part, new_boundary, write_multipart
+from dicomcloud.services.server.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
 from dicomcloud.services.server.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
@@ -54,7 +54,8 @@ from dicomcloud.services.transcoder import derive
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
+# File bytes per socket write: a typical instance is one piece, framing included.
+PIECE_SIZE = 4 * 1024 * 1024
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
@@ -154,51 +155,102 @@ def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLoc
             (path, syntax) if syntax == target else (derive(web.runtime, relpaths[path], target), target)
             for path, syntax in present
         ]
+    stored = [file for file in (_StoredFile.open(path, syntax) for path, syntax in present) if file is not None]
+    if not stored:
+        raise NotFound("the instance files are not on storage")
     if packaging is _Packaging.SINGLE:
-        path, syntax = present[0]
-        handle, prefix = _open_part10(path)
-        media_type = format_media_type(DICOM, transfer_syntax=syntax)
-        return StreamingResponse(_file_chunks(handle, prefix), media_type=media_type)
+        file = stored[0]
+        return StreamingResponse(
+            _pieces(file, file.prefix, b""),
+            media_type=format_media_type(DICOM, transfer_syntax=file.transfer_syntax),
+            headers={"Content-Length": str(file.length)},
+        )
     boundary = new_boundary()
+    heads = [part_head(boundary, file.part_headers()) for file in stored]
+    closing = close_delimiter(boundary)
+    length = sum(len(head) + file.length + len(CRLF) for head, file in zip(heads, stored, strict=True))
     return StreamingResponse(
-        write_multipart(_file_parts(present), boundary),
+        _multipart_pieces(stored, heads, closing),
         media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
+        headers={"Content-Length": str(length + len(closing))},
     )
 
 
-def _file_parts(files: list[tuple[Path, str]]) -> Iterator[Part]:
-    """One part per file, opened only when the stream reaches it."""
-    for path, syntax in files:
-        try:
-            handle, prefix = _open_part10(path)
-        except FileNotFoundError:
-            log.warning("%s vanished while its study was being sent; left out", path)
-            continue
-        headers = {
-            "Content-Type": format_media_type(DICOM, transfer_syntax=syntax),
-            "Content-Length": str(len(prefix) + os.fstat(handle.fileno()).st_size),
-        }
-        yield headers, _file_chunks(handle, prefix)
-
-
-def _open_part10(path: Path) -> tuple[BinaryIO, bytes]:
-    """The file, and the preamble and "DICM" to send first if it was stored without them.
+@dataclass(frozen=True)
+class _StoredFile:
+    """A file to send as a complete PS3.10 object.
 
     Some senders (dicomweb-client among them) omit the preamble; the original is kept as received,
-    but an application/dicom part must be a complete PS3.10 file, which pydicom insists on reading.
+    but an application/dicom body must be a complete PS3.10 file, which pydicom insists on reading,
+    so `prefix` is sent first when the file lacks it.
     """
-    handle = path.open("rb")
-    head = handle.read(len(PART10_PREFIX))
-    handle.seek(0)
-    return handle, b"" if head[128:] == b"DICM" else PART10_PREFIX
+
+    path: Path
+    transfer_syntax: str
+    size: int
+    prefix: bytes
+
+    @classmethod
+    def open(cls, path: Path, transfer_syntax: str) -> _StoredFile | None:
+        """None when the file is gone (deleted since it was listed)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            log.warning("%s vanished before it was sent; left out", path)
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, len(PART10_PREFIX), 0)
+        finally:
+            os.close(fd)
+        return cls(path, transfer_syntax, size, b"" if head[128:] == b"DICM" else PART10_PREFIX)
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + self.size
+
+    def part_headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": format_media_type(DICOM, transfer_syntax=self.transfer_syntax),
+            "Content-Length": str(self.length),
+        }
 
 
-def _file_chunks(handle: BinaryIO, prefix: bytes = b"") -> Iterator[bytes]:
-    with handle:
-        if prefix:
-            yield prefix
-        while chunk := handle.read(CHUNK_SIZE):
-            yield chunk
+def _multipart_pieces(files: list[_StoredFile], heads: list[bytes], closing: bytes) -> Iterator[memoryview | bytes]:
+    """The multipart body: each instance's head, file and CRLF as one piece when it fits."""
+    for head, file in zip(heads, files, strict=True):
+        yield from _pieces(file, head + file.prefix, CRLF)
+    yield closing
+
+
+def _pieces(file: _StoredFile, lead: bytes, tail: bytes) -> Iterator[memoryview]:
+    """`lead`, the file and `tail` in pieces of at most PIECE_SIZE file bytes.
+
+    Each piece is one read into one fresh buffer that already holds the framing around it, and
+    one write to the socket: the response's Content-Length was announced from the sizes, so a
+    file that changed size since is an error that aborts the response, never a wrong body.
+    """
+    with file.path.open("rb", buffering=0) as handle:
+        remaining = file.size
+        while True:
+            take = min(remaining, PIECE_SIZE)
+            remaining -= take
+            ending = tail if not remaining else b""
+            piece = bytearray(len(lead) + take + len(ending))
+            piece[: len(lead)] = lead
+            view = memoryview(piece)
+            filled = len(lead)
+            while filled < len(lead) + take:
+                read = handle.readinto(view[filled : len(lead) + take])
+                if not read:
+                    log.error("%s changed size while being sent; response aborted", file.path)
+                    raise StorageFailure(f"{file.path.name} changed while being sent")
+                filled += read
+            view[filled:] = ending
+            yield view
+            if not remaining:
+                return
+            lead = b""
 
 
 # ---------------------------------------------------------------------------------------------
