@@ -13,6 +13,7 @@ import support
 from dicomcloud.errors import StorageFailure
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services import metadata as metadata_module
+from dicomcloud.services import webworker
 from dicomcloud.services.metadata import SeriesMetadata, document_key
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.webworker import Webworker
@@ -65,6 +66,26 @@ def test_the_webworker_builds_every_stale_series_document(runtime: Runtime, add:
     for series in (SERIES, OTHER_SERIES):
         stored = runtime.storage.read_document(document_key(SeriesKey("default", STUDY, series)))
         assert stored is not None
+
+
+def test_a_growing_series_is_rebuilt_at_most_once_per_spacing(
+    runtime: Runtime, add: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(webworker.time, "monotonic", lambda: clock[0])
+    worker = Webworker(runtime, SeriesMetadata(runtime))
+    add("1.2.826.0.3.1.1.1")
+    assert worker.run_once() is True
+    add("1.2.826.0.3.1.1.2")
+    clock[0] += webworker.REBUILD_SPACING / 2
+    assert worker.run_once() is False
+    assert [stale.key for stale in runtime.index.stale_series(10)] == [KEY]
+    doc = SeriesMetadata(runtime).document(KEY)
+    assert doc is not None and len(doc.instances) == 2, "a request still gets the current version"
+    add("1.2.826.0.3.1.1.3")
+    clock[0] += webworker.REBUILD_SPACING
+    assert worker.run_once() is True
+    assert runtime.index.stale_series(10) == []
 
 
 def test_a_build_reads_only_new_or_changed_instances(

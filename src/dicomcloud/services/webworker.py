@@ -2,7 +2,9 @@
 
 Each round builds every stale series; a series whose build fails is logged and left out of the
 following rounds for a growing pause (so one broken series neither spins the loop nor starves the
-others), then tried again.
+others), then tried again. A series this worker built less than REBUILD_SPACING ago waits: while a
+modality is still sending it, rebuilding the whole document after every few instances would cost
+time quadratic in its size. Documents are a cache: a request for a newer version builds it at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 100
 MAX_BACKOFF = 300.0
+REBUILD_SPACING = 2.0
 
 
 class Webworker:
@@ -28,6 +31,8 @@ class Webworker:
         self.metadata = metadata
         # Series -> (failures so far, monotonic time before which it is not retried).
         self._failed: dict[SeriesKey, tuple[int, float]] = {}
+        # Series -> monotonic time of this worker's last build of it, for REBUILD_SPACING.
+        self._built_at: dict[SeriesKey, float] = {}
 
     def run(self, stop: threading.Event) -> None:
         interval = self.runtime.settings.workers.webworker_interval
@@ -45,6 +50,7 @@ class Webworker:
         """Build the stale series due now; True if at least one was built (there may be more)."""
         interval = self.runtime.settings.workers.webworker_interval
         now = time.monotonic()
+        self._built_at = {key: at for key, at in self._built_at.items() if now - at < REBUILD_SPACING}
         built = 0
         limit = BATCH + len(self._failed)
         stale_list = self.runtime.index.stale_series(limit)
@@ -56,7 +62,7 @@ class Webworker:
             if stop is not None and stop.is_set():
                 break
             failures, retry_at = self._failed.get(stale.key, (0, 0.0))
-            if retry_at > now:
+            if retry_at > now or stale.key in self._built_at:
                 continue
             try:
                 self.metadata.build(stale.key)
@@ -69,6 +75,7 @@ class Webworker:
                 log.exception("building the metadata of %s failed (%d); retry in %.1fs", stale.key, failures, pause)
                 continue
             self._failed.pop(stale.key, None)
+            self._built_at[stale.key] = time.monotonic()
             SERIES_METADATA_BUILDS.labels("built").inc()
             built += 1
         return built > 0
