@@ -14,7 +14,7 @@ from dicomcloud.errors import StorageFailure
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.services import metadata as metadata_module
 from dicomcloud.services import webworker
-from dicomcloud.services.metadata import SeriesMetadata, document_key
+from dicomcloud.services.metadata import SeriesMetadata, cache_key, document_key
 from dicomcloud.services.runtime import Runtime
 from dicomcloud.services.webworker import Webworker
 
@@ -128,6 +128,19 @@ def test_document_serves_the_current_version_without_rebuilding(
         assert doc is not None and doc.version == runtime.index.series_version(KEY)
         assert metadata.document(KEY) is doc
     assert len(indexed_files) == opened
+
+
+def test_only_a_shared_cache_gets_a_copy_of_the_document(
+    runtime: Runtime, add: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, the parsed document is kept already; other processes read the shared cache's copy."""
+    add("1.2.826.0.3.1.1.1")
+    doc = SeriesMetadata(runtime).build(KEY)
+    assert doc is not None and runtime.cache.get(cache_key(KEY, doc.version)) is None
+    add("1.2.826.0.3.1.1.2")
+    monkeypatch.setattr(runtime.cache, "shared", True)
+    doc = SeriesMetadata(runtime).build(KEY)
+    assert doc is not None and runtime.cache.get(cache_key(KEY, doc.version)) == doc.to_bytes()
 
 
 def test_document_builds_a_stale_series_on_demand(runtime: Runtime, add: Callable[..., None]) -> None:

@@ -10,6 +10,8 @@ from collections import OrderedDict
 class MemoryCache:
     """Implements `ports.cache.Cache`; least recently used values go first once `max_bytes` is exceeded."""
 
+    shared = False
+
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must not be negative")

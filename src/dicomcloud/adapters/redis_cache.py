@@ -24,6 +24,8 @@ WARN_INTERVAL = 30.0
 class RedisCache:
     """Implements `ports.cache.Cache`; Redis' own eviction policy bounds its memory."""
 
+    shared = True
+
     def __init__(self, url: str, timeout: float = 0.5, key_prefix: str = "dicomcloud:") -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._prefix = key_prefix

@@ -6,6 +6,10 @@ from typing import Protocol
 
 
 class Cache(Protocol):
+    # True when other processes read what this one sets (Redis); False for a cache inside this
+    # process, where a value already kept in memory in another form gains nothing from a copy.
+    shared: bool
+
     def get(self, key: str) -> bytes | None: ...
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...

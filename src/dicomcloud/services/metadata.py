@@ -1,8 +1,9 @@
 """Series metadata documents: built once per index version, served from memory after that.
 
 Lookup order for `document()`: parsed documents in an in-process LRU (parsing a 500-instance
-document per request is too slow), then the shared cache (Redis in production) by version, then the
-stored document if its version is current, else a build. Builds of one series are serialised by a
+document per request is too slow), then the shared cache (Redis in production; an in-process
+cache is skipped, it would hold a second copy of what the LRU has) by version, then the stored
+document if its version is current, else a build. Builds of one series are serialised by a
 per-series lock; a request that waited for another's build reuses its result.
 
 A build reads the series version *before* listing the instances, so a document is never older than
@@ -147,7 +148,7 @@ class SeriesMetadata:
         doc = _PARSED.get((self._scope, key))
         if doc is not None and doc.version == version:
             return doc
-        raw = self.runtime.cache.get(cache_key(key, version))
+        raw = self.runtime.cache.get(cache_key(key, version)) if self.runtime.cache.shared else None
         stored = _parse(raw, cache_key(key, version)) if raw is not None else self._stored(key)
         if stored is None or stored.version != version:
             return None
@@ -188,8 +189,10 @@ class SeriesMetadata:
         )
         raw = doc.to_bytes()
         self.runtime.storage.write_document(document_key(key), raw)
-        self.runtime.cache.set(cache_key(key, version), raw)
-        if previous is not None and previous.version != version:
+        if self.runtime.cache.shared:
+            # For the other processes; this one keeps the parsed document.
+            self.runtime.cache.set(cache_key(key, version), raw)
+        if self.runtime.cache.shared and previous is not None and previous.version != version:
             # Nobody asks for an older version again; while a series grows, they would fill the cache.
             self.runtime.cache.delete(cache_key(key, previous.version))
         index.mark_built(key, version)
