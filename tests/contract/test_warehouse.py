@@ -102,6 +102,20 @@ def test_unique_tables_keep_one_row_per_key_with_the_newest_values(warehouse: Wa
     assert warehouse.statistics("totals")[0]["bytes"] == 300
 
 
+def test_a_batch_of_a_loader_batch_size_loads_every_row(warehouse: Warehouse) -> None:
+    """The loader's default batch (1,000 rows), some keys again in it and some already loaded."""
+    warehouse.load(batch("dicom_image_meta"), [image_row("1.2.7.0", size=1)])
+    images = [
+        image_row(f"1.2.7.{n % 900}", size=10, updated=f"2026-01-03T00:00:{n // 900:02}+00:00") for n in range(1000)
+    ]
+    warehouse.load(batch("dicom_image_meta", len(images)), images)
+    logs = [access_row(f"/r{n}", 1.0) for n in range(1000)]
+    warehouse.load(batch("wado_access_log", len(logs)), logs)
+    assert warehouse.count("dicom_image_meta") == 900
+    assert warehouse.statistics("totals")[0]["bytes"] == 900 * 10
+    assert warehouse.count("wado_access_log") == 1000
+
+
 def test_an_older_row_never_replaces_a_newer_one(warehouse: Warehouse) -> None:
     warehouse.load(batch("dicom_image_meta"), [image_row("1.2.6.1", size=500, updated="2026-02-01T00:00:00+00:00")])
     warehouse.load(batch("dicom_image_meta"), [image_row("1.2.6.1", size=100, updated="2026-01-01T00:00:00+00:00")])
