@@ -31,3 +31,15 @@ def test_a_document_larger_than_the_budget_is_still_kept_alone() -> None:
     parsed.put(small_key, small)
     parsed.put(big_key, big)
     assert (parsed.get(small_key), parsed.get(big_key)) == (None, big)
+
+
+def test_refresh_replaces_a_kept_document_and_keeps_no_other() -> None:
+    parsed = _ParsedDocuments(max_instances=100)
+    (kept_key, kept), (other_key, other) = document("1", 5), document("2", 5)
+    parsed.put(kept_key, kept)
+    _, newer = document("1", 7)
+    parsed.refresh(kept_key, newer)
+    parsed.refresh(other_key, other)
+    assert (parsed.get(kept_key), parsed.get(other_key)) == (newer, None)
+    parsed.put(other_key, document("2", 94)[1])
+    assert parsed.get(kept_key) is None, "the refreshed size counts against the budget"

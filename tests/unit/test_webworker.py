@@ -188,3 +188,20 @@ def test_a_failing_series_is_logged_and_not_retried_in_the_same_breath(
     assert "disk full" in caplog.text
     monkeypatch.undo()
     assert runtime.index.stale_series(10) != []
+
+
+def test_background_builds_refresh_documents_requests_read_and_keep_no_others(
+    runtime: Runtime, add: Callable[..., None]
+) -> None:
+    """After a bulk load the process holds what viewers read, not every series the webworker built."""
+    add("1.2.826.0.3.1.1.1")
+    add("1.2.826.0.3.1.2.1", series=OTHER_SERIES)
+    read = SeriesMetadata(runtime).document(KEY)
+    assert read is not None
+    add("1.2.826.0.3.1.1.2")
+    Webworker(runtime, SeriesMetadata(runtime)).run_once()
+    other = SeriesKey("default", STUDY, OTHER_SERIES)
+    scope = str(runtime.settings.data_path)
+    assert metadata_module._PARSED.get((scope, other)) is None
+    refreshed = metadata_module._PARSED.get((scope, KEY))
+    assert refreshed is not None and len(refreshed.instances) == 2

@@ -26,9 +26,10 @@ from dicomcloud.services.runtime import Runtime
 log = logging.getLogger(__name__)
 
 # Instances of the parsed documents kept per process: a parsed CT instance takes ~20 KB of Python
-# objects, so this bounds the LRU near 100 MB whatever the series sizes (counting series did not).
-# The document of one larger series is still kept, alone.
-LRU_INSTANCES = 5_000
+# objects, so this bounds the LRU near 40 MB whatever the series sizes (counting series did not),
+# room for the viewer's working set (a few studies) in a server meant to stay under 300 MB. The
+# document of one larger series is still kept, alone.
+LRU_INSTANCES = 2_000
 
 
 def document_key(key: SeriesKey) -> str:
@@ -105,6 +106,14 @@ class _ParsedDocuments:
             while self._instances > self.max_instances and len(self._documents) > 1:
                 self._drop(next(iter(self._documents)))
 
+    def refresh(self, key: _Scoped, doc: SeriesDocument) -> None:
+        """Replace a document that is kept, without keeping one that is not."""
+        with self._guard:
+            if key in self._documents:
+                self._instances -= len(self._documents[key].instances)
+                self._documents[key] = doc
+                self._instances += len(doc.instances)
+
     def forget(self, key: _Scoped) -> None:
         with self._guard:
             self._drop(key)
@@ -136,12 +145,16 @@ class SeriesMetadata:
             found = self._current(key, version)
             if found is not None:
                 return found
-            return self._build_locked(key)
+            return self._build_locked(key, keep=True)
 
     def build(self, key: SeriesKey) -> SeriesDocument | None:
-        """Rebuild the document for the current version, reusing unchanged instances' entries."""
+        """Rebuild the document for the current version, reusing unchanged instances' entries.
+
+        The parsed result replaces a copy this process keeps but is not kept otherwise: the LRU
+        holds what requests read, not every series a background build touched.
+        """
         with _BUILD_LOCKS.hold(key):
-            return self._build_locked(key)
+            return self._build_locked(key, keep=False)
 
     def _current(self, key: SeriesKey, version: int) -> SeriesDocument | None:
         """The document built for exactly `version`, from memory, the shared cache or storage."""
@@ -163,7 +176,7 @@ class SeriesMetadata:
         doc = _PARSED.get((self._scope, key))
         return doc if doc is not None else self._stored(key)
 
-    def _build_locked(self, key: SeriesKey) -> SeriesDocument | None:
+    def _build_locked(self, key: SeriesKey, keep: bool) -> SeriesDocument | None:
         index = self.runtime.index
         version = index.series_version(key)
         if version is None:
@@ -196,7 +209,10 @@ class SeriesMetadata:
             # Nobody asks for an older version again; while a series grows, they would fill the cache.
             self.runtime.cache.delete(cache_key(key, previous.version))
         index.mark_built(key, version)
-        self._remember(key, doc)
+        if keep:
+            self._remember(key, doc)
+        else:
+            _PARSED.refresh((self._scope, key), doc)
         log.debug("built %s v%d: %d instances, %d read", document_key(key), version, len(instances), rebuilt)
         return doc
 
