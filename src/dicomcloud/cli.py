@@ -8,7 +8,6 @@ SIGTERM stops uvicorn, then the workers finish their current batch and everythin
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dicomcloud.config import Settings, load_settings
 from dicomcloud.errors import DicomCloudError, ServiceUnavailable
 from dicomcloud.logs import setup_logging
+from dicomcloud.process import tune_service_process
 from dicomcloud.services.ops import Check, ops_listener, runtime_checks
 from dicomcloud.services.runtime import Runtime
 
@@ -35,18 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dicomcloud")
 
 SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
-# The GIL's switch interval for service processes (CPython's default is 5 ms). A thread woken by a
-# socket or a queue (pynetdicom's reactor and association threads, the event loop handing STOW chunks
-# to a worker) waits up to this long for the GIL while another thread computes; a C-STORE makes many
-# such hand-offs, so at 5 ms one busy thread (indexing, metadata documents) cut C-STORE throughput
-# 3x and three busy threads 10x.
-SWITCH_INTERVAL = 0.0005
-# glibc's malloc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
-# what is freed in it: with the HTTP thread pool, the SCP's and the workers' threads, RSS grew with
-# the thread count rather than the live data. Two arenas, as threaded Python servers commonly run;
-# a MALLOC_ARENA_MAX in the environment wins.
-MALLOC_ARENAS = 2
-M_ARENA_MAX = -8  # glibc malloc.h
 READY_TIMEOUT = 60.0
 WORKER_JOIN_TIMEOUT = 30.0
 
@@ -159,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        limit_malloc_arenas()
+        tune_service_process()
     try:
         code = commands[args.command](settings, args)
     except DicomCloudError as exc:
@@ -269,14 +256,6 @@ def dimse_check(scp: StoreSCP) -> Check:
             raise ServiceUnavailable(f"the DIMSE listener {dimse.host}:{scp.port} accepts no connection")
 
     return Check("dimse", probe)
-
-
-def limit_malloc_arenas() -> bool:
-    """Cap glibc's malloc arenas for this process; False where that is not glibc or already set."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    return mallopt is not None and bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
 
 
 def run_up(settings: Settings) -> int:

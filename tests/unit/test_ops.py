@@ -196,15 +196,3 @@ def test_with_the_json_log_format_every_stderr_line_is_one_json_object(tmp_path:
     assert entries[0]["message"] == "multi\nline"
     assert "ZeroDivisionError" in entries[4]["exception"]
     assert "ValueError: fatal" in entries[5]["exception"]
-
-
-def test_service_processes_cap_glibc_malloc_arenas() -> None:
-    """Run in a child: the cap is process-wide. An operator's MALLOC_ARENA_MAX is left to glibc."""
-    check = "from dicomcloud.cli import limit_malloc_arenas; print(limit_malloc_arenas())"
-    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    capped = subprocess.run([sys.executable, "-c", check], env=environment, capture_output=True, text=True, check=True)
-    assert capped.stdout.strip() == "True"
-    left = subprocess.run(
-        [sys.executable, "-c", check], env={**environment, "MALLOC_ARENA_MAX": "4"}, capture_output=True, text=True
-    )
-    assert left.stdout.strip() == "False"

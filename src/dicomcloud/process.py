@@ -1,0 +1,62 @@
+"""How a service process runs its threads and its memory: set once, before its threads start.
+
+Each setting answers a measurement on the bench (issue 7); see the constants.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+# The GIL's switch interval (CPython's default is 5 ms). A thread woken by a socket or a queue
+# (pynetdicom's reactor and association threads, the event loop handing STOW chunks to a worker)
+# waits up to this long for the GIL while another thread computes; a C-STORE makes many such
+# hand-offs, so at 5 ms one busy thread (indexing, metadata documents) cut C-STORE throughput 3x
+# and three busy threads 10x.
+SWITCH_INTERVAL = 0.0005
+# glibc's malloc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
+# what is freed in it: with the HTTP thread pool, the SCP's and the workers' threads, RSS grew with
+# the thread count rather than the live data. Two arenas, as threaded Python servers commonly run;
+# a MALLOC_ARENA_MAX in the environment wins.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc malloc.h
+# Even so, after a bulk load or large responses half of the main arena was free but resident (49 of
+# 102 MB): glibc returns only the top of its heap by itself. malloc_trim gives back every free page.
+TRIM_INTERVAL = 10.0
+
+
+def tune_service_process() -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    limit_malloc_arenas()
+    if _libc("malloc_trim") is not None:
+        threading.Thread(target=_release_free_memory_forever, name="malloc-trim", daemon=True).start()
+
+
+def limit_malloc_arenas() -> bool:
+    """Cap glibc's malloc arenas for this process; False where that is not glibc or already set."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    mallopt = _libc("mallopt")
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+
+
+def release_free_memory() -> None:
+    """Hand the pages malloc holds free back to the system (glibc only)."""
+    trim = _libc("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+def _release_free_memory_forever() -> None:
+    while True:
+        time.sleep(TRIM_INTERVAL)
+        release_free_memory()
+
+
+def _libc(name: str) -> Callable[..., int] | None:
+    function: Callable[..., int] | None = getattr(ctypes.CDLL(None), name, None)
+    return function

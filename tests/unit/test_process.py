@@ -1,0 +1,41 @@
+"""Service-process memory settings (glibc): each is checked in a child, since it is process-wide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+RELEASE = """
+import os
+from dicomcloud.process import release_free_memory
+
+def rss_mb():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+
+# 200 MB of malloc'd objects, the middle half freed: the hole sits below live data, so glibc cannot
+# give it back by shrinking its heap's top.
+objects = [bytes(2000) + bytes([n % 256]) for n in range(100_000)]
+del objects[25_000:75_000]
+before = rss_mb()
+release_free_memory()
+print(before - rss_mb())
+"""
+
+
+def child(code: str, **environment: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | environment
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_service_processes_cap_glibc_malloc_arenas_unless_the_operator_did() -> None:
+    check = "from dicomcloud.process import limit_malloc_arenas; print(limit_malloc_arenas())"
+    assert child(check).strip() == "True"
+    assert child(check, MALLOC_ARENA_MAX="4").strip() == "False"
+
+
+def test_free_memory_held_by_malloc_goes_back_to_the_system() -> None:
+    released_mb = int(child(RELEASE))
+    assert released_mb > 50, f"only {released_mb} MB released of ~100 MB freed"
