@@ -150,3 +150,28 @@ def test_the_running_loader_batches_by_time_and_commits(runtime: Runtime) -> Non
     assert runtime.warehouse.count("wado_access_log") == 1
     assert runtime.warehouse.count("transcode_failure") == 1
     assert take(runtime) == []
+
+
+def test_a_warehouse_outage_is_logged_once_and_the_running_loader_catches_up(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime.bus.publish([access(), failure("1.2.3.3")])
+    real = runtime.warehouse
+    runtime._warehouse = DownWarehouse()  # type: ignore[assignment]
+    stop = threading.Event()
+    thread = threading.Thread(target=Loader(runtime).run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while caplog.text.count("loading the warehouse failed") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # several retries with backoff
+        runtime._warehouse = real
+        while real.count("transcode_failure") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert real.count("wado_access_log") == 1
+    assert caplog.text.count("loading the warehouse failed") == 1
+    assert caplog.text.count("loading the warehouse works again") == 1

@@ -40,6 +40,7 @@ from dicomcloud.events import (
 from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.warehouse import TABLES, Batch
+from dicomcloud.services.retry import Outage
 from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 GROUP = "warehouse-loader"
 SERVICE = "loader"
 DEAD_LETTER_TOPIC = "warehouse.dlq"
-RETRY_DELAY = 2.0
 # Topic -> the event it carries and the table its rows go to.
 ROUTES: dict[str, tuple[type[Event], str]] = {
     DICOM_STATE_QUEUE: (DicomStateMeta, "dicom_state_meta"),
@@ -67,21 +67,21 @@ class Loader:
 
     def run(self, stop: threading.Event) -> None:
         """Load until `stop` is set (what is pending then is loaded first); failures resume from the last commit."""
+        outage = Outage("loading the warehouse", log)
         while not stop.is_set():
             consumer: BusConsumer | None = None
             try:
                 consumer = self.runtime.bus.subscribe(GROUP, list(ROUTES))
                 self._loaded.clear()
-                self._consume(consumer, stop)
-            except Exception:
+                self._consume(consumer, stop, outage)
+            except Exception as exc:
                 # A service loop outlives any one failure; the batch was not committed.
-                log.exception("loading failed; resuming from the last commit in %.0fs", RETRY_DELAY)
-                stop.wait(RETRY_DELAY)
+                outage.failed(exc, stop)
             finally:
                 if consumer is not None:
                     _close(consumer)
 
-    def _consume(self, consumer: BusConsumer, stop: threading.Event) -> None:
+    def _consume(self, consumer: BusConsumer, stop: threading.Event, outage: Outage) -> None:
         settings = self.runtime.settings
         limit, wait = settings.warehouse.batch_rows, settings.warehouse.batch_seconds
         pending: list[Record] = []
@@ -89,6 +89,8 @@ class Loader:
         while not stop.is_set():
             records = consumer.poll(max(1, limit - len(pending)), settings.workers.consumer_poll_timeout)
             self.lag.update(consumer)
+            if not records and not pending:
+                outage.recovered()
             if records and not pending:
                 oldest = time.monotonic()
             pending.extend(records)
@@ -97,6 +99,7 @@ class Loader:
                 consumer.commit(pending)
                 count_records(EVENTS_PROCESSED, SERVICE, pending)
                 pending = []
+                outage.recovered()
         # What was published just before the stop (the web app's last access-log flush) goes in too.
         pending.extend(consumer.poll(max(1, limit - len(pending)), 0))
         if pending:

@@ -26,6 +26,7 @@ from dicomcloud.events import TRANSCODE_QUEUE, TranscodeFailure, TranscodeReques
 from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, TRANSCODE_FAILURES, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.services.ingest import file_digest
+from dicomcloud.services.retry import Outage
 from dicomcloud.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Transcoder:
     def run(self, stop: threading.Event) -> None:
         """Consume `transcode_queue` until `stop` is set; a batch is committed after its effects."""
         workers = self.runtime.settings.workers
+        outage = Outage("consuming transcode_queue", log)
         while not stop.is_set():
             consumer: BusConsumer | None = None
             try:
@@ -85,10 +87,10 @@ class Transcoder:
                         self.process(records, stop)
                         consumer.commit(records)
                         count_records(EVENTS_PROCESSED, SERVICE, records)
-            except Exception:
+                    outage.recovered()
+            except Exception as exc:
                 # A service loop outlives any one failure; the batch was not committed.
-                log.exception("transcoding failed; resuming from the last commit in %.0fs", RETRY_DELAY)
-                stop.wait(RETRY_DELAY)
+                outage.failed(exc, stop)
             finally:
                 if consumer is not None:
                     try:
