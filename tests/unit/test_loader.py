@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -135,18 +136,28 @@ def test_nothing_is_committed_while_the_warehouse_is_down(runtime: Runtime) -> N
     assert len(take(runtime)) == 2
 
 
-def test_the_running_loader_batches_by_time_and_commits(runtime: Runtime) -> None:
-    runtime.bus.publish([access(), failure("1.2.3.2")])
+@contextmanager
+def running_loader(runtime: Runtime) -> Iterator[None]:
     stop = threading.Event()
     thread = threading.Thread(target=Loader(runtime).run, args=(stop,))
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while runtime.warehouse.count("transcode_failure") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        yield
     finally:
         stop.set()
         thread.join(10)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_the_running_loader_batches_by_time_and_commits(runtime: Runtime) -> None:
+    runtime.bus.publish([access(), failure("1.2.3.2")])
+    with running_loader(runtime):
+        wait_for(lambda: runtime.warehouse.count("transcode_failure") > 0)
     assert runtime.warehouse.count("wado_access_log") == 1
     assert runtime.warehouse.count("transcode_failure") == 1
     assert take(runtime) == []
@@ -158,20 +169,11 @@ def test_a_warehouse_outage_is_logged_once_and_the_running_loader_catches_up(
     runtime.bus.publish([access(), failure("1.2.3.3")])
     real = runtime.warehouse
     runtime._warehouse = DownWarehouse()  # type: ignore[assignment]
-    stop = threading.Event()
-    thread = threading.Thread(target=Loader(runtime).run, args=(stop,))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while caplog.text.count("loading the warehouse failed") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with running_loader(runtime):
+        wait_for(lambda: "loading the warehouse failed" in caplog.text)
         time.sleep(1.0)  # several retries with backoff
         runtime._warehouse = real
-        while real.count("transcode_failure") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        thread.join(10)
+        wait_for(lambda: real.count("transcode_failure") > 0)
     assert real.count("wado_access_log") == 1
     assert caplog.text.count("loading the warehouse failed") == 1
     assert caplog.text.count("loading the warehouse works again") == 1
