@@ -205,9 +205,9 @@ class SeriesMetadata:
         if self.runtime.cache.shared:
             # For the other processes; this one keeps the parsed document.
             self.runtime.cache.set(cache_key(key, version), raw)
-        if self.runtime.cache.shared and previous is not None and previous.version != version:
-            # Nobody asks for an older version again; while a series grows, they would fill the cache.
-            self.runtime.cache.delete(cache_key(key, previous.version))
+            if previous is not None and previous.version != version:
+                # Nobody asks for an older version again; while a series grows, they would fill the cache.
+                self.runtime.cache.delete(cache_key(key, previous.version))
         index.mark_built(key, version)
         if keep:
             self._remember(key, doc)

@@ -142,22 +142,7 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
 def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
     ranges = parse_accept(request.headers.get("accept"))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
-    storage = web.runtime.storage
-    files = [(storage.path(loc.file_path), loc.transfer_syntax) for loc in locations]
-    present = [(path, syntax) for path, syntax in files if path.is_file()]
-    if len(present) < len(files):
-        log.error("%d of %d indexed files are missing on storage", len(files) - len(present), len(files))
-    if not present:
-        raise NotFound("the instance files are not on storage")
-    if target is not None:
-        relpaths = {storage.path(loc.file_path): loc.file_path for loc in locations}
-        present = [
-            (path, syntax) if syntax == target else (derive(web.runtime, relpaths[path], target), target)
-            for path, syntax in present
-        ]
-    stored = [file for file in (_StoredFile.open(path, syntax) for path, syntax in present) if file is not None]
-    if not stored:
-        raise NotFound("the instance files are not on storage")
+    stored = _stored_files(web, locations, target)
     if packaging is _Packaging.SINGLE:
         file = stored[0]
         return StreamingResponse(
@@ -176,6 +161,23 @@ def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLoc
     )
 
 
+def _stored_files(web: DicomWeb, locations: list[InstanceLocation], target: str | None) -> list[_StoredFile]:
+    """Each instance's file, or its copy in `target` (made now if missing); NotFound if none is on storage."""
+    storage = web.runtime.storage
+    files = []
+    for loc in locations:
+        file = _StoredFile.open(storage.path(loc.file_path), loc.transfer_syntax)
+        if file is not None and target is not None and file.transfer_syntax != target:
+            file = _StoredFile.open(derive(web.runtime, loc.file_path, target), target)
+        if file is not None:
+            files.append(file)
+    if len(files) < len(locations):
+        log.error("%d of %d indexed files are missing on storage", len(locations) - len(files), len(locations))
+    if not files:
+        raise NotFound("the instance files are not on storage")
+    return files
+
+
 @dataclass(frozen=True)
 class _StoredFile:
     """A file to send as a complete PS3.10 object.
@@ -192,11 +194,10 @@ class _StoredFile:
 
     @classmethod
     def open(cls, path: Path, transfer_syntax: str) -> _StoredFile | None:
-        """None when the file is gone (deleted since it was listed)."""
+        """None when the file is not there."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            log.warning("%s vanished before it was sent; left out", path)
             return None
         try:
             size = os.fstat(fd).st_size
