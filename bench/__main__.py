@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
     parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--only", help="comma-separated operation names to measure (default: every operation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     # Synthetic data only: open to others, so the stack's PostgreSQL (run as `postgres` under root) reaches its folder.
     work.chmod(0o755)
-    bench = Bench(QUICK if args.quick else FULL, work, stack=args.stack)
+    only = {name.strip() for name in args.only.split(",") if name.strip()} if args.only else None
     try:
+        bench = Bench(QUICK if args.quick else FULL, work, stack=args.stack, only=only)
         result = bench.run()
     except BenchError as exc:
         logging.getLogger("bench").error("%s (work folder kept: %s)", exc, work)

@@ -3,7 +3,9 @@ sampler of the server's resident memory. No Python HTTP client sits in a timed p
 
 from __future__ import annotations
 
+import json
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,9 +27,18 @@ class Sample:
 
 
 def curl(
-    urls: list[str], headers: dict[str, str], data: Path | None = None, ca_file: Path | None = None
+    urls: list[str],
+    headers: dict[str, str],
+    data: Path | None = None,
+    ca_file: Path | None = None,
+    *,
+    output: Path | None = None,
+    statuses: frozenset[int] = frozenset({200}),
 ) -> list[Sample]:
-    """One curl process fetching each URL in turn on one kept-alive connection; curl's own timings."""
+    """One curl process fetching each URL in turn on one kept-alive connection; curl's own timings.
+
+    The bodies go to `output` (the last one stays there) or nowhere; a status outside `statuses` fails.
+    """
     command = ["curl", "--silent", "--show-error", "--write-out", CURL_FORMAT]
     if ca_file is not None:
         command += ["--cacert", str(ca_file)]
@@ -36,7 +47,7 @@ def curl(
     if data is not None:
         command += ["--data-binary", f"@{data}"]
     for url in urls:
-        command += ["--output", "/dev/null", url]
+        command += ["--output", str(output or "/dev/null"), url]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"curl failed ({done.returncode}): {done.stderr.strip()}")
@@ -45,17 +56,20 @@ def curl(
         if line.strip():
             status, size, seconds = line.split()
             samples.append(Sample(int(status), int(size), float(seconds)))
-    bad = [s.status for s in samples if s.status != 200]
+    bad = [s.status for s in samples if s.status not in statuses]
     if bad or len(samples) != len(urls):
         raise BenchError(f"HTTP status {bad or 'missing'} from {urls[0]}")
     return samples
 
 
-def storescu(server: Server, folder: Path) -> None:
+def storescu_command(server: Server, folder: Path) -> list[str]:
     """Send every file under `folder` over one association, as a modality would."""
-    command = ["storescu", "--aetitle", "BENCH", "--call", server.ae_title, "--scan-directories", "--recurse",
-               "127.0.0.1", str(server.dimse_port), str(folder)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return ["storescu", "--aetitle", "BENCH", "--call", server.ae_title, "--scan-directories", "--recurse",
+            "127.0.0.1", str(server.dimse_port), str(folder)]
+
+
+def storescu(server: Server, folder: Path) -> None:
+    done = subprocess.run(storescu_command(server, folder), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"storescu to {server.name} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
 
@@ -130,3 +144,43 @@ def stream_with_rss(server: Server, url: str, headers: dict[str, str], interval:
         done.set()
         sampler.join()
     return Streamed(result, before, peak, taken)
+
+
+@dataclass(frozen=True)
+class WhileWriting:
+    request_seconds: list[float]  # each metadata request answered while storescu was sending
+    last_listed: int  # instances the last of them listed
+    last_size: int
+    complete_after: float  # from storescu's end until the metadata listed every instance
+
+
+def metadata_while_writing(
+    server: Server, folder: Path, path: str, count: int, headers: dict[str, str]
+) -> WhileWriting:
+    """Send `folder` with storescu while requesting the metadata at `path` back to back, then until it lists
+    `count` instances. A series not there yet answers 404 (or an empty 200); those requests are not counted."""
+    url = f"{server.dicomweb}{path}"
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        body = Path(scratch) / "metadata.json"
+
+        def fetch() -> tuple[Sample, int]:
+            (sample,) = curl([url], headers, ca_file=server.ca_file, output=body, statuses=frozenset({200, 204, 404}))
+            listed = len(json.loads(body.read_bytes() or b"[]")) if sample.status == 200 else 0
+            return sample, listed
+
+        sender = subprocess.Popen(storescu_command(server, folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sample, listed = fetch()
+        while sender.poll() is None:
+            sample, listed = fetch()
+            if listed:
+                seconds.append(sample.seconds)
+        _, errors = sender.communicate()
+        if sender.returncode != 0:
+            raise BenchError(f"storescu to {server.name} failed ({sender.returncode}): {errors.decode()[-500:]}")
+        finished, last_listed = time.perf_counter(), listed
+        while listed < count:
+            if time.perf_counter() - finished > 600:
+                raise BenchError(f"{server.name}: the metadata lists {listed} of {count} instances after 600 s")
+            sample, listed = fetch()
+        return WhileWriting(seconds or [sample.seconds], last_listed, sample.size, time.perf_counter() - finished)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.measure import curl, stream_with_rss, timed_ingest, wait_queryable
+from bench.measure import curl, metadata_while_writing, stream_with_rss, timed_ingest, wait_queryable
 from bench.report import SERVERS, Goal, Measured, Operation, Target, Unit
 from bench.servers import BenchError, Dicomcloud, DicomcloudStack, Orthanc, Server
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
@@ -33,6 +33,10 @@ OPERATIONS = [
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 15)),
     Operation("stow_rs", "STOW-RS of one study's CT instances in one multipart request",
               Unit.INSTANCES, Target(Goal.TIME_AT_MOST, 1 / 3)),
+    Operation("metadata_while_writing", "series metadata of a new series, requested back to back while storescu "
+              "sends its instances", Unit.REQUESTS, Target(Goal.NONE)),
+    Operation("metadata_complete_after_write", "from storescu's end until that series' metadata lists every instance",
+              Unit.REQUESTS, Target(Goal.NONE)),
     Operation("qido_studies_patientid", "QIDO /studies?PatientID=<one of 1,000 patients> at the index scale",
               Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
     Operation("qido_studies_date_modality", "QIDO /studies?StudyDate=<a month>&ModalitiesInStudy=MR, index scale",
@@ -61,11 +65,15 @@ def new_operations() -> dict[str, Operation]:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, work: Path, *, stack: bool = False) -> None:
+    def __init__(self, sizes: Sizes, work: Path, *, stack: bool = False, only: set[str] | None = None) -> None:
         self.sizes = sizes
         self.work_root = work
         self.stack = stack
         self.ops = new_operations()
+        unknown = (only or set()) - set(self.ops)
+        if unknown:
+            raise BenchError(f"unknown operation(s): {', '.join(sorted(unknown))}")
+        self.only = only
         ours = DicomcloudStack if stack else Dicomcloud
         self.servers: dict[str, Server] = {
             "dicomcloud": ours(work / "dicomcloud"),
@@ -77,7 +85,8 @@ class Bench:
         conditions = self.conditions()
         log.info("generating the workload in %s", self.work_root)
         started = time.perf_counter()
-        workload = generate(self.work_root / "files", self.sizes)
+        reads = self.wanted(*self.paths(Workload(self.work_root)), "study_stream_rss", "metadata_series_cold")
+        workload = generate(self.work_root / "files", self.sizes, reads=reads)
         log.info("generated in %.0fs: study of %d instances, %.0f MB", time.perf_counter() - started,
                  workload.study_count, workload.study_bytes / 1024**2)
         try:
@@ -85,11 +94,17 @@ class Bench:
                 server.start()
             conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
             self.ingest(workload)
-            self.load(workload)
-            self.stow(workload)
+            if self.wanted("metadata_while_writing", "metadata_complete_after_write"):
+                self.writing(workload)
+            if reads:
+                self.load(workload)
+            if self.wanted("stow_rs"):
+                self.stow(workload)
             self.http_operations(workload)
-            self.stream(workload)
-            self.cold_metadata(workload)
+            if self.wanted("study_stream_rss"):
+                self.stream(workload)
+            if self.wanted("metadata_series_cold"):
+                self.cold_metadata(workload)
         finally:
             for server in self.servers.values():
                 server.stop()
@@ -101,12 +116,30 @@ class Bench:
             "operations": [op.to_json() for op in self.ops.values()],
         }
 
+    def wanted(self, *names: str) -> bool:
+        """Whether any of these operations is to be measured (all are without --only)."""
+        return self.only is None or bool(self.only & set(names))
+
     def ingest(self, work: Workload) -> None:
         op = self.ops["cstore_ingest"]
         for name, server in self.servers.items():
             log.info("C-STORE of %d instances into %s", work.ingest_count, name)
             seconds = timed_ingest(server, work.ingest_dir, work.study_uid, work.ingest_count)
             op.results[name] = Measured(seconds=[seconds], items=work.ingest_count)
+
+    def writing(self, work: Workload) -> None:
+        """A new series sent by storescu while its metadata is requested back to back, then until it is complete."""
+        while_writing, complete = self.ops["metadata_while_writing"], self.ops["metadata_complete_after_write"]
+        path = f"/studies/{work.writing_study_uid}/series/{work.writing_series_uid}/metadata"
+        for name, server in self.servers.items():
+            log.info("C-STORE of %d instances into %s while requesting their metadata", work.writing_count, name)
+            measured = metadata_while_writing(server, work.writing_dir, path, work.writing_count, DICOM_JSON)
+            while_writing.results[name] = Measured(seconds=measured.request_seconds, size=measured.last_size)
+            complete.results[name] = Measured(seconds=[measured.complete_after], size=measured.last_size)
+            log.info("%s: %d metadata requests while writing (the last listed %d of %d); complete %.2fs after the "
+                     "last C-STORE", name, len(measured.request_seconds), measured.last_listed, work.writing_count,
+                     measured.complete_after)
+            server.wait_idle()
 
     def load(self, work: Workload) -> None:
         for name, server in self.servers.items():
@@ -146,6 +179,8 @@ class Bench:
 
     def http_operations(self, work: Workload) -> None:
         for name, (path, headers) in self.paths(work).items():
+            if not self.wanted(name):
+                continue
             repeats = self.sizes.retrieve_repeats if name == "series_retrieve" else self.sizes.repeats
             log.info("%s: %d samples per server", name, repeats)
             if name.startswith("qido"):

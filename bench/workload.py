@@ -3,6 +3,8 @@
 - `ingest`: one CT study of two 512x512 16-bit series (the first is the "500-instance series"
   every per-series operation reads), stored by storescu and timed until all is queryable.
 - `stow`: studies of CT instances, each sent as one STOW-RS request.
+- `writing`: one more CT series as big as an ingest series, in a study of its own, whose metadata is
+  requested while it is being sent.
 - `extra`: more CT instances in the ingest study (pixels reused from a few generated slices, UIDs new),
   so that the study reaches the size the memory check streams, plus one multi-frame instance.
 - `index`: many tiny one-instance studies across patients, dates and modalities for QIDO at scale.
@@ -70,6 +72,9 @@ class Workload:
     stow_bodies: list[Path] = field(default_factory=list)
     stow_study_uids: list[str] = field(default_factory=list)
     index_last_study_uid: str = ""
+    writing_study_uid: str = ""
+    writing_series_uid: str = ""
+    writing_count: int = 0
 
     @property
     def ingest_dir(self) -> Path:
@@ -83,10 +88,16 @@ class Workload:
     def index_dir(self) -> Path:
         return self.root / "index"
 
+    @property
+    def writing_dir(self) -> Path:
+        return self.root / "writing"
 
-def generate(root: Path, sizes: Sizes) -> Workload:
+
+def generate(root: Path, sizes: Sizes, *, reads: bool = True) -> Workload:
+    """Every part of the workload; without `reads`, not the study's extra instances nor the index studies,
+    which only the read operations need."""
     work = Workload(root=root)
-    for folder in (work.ingest_dir, work.extra_dir, work.index_dir, root / "stow"):
+    for folder in (work.ingest_dir, work.extra_dir, work.index_dir, work.writing_dir, root / "stow"):
         folder.mkdir(parents=True, exist_ok=True)
     work.study_uid = new_uid()
     first, second = new_uid(), new_uid()
@@ -103,6 +114,27 @@ def generate(root: Path, sizes: Sizes) -> Workload:
                 slices.append(ds)
             work.study_bytes += _write(ds, work.ingest_dir / f"{number}-{index:05}.dcm")
     work.ingest_count = 2 * sizes.series_instances
+
+    work.writing_study_uid, work.writing_series_uid = new_uid(), new_uid()
+    for index, ds in enumerate(
+        ct_series(sizes.series_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-WRITING",
+                  patient_name="Bench^Writing", study_uid=work.writing_study_uid,
+                  series_uid=work.writing_series_uid, seed=2)
+    ):
+        _write(ds, work.writing_dir / f"{index:05}.dcm")
+    work.writing_count = sizes.series_instances
+
+    for request in range(sizes.stow_requests):
+        study_uid = new_uid()
+        series = ct_series(sizes.stow_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-STOW",
+                           patient_name="Bench^STOW", study_uid=study_uid, seed=10 + request)
+        body = root / "stow" / f"{request}.multipart"
+        body.write_bytes(_multipart([_part10(ds) for ds in series]))
+        work.stow_bodies.append(body)
+        work.stow_study_uids.append(study_uid)
+
+    if not reads:
+        return work
 
     mf = multiframe(sizes.multiframe_frames, rows=sizes.multiframe_rows, columns=sizes.multiframe_rows,
                     patient_id="BENCH-CT", patient_name="Bench^CT", study_uid=work.study_uid)
@@ -121,15 +153,6 @@ def generate(root: Path, sizes: Sizes) -> Workload:
         work.study_bytes += _write(ds, work.extra_dir / f"filler-{extra:05}.dcm")
         extra += 1
     work.study_count = work.ingest_count + extra
-
-    for request in range(sizes.stow_requests):
-        study_uid = new_uid()
-        series = ct_series(sizes.stow_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-STOW",
-                           patient_name="Bench^STOW", study_uid=study_uid, seed=10 + request)
-        body = root / "stow" / f"{request}.multipart"
-        body.write_bytes(_multipart([_part10(ds) for ds in series]))
-        work.stow_bodies.append(body)
-        work.stow_study_uids.append(study_uid)
 
     for number in range(sizes.index_studies):
         (ds,) = ct_series(1, rows=8, columns=8, patient_id=f"P{number % INDEX_PATIENTS:04}",
