@@ -20,7 +20,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicomcloud.dicom.synthetic import ct_series, multiframe, new_uid, write_part10
+from bench.synthetic import ct_series, multiframe, new_uid, write_part10
 
 INDEX_MODALITIES = ("CT", "MR", "US", "CR", "DX")
 INDEX_PATIENTS = 1000

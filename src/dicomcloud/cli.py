@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 from dicomcloud.config import Settings, load_settings
 from dicomcloud.errors import DicomCloudError, ServiceUnavailable
 from dicomcloud.logs import setup_logging
+from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import tune_service_process
-from dicomcloud.services.ops import Check, ops_listener, runtime_checks
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 if TYPE_CHECKING:
-    from dicomcloud.services.storescp import StoreSCP
+    from dicomcloud.dimse.scp import StoreSCP
 
 log = logging.getLogger("dicomcloud")
 
@@ -212,7 +212,7 @@ def _join(threads: Sequence[threading.Thread]) -> None:
 def _uvicorn(runtime: Runtime) -> Any:
     import uvicorn
 
-    from dicomcloud.services.server.app import create_app
+    from dicomcloud.web.app import create_app
 
     settings = runtime.settings
     config = uvicorn.Config(
@@ -259,13 +259,13 @@ def dimse_check(scp: StoreSCP) -> Check:
 
 
 def run_up(settings: Settings) -> int:
-    from dicomcloud.services.consumer import IndexConsumer
-    from dicomcloud.services.ingest import Ingest
-    from dicomcloud.services.loader import Loader
-    from dicomcloud.services.metadata import SeriesMetadata
-    from dicomcloud.services.storescp import StoreSCP
-    from dicomcloud.services.transcoder import Transcoder
-    from dicomcloud.services.webworker import Webworker
+    from dicomcloud.archive.metadata import SeriesMetadata
+    from dicomcloud.archive.store import Ingest
+    from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.workers.consumer import IndexConsumer
+    from dicomcloud.workers.loader import Loader
+    from dicomcloud.workers.transcoder import Transcoder
+    from dicomcloud.workers.webworker import Webworker
 
     runtime = Runtime.from_settings(settings)
     stop = threading.Event()
@@ -324,8 +324,8 @@ def run_server(settings: Settings) -> int:
 
 
 def run_storescp(settings: Settings) -> int:
-    from dicomcloud.services.ingest import Ingest
-    from dicomcloud.services.storescp import StoreSCP
+    from dicomcloud.archive.store import Ingest
+    from dicomcloud.dimse.scp import StoreSCP
 
     runtime = Runtime.from_settings(settings)
     scp = StoreSCP(runtime, Ingest(runtime))
@@ -352,26 +352,26 @@ def _run_worker(settings: Settings, make: Callable[[Runtime], Callable[[threadin
 
 
 def run_consumer(settings: Settings) -> int:
-    from dicomcloud.services.consumer import IndexConsumer
+    from dicomcloud.workers.consumer import IndexConsumer
 
     return _run_worker(settings, lambda runtime: IndexConsumer(runtime).run)
 
 
 def run_webworker(settings: Settings) -> int:
-    from dicomcloud.services.metadata import SeriesMetadata
-    from dicomcloud.services.webworker import Webworker
+    from dicomcloud.archive.metadata import SeriesMetadata
+    from dicomcloud.workers.webworker import Webworker
 
     return _run_worker(settings, lambda runtime: Webworker(runtime, SeriesMetadata(runtime)).run)
 
 
 def run_loader(settings: Settings) -> int:
-    from dicomcloud.services.loader import Loader
+    from dicomcloud.workers.loader import Loader
 
     return _run_worker(settings, lambda runtime: Loader(runtime).run)
 
 
 def run_transcoder(settings: Settings) -> int:
-    from dicomcloud.services.transcoder import Transcoder
+    from dicomcloud.workers.transcoder import Transcoder
 
     return _run_worker(settings, lambda runtime: Transcoder(runtime).run)
 
@@ -391,7 +391,7 @@ def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file through Ingest (source "import"); a file that is not DICOM is counted, not fatal."""
-    from dicomcloud.services.ingest import Ingest
+    from dicomcloud.archive.store import Ingest
 
     files = list(iter_files(args.paths))
     runtime = Runtime.from_settings(settings)
@@ -445,8 +445,8 @@ def run_stats(settings: Settings, args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from dicomcloud.services.runtime import open_warehouse
-    from dicomcloud.services.stats import SUMMARY_PARTS, format_table
+    from dicomcloud.archive.stats import SUMMARY_PARTS, format_table
+    from dicomcloud.runtime import open_warehouse
 
     names = [args.name] if args.name else list(SUMMARY_PARTS)
     if args.url:
@@ -486,7 +486,7 @@ def run_init(settings: Settings) -> int:
 def bus_topics() -> list[str]:
     """Every topic the services publish to or read: each event's, the log queue, and the dead letters."""
     from dicomcloud.events import LOG_QUEUE, Event
-    from dicomcloud.services import consumer, loader
+    from dicomcloud.workers import consumer, loader
 
     names = [event.topic for event in Event.__subclasses__()]
     return list(dict.fromkeys([*names, LOG_QUEUE, consumer.DEAD_LETTER_TOPIC, loader.DEAD_LETTER_TOPIC]))

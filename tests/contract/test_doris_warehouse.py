@@ -16,8 +16,8 @@ from dicomcloud.errors import InvalidInput, StorageFailure
 from dicomcloud.events import AccessLog, json_name
 from dicomcloud.ports.bus import Message
 from dicomcloud.ports.warehouse import LOADED_BATCH, TABLES, Batch
-from dicomcloud.services.loader import GROUP, ROUTES, Loader
-from dicomcloud.services.runtime import Runtime, open_warehouse
+from dicomcloud.runtime import Runtime, open_warehouse
+from dicomcloud.workers.loader import GROUP, ROUTES, Loader
 
 ROUTINE_LOAD = Path(__file__).resolve().parents[2] / "deploy" / "doris" / "routine_load.sql"
 

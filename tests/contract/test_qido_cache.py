@@ -8,17 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench.synthetic import ct_series
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
 from dicomcloud.adapters.redis_cache import RedisCache
 from dicomcloud.config import load_settings
-from dicomcloud.dicom.synthetic import ct_series
 from dicomcloud.events import STORAGE_QUEUE
 from dicomcloud.ports.cache import Cache
-from dicomcloud.services.consumer import GROUP, IndexConsumer
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
+from dicomcloud.workers.consumer import GROUP, IndexConsumer
 
 PATIENT = "QIDO-CACHE"
 BOUNDARY = "qido-cache-test"

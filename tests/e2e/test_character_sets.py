@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-
-from dicomcloud.dicom.synthetic import ct_series, write_part10
+from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive
 from .dicom_clients import storescu

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-
-from dicomcloud.dicom.synthetic import ct_series, multiframe, write_part10
+from bench.synthetic import ct_series, multiframe, write_part10
 
 from .conftest import Archive
 from .dicom_clients import stow

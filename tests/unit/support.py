@@ -10,13 +10,13 @@ from typing import Any
 import pydicom
 from pydicom.data import get_testdata_file
 
+from dicomcloud.archive.store import Ingest
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import BusConsumer, Message
-from dicomcloud.services.consumer import GROUP, IndexConsumer
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.consumer import GROUP, IndexConsumer
 
 
 def ct_dataset(study: str, series: str, sop: str, pixel: int = 0) -> pydicom.Dataset:

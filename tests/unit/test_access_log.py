@@ -12,9 +12,9 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from dicomcloud.events import ACCESS_LOG_QUEUE, AccessLog
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.access_log import AccessLogPublisher, route_template
-from dicomcloud.services.server.app import create_app
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.access_log import AccessLogPublisher, route_template
+from dicomcloud.web.app import create_app
 
 STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
 

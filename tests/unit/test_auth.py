@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from oidc import AUDIENCE, JWKS_MAX_AGE, Issuer, ec_key, rsa_key, serve_issuer, unsigned_token
 
 from dicomcloud.events import ACCESS_LOG_QUEUE, AccessLog
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
-from dicomcloud.services.server.auth import max_age
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
+from dicomcloud.web.auth import max_age
 
 PROBE = "/tenant-a/dicom-web/studies"
 RSA, EC, ROTATED = rsa_key("rsa-1"), ec_key("ec-1"), rsa_key("rsa-2")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import support
 
+from dicomcloud.archive.store import file_digest
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
@@ -22,9 +23,8 @@ from dicomcloud.events import (
 )
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.index import Index, SeriesKey, UpsertOutcome
-from dicomcloud.services.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
-from dicomcloud.services.ingest import file_digest
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
 
 STUDY, SERIES = "1.2.826.0.2.1", "1.2.826.0.2.1.1"
 KEY = SeriesKey("default", STUDY, SERIES)
@@ -205,7 +205,7 @@ def test_a_batch_whose_index_is_down_is_retried_with_backoff_and_committed_only_
     monkeypatch.setattr(runtime.bus, "subscribe", lambda g, t: JournalingConsumer(subscribe(g, t), journal))
     stop = threading.Event()
     worker = threading.Thread(target=IndexConsumer(runtime).run, args=(stop,))
-    with caplog.at_level(logging.WARNING, logger="dicomcloud.services.consumer"):
+    with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.consumer"):
         worker.start()
         try:
             for _ in range(400):

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+from bench.synthetic import ct_series, write_part10
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -27,7 +28,6 @@ from dicomcloud.dicom.dicomjson import (
     tag_path,
 )
 from dicomcloud.dicom.parse import read_dataset
-from dicomcloud.dicom.synthetic import ct_series, write_part10
 from dicomcloud.errors import InvalidInput, NotFound
 
 DATA = Path(pydicom.data.__file__).parent

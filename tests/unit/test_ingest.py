@@ -10,11 +10,11 @@ import pytest
 import support
 from support import FailingBus
 
+from dicomcloud.archive.store import file_digest
 from dicomcloud.errors import Conflict, DuplicateInstance, InvalidInput, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
-from dicomcloud.services.consumer import IndexConsumer
-from dicomcloud.services.ingest import file_digest
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.consumer import IndexConsumer
 
 STUDY, SERIES, SOP = "1.2.826.0.1.1", "1.2.826.0.1.1.1", "1.2.826.0.1.1.1.1"
 

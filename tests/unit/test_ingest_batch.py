@@ -10,11 +10,11 @@ import pytest
 import support
 from support import FailingBus
 
+from dicomcloud.archive.store import Ingest, Refused, file_digest
 from dicomcloud.errors import DuplicateInstance, InvalidInput, StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import BusConsumer, Message
-from dicomcloud.services.ingest import Ingest, Refused, file_digest
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 STUDY, SERIES = "1.2.826.0.1.1", "1.2.826.0.1.1.1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from dicomcloud import events, services
+from dicomcloud import events, workers
 from dicomcloud.cli import bus_topics
 
 
@@ -15,9 +15,9 @@ def test_every_topic_named_in_events_is_created() -> None:
     assert named <= set(bus_topics())
 
 
-def test_every_services_dead_letter_topic_is_created() -> None:
+def test_every_workers_dead_letter_topic_is_created() -> None:
     dead_letters = set()
-    for info in pkgutil.walk_packages(services.__path__, services.__name__ + "."):
+    for info in pkgutil.walk_packages(workers.__path__, workers.__name__ + "."):
         module = importlib.import_module(info.name)
         dead_letters |= {value for name, value in vars(module).items() if name.endswith("DEAD_LETTER_TOPIC")}
     assert dead_letters

@@ -16,8 +16,8 @@ from dicomcloud.errors import StorageFailure
 from dicomcloud.events import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, AccessLog, TranscodeFailure
 from dicomcloud.ports.bus import Message, Record
 from dicomcloud.ports.warehouse import Batch
-from dicomcloud.services.loader import DEAD_LETTER_TOPIC, GROUP, ROUTES, Loader
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.loader import DEAD_LETTER_TOPIC, GROUP, ROUTES, Loader
 
 STUDY, SERIES = "1.2.826.0.3.1", "1.2.826.0.3.1.1"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dicomcloud.archive.metadata import _ParsedDocuments
 from dicomcloud.dicom.seriesdoc import SeriesDocument
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services.metadata import _ParsedDocuments
 
 
 def document(series: str, instances: int) -> tuple[tuple[str, SeriesKey], SeriesDocument]:

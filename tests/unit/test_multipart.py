@@ -7,7 +7,7 @@ import os
 import pytest
 
 from dicomcloud.errors import InvalidInput
-from dicomcloud.services.server.multipart import (
+from dicomcloud.web.multipart import (
     MultipartParser,
     PartData,
     PartEnd,

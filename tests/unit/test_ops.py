@@ -17,9 +17,9 @@ from support import make_runtime
 
 from dicomcloud.config import OpsSettings
 from dicomcloud.errors import ServiceUnavailable
-from dicomcloud.services.ops import Check, OpsServer, ops_listener, readiness, runtime_checks
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
+from dicomcloud.ops import Check, OpsServer, ops_listener, readiness, runtime_checks
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
 
 
 def reachable() -> None:

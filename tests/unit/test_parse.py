@@ -9,12 +9,12 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
+from bench.synthetic import ct_series, write_part10
 from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomcloud.dicom.parse import InstanceHeader, extract_meta, read_dataset, read_header
-from dicomcloud.dicom.synthetic import ct_series, write_part10
 from dicomcloud.errors import InvalidInput, InvalidUID
 
 DATA = Path(pydicom.data.__file__).parent

@@ -12,10 +12,10 @@ import pytest
 import support
 from pydicom.dataset import Dataset
 
+from dicomcloud.archive.store import Ingest
+from dicomcloud.dimse.query_retrieve import QueryRetrieveSCP, needs_decompression
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.qrscp import QueryRetrieveSCP, needs_decompression
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"

@@ -20,13 +20,13 @@ import pydicom
 import pytest
 import support
 import uvicorn
+from bench.synthetic import ct_series, write_part10
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from dicomcloud.dicom.synthetic import ct_series, write_part10
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
-from dicomcloud.services.server.context import request_origin
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
+from dicomcloud.web.context import request_origin
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
@@ -163,7 +163,7 @@ def test_an_unknown_study_is_not_found_with_an_error_body(client: TestClient) ->
 
 
 def test_errors_are_logged_once(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="dicomcloud.services.server.app"):
+    with caplog.at_level(logging.WARNING, logger="dicomcloud.web.app"):
         client.get("/dicom-web/studies/1.2.3/metadata")
     assert [r.getMessage() for r in caplog.records if "-> 404" in r.getMessage()] != []
 

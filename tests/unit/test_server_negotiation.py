@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dicomcloud.errors import InvalidInput
-from dicomcloud.services.server.negotiation import (
+from dicomcloud.web.negotiation import (
     MediaRange,
     format_media_type,
     parse_accept,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from bench.synthetic import ct_series
 from fastapi.testclient import TestClient
 from test_server_app import store_and_index
 
-from dicomcloud.dicom.synthetic import ct_series
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server import qido
+from dicomcloud.runtime import Runtime
+from dicomcloud.web import qido
 
 pytest_plugins = ["test_server_app"]
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from bench.synthetic import multiframe, new_uid
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.data import get_testdata_file
 from test_server_app import multipart_bodies, store_and_index
 
-from dicomcloud.dicom.synthetic import multiframe, new_uid
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 pytest_plugins = ["test_server_app"]
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from bench.synthetic import ct_series
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from test_server_app import DICOM_MULTIPART, make_runtime, part10, stow, stow_body
 
-from dicomcloud.dicom.synthetic import ct_series
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
 
 FAILED = "00081198"
 REFERENCED = "00081199"

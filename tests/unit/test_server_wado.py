@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from bench.synthetic import ct_series, multiframe
 from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
 from support import index_pending
 from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and_index, stow
 
-from dicomcloud.dicom.synthetic import ct_series, multiframe
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server import wado
-from dicomcloud.services.server.multipart import MultipartParser, PartData, PartStart
+from dicomcloud.runtime import Runtime
+from dicomcloud.web import wado
+from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
 
 pytest_plugins = ["test_server_app"]
 

@@ -10,10 +10,10 @@ import support
 from fastapi.testclient import TestClient
 
 from dicomcloud import cli
+from dicomcloud.archive.stats import format_table
 from dicomcloud.ports.warehouse import STATISTICS, TABLES, Batch
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
-from dicomcloud.services.stats import format_table
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
 
 STUDY, SERIES = "1.2.826.0.5.1", "1.2.826.0.5.1.1"
 

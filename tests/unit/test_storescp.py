@@ -14,12 +14,12 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from support import FailingBus
 
+from dicomcloud.archive.store import Ingest
 from dicomcloud.config import load_settings
+from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.storescp import StoreSCP
+from dicomcloud.runtime import Runtime
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"

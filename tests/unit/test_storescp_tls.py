@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import support
 
+from dicomcloud.archive.store import Ingest
 from dicomcloud.config import load_settings
+from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.storescp import StoreSCP
+from dicomcloud.runtime import Runtime
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES = "1.2.826.0.4.7", "1.2.826.0.4.7.1"

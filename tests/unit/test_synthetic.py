@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from bench.synthetic import ct_series, multiframe, new_uid, write_part10
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -18,7 +19,6 @@ from pydicom.uid import (
 )
 
 from dicomcloud.dicom.parse import read_header
-from dicomcloud.dicom.synthetic import ct_series, multiframe, new_uid, write_part10
 from dicomcloud.dicom.uids import validate_uid
 from dicomcloud.errors import InvalidInput
 

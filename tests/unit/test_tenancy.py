@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from oidc import AUDIENCE, Issuer, rsa_key, serve_issuer
 from test_server_app import stow_body
 
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server.app import create_app
+from dicomcloud.runtime import Runtime
+from dicomcloud.web.app import create_app
 
 ALL_RIGHTS = "dicom.read dicom.write dicom.delete"
 # Routes that serve no archive data and so stay open.

@@ -18,9 +18,9 @@ from dicomcloud.dicom.codecs import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomcloud.errors import DicomCloudError, StorageFailure
 from dicomcloud.events import TRANSCODE_QUEUE, StorageEvent, TranscodeFailure, TranscodeRequest
 from dicomcloud.ports.bus import Record
-from dicomcloud.services import transcoder
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.transcoder import GROUP, Transcoder
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers import transcoder
+from dicomcloud.workers.transcoder import GROUP, Transcoder
 
 NATIVE_ONLY = [EXPLICIT_VR_LITTLE_ENDIAN]
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import support
 
+from dicomcloud.archive import metadata as metadata_module
+from dicomcloud.archive.metadata import SeriesMetadata, cache_key, document_key
 from dicomcloud.errors import StorageFailure
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services import metadata as metadata_module
-from dicomcloud.services import webworker
-from dicomcloud.services.metadata import SeriesMetadata, cache_key, document_key
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.webworker import Webworker
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers import webworker
+from dicomcloud.workers.webworker import Webworker
 
 STUDY, SERIES, OTHER_SERIES = "1.2.826.0.3.1", "1.2.826.0.3.1.1", "1.2.826.0.3.1.2"
 KEY = SeriesKey("default", STUDY, SERIES)

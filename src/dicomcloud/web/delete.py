@@ -12,10 +12,10 @@ import logging
 
 from fastapi import APIRouter, Response
 
+from dicomcloud.archive.metadata import document_key
 from dicomcloud.errors import NotFound
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services.metadata import document_key
-from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.context import DicomWeb, WebContext, path_uid
 
 log = logging.getLogger(__name__)
 

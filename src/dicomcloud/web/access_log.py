@@ -25,7 +25,7 @@ from dicomcloud.errors import DicomCloudError
 from dicomcloud.events import AccessLog
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.bus import Message as BusMessage
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

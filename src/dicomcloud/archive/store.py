@@ -32,7 +32,7 @@ from dicomcloud.dicom.parse import InstanceHeader, read_header
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import Message
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

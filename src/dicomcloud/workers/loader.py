@@ -40,8 +40,8 @@ from dicomcloud.events import (
 from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.warehouse import TABLES, Batch
-from dicomcloud.services.retry import Outage
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.retry import Outage
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument, index_instance
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicomcloud.config import OpsSettings
 from dicomcloud.errors import DicomCloudError
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
+from dicomcloud.archive.store import Refused
 from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
 from dicomcloud.errors import DicomCloudError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from dicomcloud.events import StorageEvent
 from dicomcloud.ports.storage import Storage
-from dicomcloud.services.ingest import Refused
-from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
-from dicomcloud.services.server.multipart import Event, MultipartParser, PartData, PartStart
-from dicomcloud.services.server.negotiation import parse_media_type
+from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.multipart import Event, MultipartParser, PartData, PartStart
+from dicomcloud.web.negotiation import parse_media_type
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from dicomcloud.archive.qido_cache import QidoCache
+from dicomcloud.archive.store import file_digest
 from dicomcloud.dicom.parse import extract_meta
 from dicomcloud.errors import DicomCloudError, InvalidInput
 from dicomcloud.events import (
@@ -50,10 +52,8 @@ from dicomcloud.events import (
 from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services.ingest import file_digest
-from dicomcloud.services.qido_cache import QidoCache
-from dicomcloud.services.retry import Outage
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.retry import Outage
 
 log = logging.getLogger(__name__)
 

@@ -41,16 +41,16 @@ from dicomcloud.dicom.dicomjson import parse_tag_path
 from dicomcloud.dicom.seriesdoc import FrameIndex, index_frames, read_bulkdata, read_frames
 from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
-from dicomcloud.services.server.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
-from dicomcloud.services.server.negotiation import (
+from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
+from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
     format_media_type,
     json_media_type,
     parse_accept,
 )
-from dicomcloud.services.transcoder import derive
+from dicomcloud.workers.transcoder import derive
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.presentation import PresentationContext
 
+from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.config import MoveDestination
 from dicomcloud.dicom.cfind import (
     InformationModel,
@@ -47,8 +48,7 @@ from dicomcloud.dicom.cfind import (
 )
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
-from dicomcloud.services.metadata import SeriesMetadata
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomcloud.metrics import HTTP_DURATION, HTTP_REQUESTS, HTTP_RESPONSE_BYTES
-from dicomcloud.services.server.access_log import UNMATCHED_ROUTE, ResponseFacts, route_template
+from dicomcloud.web.access_log import UNMATCHED_ROUTE, ResponseFacts, route_template
 
 
 class HttpMetricsMiddleware:

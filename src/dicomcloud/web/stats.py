@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from dicomcloud.archive import stats
 from dicomcloud.errors import NotFound
 from dicomcloud.ports.warehouse import STATISTICS, Warehouse
-from dicomcloud.services import stats
 
 router = APIRouter(prefix="/api/stats", tags=["Statistics"])
 

@@ -11,13 +11,13 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from dicomcloud.archive.metadata import SeriesMetadata
+from dicomcloud.archive.qido_cache import QidoCache
+from dicomcloud.archive.store import Ingest
 from dicomcloud.dicom.uids import validate_tenant, validate_uid
 from dicomcloud.errors import InvalidUID
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.metadata import SeriesMetadata
-from dicomcloud.services.qido_cache import QidoCache
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from pydicom import uid as ts
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
+from dicomcloud.archive.store import Ingest
 from dicomcloud.config import DimseSettings
+from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.metrics import DIMSE_OPERATIONS
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.qrscp import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

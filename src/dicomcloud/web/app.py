@@ -17,17 +17,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
+from dicomcloud.archive.metadata import SeriesMetadata
+from dicomcloud.archive.qido_cache import QidoCache
+from dicomcloud.archive.store import Ingest
 from dicomcloud.errors import AuthError, DicomCloudError
-from dicomcloud.services.ingest import Ingest
-from dicomcloud.services.metadata import SeriesMetadata
-from dicomcloud.services.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
-from dicomcloud.services.qido_cache import QidoCache
-from dicomcloud.services.runtime import Runtime
-from dicomcloud.services.server import dashboard, delete, qido, rendered, stats, stow, wado
-from dicomcloud.services.server.access_log import install_access_log
-from dicomcloud.services.server.auth import open_authenticator, require_admin, require_dicomweb_access
-from dicomcloud.services.server.context import Archive, use_default_tenant, use_path_tenant
-from dicomcloud.services.server.http_metrics import HttpMetricsMiddleware
+from dicomcloud.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
+from dicomcloud.runtime import Runtime
+from dicomcloud.web import dashboard, delete, qido, rendered, stats, stow, wado
+from dicomcloud.web.access_log import install_access_log
+from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
+from dicomcloud.web.context import Archive, use_default_tenant, use_path_tenant
+from dicomcloud.web.http_metrics import HttpMetricsMiddleware
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydicom.datadict import tag_for_keyword
 
+from dicomcloud.archive.qido_cache import CachedResult
 from dicomcloud.dicom.dicomjson import KeywordEncoder, dumps
 from dicomcloud.dicom.query import QIDO_LEVEL_KEYWORDS, Level, Query, parse_qido
-from dicomcloud.services.qido_cache import CachedResult
-from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
-from dicomcloud.services.server.negotiation import json_media_type
+from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.negotiation import json_media_type
 
 MAX_RESULTS = 10_000
 LIMIT_WARNING = (

@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 
+from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.metrics import SERIES_METADATA_BUILDS
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.services.metadata import SeriesMetadata
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

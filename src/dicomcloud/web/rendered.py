@@ -37,10 +37,10 @@ from dicomcloud.dicom.render import (
 )
 from dicomcloud.errors import NotAcceptable, NotFound
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.services.server.context import DicomWeb, WebContext, path_uid
-from dicomcloud.services.server.multipart import Part, new_boundary, write_multipart
-from dicomcloud.services.server.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
-from dicomcloud.services.server.wado import _instance, _locations, parse_frame_list
+from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.multipart import Part, new_boundary, write_multipart
+from dicomcloud.web.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
+from dicomcloud.web.wado import _instance, _locations, parse_frame_list
 
 log = logging.getLogger(__name__)
 

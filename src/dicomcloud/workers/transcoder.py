@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dicomcloud.archive.store import file_digest
 from dicomcloud.dicom.codecs import transcode
 from dicomcloud.errors import DicomCloudError, InvalidInput, NotAcceptable
 from dicomcloud.events import TRANSCODE_QUEUE, TranscodeFailure, TranscodeRequest
 from dicomcloud.metrics import EVENTS_FAILED, EVENTS_PROCESSED, TRANSCODE_FAILURES, LagReporter, count_records
 from dicomcloud.ports.bus import BusConsumer, Message, Record
-from dicomcloud.services.ingest import file_digest
-from dicomcloud.services.retry import Outage
-from dicomcloud.services.runtime import Runtime
+from dicomcloud.runtime import Runtime
+from dicomcloud.workers.retry import Outage
 
 log = logging.getLogger(__name__)
 

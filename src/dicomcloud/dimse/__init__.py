@@ -1,0 +1,1 @@
+"""The DIMSE faces of the archive: pynetdicom handlers for C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE; thin over archive/."""
