@@ -1,8 +1,9 @@
 """The `dicomcloud` command and the seed's console scripts: thin shells that wire services and signals.
 
-`dicomcloud up` runs every service in one process on one Runtime (one set of adapters, one cache):
-the SCP's threads, the consumer and webworker threads, and uvicorn in the main thread. SIGINT or
-SIGTERM stops uvicorn, then the workers finish their current batch and everything is closed.
+Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
+it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
+threads, the bus workers' and webworker's threads, and uvicorn in the main thread. SIGINT or SIGTERM
+stops uvicorn, then the workers finish their current batch and everything is closed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,15 +29,18 @@ from dicomcloud.errors import DicomCloudError, ServiceUnavailable
 from dicomcloud.logs import setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import tune_service_process
-from dicomcloud.runtime import Runtime
 
 if TYPE_CHECKING:
+    from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.workers.loop import Batching, Handler
 
 log = logging.getLogger("dicomcloud")
 
 SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
 READY_TIMEOUT = 60.0
+# Staged files older than this at a service's start are what a crash left behind.
+STAGING_SWEEP_AGE = 24 * 3600.0
 WORKER_JOIN_TIMEOUT = 30.0
 
 
@@ -46,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "up": "run every service in one process",
         "server": "the DICOMweb HTTP API (wado-server)",
         "storescp": "the DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE (wado-storescp)",
-        "consumer": "index stored instances from the bus (wado-consumer)",
-        "webworker": "build series metadata documents (wado-webworker)",
+        "consumer": "turn storage events into warehouse rows and transcode requests (wado-consumer)",
+        "webworker": "write series metadata documents (wado-webworker)",
         "loader": "load metadata and logs from the bus into the warehouse",
         "transcoder": "derive copies of instances the viewer cannot decode",
         "import": "store DICOM files or folders, as C-STORE would",
@@ -209,14 +214,14 @@ def _join(threads: Sequence[threading.Thread]) -> None:
             log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
 
 
-def _uvicorn(runtime: Runtime) -> Any:
+def _uvicorn(archive: Archive) -> Any:
     import uvicorn
 
     from dicomcloud.web.app import create_app
 
-    settings = runtime.settings
+    settings = archive.settings
     config = uvicorn.Config(
-        create_app(runtime),
+        create_app(archive),
         host=settings.http.host,
         port=settings.http.port,
         log_config=None,
@@ -225,6 +230,44 @@ def _uvicorn(runtime: Runtime) -> Any:
         server_header=False,
     )
     return uvicorn.Server(config)
+
+
+def receive_into_staging(archive: Archive) -> None:
+    """Datasets pynetdicom receives for C-STORE land in the storage's staging folder (this process's temp
+    folder), so storing one is a rename, not a copy; what a crash left there a day ago is swept."""
+    from dicomcloud.adapters.fs_storage import FsStorage
+
+    storage = archive.runtime.storage
+    if isinstance(storage, FsStorage):
+        tempfile.tempdir = str(storage.staging)
+        storage.sweep_staging(older_than_seconds=STAGING_SWEEP_AGE)
+
+
+def bus_loop(archive: Archive, handler: Handler, batching: Batching | None = None) -> Callable[[threading.Event], None]:
+    """The run function of `handler` bound to the one bus loop (workers/loop.py)."""
+    from dicomcloud.workers.loop import Batching, BusLoop
+
+    workers = archive.settings.workers
+    loop = BusLoop(
+        archive.runtime.bus,
+        handler,
+        batching or Batching(workers.consumer_batch),
+        workers.consumer_poll_timeout,
+    )
+    return loop.run
+
+
+def bus_workers(archive: Archive) -> dict[str, Callable[[threading.Event], None]]:
+    """Every bus worker by service name: the consumer, the warehouse loader and the transcoder."""
+    from dicomcloud.workers import loader
+    from dicomcloud.workers.consumer import StorageEventConsumer
+    from dicomcloud.workers.transcoder import Transcoder
+
+    return {
+        "consumer": bus_loop(archive, StorageEventConsumer(archive)),
+        "loader": bus_loop(archive, loader.Loader(archive), loader.batching(archive.settings)),
+        "transcoder": bus_loop(archive, Transcoder(archive)),
+    }
 
 
 def accepts_connections(host: str, port: int) -> bool:
@@ -249,7 +292,7 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
 
 def dimse_check(scp: StoreSCP) -> Check:
     """Ready only while the SCP accepts connections."""
-    dimse = scp.runtime.settings.dimse
+    dimse = scp.archive.settings.dimse
 
     def probe() -> None:
         if not accepts_connections(dimse.host, scp.port):
@@ -259,18 +302,15 @@ def dimse_check(scp: StoreSCP) -> Check:
 
 
 def run_up(settings: Settings) -> int:
-    from dicomcloud.archive.metadata import SeriesMetadata
-    from dicomcloud.archive.store import Ingest
+    from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
-    from dicomcloud.workers.consumer import IndexConsumer
-    from dicomcloud.workers.loader import Loader
-    from dicomcloud.workers.transcoder import Transcoder
     from dicomcloud.workers.webworker import Webworker
 
-    runtime = Runtime.from_settings(settings)
+    archive = Archive.from_settings(settings)
+    receive_into_staging(archive)
     stop = threading.Event()
-    scp = StoreSCP(runtime, Ingest(runtime))
-    server = _uvicorn(runtime)
+    scp = StoreSCP(archive)
+    server = _uvicorn(archive)
 
     def stop_http() -> None:
         server.should_exit = True
@@ -278,12 +318,11 @@ def run_up(settings: Settings) -> int:
     stop_on_signals(stop, stop_http)
     threads: list[threading.Thread] = []
     try:
-        with ops_listener(settings.ops, [*runtime_checks(runtime), dimse_check(scp)]):
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):
             scp.start(blocking=False)
-            threads.append(_worker("consumer", IndexConsumer(runtime).run, stop))
-            threads.append(_worker("webworker", Webworker(runtime, SeriesMetadata(runtime)).run, stop))
-            threads.append(_worker("loader", Loader(runtime).run, stop))
-            threads.append(_worker("transcoder", Transcoder(runtime).run, stop))
+            for name, run in bus_workers(archive).items():
+                threads.append(_worker(name, run, stop))
+            threads.append(_worker("webworker", Webworker(archive).run, stop))
             http, dimse = settings.http, settings.dimse
 
             def announce(_: threading.Event) -> None:
@@ -305,75 +344,73 @@ def run_up(settings: Settings) -> int:
         stop.set()
         scp.stop()
         _join(threads)
-        runtime.close()
+        archive.close()
         log.info("stopped")
 
 
 def run_server(settings: Settings) -> int:
+    from dicomcloud.archive.core import Archive
+
     if settings.backends.cache == "memory":
         # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
         settings.backends.qido_cache_ttl = 0
-    runtime = Runtime.from_settings(settings)
-    server = _uvicorn(runtime)
+    archive = Archive.from_settings(settings)
+    server = _uvicorn(archive)
     try:
-        with ops_listener(settings.ops, runtime_checks(runtime)):
+        with ops_listener(settings.ops, runtime_checks(archive.runtime)):
             server.run()
     finally:
-        runtime.close()
+        archive.close()
     return 0 if server.started else 1
 
 
 def run_storescp(settings: Settings) -> int:
-    from dicomcloud.archive.store import Ingest
+    from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
 
-    runtime = Runtime.from_settings(settings)
-    scp = StoreSCP(runtime, Ingest(runtime))
+    archive = Archive.from_settings(settings)
+    receive_into_staging(archive)
+    scp = StoreSCP(archive)
     stop_on_signals(threading.Event(), scp.stop)
     try:
-        with ops_listener(settings.ops, [*runtime_checks(runtime), dimse_check(scp)]):
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):
             scp.start(blocking=True)
     finally:
         scp.stop()
-        runtime.close()
+        archive.close()
     return 0
 
 
-def _run_worker(settings: Settings, make: Callable[[Runtime], Callable[[threading.Event], None]]) -> int:
-    runtime = Runtime.from_settings(settings)
+def _run_worker(settings: Settings, make: Callable[[Archive], Callable[[threading.Event], None]]) -> int:
+    from dicomcloud.archive.core import Archive
+
+    archive = Archive.from_settings(settings)
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        with ops_listener(settings.ops, runtime_checks(runtime)):
-            make(runtime)(stop)
+        with ops_listener(settings.ops, runtime_checks(archive.runtime)):
+            make(archive)(stop)
     finally:
-        runtime.close()
+        archive.close()
     return 0
 
 
 def run_consumer(settings: Settings) -> int:
-    from dicomcloud.workers.consumer import IndexConsumer
-
-    return _run_worker(settings, lambda runtime: IndexConsumer(runtime).run)
+    return _run_worker(settings, lambda archive: bus_workers(archive)["consumer"])
 
 
 def run_webworker(settings: Settings) -> int:
-    from dicomcloud.archive.metadata import SeriesMetadata
     from dicomcloud.workers.webworker import Webworker
 
-    return _run_worker(settings, lambda runtime: Webworker(runtime, SeriesMetadata(runtime)).run)
+    return _run_worker(settings, lambda archive: Webworker(archive).run)
 
 
 def run_loader(settings: Settings) -> int:
-    from dicomcloud.workers.loader import Loader
-
-    return _run_worker(settings, lambda runtime: Loader(runtime).run)
+    return _run_worker(settings, lambda archive: bus_workers(archive)["loader"])
 
 
 def run_transcoder(settings: Settings) -> int:
-    from dicomcloud.workers.transcoder import Transcoder
-
-    return _run_worker(settings, lambda runtime: Transcoder(runtime).run)
+    return _run_worker(settings, lambda archive: bus_workers(archive)["transcoder"])
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -390,31 +427,31 @@ def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def run_import(settings: Settings, args: argparse.Namespace) -> int:
-    """Store every file through Ingest (source "import"); a file that is not DICOM is counted, not fatal."""
-    from dicomcloud.archive.store import Ingest
+    """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
+    from dicomcloud.archive.core import Archive
 
     files = list(iter_files(args.paths))
-    runtime = Runtime.from_settings(settings)
-    ingest = Ingest(runtime)
+    archive = Archive.from_settings(settings)
+    storage = archive.runtime.storage
     tenant = args.tenant or settings.tenant
     stored = failed = 0
     progress = Progress(len(files))
     try:
         for number, path in enumerate(files, 1):
-            handle, temp = runtime.storage.new_temp()
+            staged = storage.stage()
             try:
-                with handle, path.open("rb") as source:
-                    shutil.copyfileobj(source, handle, 1024 * 1024)
-                ingest.store(temp, tenant_id=tenant, source="import")
+                with path.open("rb") as source:
+                    shutil.copyfileobj(source, staged, 1024 * 1024)
+                archive.store.store(staged, tenant_id=tenant, source="import")
                 stored += 1
             except (DicomCloudError, OSError) as exc:
-                temp.unlink(missing_ok=True)
+                storage.discard(staged)
                 failed += 1
                 log.warning("not imported: %s: %s", path, exc)
             progress.show(number, stored, failed)
     finally:
         progress.done()
-        runtime.close()
+        archive.close()
     log.info("imported %d of %d files into tenant %s (%d failed)", stored, len(files), tenant, failed)
     return 0 if failed == 0 else 2
 
@@ -470,6 +507,7 @@ def run_init(settings: Settings) -> int:
     on Kafka, every topic is created up front with the configured partitions and replication, so no
     service's first publish or subscribe creates one with whatever it happened to assume."""
     from dicomcloud.adapters.kafka_bus import KafkaBus
+    from dicomcloud.runtime import Runtime
 
     runtime = Runtime.from_settings(settings)
     try:
@@ -484,12 +522,16 @@ def run_init(settings: Settings) -> int:
 
 
 def bus_topics() -> list[str]:
-    """Every topic the services publish to or read: each event's, the log queue, and the dead letters."""
-    from dicomcloud.events import LOG_QUEUE, Event
-    from dicomcloud.workers import consumer, loader
+    """Every topic the services publish to or read: each event's, the log queue, and each worker's dead letters."""
+    from dicomcloud.events import LOG_QUEUE, BusEvent
+    from dicomcloud.workers.consumer import StorageEventConsumer
+    from dicomcloud.workers.loader import Loader
+    from dicomcloud.workers.loop import dead_letter_topic
+    from dicomcloud.workers.transcoder import Transcoder
 
-    names = [event.topic for event in Event.__subclasses__()]
-    return list(dict.fromkeys([*names, LOG_QUEUE, consumer.DEAD_LETTER_TOPIC, loader.DEAD_LETTER_TOPIC]))
+    names = [event.topic for event in BusEvent.__subclasses__()]
+    dead_letters = [dead_letter_topic(handler.group) for handler in (StorageEventConsumer, Loader, Transcoder)]
+    return list(dict.fromkeys([*names, LOG_QUEUE, *dead_letters]))
 
 
 def run_stack(settings: Settings, args: argparse.Namespace) -> int:

@@ -59,6 +59,15 @@ class UnsupportedMediaType(DicomCloudError):
 
 
 class NotAcceptable(DicomCloudError):
+    """None of the representations the client accepts can be served."""
+
+    http_status = 406
+
+
+class CannotConvert(DicomCloudError):
+    """The stored pixels cannot be given in the form asked for: no encoder, lossy pixels asked to be
+    lossless, pixels that do not decode, frames that cannot be told apart."""
+
     http_status = 406
 
 

@@ -1,16 +1,21 @@
-"""What travels on the bus, and the records the index and warehouse keep.
+"""What travels on the bus.
 
 Every event is a frozen dataclass that serialises to one JSON object with PascalCase keys
 (the user's message body: `TransferSyntax`, `SOPInstanceUID`, … `FilePath`), so any consumer,
-including Doris Routine Load, can read it without this package.
+including Doris Routine Load, can read it without this package. The warehouse rows
+(`DicomStateMeta`, `DicomImageMeta`) carry the catalogue's attributes (dicom/attributes.py) as flat
+columns, each under the name `json_name(column)`, which is the attribute's keyword.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
+
+from dicomcloud.dicom.attributes import Level, attributes
 
 # Topic names, one per message type.
 STORAGE_QUEUE = "storage_queue"
@@ -29,7 +34,7 @@ def json_name(field_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Event:
+class BusEvent:
     """Base of bus messages: JSON in, JSON out, unknown keys ignored for forward compatibility."""
 
     topic: ClassVar[str]
@@ -49,6 +54,10 @@ class Event:
     def from_bytes(cls, raw: bytes) -> Self:
         return cls.from_dict(json.loads(raw))
 
+    def row(self) -> dict[str, Any]:
+        """The event's values by field name, as the warehouse tables take them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     @property
     def key(self) -> str:
         """Bus key: the study, so one study's events stay ordered on one partition."""
@@ -56,7 +65,7 @@ class Event:
 
 
 @dataclass(frozen=True)
-class StorageEvent(Event):
+class StorageEvent(BusEvent):
     """A file is durable on storage: announced on `storage_queue` and `log_queue`."""
 
     topic: ClassVar[str] = STORAGE_QUEUE
@@ -77,72 +86,93 @@ class StorageEvent(Event):
     calling_ae: str
     called_ae: str
     received_at: str  # ISO 8601, UTC
+    # What ingest read from the object: the catalogue's attributes by keyword, so no consumer reads it again.
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def catalogue_columns(*levels: Level) -> tuple[str, ...]:
+    """The warehouse columns of these levels' attributes, identity UIDs aside (they are the row's key)."""
+    return tuple(a.column for a in attributes(*levels, warehouse=True) if not a.identity)
+
+
+class CatalogueRow:
+    """Mixin of the warehouse rows: key fields, the catalogue columns in `values`, trailing facts, flat on the wire.
+
+    The columns are the catalogue's (dicom/attributes.py) warehouse attributes of `levels`, identity aside.
+    """
+
+    columns: ClassVar[tuple[str, ...]]
+    levels: ClassVar[tuple[Level, ...]]
+    values: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name == "values":
+                out.update({json_name(column): self.values.get(column) for column in self.columns})
+            else:
+                out[json_name(f.name)] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        kwargs: dict[str, Any] = {
+            f.name: data[json_name(f.name)]
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name != "values" and json_name(f.name) in data
+        }
+        kwargs["values"] = {column: data.get(json_name(column)) for column in cls.columns}
+        return cls(**kwargs)
+
+    @classmethod
+    def catalogue_values(cls, by_keyword: Mapping[str, Any]) -> dict[str, Any]:
+        """This row's `values` from attributes by keyword (a StorageEvent's)."""
+        return {a.column: by_keyword.get(a.keyword) for a in attributes(*cls.levels, warehouse=True) if not a.identity}
+
+    def row(self) -> dict[str, Any]:
+        """The row by column name, as the warehouse tables take it."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        out = {f.name: getattr(self, f.name) for f in fields if f.name != "values"}
+        return {**out, **{column: self.values.get(column) for column in self.columns}}
 
 
 @dataclass(frozen=True)
-class DicomStateMeta(Event):
-    """Patient, study and series state of one series, as the index holds it."""
+class DicomStateMeta(CatalogueRow, BusEvent):
+    """Patient, study and series state of one series (the warehouse's `dicom_state_meta`)."""
 
     topic: ClassVar[str] = DICOM_STATE_QUEUE
+    levels: ClassVar[tuple[Level, ...]] = ("patient", "study", "series")
+    columns: ClassVar[tuple[str, ...]] = catalogue_columns("patient", "study", "series")
 
     tenant_id: str
-    patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
     study_instance_uid: str
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_id: str
-    study_description: str
-    referring_physician_name: str
     series_instance_uid: str
-    modality: str
-    series_number: int | None
-    series_description: str
-    series_date: str
-    series_time: str
-    body_part_examined: str
-    performed_procedure_step_start_date: str
-    performed_procedure_step_start_time: str
-    institution_name: str
-    station_name: str
-    # Filled by the index when it publishes: counts after this upsert.
+    values: dict[str, Any]
     series_related_instances: int = 0
     updated_at: str = ""
 
 
 @dataclass(frozen=True)
-class DicomImageMeta(Event):
-    """One instance's image-level facts."""
+class DicomImageMeta(CatalogueRow, BusEvent):
+    """One instance's image-level facts (the warehouse's `dicom_image_meta`)."""
 
     topic: ClassVar[str] = DICOM_IMAGE_QUEUE
+    levels: ClassVar[tuple[Level, ...]] = ("instance",)
+    columns: ClassVar[tuple[str, ...]] = catalogue_columns("instance")
 
     tenant_id: str
+    sop_instance_uid: str
     study_instance_uid: str
     series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    instance_number: int | None
-    transfer_syntax: str
-    rows: int | None
-    columns: int | None
-    bits_allocated: int | None
-    number_of_frames: int | None
-    photometric_interpretation: str
-    content_date: str
-    content_time: str
-    acquisition_date_time: str
-    image_type: str
-    file_path: str
-    file_size: int
-    sha256: str
+    values: dict[str, Any]
+    file_path: str = ""
+    file_size: int = 0
+    sha256: str = ""
     updated_at: str = ""
 
 
 @dataclass(frozen=True)
-class TranscodeRequest(Event):
+class TranscodeRequest(BusEvent):
     """An instance is stored in a syntax the viewer cannot decode: derive a `target_syntax` copy."""
 
     topic: ClassVar[str] = TRANSCODE_QUEUE
@@ -158,7 +188,7 @@ class TranscodeRequest(Event):
 
 
 @dataclass(frozen=True)
-class TranscodeFailure(Event):
+class TranscodeFailure(BusEvent):
     topic: ClassVar[str] = "transcode_failure"
 
     tenant_id: str
@@ -173,7 +203,7 @@ class TranscodeFailure(Event):
 
 
 @dataclass(frozen=True)
-class AccessLog(Event):
+class AccessLog(BusEvent):
     """One wado-server request, as the warehouse's `wado_access_log` keeps it. Never headers or tokens."""
 
     topic: ClassVar[str] = ACCESS_LOG_QUEUE

@@ -39,7 +39,7 @@ class Runtime:
         data.mkdir(parents=True, exist_ok=True)
         return cls(
             settings=settings,
-            storage=FsStorage(root=data / "storage", metadata_root=data / "metadata", temp_dir=data / "tmp"),
+            storage=FsStorage(root=data / "storage", staging=data / "tmp"),
             bus=open_bus(settings),
             index=open_index(settings),
             cache=open_cache(settings),

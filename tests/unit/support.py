@@ -1,22 +1,22 @@
-"""Helpers the service tests share: a CT object with chosen UIDs, a runtime on a temp folder,
-storing through Ingest, running the indexing consumer, and a bus that is down."""
+"""Helpers the service tests share: a CT object with chosen UIDs, an archive on a temp folder, storing
+through the archive's store, running the bus workers over what is pending, and a bus that is down."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.data import get_testdata_file
 
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
-from dicomcloud.events import STORAGE_QUEUE, StorageEvent
+from dicomcloud.events import StorageEvent
 from dicomcloud.ports.bus import BusConsumer, Message
-from dicomcloud.runtime import Runtime
-from dicomcloud.workers.consumer import GROUP, IndexConsumer
+from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
 
 def ct_dataset(study: str, series: str, sop: str, pixel: int = 0) -> pydicom.Dataset:
@@ -33,30 +33,33 @@ def write_ct(path: Path, study: str, series: str, sop: str, pixel: int = 0) -> P
     return path
 
 
-def make_runtime(data: Path, **sections: dict[str, Any]) -> Runtime:
-    """A runtime on `data`, with settings sections overlaid, e.g. `storage={"duplicate_policy": "reject"}`."""
+def make_archive(data: Path, **sections: dict[str, Any]) -> Archive:
+    """An archive on `data`, with settings sections overlaid, e.g. `storage={"duplicate_policy": "reject"}`."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
-    return Runtime.from_settings(load_settings(overrides={"storage": storage, **sections}, environ={}))
+    return Archive.from_settings(load_settings(overrides={"storage": storage, **sections}, environ={}))
 
 
-def as_temp(runtime: Runtime, source: Path) -> Path:
-    handle, temp = runtime.storage.new_temp()
-    with handle:
-        handle.write(source.read_bytes())
-    return temp
+def staged(archive: Archive, source: Path) -> BinaryIO:
+    """A copy of the file at `source`, staged in the archive's storage as STOW-RS stages a part."""
+    stream = archive.runtime.storage.stage()
+    stream.write(source.read_bytes())
+    stream.flush()
+    return stream
 
 
-def ingest(runtime: Runtime, source: Path, source_name: str = "import", **options: str) -> StorageEvent:
-    return Ingest(runtime).store(as_temp(runtime, source), tenant_id="default", source=source_name, **options)
+def store(archive: Archive, source: Path, source_name: str = "import", **options: str) -> StorageEvent:
+    return archive.store.store(staged(archive, source), tenant_id="default", source=source_name, **options)
 
 
-def index_pending(runtime: Runtime) -> None:
-    """Run the indexing consumer over what is on the bus, as wado-consumer would."""
-    consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+def run_pending(archive: Archive, handler: Handler) -> None:
+    """Run a bus worker once over everything pending for it, as its service would, and commit."""
+    loop = BusLoop(archive.runtime.bus, handler, Batching(10_000), 0.1)
+    consumer = archive.runtime.bus.subscribe(handler.group, list(handler.topics))
     try:
         records = consumer.poll(10_000, 0.1)
-        IndexConsumer(runtime).process(records)
-        consumer.commit(records)
+        if records:
+            loop.process(records, threading.Event())
+            consumer.commit(records)
     finally:
         consumer.close()
 
@@ -64,14 +67,17 @@ def index_pending(runtime: Runtime) -> None:
 class FailingBus:
     """Accepts subscriptions, refuses every publish: the bus is down."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.inner = runtime.bus
+    def __init__(self, archive: Archive) -> None:
+        self.inner = archive.runtime.bus
 
     def publish(self, messages: Sequence[Message]) -> None:
         raise StorageFailure("bus unavailable")
 
     def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
         return self.inner.subscribe(group, topics)
+
+    def ping(self) -> None:
+        self.inner.ping()
 
     def close(self) -> None:
         self.inner.close()

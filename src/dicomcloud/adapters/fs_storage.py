@@ -1,14 +1,18 @@
-"""Instance files and documents on a local filesystem.
+"""The Storage port on a local folder: the object under key `a/b/c` is the file `<root>/a/b/c`.
 
-Every write goes temp file, fsync, rename, fsync of the folder, so after a crash a final name holds
-either the old complete file or the new complete one. `root`, `metadata_root` and `temp_dir` must be
-on one filesystem (keep them all under the data folder): a rename cannot cross filesystems.
+Every write goes scratch file, fsync, rename, fsync of the folder, so after a crash a key holds
+either the old complete object or the new complete one. Scratch files live in `staging`, which must
+be on the root's filesystem (a rename cannot cross filesystems): keep both under the data folder. A
+committed file that already lives in `staging` (ours, or a received dataset that pynetdicom wrote
+there because the process's temp folder is `staging`) is renamed into place, not copied.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,197 +21,216 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomcloud.dicom.uids import validate_tenant, validate_uid
 from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
+from dicomcloud.ports.storage import ByteRange, ObjectMissing
 
-TEMP_PREFIX = "dicomcloud-"
-TEMP_SUFFIX = ".part"
-PATH_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
-INSTANCE_SUFFIX = ".dcm"
-DERIVED_SEPARATOR = "_"
-# A concurrent remove_instance may prune a folder between our mkdir and our rename.
+SCRATCH_PREFIX = "dicomcloud-"
+SCRATCH_SUFFIX = ".part"
+KEY_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+COPY_CHUNK = 1024 * 1024
+# A concurrent delete may prune a folder between our mkdir and our rename.
 RENAME_ATTEMPTS = 3
-# Threads fsyncing a batch of temp files together.
+# Threads fsyncing a batch of staged files together: concurrent fsyncs share the disk's flushes
+# (100 files of 0.5 MB took 0.1-0.2 s this way, 0.6 s in turn).
 SYNC_THREADS = 16
 
 
 class FsStorage:
     """Implements `ports.storage.Storage` on local folders."""
 
-    def __init__(self, root: Path, metadata_root: Path, temp_dir: Path) -> None:
+    def __init__(self, root: Path, staging: Path) -> None:
         try:
-            for folder in (root, metadata_root, temp_dir):
+            for folder in (root, staging):
                 Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageFailure(f"cannot create storage folders: {exc}") from exc
         self.root = Path(root).resolve()
-        self.metadata_root = Path(metadata_root).resolve()
-        self.temp_dir = Path(temp_dir).resolve()
+        self.staging = Path(staging).resolve()
 
-    def new_temp(self) -> tuple[BinaryIO, Path]:
-        """Close (or at least flush) the file before `commit_instance`; the commit fsyncs it."""
+    # -- writes ------------------------------------------------------------------------------------
+
+    def stage(self) -> BinaryIO:
         try:
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.temp_dir)
+            fd, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, suffix=SCRATCH_SUFFIX, dir=self.staging)
+            os.close(fd)
+            # Opened by name, so the stream knows where it is (pydicom's deferred reads reopen it by name).
+            return open(name, "r+b")
         except OSError as exc:
-            raise StorageFailure(f"cannot create a temp file: {exc}") from exc
-        return os.fdopen(fd, "w+b"), Path(name)
+            raise StorageFailure(f"cannot create a scratch file: {exc}") from exc
 
-    def instance_relpath(self, tenant_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-        tenant = validate_tenant(tenant_id)
-        study = validate_uid(study_uid, "StudyInstanceUID")
-        series = validate_uid(series_uid, "SeriesInstanceUID")
-        sop = validate_uid(sop_uid, "SOPInstanceUID")
-        return f"{tenant}/{study}/{series}/{sop}.dcm"
-
-    def derived_relpath(self, relpath: str, transfer_syntax: str) -> str:
-        syntax = validate_uid(transfer_syntax, "TransferSyntaxUID")
-        folder, _, name = relpath.rpartition("/")
-        if not name.endswith(INSTANCE_SUFFIX) or DERIVED_SEPARATOR in name:
-            raise InvalidInput(f"not an instance path: {relpath[:200]!r}")
-        return f"{folder}/{name.removesuffix(INSTANCE_SUFFIX)}{DERIVED_SEPARATOR}{syntax}{INSTANCE_SUFFIX}"
-
-    def commit_instance(self, temp: Path, relpath: str) -> None:
-        """Make `temp` durable under `relpath`; on any failure the temp file is gone too."""
-        self._commit(self._own_temp(temp), self.root, relpath)
-        self._remove_derived_of(relpath)
-
-    def place_instance(self, temp: Path, relpath: str) -> None:
-        self._commit(self._own_temp(temp), self.root, relpath, durable=False)
-        self._remove_derived_of(relpath)
-
-    def _remove_derived_of(self, relpath: str) -> None:
-        if DERIVED_SEPARATOR not in relpath.rpartition("/")[2]:
-            self._remove_derived(self.path(relpath))
-
-    def sync_temps(self, temps: Sequence[Path]) -> None:
-        """Concurrent fsyncs share the disk's flushes: 100 files of 0.5 MB took 0.1-0.2 s this way, 0.6 s in turn."""
-        paths = [self._own_temp(temp) for temp in temps]
+    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+        sources: list[Path] = []
         try:
-            if len(paths) == 1:
-                _fsync(paths[0], os.O_RDWR)
-                return
-            with ThreadPoolExecutor(min(len(paths), SYNC_THREADS) or 1) as pool:
-                list(pool.map(lambda path: _fsync(path, os.O_RDWR), paths))
-        except OSError as exc:
-            raise StorageFailure(f"cannot write temp files: {exc}") from exc
-
-    def sync_folders(self, relpaths: Sequence[str]) -> None:
-        folders = dict.fromkeys(self.path(relpath).parent for relpath in relpaths)
-        try:
-            for folder in folders:
+            targets = [_inside(self.root, key) for _, key in placements]
+            for staged, _ in placements:
+                sources.append(self._staged_file(staged))
+            _sync_all(sources)
+            for source, target in zip(sources, targets, strict=True):
+                _rename(source, target, self.root)
+            for folder in dict.fromkeys(target.parent for target in targets):
                 _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise StorageFailure(f"cannot make stored names durable: {exc}") from exc
+            raise StorageFailure(f"cannot store {len(placements)} object(s): {exc}") from exc
+        finally:
+            for source in sources:
+                _discard(source)
 
-    def path(self, relpath: str) -> Path:
-        return _inside(self.root, relpath)
-
-    def remove_instance(self, relpath: str) -> None:
-        path = self.path(relpath)
-        self._remove_derived(path)
-        _remove(path, self.root)
-
-    @staticmethod
-    def _remove_derived(original: Path) -> None:
-        stem = original.name.removesuffix(INSTANCE_SUFFIX)
+    def _staged_file(self, staged: BinaryIO) -> Path:
+        """The file to rename into place: the staged file itself when it is in `staging`, else a copy there."""
+        name = getattr(staged, "name", None)
+        staged.flush()
+        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+            staged.close()
+            return Path(name)
+        copy = self.stage()
         try:
-            for derived in original.parent.glob(f"{stem}{DERIVED_SEPARATOR}*{INSTANCE_SUFFIX}"):
-                derived.unlink(missing_ok=True)
+            staged.seek(0)
+            shutil.copyfileobj(staged, copy, COPY_CHUNK)
+        finally:
+            copy.close()
+            staged.close()
+        return Path(copy.name)
+
+    def discard(self, staged: BinaryIO) -> None:
+        name = getattr(staged, "name", None)
+        with suppress(OSError):
+            staged.close()
+        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+            _discard(Path(name))
+
+    def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        target = _inside(self.root, key)
+        scratch = self.stage()
+        try:
+            with scratch:
+                scratch.write(data)
+                if durable:
+                    scratch.flush()
+                    os.fsync(scratch.fileno())
+            _rename(Path(scratch.name), target, self.root)
+            if durable:
+                _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise StorageFailure(f"cannot remove the derived copies of {original.name}: {exc}") from exc
+            raise StorageFailure(f"cannot write {key}: {exc}") from exc
+        finally:
+            _discard(Path(scratch.name))
 
-    def read_document(self, key: str) -> bytes | None:
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            path = _inside(self.root, key)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageFailure(f"cannot delete {key}: {exc}") from exc
+            _prune(path.parent, self.root)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def open(self, key: str) -> io.BufferedReader:
+        path = _inside(self.root, key)
         try:
-            return _inside(self.metadata_root, key).read_bytes()
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {key}") from None
+        except OSError as exc:
+            raise StorageFailure(f"cannot open {key}: {exc}") from exc
+
+    def read(self, key: str) -> bytes:
+        try:
+            return _inside(self.root, key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {key}") from None
+        except OSError as exc:
+            raise StorageFailure(f"cannot read {key}: {exc}") from exc
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        path = _inside(self.root, key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object {key}") from None
+        except OSError as exc:
+            raise StorageFailure(f"cannot open {key}: {exc}") from exc
+        try:
+            return [_pread(fd, offset, length, key) for offset, length in ranges]
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return _inside(self.root, key).stat().st_size
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StorageFailure(f"cannot read document {key}: {exc}") from exc
+            raise StorageFailure(f"cannot stat {key}: {exc}") from exc
 
-    def write_document(self, key: str, data: bytes) -> None:
-        """Atomic replace: a reader sees the old document or the new one, never a mix."""
-        _inside(self.metadata_root, key)
-        handle, temp = self.new_temp()
+    def list(self, prefix: str) -> list[str]:
+        folder_key, _, start = prefix.rpartition("/")
+        folder = _inside(self.root, folder_key) if folder_key else self.root
+        found = []
         try:
-            with handle:
-                handle.write(data)
+            for dirpath, _, files in os.walk(folder):
+                base = Path(dirpath).relative_to(self.root).as_posix()
+                for name in files:
+                    key = name if base == "." else f"{base}/{name}"
+                    if key.startswith(prefix):
+                        found.append(key)
         except OSError as exc:
-            _discard(temp)
-            raise StorageFailure(f"cannot write document {key}: {exc}") from exc
-        self._commit(temp, self.metadata_root, key)
-
-    def delete_document(self, key: str) -> None:
-        _remove(_inside(self.metadata_root, key), self.metadata_root)
+            raise StorageFailure(f"cannot list {prefix}: {exc}") from exc
+        return sorted(found) if start or folder.is_dir() else []
 
     def ping(self) -> None:
-        for folder in (self.root, self.metadata_root, self.temp_dir):
+        for folder in (self.root, self.staging):
             if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
                 raise ServiceUnavailable(f"storage folder {folder} is missing or not writable")
 
-    def sweep_temp(self, older_than_seconds: float) -> int:
-        """Remove temp files a crash left behind; returns how many. Run at start-up."""
+    def sweep_staging(self, older_than_seconds: float) -> int:
+        """Remove scratch files a crash left behind (pynetdicom's received datasets included); how many."""
         cutoff = time.time() - older_than_seconds
         removed = 0
         try:
-            with os.scandir(self.temp_dir) as entries:
+            with os.scandir(self.staging) as entries:
                 for entry in entries:
-                    if (
-                        entry.name.startswith(TEMP_PREFIX)
-                        and entry.is_file(follow_symlinks=False)
-                        and entry.stat(follow_symlinks=False).st_mtime < cutoff
-                    ):
+                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         Path(entry.path).unlink(missing_ok=True)
                         removed += 1
         except OSError as exc:
-            raise StorageFailure(f"cannot sweep {self.temp_dir}: {exc}") from exc
+            raise StorageFailure(f"cannot sweep {self.staging}: {exc}") from exc
         return removed
 
-    def _own_temp(self, temp: Path) -> Path:
-        """Refuse anything but a temp file of ours, so a failure never deletes someone else's file."""
-        temp = Path(temp)
-        if not temp.name.startswith(TEMP_PREFIX) or temp.parent.resolve() != self.temp_dir:
-            raise InvalidInput(f"not a temp file of this storage: {temp}")
-        return temp
 
-    def _commit(self, temp: Path, base: Path, relpath: str, durable: bool = True) -> None:
-        """The path is checked inside the guarded block, so a refused one also discards the temp.
-
-        Without `durable` the caller has fsynced the temp before and fsyncs the folder after.
-        """
-        try:
-            dest = _inside(base, relpath)
-            if durable:
-                _fsync(temp, os.O_RDWR)
-            for attempt in range(RENAME_ATTEMPTS):
-                _make_folders(dest.parent, base)
-                try:
-                    os.replace(temp, dest)
-                    break
-                except FileNotFoundError:
-                    if attempt == RENAME_ATTEMPTS - 1 or not temp.exists():
-                        raise
-            if durable:
-                _fsync(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            _discard(temp)
-            raise StorageFailure(f"cannot store {temp.name}: {exc}") from exc
-        except BaseException:
-            _discard(temp)
-            raise
-
-
-def _inside(base: Path, relpath: str) -> Path:
-    """`base/relpath`, refusing absolute paths, `.`/`..`, odd characters and symlinks leading out."""
-    if not isinstance(relpath, str) or not relpath:
-        raise InvalidInput("empty path")
-    parts = relpath.split("/")
+def _inside(base: Path, key: str) -> Path:
+    """`base/key`, refusing absolute keys, `.`/`..`, odd characters and symlinks leading out."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput("empty storage key")
+    parts = key.split("/")
     for part in parts:
-        if part in (".", "..") or not PATH_COMPONENT.fullmatch(part):
-            raise InvalidInput(f"refused path: {relpath[:200]!r}")
+        if part in (".", "..") or not KEY_COMPONENT.fullmatch(part):
+            raise InvalidInput(f"refused storage key: {key[:200]!r}")
     candidate = base.joinpath(*parts)
     if not candidate.resolve().is_relative_to(base):
-        raise InvalidInput(f"path leaves its root: {relpath[:200]!r}")
+        raise InvalidInput(f"storage key leaves its root: {key[:200]!r}")
     return candidate
+
+
+def _sync_all(paths: Sequence[Path]) -> None:
+    if len(paths) <= 1:
+        for path in paths:
+            _fsync(path, os.O_RDONLY)
+        return
+    with ThreadPoolExecutor(min(len(paths), SYNC_THREADS)) as pool:
+        list(pool.map(lambda path: _fsync(path, os.O_RDONLY), paths))
+
+
+def _rename(source: Path, target: Path, base: Path) -> None:
+    for attempt in range(RENAME_ATTEMPTS):
+        _make_folders(target.parent, base)
+        try:
+            os.replace(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == RENAME_ATTEMPTS - 1 or not source.exists():
+                raise
 
 
 def _make_folders(folder: Path, base: Path) -> None:
@@ -222,13 +245,8 @@ def _make_folders(folder: Path, base: Path) -> None:
         _fsync(current.parent, os.O_RDONLY | os.O_DIRECTORY)
 
 
-def _remove(path: Path, base: Path) -> None:
-    """Unlink (missing is fine), then prune folders left empty up to, not including, `base`."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise StorageFailure(f"cannot remove {path}: {exc}") from exc
-    folder = path.parent
+def _prune(folder: Path, base: Path) -> None:
+    """Remove folders left empty, up to and not including `base`."""
     while folder != base and folder.is_relative_to(base):
         try:
             folder.rmdir()
@@ -239,6 +257,16 @@ def _remove(path: Path, base: Path) -> None:
         folder = folder.parent
 
 
+def _pread(fd: int, offset: int, length: int, key: str) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise StorageFailure(f"{key} is shorter than {offset}+{length} bytes")
+        data += more
+    return data
+
+
 def _fsync(path: Path, flags: int) -> None:
     fd = os.open(path, flags)
     try:
@@ -247,6 +275,6 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def _discard(temp: Path) -> None:
+def _discard(path: Path) -> None:
     with suppress(OSError):
-        temp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)

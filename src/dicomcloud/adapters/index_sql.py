@@ -1,17 +1,27 @@
-"""The QIDO query builder and the table shapes shared by the SQL indexes (SQLite, PostgreSQL).
+"""The QIDO query builder, the writes and the table shapes shared by the SQL indexes (SQLite, PostgreSQL).
 
 One builder, so both adapters apply the matching rules of `dicomcloud.dicom.query` identically; a
 `Dialect` carries what differs: the parameter placeholder, the operator and pattern syntax of
 case-sensitive wildcard matching, and how "no limit" is spelled. Values are always bound, never
 spliced into the SQL.
+
+The tables' attribute columns are the catalogue's (dicom/attributes.py): `TABLE_COLUMNS` derives them,
+the SQLite schema is made from it and a test holds the PostgreSQL migrations to it.
+- patient: the latest non-blank patient attributes per Patient ID;
+- study: patient and study attributes as that study carries them (the Study Root model), counts and
+  ModalitiesInStudy;
+- series: series attributes, the count, the metadata version and the version last built;
+- instance: the slim registry: instance attributes and where its object is.
+A matched person name also has a lower-cased `<column>_lc` and a matched time a comparable `<column>_key`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dicomcloud.dicom.attributes import Attribute, Level, attributes
 from dicomcloud.dicom.query import (
     MATCHING_KEYS,
     PN_WORD_SEPARATORS,
@@ -23,8 +33,8 @@ from dicomcloud.dicom.query import (
     range_bounds,
     time_key,
 )
-from dicomcloud.events import DicomImageMeta, DicomStateMeta
-from dicomcloud.ports.index import InstanceLocation
+from dicomcloud.errors import InvalidInput
+from dicomcloud.ports.index import IndexedInstance, InstanceLocation, UpsertOutcome
 
 
 @dataclass(frozen=True)
@@ -49,54 +59,82 @@ class Executor(Protocol):
     def execute(self, sql: str, params: Sequence[Any], /) -> Cursor: ...
 
 
+# Columns that are SQL keywords somewhere, always written quoted.
+_QUOTED = frozenset({"rows", "columns"})
+
+
+def quoted(column: str) -> str:
+    return f'"{column}"' if column in _QUOTED else column
+
+
+# Where each level's attributes live: patient attributes on the study row (and the patient table).
+TABLE_LEVELS: dict[str, tuple[Level, ...]] = {
+    "patient": ("patient",),
+    "study": ("patient", "study"),
+    "series": ("series",),
+    "instance": ("instance",),
+}
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "patient": ("tenant_id", "patient_id"),
+    "study": ("tenant_id", "study_instance_uid"),
+    "series": ("tenant_id", "study_instance_uid", "series_instance_uid"),
+    "instance": ("tenant_id", "sop_instance_uid", "study_instance_uid", "series_instance_uid"),
+}
+# What an instance row keeps besides its attributes.
+FILE_COLUMNS = ("file_path", "file_size", "sha256")
+STAMP_COLUMNS = ("created_at", "updated_at")
+
+
+def _stored(table: str) -> Iterator[Attribute]:
+    """The catalogue attributes a table stores from an instance (not its keys, not what it computes)."""
+    for attribute in attributes(*TABLE_LEVELS[table], index=True, computed=False):
+        if attribute.column not in KEY_COLUMNS[table]:
+            yield attribute
+
+
+def _match_columns(table: str) -> dict[str, str]:
+    """Derived match column -> the column it is derived from (patient has none: it is never matched)."""
+    if table == "patient":
+        return {}
+    return {a.match_column: a.column for a in _stored(table) if a.has_match_column}
+
+
+def _computed(table: str) -> list[str]:
+    return [a.column for a in attributes(*TABLE_LEVELS[table], index=True, computed=True)] if table != "patient" else []
+
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    table: (
+        *KEY_COLUMNS[table],
+        *(a.column for a in _stored(table)),
+        *_match_columns(table),
+        *dict.fromkeys(_computed(table)),
+        *(("version", "built_version") if table == "series" else ()),
+        *(FILE_COLUMNS if table == "instance" else ()),
+        *STAMP_COLUMNS,
+    )
+    for table in TABLE_LEVELS
+}
+INTEGER_COLUMNS = frozenset(
+    {a.column for a in attributes(index=True) if a.integer} | {"file_size", "version", "built_version"}
+)
+
+
+def _outputs(levels: tuple[Level, ...]) -> dict[str, str]:
+    """DICOM keyword -> column of what a search returns from these levels' table."""
+    out = {a.keyword: quoted(a.column) for a in attributes(*levels, index=True)}
+    # The stored syntax is what QIDO-RS offers as AvailableTransferSyntaxUID (0008,3002).
+    if "TransferSyntaxUID" in out:
+        out["AvailableTransferSyntaxUID"] = out.pop("TransferSyntaxUID")
+    return out
+
+
 # Output columns per table: DICOM keyword -> SQL column.
-STUDY_OUT = {
-    "PatientName": "patient_name",
-    "PatientID": "patient_id",
-    "PatientBirthDate": "patient_birth_date",
-    "PatientSex": "patient_sex",
-    "StudyInstanceUID": "study_instance_uid",
-    "StudyDate": "study_date",
-    "StudyTime": "study_time",
-    "AccessionNumber": "accession_number",
-    "StudyID": "study_id",
-    "StudyDescription": "study_description",
-    "ReferringPhysicianName": "referring_physician_name",
-    "ModalitiesInStudy": "modalities",
-    "NumberOfStudyRelatedSeries": "num_series",
-    "NumberOfStudyRelatedInstances": "num_instances",
-}
-SERIES_OUT = {
-    "SeriesInstanceUID": "series_instance_uid",
-    "Modality": "modality",
-    "SeriesNumber": "series_number",
-    "SeriesDescription": "series_description",
-    "SeriesDate": "series_date",
-    "SeriesTime": "series_time",
-    "BodyPartExamined": "body_part_examined",
-    "PerformedProcedureStepStartDate": "performed_procedure_step_start_date",
-    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time",
-    "InstitutionName": "institution_name",
-    "StationName": "station_name",
-    "NumberOfSeriesRelatedInstances": "num_instances",
-}
-INSTANCE_OUT = {
-    "SOPInstanceUID": "sop_instance_uid",
-    "SOPClassUID": "sop_class_uid",
-    "InstanceNumber": "instance_number",
-    "Rows": '"rows"',
-    "Columns": '"columns"',
-    "BitsAllocated": "bits_allocated",
-    "NumberOfFrames": "number_of_frames",
-    "AvailableTransferSyntaxUID": "transfer_syntax",
-}
+STUDY_OUT = _outputs(TABLE_LEVELS["study"])
+SERIES_OUT = _outputs(TABLE_LEVELS["series"])
+INSTANCE_OUT = _outputs(TABLE_LEVELS["instance"])
 # Columns matched instead of the output column: normalised person names and comparable times.
-MATCH_COLUMN = {
-    "PatientName": "patient_name_lc",
-    "ReferringPhysicianName": "referring_physician_name_lc",
-    "StudyTime": "study_time_key",
-    "PerformedProcedureStepStartTime": "performed_procedure_step_start_time_key",
-}
+MATCH_COLUMN = {k: a.match_column for k, a in MATCHING_KEYS.items() if a.has_match_column}
 
 FROM = {
     "study": "study st",
@@ -131,14 +169,91 @@ LOCATION_COLUMNS = """i.tenant_id, i.study_instance_uid, i.series_instance_uid, 
     i.sha256"""
 
 
+def _sqlite_type(table: str, column: str) -> str:
+    if column in KEY_COLUMNS[table] or column in ("file_path", "sha256", *STAMP_COLUMNS):
+        return "TEXT NOT NULL"
+    if column in ("version", "file_size"):
+        return "INTEGER NOT NULL"
+    if column in ("built_version", "num_series", "num_instances"):
+        return "INTEGER NOT NULL DEFAULT 0"
+    return "INTEGER" if column in INTEGER_COLUMNS else "TEXT NOT NULL DEFAULT ''"
+
+
+def sqlite_tables(instance_key: tuple[str, ...]) -> list[str]:
+    """CREATE TABLE statements of the embedded index, from `TABLE_COLUMNS`."""
+    statements = []
+    for table, columns in TABLE_COLUMNS.items():
+        keys = instance_key if table == "instance" else KEY_COLUMNS[table]
+        definitions = [f"{quoted(column)} {_sqlite_type(table, column)}" for column in columns]
+        definitions.append(f"PRIMARY KEY ({', '.join(keys)})")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(definitions)}) WITHOUT ROWID")
+    return statements
+
+
 # -- writes -------------------------------------------------------------------------------------------
+
+
+def current_rows(
+    dialect: Dialect, conn: Executor, tenant: str, sop_uids: Sequence[str]
+) -> dict[str, InstanceLocation]:
+    """The instance rows of these SOP Instance UIDs, by UID."""
+    if not sop_uids:
+        return {}
+    marks = ", ".join([dialect.param] * len(sop_uids))
+    rows = conn.execute(
+        f"SELECT {LOCATION_COLUMNS} FROM instance i WHERE i.tenant_id = {dialect.param}"
+        f" AND i.sop_instance_uid IN ({marks})",
+        (tenant, *sop_uids),
+    ).fetchall()
+    return {found.sop_instance_uid: found for found in map(location, rows)}
+
+
+class SqlWrite:
+    """`IndexWrite` of the SQL indexes: a connection inside a transaction that holds the adapter's locks."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        conn: Executor,
+        tenant_id: str,
+        sop_uids: Sequence[str],
+        next_version: Callable[[], int],
+        now: Callable[[], object],
+    ) -> None:
+        self.dialect = dialect
+        self.conn = conn
+        self.tenant_id = tenant_id
+        self.locked = frozenset(sop_uids)
+        self.rows = current_rows(dialect, conn, tenant_id, sop_uids)
+        self.changed = False
+        self._next_version = next_version
+        self._now = now
+        self._version: int | None = None
+
+    def current(self) -> dict[str, InstanceLocation]:
+        return dict(self.rows)
+
+    def upsert(self, instance: IndexedInstance) -> UpsertOutcome:
+        sop = instance.sop_instance_uid
+        if instance.tenant_id != self.tenant_id or sop not in self.locked:
+            raise ValueError(f"instance {sop} of {instance.tenant_id} is not locked by this write")
+        old = self.rows.get(sop)
+        new = (instance.study_instance_uid, instance.series_instance_uid, instance.file_path, instance.sha256)
+        if old is not None and (old.study_instance_uid, old.series_instance_uid, old.file_path, old.sha256) == new:
+            return UpsertOutcome.UNCHANGED
+        if self._version is None:
+            self._version = self._next_version()
+        old_place = None if old is None else (old.study_instance_uid, old.series_instance_uid)
+        write_instance(self.dialect, self.conn, instance, old_place, self._version, self._now())
+        self.rows[sop] = current_rows(self.dialect, self.conn, self.tenant_id, [sop])[sop]
+        self.changed = True
+        return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
 
 
 def write_instance(
     dialect: Dialect,
     conn: Executor,
-    state: DicomStateMeta,
-    image: DicomImageMeta,
+    instance: IndexedInstance,
     old_place: tuple[str, str] | None,
     version: int,
     now: object,
@@ -146,20 +261,21 @@ def write_instance(
     """Upsert patient, study, series and instance, then recount what changed (the caller holds the
     locks its database needs). `old_place` is the (study, series) the instance was in, if stored."""
     p = dialect.param
-    tenant, study_uid, series_uid = state.tenant_id, state.study_instance_uid, state.series_instance_uid
+    tenant, study_uid, series_uid = instance.tenant_id, instance.study_instance_uid, instance.series_instance_uid
     previous_patient = conn.execute(
         f"SELECT patient_id FROM study WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
     ).fetchone()
-    _upsert(dialect, conn, "patient", ("tenant_id", "patient_id"), _patient_row(state, now), {})
-    _upsert(dialect, conn, "study", ("tenant_id", "study_instance_uid"), _study_row(state, now), _STUDY_DERIVED)
-    series_key = ("tenant_id", "study_instance_uid", "series_instance_uid")
-    _upsert(dialect, conn, "series", series_key, _series_row(state, version, now), _SERIES_DERIVED)
+    for table in ("patient", "study", "series"):
+        row = _row(table, instance, now)
+        if table == "series":
+            row["version"] = version
+        _upsert(dialect, conn, table, KEY_COLUMNS[table], row, _match_columns(table))
     if old_place is not None and old_place[0] != study_uid:
         conn.execute(
             f"DELETE FROM instance WHERE tenant_id = {p} AND study_instance_uid = {p} AND sop_instance_uid = {p}",
-            (tenant, old_place[0], image.sop_instance_uid),
+            (tenant, old_place[0], instance.sop_instance_uid),
         )
-    _upsert_instance(dialect, conn, _instance_row(image, now))
+    _upsert_instance(dialect, conn, _row("instance", instance, now))
     if old_place is not None and old_place != (study_uid, series_uid):
         refresh_series(dialect, conn, tenant, old_place[0], old_place[1], version, now)
     refresh_series(dialect, conn, tenant, study_uid, series_uid, version, now)
@@ -268,95 +384,44 @@ def _upsert_instance(dialect: Dialect, conn: Executor, values: dict[str, Any]) -
     )
 
 
-def _text(value: str) -> str:
-    return value.strip("\x00 ")
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip("\x00 ")
 
 
-def _patient_row(state: DicomStateMeta, now: object) -> dict[str, Any]:
-    return {
-        "tenant_id": state.tenant_id,
-        "patient_id": _text(state.patient_id),
-        "patient_name": _text(state.patient_name),
-        "patient_birth_date": _text(state.patient_birth_date),
-        "patient_sex": _text(state.patient_sex),
-        "created_at": now,
-        "updated_at": now,
-    }
+def _row(table: str, instance: IndexedInstance, now: object) -> dict[str, Any]:
+    """A table's row from an instance: keys, the catalogue's values (text stripped), derived match
+    columns, and for the instance table where its object is."""
+    values = instance.attributes
+    row: dict[str, Any] = {"tenant_id": instance.tenant_id}
+    for column in KEY_COLUMNS[table][1:]:
+        row[column] = _text(values.get(_KEY_KEYWORDS[column]))
+    for attribute in _stored(table):
+        value = values.get(attribute.keyword)
+        row[quoted(attribute.column)] = _integer(value, attribute.keyword) if attribute.integer else _text(value)
+        if table != "patient" and attribute.has_match_column:
+            text = _text(value)
+            row[attribute.match_column] = normalize_pn(text) if attribute.vr == "PN" else time_key(text)
+    if table == "instance":
+        row.update(file_path=instance.file_path, file_size=instance.file_size, sha256=instance.sha256)
+    row.update(created_at=now, updated_at=now)
+    return row
 
 
-_STUDY_DERIVED = {
-    "patient_name_lc": "patient_name",
-    "study_time_key": "study_time",
-    "referring_physician_name_lc": "referring_physician_name",
+_KEY_KEYWORDS = {
+    "patient_id": "PatientID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
 }
-_SERIES_DERIVED = {"performed_procedure_step_start_time_key": "performed_procedure_step_start_time"}
 
 
-def _study_row(state: DicomStateMeta, now: object) -> dict[str, Any]:
-    patient_name = _text(state.patient_name)
-    referring = _text(state.referring_physician_name)
-    return {
-        "tenant_id": state.tenant_id,
-        "study_instance_uid": state.study_instance_uid,
-        "patient_id": _text(state.patient_id),
-        "patient_name": patient_name,
-        "patient_name_lc": normalize_pn(patient_name),
-        "patient_birth_date": _text(state.patient_birth_date),
-        "patient_sex": _text(state.patient_sex),
-        "study_date": _text(state.study_date),
-        "study_time": _text(state.study_time),
-        "study_time_key": time_key(state.study_time),
-        "accession_number": _text(state.accession_number),
-        "study_id": _text(state.study_id),
-        "study_description": _text(state.study_description),
-        "referring_physician_name": referring,
-        "referring_physician_name_lc": normalize_pn(referring),
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _series_row(state: DicomStateMeta, version: int, now: object) -> dict[str, Any]:
-    return {
-        "tenant_id": state.tenant_id,
-        "study_instance_uid": state.study_instance_uid,
-        "series_instance_uid": state.series_instance_uid,
-        "modality": _text(state.modality),
-        "series_number": state.series_number,
-        "series_description": _text(state.series_description),
-        "series_date": _text(state.series_date),
-        "series_time": _text(state.series_time),
-        "body_part_examined": _text(state.body_part_examined),
-        "performed_procedure_step_start_date": _text(state.performed_procedure_step_start_date),
-        "performed_procedure_step_start_time": _text(state.performed_procedure_step_start_time),
-        "performed_procedure_step_start_time_key": time_key(state.performed_procedure_step_start_time),
-        "institution_name": _text(state.institution_name),
-        "station_name": _text(state.station_name),
-        "version": version,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _instance_row(image: DicomImageMeta, now: object) -> dict[str, Any]:
-    return {
-        "tenant_id": image.tenant_id,
-        "sop_instance_uid": image.sop_instance_uid,
-        "study_instance_uid": image.study_instance_uid,
-        "series_instance_uid": image.series_instance_uid,
-        "sop_class_uid": image.sop_class_uid,
-        "instance_number": image.instance_number,
-        "transfer_syntax": image.transfer_syntax,
-        '"rows"': image.rows,
-        '"columns"': image.columns,
-        "bits_allocated": image.bits_allocated,
-        "number_of_frames": image.number_of_frames,
-        "file_path": image.file_path,
-        "file_size": image.file_size,
-        "sha256": image.sha256,
-        "created_at": now,
-        "updated_at": now,
-    }
+def _integer(value: object, keyword: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise InvalidInput(f"{keyword} is not an integer: {str(value)[:40]!r}") from None
 
 
 # -- reads --------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 Same semantics as the embedded SQLite index (both build their SQL with `adapters.index_sql`); what
 differs is concurrency. SQLite serialises every writer; here writers only wait for each other where
-they touch the same data: an upsert takes a transaction-scoped advisory lock on its SOP Instance UID,
-then on the studies it changes (in sorted order, so two writers never wait on each other in a
-cycle); a delete locks its study. Counts recomputed with COUNT under those locks are exact. A
-deadlock, serialization failure or dropped connection (a restarted server) is retried a few times;
-after that the error reaches the caller, whose events stay uncommitted and are redelivered. A value
-PostgreSQL cannot store (psycopg's DataError) is the caller's input at fault: InvalidInput, which the
-consumer dead-letters instead of retrying forever.
+they touch the same data: a `writing` transaction takes transaction-scoped advisory locks on its SOP
+Instance UIDs, then on every study they are in now or go to (each set in sorted order, so two writers
+never wait on each other in a cycle); a delete locks its study. Counts recomputed with COUNT under
+those locks are exact. Reads and deletes are retried a few times on a deadlock, serialization failure
+or dropped connection (a restarted server); a write transaction is not (the store placing objects
+inside it fails and the sender sends again). A value PostgreSQL cannot store (psycopg's DataError)
+is the caller's input at fault: InvalidInput.
 
 The schema is owned by Alembic (`dicomcloud/migrations`); `migrate` brings a database to the newest
 revision and is run when the index is opened, under an advisory lock so processes starting together
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,19 +34,19 @@ from psycopg_pool import ConnectionPool
 from dicomcloud.adapters.index_sql import (
     LOCATION_COLUMNS,
     Dialect,
+    SqlWrite,
     count_sql,
+    current_rows,
     instance_scope,
     list_instances_sql,
     location,
     refresh_series,
     result,
     search_sql,
-    write_instance,
 )
 from dicomcloud.dicom.query import Query
-from dicomcloud.errors import InvalidInput, ServiceUnavailable
-from dicomcloud.events import DicomImageMeta, DicomStateMeta
-from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
+from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
+from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries
 
 log = logging.getLogger(__name__)
 
@@ -140,31 +140,24 @@ class PostgresIndex:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
-        here = (state.tenant_id, state.study_instance_uid, state.series_instance_uid)
-        if here != (image.tenant_id, image.study_instance_uid, image.series_instance_uid):
-            raise InvalidInput(f"instance {image.sop_instance_uid} and its state name different series")
+    @contextmanager
+    def writing(self, tenant_id: str, instances: Sequence[tuple[str, str]]) -> Iterator[SqlWrite]:
+        sop_uids = sorted({sop for sop, _ in instances})
         try:
-            return self._retrying(lambda: self._upsert(state, image))
+            with self._transaction() as conn:
+                for sop in sop_uids:
+                    _lock(conn, "sop", tenant_id, sop)
+                placed = current_rows(_DIALECT, conn, tenant_id, sop_uids).values()
+                studies = {study for _, study in instances} | {row.study_instance_uid for row in placed}
+                for study in sorted(studies):
+                    _lock(conn, "study", tenant_id, study)
+                # The rows are stable from here on: a delete of their study waited for the lock above.
+                yield SqlWrite(_DIALECT, conn, tenant_id, sop_uids, lambda: _next_version(conn), _now)
         except psycopg.DataError as exc:
-            # Deterministic (a NUL in a text value, a number out of range): poison, not an outage to wait out.
-            raise InvalidInput(f"the index cannot store instance {image.sop_instance_uid}: {exc}") from exc
-
-    def _upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
-        tenant, study_uid, series_uid = state.tenant_id, state.study_instance_uid, state.series_instance_uid
-        with self._transaction() as conn:
-            _lock(conn, "sop", tenant, image.sop_instance_uid)
-            old = _stored_place(conn, tenant, image.sop_instance_uid)
-            if old == (study_uid, series_uid, image.file_path, image.sha256):
-                return UpsertOutcome.UNCHANGED
-            for study in sorted({study_uid} | ({old[0]} if old else set())):
-                _lock(conn, "study", tenant, study)
-            # A delete may have removed the old row before its study was locked; now it is stable.
-            old = _stored_place(conn, tenant, image.sop_instance_uid)
-            version = _next_version(conn)
-            old_place = None if old is None else (old[0], old[1])
-            write_instance(_DIALECT, conn, state, image, old_place, version, _now())
-        return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
+            # Deterministic (a NUL in a text value, a number out of range): the object, not the database.
+            raise InvalidInput(f"the index cannot store these instances: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageFailure(f"the index did not take the instances: {type(exc).__name__}: {exc}") from exc
 
     def mark_built(self, key: SeriesKey, version: int) -> None:
         def work() -> None:
@@ -261,14 +254,6 @@ def _now() -> datetime:
 def _lock(conn: psycopg.Connection[tuple[Any, ...]], kind: str, tenant: str, uid: str) -> None:
     """A transaction-scoped advisory lock on one name (a 64-bit hash of it: a collision only waits)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{kind}\x1f{tenant}\x1f{uid}",))
-
-
-def _stored_place(conn: psycopg.Connection[tuple[Any, ...]], tenant: str, sop_uid: str) -> tuple[Any, ...] | None:
-    return conn.execute(
-        """SELECT study_instance_uid, series_instance_uid, file_path, sha256 FROM instance
-           WHERE tenant_id = %s AND sop_instance_uid = %s""",
-        (tenant, sop_uid),
-    ).fetchone()
 
 
 def _next_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:

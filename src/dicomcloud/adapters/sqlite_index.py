@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 from dicomcloud.adapters.index_sql import (
     LOCATION_COLUMNS,
     Dialect,
+    SqlWrite,
     count_sql,
     instance_scope,
     list_instances_sql,
@@ -35,14 +36,14 @@ from dicomcloud.adapters.index_sql import (
     refresh_series,
     result,
     search_sql,
-    write_instance,
+    sqlite_tables,
 )
 from dicomcloud.dicom.query import Query
-from dicomcloud.errors import InvalidInput, ServiceUnavailable
-from dicomcloud.events import DicomImageMeta, DicomStateMeta
-from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries, UpsertOutcome
+from dicomcloud.errors import ServiceUnavailable
+from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries
 
 SCHEMA_VERSION = 1
+_INSTANCE_KEY = ("tenant_id", "sop_instance_uid")
 # Planner statistics are refreshed after this many writes by one process. Without them SQLite walks
 # the date index for every search (it orders by date); with them an exact PatientID or
 # AccessionNumber uses its own index. `analysis_limit` keeps one ANALYZE to milliseconds at any size.
@@ -54,76 +55,7 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         value INTEGER NOT NULL)""",
     "INSERT OR IGNORE INTO version_counter (id, value) VALUES (1, 0)",
-    """CREATE TABLE IF NOT EXISTS patient (
-        tenant_id TEXT NOT NULL,
-        patient_id TEXT NOT NULL,
-        patient_name TEXT NOT NULL DEFAULT '',
-        patient_birth_date TEXT NOT NULL DEFAULT '',
-        patient_sex TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, patient_id)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS study (
-        tenant_id TEXT NOT NULL,
-        study_instance_uid TEXT NOT NULL,
-        patient_id TEXT NOT NULL DEFAULT '',
-        patient_name TEXT NOT NULL DEFAULT '',
-        patient_name_lc TEXT NOT NULL DEFAULT '',
-        patient_birth_date TEXT NOT NULL DEFAULT '',
-        patient_sex TEXT NOT NULL DEFAULT '',
-        study_date TEXT NOT NULL DEFAULT '',
-        study_time TEXT NOT NULL DEFAULT '',
-        study_time_key TEXT NOT NULL DEFAULT '',
-        accession_number TEXT NOT NULL DEFAULT '',
-        study_id TEXT NOT NULL DEFAULT '',
-        study_description TEXT NOT NULL DEFAULT '',
-        referring_physician_name TEXT NOT NULL DEFAULT '',
-        referring_physician_name_lc TEXT NOT NULL DEFAULT '',
-        modalities TEXT NOT NULL DEFAULT '',
-        num_series INTEGER NOT NULL DEFAULT 0,
-        num_instances INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, study_instance_uid)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS series (
-        tenant_id TEXT NOT NULL,
-        study_instance_uid TEXT NOT NULL,
-        series_instance_uid TEXT NOT NULL,
-        modality TEXT NOT NULL DEFAULT '',
-        series_number INTEGER,
-        series_description TEXT NOT NULL DEFAULT '',
-        series_date TEXT NOT NULL DEFAULT '',
-        series_time TEXT NOT NULL DEFAULT '',
-        body_part_examined TEXT NOT NULL DEFAULT '',
-        performed_procedure_step_start_date TEXT NOT NULL DEFAULT '',
-        performed_procedure_step_start_time TEXT NOT NULL DEFAULT '',
-        performed_procedure_step_start_time_key TEXT NOT NULL DEFAULT '',
-        institution_name TEXT NOT NULL DEFAULT '',
-        station_name TEXT NOT NULL DEFAULT '',
-        num_instances INTEGER NOT NULL DEFAULT 0,
-        version INTEGER NOT NULL,
-        built_version INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, study_instance_uid, series_instance_uid)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS instance (
-        tenant_id TEXT NOT NULL,
-        sop_instance_uid TEXT NOT NULL,
-        study_instance_uid TEXT NOT NULL,
-        series_instance_uid TEXT NOT NULL,
-        sop_class_uid TEXT NOT NULL,
-        instance_number INTEGER,
-        transfer_syntax TEXT NOT NULL,
-        "rows" INTEGER,
-        "columns" INTEGER,
-        bits_allocated INTEGER,
-        number_of_frames INTEGER,
-        file_path TEXT NOT NULL,
-        file_size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, sop_instance_uid)) WITHOUT ROWID""",
+    *sqlite_tables(_INSTANCE_KEY),
     """CREATE INDEX IF NOT EXISTS study_by_date
         ON study (tenant_id, study_date, study_time_key, study_instance_uid)""",
     "CREATE INDEX IF NOT EXISTS study_by_patient_id ON study (tenant_id, patient_id)",
@@ -143,7 +75,7 @@ _DIALECT = Dialect(
     wildcard_pattern=lambda p: p.replace("[", "[[]"),
     no_limit=-1,
     greatest="MAX",
-    instance_key=("tenant_id", "sop_instance_uid"),
+    instance_key=_INSTANCE_KEY,
 )
 
 
@@ -220,23 +152,15 @@ class SqliteIndex:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
-        here = (state.tenant_id, state.study_instance_uid, state.series_instance_uid)
-        if here != (image.tenant_id, image.study_instance_uid, image.series_instance_uid):
-            raise InvalidInput(f"instance {image.sop_instance_uid} and its state name different series")
-        tenant, study_uid, series_uid = here
+    @contextmanager
+    def writing(self, tenant_id: str, instances: Sequence[tuple[str, str]]) -> Iterator[SqlWrite]:
+        """SQLite's write lock is the whole file's: every writer, in any process, waits for this one."""
         with self._transaction() as conn:
-            old = conn.execute(
-                """SELECT study_instance_uid, series_instance_uid, file_path, sha256 FROM instance
-                   WHERE tenant_id = ? AND sop_instance_uid = ?""",
-                (tenant, image.sop_instance_uid),
-            ).fetchone()
-            if old == (study_uid, series_uid, image.file_path, image.sha256):
-                return UpsertOutcome.UNCHANGED
-            old_place = None if old is None else (old[0], old[1])
-            write_instance(_DIALECT, conn, state, image, old_place, _next_version(conn), _now())
-        self._wrote()
-        return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
+            sop_uids = [sop for sop, _ in instances]
+            write = SqlWrite(_DIALECT, conn, tenant_id, sop_uids, lambda: _next_version(conn), _now)
+            yield write
+        if write.changed:
+            self._wrote()
 
     def mark_built(self, key: SeriesKey, version: int) -> None:
         with self._transaction() as conn:

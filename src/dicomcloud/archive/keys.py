@@ -51,6 +51,13 @@ def derived_prefix(original: str) -> str:
     return _stem(original) + DERIVED_SEPARATOR
 
 
+def copy_prefix_of(key: str) -> str | None:
+    """The `derived_prefix` a derived copy's key starts with; None for any other key."""
+    folder, _, name = key.rpartition("/")
+    stem, separator, _ = name.partition(DERIVED_SEPARATOR)
+    return f"{folder}/{stem}{separator}" if separator else None
+
+
 def entry_key(original: str) -> str:
     """The key of the metadata entry ingest wrote for `original`."""
     return _stem(original) + ENTRY_SUFFIX

@@ -1,13 +1,19 @@
-"""Series metadata documents: built once per index version, served from memory after that.
+"""Series metadata documents, composed from the metadata entries ingest stored; always current.
 
-Lookup order for `document()`: parsed documents in an in-process LRU (parsing a 500-instance
-document per request is too slow), then the shared cache (Redis in production; an in-process
-cache is skipped, it would hold a second copy of what the LRU has) by version, then the stored
-document if its version is current, else a build. Builds of one series are serialised by a
-per-series lock; a request that waited for another's build reuses its result.
+`document(key)` answers for the series' current index version, so an instance is in its series'
+metadata the moment its store is acknowledged. It lists the series' instances in the index and takes
+each one's entry from the newest document at hand (this process's LRU, else the stored document),
+reading the stored entry (`<SOPUID>.json`, archive/keys.py) only for instances added or replaced since:
+a series written one instance at a time is never re-read whole per instance. A document composed on
+request is kept in the LRU, not written back; the webworker writes a series' document (`consolidate`)
+at most every few seconds while the series changes, and puts it in the shared cache (Redis) by version.
 
-A build reads the series version *before* listing the instances, so a document is never older than
-the version it is labelled with; an upsert racing the build bumps the version and triggers another.
+An entry that is missing or damaged (a crash between placing an object and writing its entry) is made
+again from the original: the only time the archive reads an original to learn its metadata.
+
+Parsed documents are kept per process in an LRU bounded by instance count; composing or consolidating
+one series is serialised by a per-series lock, and a request that waited for another's reuses its
+result. Both belong to this object, one per archive (archive/core.py).
 """
 
 from __future__ import annotations
@@ -18,23 +24,21 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument, index_instance
+from dicomcloud.archive.keys import document_key, entry_key
+from dicomcloud.dicom.parse import parse_instance
+from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
+from dicomcloud.ports.storage import ObjectMissing
 from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 # Instances of the parsed documents kept per process: a parsed CT instance takes ~20 KB of Python
-# objects, so this bounds the LRU near 40 MB whatever the series sizes (counting series did not),
-# room for the viewer's working set (a few studies) in a server meant to stay under 300 MB. The
-# document of one larger series is still kept, alone.
+# objects, so this bounds the LRU near 40 MB whatever the series sizes, room for the viewer's working
+# set (a few studies) in a server meant to stay under 300 MB. The document of one larger series is
+# still kept, alone.
 LRU_INSTANCES = 2_000
-
-
-def document_key(key: SeriesKey) -> str:
-    """Where a series' document lives in storage."""
-    return f"{key.tenant_id}/{key.study_instance_uid}/{key.series_instance_uid}.json"
 
 
 def cache_key(key: SeriesKey, version: int) -> str:
@@ -42,7 +46,7 @@ def cache_key(key: SeriesKey, version: int) -> str:
 
 
 def _parse(raw: bytes, where: str) -> SeriesDocument | None:
-    """A damaged or outdated-format document is as good as none: it gets rebuilt."""
+    """A damaged or outdated-format document is as good as none: it gets composed again."""
     try:
         return SeriesDocument.from_bytes(raw)
     except InvalidInput as exc:
@@ -74,31 +78,23 @@ class _KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
-# Per process, shared by every SeriesMetadata (the web app's and the webworker's in `dicomcloud up`).
-_BUILD_LOCKS = _KeyedLocks()
-
-
-# A series in one archive: its data folder, then the series (tests run several archives in one process).
-_Scoped = tuple[str, SeriesKey]
-
-
 class _ParsedDocuments:
     """Least recently used parsed documents, bounded by their instance count."""
 
     def __init__(self, max_instances: int) -> None:
         self.max_instances = max_instances
-        self._documents: OrderedDict[_Scoped, SeriesDocument] = OrderedDict()
+        self._documents: OrderedDict[SeriesKey, SeriesDocument] = OrderedDict()
         self._instances = 0
         self._guard = threading.Lock()
 
-    def get(self, key: _Scoped) -> SeriesDocument | None:
+    def get(self, key: SeriesKey) -> SeriesDocument | None:
         with self._guard:
             doc = self._documents.get(key)
             if doc is not None:
                 self._documents.move_to_end(key)
             return doc
 
-    def put(self, key: _Scoped, doc: SeriesDocument) -> None:
+    def put(self, key: SeriesKey, doc: SeriesDocument) -> None:
         with self._guard:
             self._drop(key)
             self._documents[key] = doc
@@ -106,7 +102,7 @@ class _ParsedDocuments:
             while self._instances > self.max_instances and len(self._documents) > 1:
                 self._drop(next(iter(self._documents)))
 
-    def refresh(self, key: _Scoped, doc: SeriesDocument) -> None:
+    def refresh(self, key: SeriesKey, doc: SeriesDocument) -> None:
         """Replace a document that is kept, without keeping one that is not."""
         with self._guard:
             if key in self._documents:
@@ -114,128 +110,125 @@ class _ParsedDocuments:
                 self._documents[key] = doc
                 self._instances += len(doc.instances)
 
-    def forget(self, key: _Scoped) -> None:
+    def forget(self, key: SeriesKey) -> None:
         with self._guard:
             self._drop(key)
 
-    def _drop(self, key: _Scoped) -> None:
+    def _drop(self, key: SeriesKey) -> None:
         doc = self._documents.pop(key, None)
         if doc is not None:
             self._instances -= len(doc.instances)
 
 
-# Per process like the build locks: in `dicomcloud up` the web app and the webworker share one copy.
-_PARSED = _ParsedDocuments(LRU_INSTANCES)
-
-
 class SeriesMetadata:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._scope = str(runtime.settings.data_path)
+        self._parsed = _ParsedDocuments(LRU_INSTANCES)
+        self._locks = _KeyedLocks()
 
     def document(self, key: SeriesKey) -> SeriesDocument | None:
-        """The current document of a series; None if the series is not in the index."""
+        """The document of the series' current version; None if the series is not in the index."""
         version = self.runtime.index.series_version(key)
         if version is None:
             return None
-        found = self._current(key, version)
-        if found is not None:
-            return found
-        with _BUILD_LOCKS.hold(key):
-            found = self._current(key, version)
-            if found is not None:
-                return found
-            return self._build_locked(key, keep=True)
-
-    def build(self, key: SeriesKey) -> SeriesDocument | None:
-        """Rebuild the document for the current version, reusing unchanged instances' entries.
-
-        The parsed result replaces a copy this process keeps but is not kept otherwise: the LRU
-        holds what requests read, not every series a background build touched.
-        """
-        with _BUILD_LOCKS.hold(key):
-            return self._build_locked(key, keep=False)
-
-    def _current(self, key: SeriesKey, version: int) -> SeriesDocument | None:
-        """The document built for exactly `version`, from memory, the shared cache or storage."""
-        doc = _PARSED.get((self._scope, key))
-        if doc is not None and doc.version == version:
+        kept = self._parsed.get(key)
+        if kept is not None and kept.version == version:
+            return kept
+        with self._locks.hold(key):
+            kept = self._parsed.get(key)
+            if kept is not None and kept.version == version:
+                return kept
+            doc = self._shared(key, version) or self._compose(key, version, kept or self._stored(key))
+            if doc is None:
+                return None
+            self._parsed.put(key, doc)
             return doc
-        raw = self.runtime.cache.get(cache_key(key, version)) if self.runtime.cache.shared else None
-        stored = _parse(raw, cache_key(key, version)) if raw is not None else self._stored(key)
-        if stored is None or stored.version != version:
+
+    def consolidate(self, key: SeriesKey) -> SeriesDocument | None:
+        """Write the document of the series' current version to storage and the shared cache, and record it
+        built; a series gone from the index loses its document. The webworker's job."""
+        with self._locks.hold(key):
+            version = self.runtime.index.series_version(key)
+            if version is None:
+                self.forget(key)
+                return None
+            kept = self._parsed.get(key)
+            base = kept if kept is not None else self._stored(key)
+            doc = kept if kept is not None and kept.version == version else self._compose(key, version, base)
+            if doc is None:
+                self.forget(key)
+                return None
+            raw = doc.to_bytes()
+            self.runtime.storage.write(document_key(key), raw)
+            cache = self.runtime.cache
+            if cache.shared:
+                # For the other processes; this one keeps the parsed document.
+                cache.set(cache_key(key, version), raw)
+                if base is not None and base.version != version:
+                    # Nobody asks for an older version again; while a series grows, they would fill the cache.
+                    cache.delete(cache_key(key, base.version))
+            self.runtime.index.mark_built(key, version)
+            self._parsed.refresh(key, doc)
+            return doc
+
+    def forget(self, key: SeriesKey) -> None:
+        """Drop a series' document everywhere (its series is gone)."""
+        self._parsed.forget(key)
+        self.runtime.storage.delete([document_key(key)])
+
+    def _shared(self, key: SeriesKey, version: int) -> SeriesDocument | None:
+        """The document of exactly `version` another process put in the shared cache."""
+        if not self.runtime.cache.shared:
             return None
-        self._remember(key, stored)
-        return stored
+        raw = self.runtime.cache.get(cache_key(key, version))
+        doc = _parse(raw, cache_key(key, version)) if raw is not None else None
+        return doc if doc is not None and doc.version == version else None
 
     def _stored(self, key: SeriesKey) -> SeriesDocument | None:
-        raw = self.runtime.storage.read_document(document_key(key))
-        return _parse(raw, document_key(key)) if raw is not None else None
-
-    def _previous(self, key: SeriesKey) -> SeriesDocument | None:
-        doc = _PARSED.get((self._scope, key))
-        return doc if doc is not None else self._stored(key)
-
-    def _build_locked(self, key: SeriesKey, keep: bool) -> SeriesDocument | None:
-        index = self.runtime.index
-        version = index.series_version(key)
-        if version is None:
-            self._forget(key)
-            return None
-        previous = self._previous(key)
-        reusable = previous.instances if previous is not None else {}
-        instances: dict[str, InstanceEntry] = {}
-        rebuilt = 0
-        for location in index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid):
-            entry = reusable.get(location.sop_instance_uid)
-            if entry is None or entry.sha256 != location.sha256 or entry.file_path != location.file_path:
-                entry = self._entry(key, location)
-                rebuilt += 1
-            if entry is not None:
-                instances[location.sop_instance_uid] = entry
-        doc = SeriesDocument(
-            tenant_id=key.tenant_id,
-            study_instance_uid=key.study_instance_uid,
-            series_instance_uid=key.series_instance_uid,
-            version=version,
-            instances=instances,
-        )
-        raw = doc.to_bytes()
-        self.runtime.storage.write_document(document_key(key), raw)
-        if self.runtime.cache.shared:
-            # For the other processes; this one keeps the parsed document.
-            self.runtime.cache.set(cache_key(key, version), raw)
-            if previous is not None and previous.version != version:
-                # Nobody asks for an older version again; while a series grows, they would fill the cache.
-                self.runtime.cache.delete(cache_key(key, previous.version))
-        index.mark_built(key, version)
-        if keep:
-            self._remember(key, doc)
-        else:
-            _PARSED.refresh((self._scope, key), doc)
-        log.debug("built %s v%d: %d instances, %d read", document_key(key), version, len(instances), rebuilt)
-        return doc
-
-    def _entry(self, key: SeriesKey, location: InstanceLocation) -> InstanceEntry | None:
-        """Index one instance's file; None if it is gone (deleted or moved since the index said so)."""
-        path = self.runtime.storage.path(location.file_path)
         try:
-            return index_instance(
-                path,
-                file_path=location.file_path,
-                file_size=location.file_size,
-                sha256=location.sha256,
-                study_uid=key.study_instance_uid,
-                series_uid=key.series_instance_uid,
-                threshold=self.runtime.settings.storage.bulkdata_threshold,
-            )
-        except FileNotFoundError:
-            log.warning("%s is indexed but its file is gone; left out of the document", location.file_path)
+            raw = self.runtime.storage.read(document_key(key))
+        except ObjectMissing:
             return None
+        return _parse(raw, document_key(key))
 
-    def _remember(self, key: SeriesKey, doc: SeriesDocument) -> None:
-        _PARSED.put((self._scope, key), doc)
+    def _compose(self, key: SeriesKey, version: int, base: SeriesDocument | None) -> SeriesDocument | None:
+        """The document of `version`: the index's instances, each with its entry from `base` when unchanged.
 
-    def _forget(self, key: SeriesKey) -> None:
-        _PARSED.forget((self._scope, key))
-        self.runtime.storage.delete_document(document_key(key))
+        The version is read before the instances are listed, so a document is never older than its label.
+        """
+        locations = self.runtime.index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid)
+        if not locations:
+            return None
+        reusable = base.instances if base is not None else {}
+        entries: dict[str, InstanceEntry] = {}
+        read = 0
+        for location in locations:
+            entry = reusable.get(location.sop_instance_uid)
+            if entry is None or entry.sha256 != location.sha256:
+                entry = self.entry(location)
+                read += 1
+            if entry is not None:
+                entries[location.sop_instance_uid] = entry
+        log.debug("composed %s v%d: %d instances, %d entries read", document_key(key), version, len(entries), read)
+        return SeriesDocument(key.tenant_id, key.study_instance_uid, key.series_instance_uid, version, entries)
+
+    def entry(self, location: InstanceLocation) -> InstanceEntry | None:
+        """The stored metadata entry of an instance; made again from its original when it is missing or
+        does not belong to the original the index names. None when the original is gone too."""
+        storage = self.runtime.storage
+        key = entry_key(location.file_path)
+        try:
+            entry = InstanceEntry.from_bytes(storage.read(key))
+            if entry.sha256 == location.sha256:
+                return entry
+        except (ObjectMissing, InvalidInput):
+            pass
+        try:
+            with storage.open(location.file_path) as stream:
+                parsed = parse_instance(stream, bulkdata_threshold=self.runtime.settings.storage.bulkdata_threshold)
+        except ObjectMissing:
+            log.error("instance %s is indexed but its object %s is missing", location.sop_instance_uid, key)
+            return None
+        storage.write(key, parsed.entry.to_bytes(), durable=False)
+        log.warning("made the metadata entry of %s again from its original", location.sop_instance_uid)
+        return parsed.entry

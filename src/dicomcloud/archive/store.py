@@ -1,84 +1,107 @@
-"""One path to durable storage for C-STORE, STOW-RS and bulk import alike.
+"""Store: where a C-STORE, a STOW-RS part or an imported file becomes a stored, indexed, announced instance.
 
-The rule is the design's first one: acknowledge only what is durable. `Ingest.store` returns only
-after the file is fsynced under its final name and the bus has accepted its events; if either fails
-it raises and leaves no new file behind.
+The rule is the design's first one: an acknowledgement means "there". `Store.store_many` reports an
+instance stored only after
+  1. its original is durable under its final key (archive/keys.py) and its metadata entry is written,
+  2. the index holds it: patient, study, series and instance rows with their counts, in one transaction,
+  3. its events are on the bus (`storage_queue`, `log_queue`),
+so a WADO-RS, QIDO-RS or C-FIND answered after the acknowledgement, by any server, finds it. The bus
+carries the rest: warehouse rows, transcoding and series documents follow at their own pace.
 
-Duplicates (same SOP Instance UID, different bytes) follow `storage.duplicate_policy`:
-- `reject`: DuplicateInstance, nothing changes.
-- `replace`: the new object wins. At the same location the commit's atomic rename replaces the old
-  file. At a different location (the UID moved to another study or series) the old file is removed
-  here, only after the new file is durable *and* its event is on the bus, so a failure at any step
-  leaves the old object intact. The index moves the instance when the consumer handles the new
-  event (REPLACED); until then a WADO read of that one instance may miss, never return wrong bytes.
-  The consumer never deletes files: it skips events whose file is gone or no longer matches their
-  sha256, so an older event replayed or reordered cannot move the instance back.
-An identical resend is a success that rewrites nothing; its events are published again (the index
-upsert is UNCHANGED), so an earlier store whose publish failed still reaches the index.
+Parse once: each object is read here once (dicom/parse.py `parse_instance`). Its DICOM JSON and frame
+index become its metadata entry, stored beside it; its indexed attributes travel with its event.
+
+Duplicates are decided against the index, inside the transaction that places the objects, which holds
+the index's lock on those SOP Instance UIDs, so two senders of one UID (in any process) take turns:
+- the same object again (same sha256, same place): nothing is rewritten; its events are published
+  again, so an earlier store whose publish failed still reaches the consumers;
+- other content under `storage.duplicate_policy = "reject"`: DuplicateInstance (0x0111), nothing changes;
+- other content under `replace`: the new object wins. At its old key the new bytes replace the old
+  ones atomically (and derived copies made from the old bytes are removed); when the UID moved to
+  another study or series, the old original, its entry and copies are removed once the move is
+  announced.
+
+Failures: when placing or indexing fails, the transaction rolls back and objects placed under new keys
+are removed. When the bus refuses the events after the commit, new instances are withdrawn (index rows
+and objects) and refused; a replaced instance stays replaced (its object, entry and index row agree,
+only its events are missing) and is refused, so the sender sends it again and that resend announces it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import BinaryIO
 
-from dicomcloud.dicom.parse import InstanceHeader, read_header
+from dicomcloud.archive.keys import derived_prefix, entry_key, original_key
+from dicomcloud.archive.qido_cache import QidoCache
+from dicomcloud.dicom.parse import InstanceHeader, ParsedInstance, parse_instance
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import Message
+from dicomcloud.ports.index import IndexedInstance, IndexWrite, InstanceLocation
 from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK = 1024 * 1024
-# Stores of one SOP Instance UID are serialised inside a process (across every Ingest: the SCP's and
-# the web app's), so two concurrent senders of the same UID cannot both pass the duplicate check.
-# Striped: a lock per UID would grow unbounded. Across processes the last rename wins.
-LOCK_STRIPES = 64
-_STORE_LOCKS = [threading.Lock() for _ in range(LOCK_STRIPES)]
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """sha256 hex digest and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
 
 @dataclass(frozen=True)
 class Refused:
-    """A file `store_many` did not store: why, and its identity when its header could be read."""
+    """An object `store_many` did not store: why, and its identity when its header could be read."""
 
     error: DicomCloudError
     header: InstanceHeader | None = None
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """A parsed object on its way in."""
+
+    position: int
+    staged: BinaryIO
+    parsed: ParsedInstance
+    event: StorageEvent
+
+    @property
+    def key(self) -> str:
+        return self.event.file_path
+
+    def indexed(self) -> IndexedInstance:
+        return IndexedInstance(
+            tenant_id=self.event.tenant_id,
+            attributes=self.parsed.attributes,
+            file_path=self.key,
+            file_size=self.event.file_size,
+            sha256=self.event.sha256,
+        )
+
+
 @dataclass
 class _Placed:
-    """A file moved to its final name, not yet announced."""
+    """What one transaction did to one accepted object."""
 
-    event: StorageEvent
-    new: bool  # nothing was at its final name before
-    moved_from: str | None
+    accepted: _Accepted
+    previous: InstanceLocation | None  # the index row before (None: a new instance)
+    written: bool  # False for an identical resend
+
+    @property
+    def moved_from(self) -> str | None:
+        """The old key, when the instance moved to another study or series."""
+        if self.previous is None or self.previous.file_path == self.accepted.key:
+            return None
+        return self.previous.file_path
 
 
-class Ingest:
-    def __init__(self, runtime: Runtime) -> None:
+class Store:
+    def __init__(self, runtime: Runtime, qido_cache: QidoCache) -> None:
         self.runtime = runtime
+        self.qido_cache = qido_cache
 
     def store(
         self,
-        temp: Path,
+        staged: BinaryIO,
         *,
         tenant_id: str,
         source: str,
@@ -86,12 +109,9 @@ class Ingest:
         called_ae: str = "",
         expected_study_uid: str | None = None,
     ) -> StorageEvent:
-        """Make the Part 10 file at `temp` (a storage temp file) durable and announce it.
-
-        `temp` is always consumed: moved into place or removed, whatever happens.
-        """
+        """Store one staged object (see `store_many`); raises why when it is refused."""
         (outcome,) = self.store_many(
-            [temp],
+            [staged],
             tenant_id=tenant_id,
             source=source,
             calling_ae=calling_ae,
@@ -104,7 +124,7 @@ class Ingest:
 
     def store_many(
         self,
-        temps: Sequence[Path],
+        staged: Sequence[BinaryIO],
         *,
         tenant_id: str,
         source: str,
@@ -112,132 +132,162 @@ class Ingest:
         called_ae: str = "",
         expected_study_uid: str | None = None,
     ) -> list[StorageEvent | Refused]:
-        """`store` for several files at once, one outcome per file in order.
-
-        Each file is stored as `store` would, but their folders are fsynced once each and all their
-        events go to the bus in one publish, so a batch costs about what one file costs; every
-        outcome is final (durable and announced, or refused) when this returns. Every temp is consumed.
-        """
+        """Store staged objects (`Storage.stage`, or any open file of a received object) together, one
+        outcome per object in order; every outcome is final when this returns (stored, indexed and
+        announced, or refused). A batch costs about what one object costs: one storage commit, one
+        index transaction, one publish. Every staged object is consumed."""
+        outcomes: list[StorageEvent | Refused] = []
+        accepted: list[_Accepted] = []
         try:
-            outcomes = [
-                self._prepare(temp, tenant_id, source, calling_ae, called_ae, expected_study_uid) for temp in temps
-            ]
-            accepted = {i: o for i, o in enumerate(outcomes) if isinstance(o, StorageEvent)}
-            try:
-                self.runtime.storage.sync_temps([temps[i] for i in accepted])
-            except DicomCloudError as exc:
-                return [Refused(exc, _header_of(o)) if isinstance(o, StorageEvent) else o for o in outcomes]
-            stripes = sorted({hash(event.sop_instance_uid) % LOCK_STRIPES for event in accepted.values()})
-            with ExitStack() as locks:
-                for stripe in stripes:
-                    locks.enter_context(_STORE_LOCKS[stripe])
-                refused = self._store_locked({i: (temps[i], event) for i, event in accepted.items()})
-            for i, refusal in refused.items():
-                outcomes[i] = refusal
+            for position, stream in enumerate(staged):
+                prepared = self._prepare(position, stream, tenant_id, source, calling_ae, called_ae, expected_study_uid)
+                outcomes.append(prepared.event if isinstance(prepared, _Accepted) else prepared)
+                if isinstance(prepared, _Accepted):
+                    accepted.append(prepared)
+            for position, refusal in self._store(tenant_id, accepted).items():
+                outcomes[position] = refusal
             return outcomes
         finally:
-            for temp in temps:
-                temp.unlink(missing_ok=True)
+            for stream in staged:
+                self.runtime.storage.discard(stream)
 
     def _prepare(
         self,
-        temp: Path,
+        position: int,
+        staged: BinaryIO,
         tenant_id: str,
         source: str,
         calling_ae: str,
         called_ae: str,
         expected_study_uid: str | None,
-    ) -> StorageEvent | Refused:
-        """The event announcing `temp`, or why it cannot be stored."""
-        header: InstanceHeader | None = None
+    ) -> _Accepted | Refused:
+        """The parsed object and its event, or why it cannot be stored."""
+        parsed: ParsedInstance | None = None
         try:
-            header = read_header(temp)
+            parsed = parse_instance(staged, bulkdata_threshold=self.runtime.settings.storage.bulkdata_threshold)
+            header = parsed.header
             if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
                 raise Conflict(
                     f"StudyInstanceUID {header.study_instance_uid} does not match the request's {expected_study_uid}"
                 )
-            relpath = self.runtime.storage.instance_relpath(
+            key = original_key(
                 tenant_id, header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
             )
-            sha256, size = file_digest(temp)
         except DicomCloudError as exc:
-            return Refused(exc, header)
-        return StorageEvent(
+            return Refused(exc, parsed.header if parsed is not None else None)
+        event = StorageEvent(
             tenant_id=tenant_id,
-            transfer_syntax=header.transfer_syntax,
+            transfer_syntax=str(header.transfer_syntax),
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,
             patient_id=header.patient_id,
-            file_name=relpath.rsplit("/", 1)[-1],
-            file_size=size,
-            file_path=relpath,
-            sha256=sha256,
+            file_name=key.rsplit("/", 1)[-1],
+            file_size=parsed.entry.file_size,
+            file_path=key,
+            sha256=parsed.entry.sha256,
             source=source,
             calling_ae=calling_ae,
             called_ae=called_ae,
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            attributes=parsed.attributes,
         )
+        return _Accepted(position, staged, parsed, event)
 
-    def _store_locked(self, batch: dict[int, tuple[Path, StorageEvent]]) -> dict[int, Refused]:
-        """Place, sync and announce the batch (in order, so a UID sent twice meets its first copy)."""
-        storage = self.runtime.storage
+    def _store(self, tenant_id: str, accepted: list[_Accepted]) -> dict[int, Refused]:
+        """Place, index and announce the accepted objects; the refusals by position."""
+        if not accepted:
+            return {}
         refused: dict[int, Refused] = {}
-        placed: list[_Placed] = []
-        announce: dict[int, StorageEvent] = {}
         try:
-            for i, (temp, event) in batch.items():
-                try:
-                    outcome = self._place(temp, event)
-                except DicomCloudError as exc:
-                    refused[i] = Refused(exc, _header_of(event))
-                    continue
-                if outcome is not None:
-                    placed.append(outcome)
-                announce[i] = event
-            if not announce:
-                return refused
-            storage.sync_folders([p.event.file_path for p in placed])
-            self._publish(list(announce.values()))
+            placed = self._place(tenant_id, accepted, refused)
         except DicomCloudError as exc:
-            self._withdraw(placed)
-            refused.update({i: Refused(exc, _header_of(event)) for i, event in announce.items()})
+            return refused | {a.position: Refused(exc, a.parsed.header) for a in accepted}
+        if not placed:
             return refused
-        except BaseException:
-            self._withdraw(placed)
-            raise
-        for p in placed:
+        changed = [p for p in placed if p.written]
+        studies = {p.accepted.event.study_instance_uid for p in changed}
+        studies |= {p.previous.study_instance_uid for p in changed if p.previous is not None}
+        self.qido_cache.changed(tenant_id, studies)
+        try:
+            self._publish([p.accepted.event for p in placed])
+        except DicomCloudError as exc:
+            self._withdraw(tenant_id, [p for p in changed if p.previous is None])
+            return refused | {p.accepted.position: Refused(exc, p.accepted.parsed.header) for p in placed}
+        for p in changed:
             if p.moved_from is not None:
-                event = p.event
-                log.info("SOP Instance %s moved from %s to %s", event.sop_instance_uid, p.moved_from, event.file_path)
-                storage.remove_instance(p.moved_from)
+                sop = p.accepted.event.sop_instance_uid
+                log.info("SOP Instance %s moved from %s to %s", sop, p.moved_from, p.accepted.key)
+                self._remove_objects(p.moved_from)
         return refused
 
-    def _place(self, temp: Path, event: StorageEvent) -> _Placed | None:
-        """Move `temp` to its final name, or None for an identical resend (nothing to write)."""
-        storage = self.runtime.storage
-        final = storage.path(event.file_path)
-        on_disk_sha = file_digest(final)[0] if final.is_file() else None
-        indexed = self.runtime.index.get_instance(event.tenant_id, event.sop_instance_uid)
-        moved_from = indexed.file_path if indexed and indexed.file_path != event.file_path else None
-        if on_disk_sha == event.sha256:
-            log.debug("identical resend of %s: not rewritten", event.sop_instance_uid)
-            return None
-        differs = on_disk_sha is not None or (indexed is not None and indexed.sha256 != event.sha256)
-        if differs and self.runtime.settings.storage.duplicate_policy == "reject":
-            raise DuplicateInstance(f"SOP Instance {event.sop_instance_uid} is already stored with other content")
-        storage.place_instance(temp, event.file_path)
-        return _Placed(event, on_disk_sha is None, moved_from)
+    def _place(self, tenant_id: str, accepted: list[_Accepted], refused: dict[int, Refused]) -> list[_Placed]:
+        """Decide each object against the index and place the new ones, in one index transaction.
 
-    def _withdraw(self, placed: list[_Placed]) -> None:
-        """After a failed announce: remove the files that were new (a replaced file stays replaced)."""
-        for p in placed:
-            if p.new:
-                try:
-                    self.runtime.storage.remove_instance(p.event.file_path)
-                except DicomCloudError as exc:
-                    log.warning("could not withdraw %s: %s", p.event.file_path, exc.message)
+        A UID sent twice in one batch meets its first copy: the second is decided after the first.
+        """
+        storage = self.runtime.storage
+        reject = self.runtime.settings.storage.duplicate_policy == "reject"
+        pairs = [(a.event.sop_instance_uid, a.event.study_instance_uid) for a in accepted]
+        placed: list[_Placed] = []
+        written: list[_Placed] = []
+        new_keys: list[str] = []
+        try:
+            with self.runtime.index.writing(tenant_id, pairs) as write:
+                current = write.current()
+                last: dict[str, _Placed] = {}
+                for item in accepted:
+                    sop = item.event.sop_instance_uid
+                    outcome = self._decide(write, item, current.get(sop), reject, last.get(sop))
+                    if isinstance(outcome, Refused):
+                        refused[item.position] = outcome
+                        continue
+                    if sop in last:
+                        placed.remove(last[sop])
+                        written = [p for p in written if p is not last[sop]]
+                    last[sop] = outcome
+                    placed.append(outcome)
+                    if outcome.written:
+                        written.append(outcome)
+                new_keys = [p.accepted.key for p in written if p.previous is None or p.moved_from is not None]
+                storage.commit([(p.accepted.staged, p.accepted.key) for p in written])
+                for p in written:
+                    if p.previous is not None and p.moved_from is None:
+                        # Copies made from the bytes just replaced must not outlive them.
+                        storage.delete(storage.list(derived_prefix(p.accepted.key)))
+                    storage.write(entry_key(p.accepted.key), p.accepted.parsed.entry.to_bytes(), durable=False)
+        except BaseException:
+            if new_keys:
+                self._remove_quietly([k for key in new_keys for k in (key, entry_key(key))])
+            raise
+        return placed
+
+    @staticmethod
+    def _decide(
+        write: IndexWrite, item: _Accepted, previous: InstanceLocation | None, reject: bool, earlier: _Placed | None
+    ) -> _Placed | Refused:
+        """Upsert one object's index rows, or refuse it as a duplicate. `previous` is the index row from
+        before the batch, `earlier` what this batch already did with the same UID."""
+        event = item.event
+        if earlier is not None:
+            if earlier.accepted.event.sha256 == event.sha256:
+                return earlier  # the same object twice in one batch
+            previous = earlier.previous
+            if reject:
+                return Refused(
+                    DuplicateInstance(f"SOP Instance {event.sop_instance_uid} was sent twice with other content"),
+                    item.parsed.header,
+                )
+        elif previous is not None and previous.sha256 == event.sha256 and previous.file_path == item.key:
+            return _Placed(item, previous, written=False)
+        if previous is not None and reject:
+            return Refused(
+                DuplicateInstance(f"SOP Instance {event.sop_instance_uid} is already stored with other content"),
+                item.parsed.header,
+            )
+        write.upsert(item.indexed())
+        return _Placed(item, previous, written=True)
 
     def _publish(self, events: list[StorageEvent]) -> None:
         messages: list[Message] = []
@@ -252,13 +302,31 @@ class Ingest:
             # Whatever the adapter raised, the event is not durable: the sender must see a failure.
             raise StorageFailure(f"the bus did not accept the event: {exc}") from exc
 
+    def _withdraw(self, tenant_id: str, new: list[_Placed]) -> None:
+        """After a refused publish: take new instances out of the index, then remove their objects."""
+        for p in new:
+            event = p.accepted.event
+            try:
+                self.runtime.index.delete(
+                    tenant_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid
+                )
+            except DicomCloudError as exc:
+                log.error("could not withdraw %s from the index: %s", event.sop_instance_uid, exc.message)
+                continue
+            self._remove_objects(p.accepted.key)
+        self.qido_cache.changed(tenant_id, {p.accepted.event.study_instance_uid for p in new})
 
-def _header_of(event: StorageEvent) -> InstanceHeader:
-    return InstanceHeader(
-        sop_class_uid=event.sop_class_uid,
-        sop_instance_uid=event.sop_instance_uid,
-        study_instance_uid=event.study_instance_uid,
-        series_instance_uid=event.series_instance_uid,
-        transfer_syntax=event.transfer_syntax,
-        patient_id=event.patient_id,
-    )
+    def _remove_objects(self, original: str) -> None:
+        """An original, its entry and its derived copies."""
+        try:
+            copies = self.runtime.storage.list(derived_prefix(original))
+        except DicomCloudError as exc:
+            log.warning("could not list the copies of %s: %s", original, exc.message)
+            copies = []
+        self._remove_quietly([original, entry_key(original), *copies])
+
+    def _remove_quietly(self, keys: list[str]) -> None:
+        try:
+            self.runtime.storage.delete(keys)
+        except DicomCloudError as exc:
+            log.warning("could not remove %s: %s", ", ".join(keys), exc.message)

@@ -69,7 +69,7 @@ def find_query(identifier: Dataset, model: InformationModel) -> Query:
     conditions = []
     for keyword, raw in _matching_values(identifier):
         attr = MATCHING_KEYS.get(keyword)
-        if attr is None or LEVEL_DEPTH[attr.level] > LEVEL_DEPTH[level]:
+        if attr is None or LEVEL_DEPTH[attr.query_level] > LEVEL_DEPTH[level]:
             continue
         if qr_level == "PATIENT" and keyword not in PATIENT_KEYS:
             continue

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -40,79 +39,14 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID
 
-from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound
-
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-
-# Syntaxes whose frames are served as uncompressed little endian bytes (PS3.18 Table 8.7.3-4).
-_NATIVE_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2",  # Implicit VR Little Endian
-        EXPLICIT_VR_LITTLE_ENDIAN,
-        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian: frames are swapped to little endian
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-        "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
-    }
-)
-
-# PS3.18 Table 8.7.3-5, media types of compressed bulk data (frames) by transfer syntax.
-_COMPRESSED_MEDIA_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
-    "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless (was image/x-dicom-rle before 2017)
-    "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90": "image/jp2",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91": "image/jp2",  # JPEG 2000
-    "1.2.840.10008.1.2.4.92": "image/jpx",  # JPEG 2000 Part 2 Multi-component Lossless
-    "1.2.840.10008.1.2.4.93": "image/jpx",  # JPEG 2000 Part 2 Multi-component
-    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202": "image/jphc",  # HTJ2K with RPCL Options Lossless
-    "1.2.840.10008.1.2.4.203": "image/jphc",  # HTJ2K
-    "1.2.840.10008.1.2.4.110": "image/jxl",  # JPEG XL Lossless
-    "1.2.840.10008.1.2.4.111": "image/jxl",  # JPEG XL JPEG Recompression
-    "1.2.840.10008.1.2.4.112": "image/jxl",  # JPEG XL
-    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
-    "1.2.840.10008.1.2.4.100.1": "video/mpeg",
-    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
-    "1.2.840.10008.1.2.4.101.1": "video/mpeg",
-    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 family
-    "1.2.840.10008.1.2.4.102.1": "video/mp4",
-    "1.2.840.10008.1.2.4.103": "video/mp4",
-    "1.2.840.10008.1.2.4.103.1": "video/mp4",
-    "1.2.840.10008.1.2.4.104": "video/mp4",
-    "1.2.840.10008.1.2.4.104.1": "video/mp4",
-    "1.2.840.10008.1.2.4.105": "video/mp4",
-    "1.2.840.10008.1.2.4.105.1": "video/mp4",
-    "1.2.840.10008.1.2.4.106": "video/mp4",
-    "1.2.840.10008.1.2.4.106.1": "video/mp4",
-    "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile
-    "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile
-}
+from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax
+from dicomcloud.errors import CannotConvert, InvalidInput, NotFound
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
 JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 JPEG_2000 = "1.2.840.10008.1.2.4.91"
-
-# Lossy transfer syntaxes (PS3.5 Section 8 and Annex A: "lossy" processes), video included.
-LOSSY_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2.4.50",
-        "1.2.840.10008.1.2.4.51",
-        JPEG_LS_NEAR_LOSSLESS,
-        JPEG_2000,
-        "1.2.840.10008.1.2.4.93",
-        "1.2.840.10008.1.2.4.203",
-        "1.2.840.10008.1.2.4.111",
-        "1.2.840.10008.1.2.4.112",
-        *(syntax for syntax, media in _COMPRESSED_MEDIA_TYPES.items() if media.startswith("video/")),
-    }
-)
 
 # What this archive can produce, and each encoder's fixed options (see the module docstring).
 _ENCODER_OPTIONS: dict[str, dict[str, Any]] = {
@@ -130,38 +64,24 @@ _DECODED_AS_RGB = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "
 _DECODE_ERRORS = (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError, TypeError)
 
 
-def frame_media_type(transfer_syntax: str) -> str:
-    """The PS3.18 media type of a frame stored in `transfer_syntax`, as `read_frames` returns it."""
-    if transfer_syntax in _NATIVE_SYNTAXES:
-        return "application/octet-stream"
-    try:
-        return _COMPRESSED_MEDIA_TYPES[transfer_syntax]
-    except KeyError:
-        raise NotAcceptable(f"no frame media type for transfer syntax {transfer_syntax}") from None
-
-
-def frame_transfer_syntax(transfer_syntax: str) -> str:
-    """The transfer syntax of the bytes `read_frames` returns: native frames are always little endian."""
-    return EXPLICIT_VR_LITTLE_ENDIAN if transfer_syntax in _NATIVE_SYNTAXES else transfer_syntax
-
-
-def decode_frame(path: Path, number: int) -> bytes:
+def decode_frame(stream: BinaryIO, number: int) -> bytes:
     """Frame `number` (1-based) as Explicit VR Little Endian native bytes; see the module docstring."""
-    header = _read_header(path)
-    arr = _frame_array(path, header, number)
+    header = _read_header(stream)
+    arr = _frame_array(stream, header, number)
     if header.get("BitsAllocated") == 1:
         return pack_bits(arr, pad=False)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
-def _read_header(path: Path) -> pydicom.Dataset:
+def _read_header(stream: BinaryIO) -> pydicom.Dataset:
+    stream.seek(0)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return pydicom.dcmread(stream, stop_before_pixels=True, force=True)
     except (ValueError, EOFError, OSError) as exc:
         raise InvalidInput(f"unreadable DICOM header: {exc}") from exc
 
 
-def _frame_array(path: Path, header: pydicom.Dataset, number: int) -> np.ndarray:
+def _frame_array(stream: BinaryIO, header: pydicom.Dataset, number: int) -> np.ndarray:
     """Frame `number` decoded by pydicom's default processing (YBR as RGB, native byte order)."""
     frames = _number_of_frames(header)
     if not 1 <= number <= frames:
@@ -173,12 +93,14 @@ def _frame_array(path: Path, header: pydicom.Dataset, number: int) -> np.ndarray
         # Straight from the file, reading only this frame; pydicom's file reader expects a
         # well-formed Pixel Data header, so a file it cannot follow is read whole below.
         with contextlib.suppress(*_DECODE_ERRORS):
-            arr = pixel_array(path, index=number - 1)
+            stream.seek(0)
+            arr = pixel_array(stream, index=number - 1)
     if arr is None:
         try:
-            arr = pixel_array(pydicom.dcmread(path, force=True), index=number - 1)
+            stream.seek(0)
+            arr = pixel_array(pydicom.dcmread(stream, force=True), index=number - 1)
         except _DECODE_ERRORS as exc:
-            raise NotAcceptable(f"cannot decode frame {number}: {exc}") from exc
+            raise CannotConvert(f"cannot decode frame {number}: {exc}") from exc
     return arr
 
 
@@ -191,22 +113,23 @@ def _number_of_frames(header: pydicom.Dataset) -> int:
 
 
 def check_transcodable(source_syntax: str, target_syntax: str, lossy_content: bool = False) -> None:
-    """Raise NotAcceptable unless pixels stored in `source_syntax` may be served in `target_syntax`."""
+    """Raise CannotConvert unless pixels stored in `source_syntax` may be served in `target_syntax`."""
     if target_syntax not in TRANSCODE_TARGETS:
-        raise NotAcceptable(f"no encoder for transfer syntax {target_syntax}")
-    lossy = lossy_content or source_syntax in LOSSY_SYNTAXES
-    if lossy and UID(target_syntax).is_compressed and target_syntax not in LOSSY_SYNTAXES:
-        raise NotAcceptable(f"lossy compressed pixels cannot be served as lossless {target_syntax}")
+        raise CannotConvert(f"no encoder for transfer syntax {target_syntax}")
+    target = TransferSyntax(target_syntax)
+    if (lossy_content or TransferSyntax(source_syntax).is_lossy) and target.is_compressed and not target.is_lossy:
+        raise CannotConvert(f"lossy compressed pixels cannot be served as lossless {target_syntax}")
 
 
-def transcode(path: Path, target_syntax: str) -> bytes:
-    """The instance at `path` as a Part 10 file in `target_syntax`; the file itself is untouched.
+def transcode(stream: BinaryIO, target_syntax: str) -> bytes:
+    """The instance in `stream` as a Part 10 file in `target_syntax`; the stored object is untouched.
 
-    Raises NotAcceptable when the conversion is not allowed or no encoder takes these pixels, and
+    Raises CannotConvert when the conversion is not allowed or no encoder takes these pixels, and
     InvalidInput when the file cannot be read or decoded.
     """
     try:
-        ds = pydicom.dcmread(path, force=True)
+        stream.seek(0)
+        ds = pydicom.dcmread(stream, force=True)
     except (ValueError, EOFError, OSError) as exc:
         raise InvalidInput(f"unreadable DICOM file: {exc}") from exc
     meta = getattr(ds, "file_meta", None)
@@ -236,7 +159,7 @@ def transcode(path: Path, target_syntax: str) -> bytes:
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
     except _DECODE_ERRORS as exc:
-        raise NotAcceptable(f"cannot encode these pixels as {target_syntax}: {exc}") from exc
+        raise CannotConvert(f"cannot encode these pixels as {target_syntax}: {exc}") from exc
     return buffer.getvalue()
 
 
@@ -258,15 +181,15 @@ def _set_native_pixels(ds: pydicom.Dataset, arr: np.ndarray) -> None:
     ds.set_original_encoding(False, True)
 
 
-def encode_frame(path: Path, number: int, target_syntax: str) -> bytes:
+def encode_frame(stream: BinaryIO, number: int, target_syntax: str) -> bytes:
     """Frame `number` (1-based) as a `target_syntax` bitstream, or native bytes for Explicit VR LE."""
-    header = _read_header(path)
+    header = _read_header(stream)
     meta = getattr(header, "file_meta", None)
     source_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     check_transcodable(source_syntax, target_syntax, header.get("LossyImageCompression") == "01")
     if target_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
-        return decode_frame(path, number)
-    arr = _frame_array(path, header, number)
+        return decode_frame(stream, number)
+    arr = _frame_array(stream, header, number)
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     options = dict(_ENCODER_OPTIONS[target_syntax])
     options.pop("encoding_plugin", None)
@@ -286,5 +209,5 @@ def encode_frame(path: Path, number: int, target_syntax: str) -> bytes:
             **options,
         )
     except _DECODE_ERRORS as exc:
-        raise NotAcceptable(f"cannot encode frame {number} as {target_syntax}: {exc}") from exc
+        raise CannotConvert(f"cannot encode frame {number} as {target_syntax}: {exc}") from exc
     return bytes(encoded)

@@ -1,12 +1,16 @@
-"""Header parsing: is this a complete Part 10 file, and what does it say about itself.
+"""Parsing a received object, once: is it a complete Part 10 file, and what does it say about itself.
+
+`parse_instance` is the only reading of an object the archive does to learn about it: its identity,
+the catalogue's indexed attributes (dicom/attributes.py), its DICOM JSON, its frame index and its
+sha256 come out of one structural walk, one pydicom read and one hash, and travel on from there
+(the index row, the bus event, the stored metadata entry); nothing reads the object again to learn them.
 
 pydicom reads what it can and silently stops at a truncated element, so completeness is
 checked by our own structural walk over the encoded bytes (tags, VRs, lengths, items,
 delimiters) before pydicom reads any value. The walk seeks past values, so Pixel Data is
-never read into memory. The file is walked through a read-only memory map (a buffered file
-costs system calls per element); only the pages the walk touches are read. The identity
-(`read_header`) is taken from the walk itself, with pydicom's value conversions but without a
-second read by pydicom.
+never read into memory, and notes where the top-level Pixel Data value starts (the frame index
+starts there). The object is walked through a read-only memory map (a buffered file costs system
+calls per element); only the pages the walk touches are read, and the hash reads the same map.
 
 Files without the 128-byte preamble and "DICM" are accepted only when they start directly
 with a File Meta Information group (explicit VR little endian, group 0002): some
@@ -16,6 +20,8 @@ file meta is refused.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import mmap
 import os
 import struct
@@ -25,20 +31,25 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, Final, Literal, Protocol
+from typing import IO, Any, BinaryIO, Final, Literal, Protocol
 
 import pydicom
-from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from pydicom.values import convert_string, convert_text, convert_UI
 
-from dicomcloud.dicom.uids import validate_uid
+from dicomcloud.dicom.attributes import extracted
+from dicomcloud.dicom.dicomjson import dataset_to_json
+from dicomcloud.dicom.frames import PIXEL_DATA_TAGS, PixelElement, index_frames
+from dicomcloud.dicom.seriesdoc import InstanceEntry, bulkdata_base
+from dicomcloud.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    TransferSyntax,
+    validate_uid,
+)
 from dicomcloud.errors import InvalidInput
-from dicomcloud.events import DicomImageMeta, DicomStateMeta
 
 # Values above this size stay on disk until someone asks for them.
 DEFER_SIZE: Final = 4096
@@ -59,15 +70,6 @@ _LONG_VRS: Final = frozenset(
 # Everything pydicom raises on a malformed file that our walk let through.
 _PYDICOM_ERRORS: Final = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error, TypeError)
 
-_SOP_CLASS: Final = 0x00080016
-_SOP_INSTANCE: Final = 0x00080018
-_STUDY: Final = 0x0020000D
-_SERIES: Final = 0x0020000E
-_PATIENT_ID: Final = 0x00100020
-_CHARSET: Final = 0x00080005
-_HEADER_TAGS: Final = frozenset({_SOP_CLASS, _SOP_INSTANCE, _STUDY, _SERIES, _PATIENT_ID, _CHARSET})
-# A header value longer than this is refused rather than read (UIDs have 64 characters, LO 64).
-_MAX_HEADER_VALUE: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,17 @@ class InstanceHeader:
     sop_instance_uid: str
     study_instance_uid: str
     series_instance_uid: str
-    transfer_syntax: str
+    transfer_syntax: TransferSyntax
     patient_id: str
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """What one reading of a received object yields."""
+
+    header: InstanceHeader
+    attributes: dict[str, Any]  # the catalogue's extracted attributes, by keyword
+    entry: InstanceEntry  # DICOM JSON, frame index, size and sha256
 
 
 class _Source(Protocol):
@@ -101,13 +112,13 @@ def _unpack(fmt: str, raw: bytes, little: bool) -> tuple[int, ...]:
 class _Walker:
     """Walks an encoded dataset, checking that every element and item lies inside its parent.
 
-    The values of the top-level elements named in `capture` are kept in `captured`, raw.
+    Where the top-level Pixel Data (or Float / Double Float Pixel Data) value starts, and its length,
+    are kept in `pixel`.
     """
 
-    def __init__(self, fp: _Source, capture: frozenset[int] = frozenset()) -> None:
+    def __init__(self, fp: _Source) -> None:
         self.fp = fp
-        self.capture = capture
-        self.captured: dict[int, bytes] = {}
+        self.pixel: PixelElement | None = None
 
     def _read(self, count: int, end: int, what: str, tag: int | None = None) -> bytes:
         at = self.fp.tell()
@@ -157,14 +168,12 @@ class _Walker:
         return tag, length
 
     def _value(self, tag: int, vr: bytes | None, length: int, end: int, little: bool, depth: int) -> None:
+        if depth == 0 and tag in PIXEL_DATA_TAGS:
+            self.pixel = PixelElement(self.fp.tell(), length)
         if length != _UNDEFINED:
             length = self._within(length, end, "element", tag)
             if vr == b"SQ":
                 self.items(tag, self.fp.tell() + length, False, little, depth)
-            elif depth == 0 and tag in self.capture:
-                if length > _MAX_HEADER_VALUE:
-                    raise InvalidInput(f"element {_tag_text(tag)} is {length} bytes long")
-                self.captured[tag] = self.fp.read(length)
             else:
                 self.fp.seek(length, 1)
         elif vr is None:
@@ -221,7 +230,7 @@ def _meta_offset(fp: _Source) -> tuple[int, bool]:
     raise InvalidInput("not a DICOM Part 10 file")
 
 
-def _read_file_meta(fp: _Source, meta_start: int, size: int) -> tuple[int, str]:
+def _read_file_meta(fp: _Source, meta_start: int, size: int) -> tuple[int, TransferSyntax]:
     """Walk the file meta group (explicit VR little endian): where the dataset begins, and its syntax."""
     walker = _Walker(fp)
     fp.seek(meta_start)
@@ -241,14 +250,14 @@ def _read_file_meta(fp: _Source, meta_start: int, size: int) -> tuple[int, str]:
         raise InvalidInput("the file meta information has no TransferSyntaxUID")
     if size - fp.tell() < 8:
         raise InvalidInput("truncated file: no dataset after the file meta information")
-    return fp.tell(), validate_uid(transfer_syntax, "TransferSyntaxUID")
+    return fp.tell(), TransferSyntax(transfer_syntax)
 
 
 def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
     """(implicit VR, little endian); unknown syntaxes are explicit VR little endian (PS3.5 10)."""
-    if transfer_syntax == ImplicitVRLittleEndian:
+    if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
         return True, True
-    if transfer_syntax == ExplicitVRBigEndian:
+    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
         return False, False
     return False, True
 
@@ -287,47 +296,60 @@ def _inflate(fp: _Source, start: int, out: IO[bytes]) -> None:
 
 @dataclass(frozen=True)
 class _Checked:
-    """What the structural walk learnt about a complete file."""
+    """What the structural walk learnt about a complete object."""
 
     has_preamble: bool
-    transfer_syntax: str
-    captured: dict[int, bytes]
+    transfer_syntax: TransferSyntax
+    pixel: PixelElement | None
+    size: int
+    sha256: str
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tuple[_Source, int]]:
-    """The file mapped read-only, and its size (an empty file cannot be mapped: it stays a file)."""
+def _mapped(stream: BinaryIO) -> Iterator[tuple[_Source, memoryview | bytes, int]]:
+    """The object read-only: a memory map of its file (or its bytes, for a stream without one), and its size."""
     try:
-        fp = path.open("rb")
-    except OSError as exc:
-        raise InvalidInput(f"cannot open {path.name}: {exc.strerror}") from exc
-    with fp:
-        size = os.fstat(fp.fileno()).st_size
-        if not size:
-            yield fp, 0
-            return
-        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            yield mapped, size
+        fd = stream.fileno()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        stream.seek(0)
+        data = stream.read()
+        yield io.BytesIO(data), data, len(data)
+        return
+    size = os.fstat(fd).st_size
+    if not size:
+        yield io.BytesIO(b""), b"", 0
+        return
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            yield mapped, view, size
+        finally:
+            view.release()
 
 
-def _validate(path: Path, capture: frozenset[int] = frozenset()) -> _Checked:
-    """Raise InvalidInput unless `path` is a complete Part 10 file; keeps the `capture` top-level values."""
-    with _open(path) as (fp, size):
+def _check(stream: BinaryIO) -> _Checked:
+    """Raise InvalidInput unless `stream` holds a complete Part 10 object; hash it on the way."""
+    with _mapped(stream) as (fp, data, size):
         meta_start, has_preamble = _meta_offset(fp)
         start, transfer_syntax = _read_file_meta(fp, meta_start, size)
         implicit, little = _encoding(transfer_syntax)
-        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        pixel: PixelElement | None
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             with tempfile.SpooledTemporaryFile(max_size=_INFLATE_SPOOL) as inflated:
                 _inflate(fp, start, inflated)
                 end = inflated.tell()
                 inflated.seek(0)
-                walker = _Walker(inflated, capture)
+                walker = _Walker(inflated)
                 walker.dataset(end, _starts_implicit(inflated, implicit), little, False, 0)
+            # Offsets in the inflated stream are no offsets in the stored bytes.
+            pixel = None if walker.pixel is None else PixelElement(None, walker.pixel.length)
         else:
             fp.seek(start)
-            walker = _Walker(fp, capture)
+            walker = _Walker(fp)
             walker.dataset(size, _starts_implicit(fp, implicit), little, False, 0)
-    return _Checked(has_preamble, transfer_syntax, walker.captured)
+            pixel = walker.pixel
+        sha256 = hashlib.sha256(data).hexdigest()
+    return _Checked(has_preamble, transfer_syntax, pixel, size, sha256)
 
 
 @contextmanager
@@ -338,19 +360,17 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _dcmread(path: Path, has_preamble: bool, **options: Any) -> Dataset:
+def _dcmread(stream: BinaryIO, has_preamble: bool) -> Dataset:
+    stream.seek(0)
     try:
-        return pydicom.dcmread(path, force=not has_preamble, defer_size=DEFER_SIZE, **options)
+        return pydicom.dcmread(stream, force=not has_preamble, defer_size=DEFER_SIZE)
     except _PYDICOM_ERRORS as exc:
         raise InvalidInput(f"unreadable DICOM file: {exc}") from exc
 
 
 def _text(ds: Dataset, keyword: str) -> str:
     """A text attribute as decoded str: "" when missing or empty; multiple values joined by backslash."""
-    return _joined(ds.get(keyword))
-
-
-def _joined(value: object) -> str:
+    value = ds.get(keyword)
     if value is None:
         return ""
     if isinstance(value, MultiValue):
@@ -360,7 +380,7 @@ def _joined(value: object) -> str:
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     value = ds.get(keyword)
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, MultiValue):
         value = value[0] if value else None
     if value is None or value == "":
         return None
@@ -370,7 +390,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _header(ds: Dataset) -> InstanceHeader:
+def _header(ds: Dataset, transfer_syntax: TransferSyntax) -> InstanceHeader:
     def uid(keyword: str) -> str:
         value = ds.get(keyword)
         if value is None or value == "":
@@ -382,107 +402,58 @@ def _header(ds: Dataset) -> InstanceHeader:
         sop_instance_uid=uid("SOPInstanceUID"),
         study_instance_uid=uid("StudyInstanceUID"),
         series_instance_uid=uid("SeriesInstanceUID"),
-        transfer_syntax=validate_uid(str(ds.file_meta.get("TransferSyntaxUID", "")), "TransferSyntaxUID"),
+        transfer_syntax=transfer_syntax,
         patient_id=_text(ds, "PatientID"),
     )
 
 
-def read_header(path: Path) -> InstanceHeader:
-    """The identity of a Part 10 file, after checking it is complete; Pixel Data is never loaded.
+def indexed_values(ds: Dataset, header: InstanceHeader) -> dict[str, Any]:
+    """The catalogue's attributes of one instance: text decoded (multiple values joined by backslash),
+    integers as int or None, the identity as validated in `header`."""
+    known = {
+        "StudyInstanceUID": header.study_instance_uid,
+        "SeriesInstanceUID": header.series_instance_uid,
+        "SOPInstanceUID": header.sop_instance_uid,
+        "SOPClassUID": header.sop_class_uid,
+        "TransferSyntaxUID": str(header.transfer_syntax),
+    }
+    values: dict[str, Any] = {}
+    for attribute in extracted():
+        keyword = attribute.keyword
+        if keyword in known:
+            values[keyword] = known[keyword]
+        elif attribute.integer:
+            values[keyword] = _int(ds, keyword)
+        else:
+            values[keyword] = _text(ds, keyword) or "".join(_text(ds, k) for k in attribute.fallback)
+    return values
 
-    Values are converted as pydicom converts them (`_header` of a dcmread dataset gives the same).
-    """
-    checked = _validate(path, _HEADER_TAGS)
-    values = checked.captured
+
+def parse_instance(stream: BinaryIO, *, bulkdata_threshold: int = 1024) -> ParsedInstance:
+    """Everything the archive learns from a received object, reading it once; InvalidInput when it is
+    not a complete Part 10 object or lacks its identity. Values longer than `bulkdata_threshold` bytes
+    become BulkDataURIs in its DICOM JSON."""
+    checked = _check(stream)
     with _quiet():
-        charset = values.get(_CHARSET)
-        encodings = convert_encodings(convert_string(charset, True)) if charset else [default_encoding]
-
-        def uid(tag: int, keyword: str) -> str:
-            raw = values.get(tag)
-            value = convert_UI(raw, True) if raw else ""
-            if value == "":
-                raise InvalidInput(f"missing {keyword}")
-            return validate_uid(str(value), keyword)
-
-        patient = values.get(_PATIENT_ID)
-        return InstanceHeader(
-            sop_class_uid=uid(_SOP_CLASS, "SOPClassUID"),
-            sop_instance_uid=uid(_SOP_INSTANCE, "SOPInstanceUID"),
-            study_instance_uid=uid(_STUDY, "StudyInstanceUID"),
-            series_instance_uid=uid(_SERIES, "SeriesInstanceUID"),
-            transfer_syntax=checked.transfer_syntax,
-            patient_id=_joined(convert_text(patient, encodings)) if patient else "",
-        )
-
-
-def read_dataset(path: Path) -> Dataset:
-    """The whole dataset of a complete Part 10 file; values over DEFER_SIZE are read on access."""
-    checked = _validate(path)
-    with _quiet():
-        return _dcmread(path, checked.has_preamble)
-
-
-def extract_meta(
-    path: Path, tenant_id: str, file_path: str, file_size: int, sha256: str
-) -> tuple[DicomStateMeta, DicomImageMeta]:
-    """The index and warehouse records of one received file."""
-    checked = _validate(path)
-    with _quiet():
-        return _records(
-            _dcmread(path, checked.has_preamble, stop_before_pixels=True), tenant_id, file_path, file_size, sha256
-        )
-
-
-def _records(
-    ds: Dataset, tenant_id: str, file_path: str, file_size: int, sha256: str
-) -> tuple[DicomStateMeta, DicomImageMeta]:
-    header = _header(ds)
-    acquisition = _text(ds, "AcquisitionDateTime") or _text(ds, "AcquisitionDate") + _text(ds, "AcquisitionTime")
-    state = DicomStateMeta(
-        tenant_id=tenant_id,
-        patient_id=header.patient_id,
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
-        study_instance_uid=header.study_instance_uid,
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_id=_text(ds, "StudyID"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
-        series_instance_uid=header.series_instance_uid,
-        modality=_text(ds, "Modality"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        performed_procedure_step_start_date=_text(ds, "PerformedProcedureStepStartDate"),
-        performed_procedure_step_start_time=_text(ds, "PerformedProcedureStepStartTime"),
-        institution_name=_text(ds, "InstitutionName"),
-        station_name=_text(ds, "StationName"),
-    )
-    image = DicomImageMeta(
-        tenant_id=tenant_id,
-        study_instance_uid=header.study_instance_uid,
-        series_instance_uid=header.series_instance_uid,
+        ds = _dcmread(stream, checked.has_preamble)
+        header = _header(ds, checked.transfer_syntax)
+        base = bulkdata_base(header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid)
+        try:
+            metadata = dataset_to_json(ds, lambda path: f"{base}/{path}", bulkdata_threshold)
+            frame_index = (
+                None
+                if checked.pixel is None
+                else index_frames(stream, ds, checked.pixel, checked.size, checked.transfer_syntax)
+            )
+        except _PYDICOM_ERRORS as exc:
+            raise InvalidInput(f"unreadable DICOM file: {exc}") from exc
+        attributes = indexed_values(ds, header)
+    entry = InstanceEntry(
         sop_instance_uid=header.sop_instance_uid,
-        sop_class_uid=header.sop_class_uid,
-        instance_number=_int(ds, "InstanceNumber"),
-        transfer_syntax=header.transfer_syntax,
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        bits_allocated=_int(ds, "BitsAllocated"),
-        number_of_frames=_int(ds, "NumberOfFrames"),
-        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
-        content_date=_text(ds, "ContentDate"),
-        content_time=_text(ds, "ContentTime"),
-        acquisition_date_time=acquisition,
-        image_type=_text(ds, "ImageType"),
-        file_path=file_path,
-        file_size=file_size,
-        sha256=sha256,
+        instance_number=attributes["InstanceNumber"],
+        file_size=checked.size,
+        sha256=checked.sha256,
+        metadata=metadata,
+        frame_index=frame_index,
     )
-    return state, image
+    return ParsedInstance(header, attributes, entry)

@@ -1,10 +1,14 @@
 """QIDO-RS / C-FIND matching: one parser and one set of rules for both (PS3.4 C.2.2.2, PS3.18 8.3.4).
 
+A request becomes a `Query` of `Condition`s here; the index evaluates them (adapters/index_sql.py turns
+them into SQL for SQLite and PostgreSQL alike, with the helpers below for names and times), so there
+is exactly one matcher. The matching keys are the catalogue's (dicom/attributes.py).
+
 Decisions (also the conformance statement's matching section):
 
 - Matching keys not supported at the query's level (a DICOM attribute we do not index, or one of a
   lower level, such as `Modality` on /studies) are not applied; they are listed in
-  `Query.unsupported` and the server answers with a `Warning: 299` header (`unsupported_warning`),
+  `Query.unsupported` and the server answers with a `Warning: 299` header (web/qido.py),
   as PS3.18 allows. OHIF and dicomweb-client ignore the header, so their searches still succeed.
   An empty value for such a key is a request to return it, not a condition, so it warns nothing.
   Names that are neither a special parameter nor a DICOM keyword or tag are rejected (400).
@@ -29,14 +33,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from dicomcloud.dicom.attributes import CATALOGUE, Attribute, QueryLevel
 from dicomcloud.dicom.uids import validate_uid
 from dicomcloud.errors import InvalidInput
 
-Level = Literal["study", "series", "instance"]
+Level = QueryLevel
 MatchKind = Literal["single", "wildcard", "range", "uid_list", "list"]
 
 
@@ -67,46 +72,10 @@ class Query:
     unsupported: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class KeyAttribute:
-    """A supported matching key: its VR and the level it belongs to (patient attributes are study's)."""
-
-    keyword: str
-    vr: str
-    level: Level
-
-
 LEVEL_DEPTH: dict[Level, int] = {"study": 0, "series": 1, "instance": 2}
 
-MATCHING_KEYS: dict[str, KeyAttribute] = {
-    attr.keyword: attr
-    for attr in (
-        KeyAttribute("PatientName", "PN", "study"),
-        KeyAttribute("PatientID", "LO", "study"),
-        KeyAttribute("PatientBirthDate", "DA", "study"),
-        KeyAttribute("PatientSex", "CS", "study"),
-        KeyAttribute("StudyInstanceUID", "UI", "study"),
-        KeyAttribute("StudyDate", "DA", "study"),
-        KeyAttribute("StudyTime", "TM", "study"),
-        KeyAttribute("AccessionNumber", "SH", "study"),
-        KeyAttribute("StudyID", "SH", "study"),
-        KeyAttribute("StudyDescription", "LO", "study"),
-        KeyAttribute("ReferringPhysicianName", "PN", "study"),
-        KeyAttribute("ModalitiesInStudy", "CS", "study"),
-        KeyAttribute("SeriesInstanceUID", "UI", "series"),
-        KeyAttribute("Modality", "CS", "series"),
-        KeyAttribute("SeriesNumber", "IS", "series"),
-        KeyAttribute("SeriesDescription", "LO", "series"),
-        KeyAttribute("BodyPartExamined", "CS", "series"),
-        KeyAttribute("PerformedProcedureStepStartDate", "DA", "series"),
-        KeyAttribute("PerformedProcedureStepStartTime", "TM", "series"),
-        KeyAttribute("InstitutionName", "LO", "series"),
-        KeyAttribute("StationName", "SH", "series"),
-        KeyAttribute("SOPInstanceUID", "UI", "instance"),
-        KeyAttribute("SOPClassUID", "UI", "instance"),
-        KeyAttribute("InstanceNumber", "IS", "instance"),
-    )
-}
+# The matching keys, from the one catalogue (dicom/attributes.py).
+MATCHING_KEYS: dict[str, Attribute] = {attribute.keyword: attribute for attribute in CATALOGUE if attribute.matching}
 
 # Attributes returned by default (PS3.18 Tables 10.6.3-3 to -5, minus what the server adds itself:
 # RetrieveURL, InstanceAvailability, TimezoneOffsetFromUTC).
@@ -199,7 +168,7 @@ def parse_qido(
         includefields.add(path)
         raw = "\\".join(value.strip() for value in values if value.strip())
         attr = MATCHING_KEYS.get(path)
-        if attr is None or LEVEL_DEPTH[attr.level] > LEVEL_DEPTH[level]:
+        if attr is None or LEVEL_DEPTH[attr.query_level] > LEVEL_DEPTH[level]:
             if raw:
                 unsupported.append(path)
             continue
@@ -220,7 +189,7 @@ def parse_qido(
     )
 
 
-def parse_condition(attr: KeyAttribute, raw: str) -> Condition | None:
+def parse_condition(attr: Attribute, raw: str) -> Condition | None:
     """The condition for one key's value; None for universal matching (empty or `*`)."""
     raw = raw.strip()
     if raw in ("", "*"):
@@ -372,82 +341,3 @@ def fuzzy_name_patterns(value: str) -> list[str]:
     """Wildcard patterns, one per query word, each to match against `" " + pn_words(name)`."""
     words = re.split(r"[\^=,\s]+", normalize_pn(value).replace("*", ""))
     return [f"* {word}*" for word in words if word]
-
-
-def pn_words(normalized_name: str) -> str:
-    """A normalised name with its component separators turned into spaces (see fuzzy_name_patterns)."""
-    return normalized_name.translate({ord(c): " " for c in PN_WORD_SEPARATORS})
-
-
-def wildcard_match(pattern: str, value: str) -> bool:
-    """DICOM wildcard matching: `*` any run of characters, `?` exactly one, everything else literal."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
-
-
-def matches(query: Query, values: Mapping[str, Any]) -> bool:
-    """Whether an entity (keyword -> value, as `Index.search` returns them) matches the query.
-
-    Evaluates exactly what the index adapters evaluate in SQL; the contract tests hold them equal.
-    """
-    if query.study_instance_uid is not None and values.get("StudyInstanceUID") != query.study_instance_uid:
-        return False
-    if query.series_instance_uid is not None and values.get("SeriesInstanceUID") != query.series_instance_uid:
-        return False
-    return all(_condition_holds(c, values.get(c.keyword), query.fuzzy) for c in query.conditions)
-
-
-def _condition_holds(condition: Condition, value: Any, fuzzy: bool) -> bool:
-    if isinstance(value, list | tuple):
-        return any(_condition_holds(condition, item, fuzzy) for item in value)
-    vr = MATCHING_KEYS[condition.keyword].vr
-    if vr == "IS":
-        return value is not None and str(value).strip() != "" and int(value) == int(str(condition.value))
-    text = "" if value is None else str(value)
-    if vr in ("DA", "TM"):
-        stored = time_key(text) if vr == "TM" else text
-        low, high = range_bounds(condition)
-        return stored != "" and (not low or stored >= low) and (not high or stored <= high)
-    if condition.kind == "uid_list":
-        return text in condition.value
-    patterns = condition.value if condition.kind == "list" else (str(condition.value),)
-    if vr == "PN":
-        name = normalize_pn(text)
-        if any(wildcard_match(normalize_pn(p), name) for p in patterns):
-            return True
-        words = " " + pn_words(name)
-        return fuzzy and all(wildcard_match(p, words) for p in fuzzy_name_patterns(str(condition.value)))
-    return any(wildcard_match(p, text) if is_wildcard(p) else p == text for p in patterns)
-
-
-def returned_keywords(query: Query) -> frozenset[str] | None:
-    """Attributes a QIDO response carries for this query (PS3.18 10.6.3.3); None means all available.
-
-    The UIDs of the enclosing levels are always returned, so each result can be retrieved.
-    """
-    if query.include_all:
-        return None
-    keywords = set(QIDO_LEVEL_KEYWORDS[query.level]) | query.includefields | {"StudyInstanceUID"}
-    if query.level == "series" and query.study_instance_uid is None:
-        keywords |= set(QIDO_LEVEL_KEYWORDS["study"])
-    if query.level == "instance":
-        keywords.add("SeriesInstanceUID")
-        if query.series_instance_uid is None:
-            keywords |= set(QIDO_LEVEL_KEYWORDS["series"])
-        if query.study_instance_uid is None:
-            keywords |= set(QIDO_LEVEL_KEYWORDS["study"])
-    return frozenset(keywords)
-
-
-def response_attributes(query: Query, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a search row a QIDO response returns."""
-    wanted = returned_keywords(query)
-    return {k: v for k, v in row.items() if wanted is None or k in wanted}
-
-
-def unsupported_warning(query: Query, agent: str = "dicomcloud") -> str | None:
-    """The `Warning` header value for keys that were not applied, or None if all were."""
-    if not query.unsupported:
-        return None
-    keys = ", ".join(query.unsupported)
-    return f'299 {agent} "The following matching keys are not supported and were ignored: {keys}"'

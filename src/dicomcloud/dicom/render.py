@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from dicomcloud.errors import InvalidInput, NotFound
 
 JPEG = "image/jpeg"
@@ -115,23 +115,27 @@ def parse_quality(text: str) -> int:
     return int(text)
 
 
-def number_of_frames(path: Path) -> int:
-    """How many frames the file's image has; 0 when it is not an image (no Rows)."""
-    return _frames(pydicom.dcmread(path, stop_before_pixels=True))
+def number_of_frames(stream: BinaryIO) -> int:
+    """How many frames the instance's image has; 0 when it is not an image (no Rows)."""
+    stream.seek(0)
+    return _frames(pydicom.dcmread(stream, stop_before_pixels=True))
 
 
 def _frames(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1) if "Rows" in ds else 0
 
 
-def render_frame(path: Path, frame: int, options: RenderOptions) -> bytes:
-    """Frame `frame` (1-based) of the file, rendered per `options`, as encoded image bytes."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+def render_frame(stream: BinaryIO, frame: int, options: RenderOptions) -> bytes:
+    """Frame `frame` (1-based) of the instance, rendered per `options`, as encoded image bytes."""
+    stream.seek(0)
+    ds = pydicom.dcmread(stream, stop_before_pixels=True)
     frames = _frames(ds)
     if not 1 <= frame <= frames:
-        raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else f"{path.name} is not an image")
-    # Decoding from the path seeks to Pixel Data in the file, which a deflated file's bytes do not allow.
-    source = pydicom.dcmread(path) if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian else path
+        raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else "the instance is not an image")
+    # Decoding from the stream seeks to Pixel Data in it, which a deflated object's bytes do not allow.
+    stream.seek(0)
+    deflated = ds.file_meta.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    source = pydicom.dcmread(stream) if deflated else stream
     arr = pixel_array(source, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
     photometric = str(ds.PhotometricInterpretation)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):

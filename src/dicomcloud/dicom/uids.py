@@ -1,10 +1,17 @@
-"""UIDs and tenant ids, validated once at the edge and trusted inside.
+"""UIDs, tenant ids and transfer syntaxes, validated once at the edge and trusted inside.
 
-A value that passes these checks can be joined into a filesystem path or a cache key:
-digits and dots only for UIDs, a short lowercase slug for tenants.
+A value that passes these checks can be joined into a storage key or a cache key: digits and dots
+only for UIDs, a short lowercase slug for tenants. A `TransferSyntax` knows its own facts (pydicom's
+`UID` knows the encoding; this adds what the archive decides on: how frames travel, whether the
+pixels are lossy, whether a dataset can be re-encoded into another syntax without its pixels).
 """
 
+from __future__ import annotations
+
 import re
+from typing import cast
+
+from pydicom.uid import UID
 
 from dicomcloud.errors import InvalidUID
 
@@ -33,3 +40,99 @@ def validate_tenant(value: object) -> str:
         shown = value[:80] if isinstance(value, str) else type(value).__name__
         raise InvalidUID(f"invalid tenant id: {shown!r}")
     return value
+
+
+OCTET_STREAM = "application/octet-stream"
+
+# PS3.18 Table 8.7.3-5, media types of compressed bulk data (frames) by transfer syntax.
+_COMPRESSED_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
+    "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless (was image/x-dicom-rle before 2017)
+    "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": "image/jp2",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "image/jp2",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92": "image/jpx",  # JPEG 2000 Part 2 Multi-component Lossless
+    "1.2.840.10008.1.2.4.93": "image/jpx",  # JPEG 2000 Part 2 Multi-component
+    "1.2.840.10008.1.2.4.201": "image/jphc",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "image/jphc",  # HTJ2K with RPCL Options Lossless
+    "1.2.840.10008.1.2.4.203": "image/jphc",  # HTJ2K
+    "1.2.840.10008.1.2.4.110": "image/jxl",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.4.111": "image/jxl",  # JPEG XL JPEG Recompression
+    "1.2.840.10008.1.2.4.112": "image/jxl",  # JPEG XL
+    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.100.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.101.1": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 family
+    "1.2.840.10008.1.2.4.102.1": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+    "1.2.840.10008.1.2.4.103.1": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",
+    "1.2.840.10008.1.2.4.104.1": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",
+    "1.2.840.10008.1.2.4.105.1": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",
+    "1.2.840.10008.1.2.4.106.1": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile
+    "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile
+}
+# Lossy transfer syntaxes (PS3.5 Section 8 and Annex A: "lossy" processes), video included.
+_LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.4.111",
+        "1.2.840.10008.1.2.4.112",
+        *(syntax for syntax, media in _COMPRESSED_MEDIA_TYPES.items() if media.startswith("video/")),
+    }
+)
+_ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+
+
+class TransferSyntax(UID):
+    """A validated transfer syntax UID and what the archive needs to know of it."""
+
+    def __new__(cls, value: str) -> TransferSyntax:
+        return cast(TransferSyntax, super().__new__(cls, validate_uid(str(value), "TransferSyntaxUID")))
+
+    @property
+    def is_native(self) -> bool:
+        """Implicit VR LE, Explicit VR LE or Explicit VR BE (PS3.5 8.1): a dataset in one of them can be
+        written in another by re-encoding, its pixel data untouched (what pynetdicom does for C-STORE)."""
+        return not self.is_compressed and not self.is_deflated
+
+    @property
+    def has_uncompressed_frames(self) -> bool:
+        """Frames are plain pixel bytes (served as little endian octet-stream), not a compressed bitstream."""
+        return not self.is_compressed or self == _ENCAPSULATED_UNCOMPRESSED
+
+    @property
+    def is_lossy(self) -> bool:
+        return self in _LOSSY
+
+    @property
+    def frame_media_type(self) -> str | None:
+        """The PS3.18 media type of a frame stored in this syntax; None for a syntax PS3.18 gives none."""
+        if self.has_uncompressed_frames:
+            return OCTET_STREAM
+        return _COMPRESSED_MEDIA_TYPES.get(self)
+
+    @property
+    def frame_syntax(self) -> TransferSyntax:
+        """The syntax of this syntax's frames as served: uncompressed frames are always little endian."""
+        return EXPLICIT_VR_LITTLE_ENDIAN if self.has_uncompressed_frames else self
+
+
+IMPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2")
+EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1")
+EXPLICIT_VR_BIG_ENDIAN = TransferSyntax("1.2.840.10008.1.2.2")
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1.99")
+NATIVE_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)

@@ -1,11 +1,12 @@
 """C-FIND, C-GET and C-MOVE for wado-storescp: handlers bound to the same AE as C-STORE (one port).
 
-The domain (`dicomcloud.dicom.cfind`) turns identifiers into index queries and matches into
-response identifiers; this module runs them against the tenant's index and storage.
+The domain (`dicomcloud.dicom.cfind`) turns identifiers into queries and matches into response
+identifiers; the archive matches them (archive/search.py, the same matcher and fill as QIDO-RS) and
+reads the instances (archive/retrieve.py, the same selection as WADO-RS).
 
 - C-FIND: pending responses are produced one by one as pynetdicom sends them; a C-CANCEL stops the
-  stream with 0xFE00. IMAGE level fills keys the index does not keep from the series metadata
-  document, as QIDO-RS does for instance includefields (bulk data left out).
+  stream with 0xFE00. IMAGE level fills keys the index does not keep from the instances' metadata
+  entries, as QIDO-RS does for instance includefields (bulk data left out).
 - C-GET and C-MOVE send stored files as stored: the dataset is read without decoding its pixel data
   and written back in its stored transfer syntax when the peer accepted that syntax for the SOP
   class (for C-MOVE we propose it), so the dataset's bytes are the stored ones. Instances stored
@@ -27,16 +28,13 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, build_context, evt
 from pynetdicom.presentation import PresentationContext
 
-from dicomcloud.archive.metadata import SeriesMetadata
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import MoveDestination
 from dicomcloud.dicom.cfind import (
     InformationModel,
@@ -46,9 +44,9 @@ from dicomcloud.dicom.cfind import (
     query_retrieve_level,
     retrieve_query,
 )
+from dicomcloud.dicom.uids import NATIVE_SYNTAXES, TransferSyntax
 from dicomcloud.errors import DicomCloudError
-from dicomcloud.ports.index import InstanceLocation, SeriesKey
-from dicomcloud.runtime import Runtime
+from dicomcloud.ports.index import InstanceLocation
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +63,7 @@ GET_MODELS: dict[str, InformationModel] = {
     "1.2.840.10008.5.1.4.1.2.2.3": "study",
 }
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-QR_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
-# Syntaxes pynetdicom converts between by re-encoding (no pixel data decoding involved).
-NATIVE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+QR_TRANSFER_SYNTAXES = [str(syntax) for syntax in NATIVE_SYNTAXES]
 MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
 STATUS_SUCCESS = 0x0000
 STATUS_PENDING = 0xFF00
@@ -80,11 +76,10 @@ FindResult = tuple[int, Dataset | None]
 class QueryRetrieveSCP:
     """Query/retrieve handlers for an AE whose called AE title picks the tenant (`tenant_for`)."""
 
-    def __init__(self, runtime: Runtime, tenant_for: Callable[[str], str | None]) -> None:
-        self.runtime = runtime
+    def __init__(self, archive: Archive, tenant_for: Callable[[str], str | None]) -> None:
+        self.archive = archive
         self.tenant_for = tenant_for
-        self.metadata = SeriesMetadata(runtime)
-        self.destinations: dict[str, MoveDestination] = runtime.settings.dimse.move_destinations
+        self.destinations: dict[str, MoveDestination] = archive.settings.dimse.move_destinations
 
     def add_contexts(self, ae: AE) -> None:
         """Accept the Patient Root and Study Root FIND, MOVE and GET SOP classes."""
@@ -102,40 +97,21 @@ class QueryRetrieveSCP:
             model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
             identifier = event.identifier
             qr_level = query_retrieve_level(identifier, model)
-            rows = self.runtime.index.search(tenant, find_query(identifier, model))
+            wanted = [element.keyword for element in identifier if element.keyword and element.VR != "SQ"]
+            matches = self.archive.search.find(tenant, find_query(identifier, model), wanted)
         except DicomCloudError as exc:
             log.warning("C-FIND to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
             yield exc.dimse_status, None
             return
+        rows = [_values(match.values, match.extra) for match in matches]
         if qr_level == "PATIENT":
             rows = patient_rows(rows)
-        extras = self._document_values(tenant, identifier, rows) if qr_level == "IMAGE" else {}
         for row in rows:
             if event.is_cancelled:
                 yield STATUS_CANCEL, None
                 return
-            values = {**extras.get(str(row.get("SOPInstanceUID")), {}), **row}
-            yield STATUS_PENDING, find_response(identifier, values, qr_level=qr_level, retrieve_ae_title=called)
+            yield STATUS_PENDING, find_response(identifier, row, qr_level=qr_level, retrieve_ae_title=called)
         yield STATUS_SUCCESS, None
-
-    def _document_values(
-        self, tenant: str, identifier: Dataset, rows: list[dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
-        """Per SOP Instance UID, values of requested keys the index rows lack, from series documents."""
-        missing = {
-            f"{element.tag:08X}"
-            for element in identifier
-            if rows and element.keyword and element.VR != "SQ" and element.keyword not in rows[0]
-        }
-        if not missing:
-            return {}
-        values: dict[str, dict[str, Any]] = {}
-        for study, series in dict.fromkeys((str(r["StudyInstanceUID"]), str(r["SeriesInstanceUID"])) for r in rows):
-            document = self.metadata.document(SeriesKey(tenant, study, series))
-            for sop, entry in (document.instances.items() if document is not None else ()):
-                wanted = {tag: value for tag, value in entry.metadata.items() if tag in missing and _inline(value)}
-                values[sop] = {element.keyword: element.value for element in Dataset.from_json(wanted)}
-        return values
 
     def _on_get(self, event: evt.Event) -> Iterator[int | FindResult]:
         called = called_ae(event)
@@ -184,7 +160,7 @@ class QueryRetrieveSCP:
             if event.is_cancelled:
                 yield STATUS_CANCEL, None
                 return
-            dataset = read_stored(self.runtime.storage.path(location.file_path), location)
+            dataset = self.archive.retrieve.dataset(location)
             if accepted is not None and needs_decompression(location, accepted):
                 dataset.decompress(generate_instance_uid=False)
             yield STATUS_PENDING, dataset
@@ -197,31 +173,21 @@ class QueryRetrieveSCP:
 
     def _instances(self, called: str, identifier: Dataset, model: InformationModel) -> list[InstanceLocation]:
         """The stored instances a C-GET/C-MOVE identifier names, series by series."""
-        tenant = self._tenant(called)
-        rows = self.runtime.index.search(tenant, retrieve_query(identifier, model))
-        wanted = {str(row["SOPInstanceUID"]) for row in rows}
-        series = dict.fromkeys((str(row["StudyInstanceUID"]), str(row["SeriesInstanceUID"])) for row in rows)
-        return [
-            location
-            for study, series_uid in series
-            for location in self.runtime.index.list_instances(tenant, study, series_uid)
-            if location.sop_instance_uid in wanted
-        ]
+        return self.archive.retrieve.matching(self._tenant(called), retrieve_query(identifier, model))
 
 
-def read_stored(path: Path, location: InstanceLocation) -> Dataset:
-    """The stored dataset, undecoded (pixel data stays as stored), with its transfer syntax."""
-    dataset = dcmread(path, force=True)
-    if "TransferSyntaxUID" not in dataset.file_meta:
-        dataset.file_meta.TransferSyntaxUID = UID(location.transfer_syntax)
-    return dataset
+def _values(values: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A match's values by keyword: the index's, and those of its metadata entry (DICOM JSON by tag)."""
+    if not extra:
+        return values
+    return {**{element.keyword: element.value for element in Dataset.from_json(extra)}, **values}
 
 
 def needs_decompression(location: InstanceLocation, accepted: set[tuple[str, str]]) -> bool:
     """Compressed as stored, that syntax not accepted for its SOP class, a native syntax accepted."""
     sop_class, syntax = location.sop_class_uid, location.transfer_syntax
     return (
-        syntax not in NATIVE_SYNTAXES
+        not TransferSyntax(syntax).is_native
         and (sop_class, syntax) not in accepted
         and any((sop_class, native) in accepted for native in NATIVE_SYNTAXES)
     )
@@ -234,7 +200,8 @@ def move_contexts(instances: list[InstanceLocation]) -> list[PresentationContext
         log.warning("C-MOVE needs %d presentation contexts; the instances beyond %d fail", len(pairs), MAX_CONTEXTS)
     contexts = []
     for sop_class, syntax in list(pairs)[:MAX_CONTEXTS]:
-        syntaxes = [syntax, *(s for s in NATIVE_SYNTAXES if s != syntax)] if syntax in NATIVE_SYNTAXES else [syntax]
+        others = [str(native) for native in NATIVE_SYNTAXES if native != syntax]
+        syntaxes = [syntax, *others] if TransferSyntax(syntax).is_native else [syntax]
         contexts.append(build_context(sop_class, syntaxes))
     return contexts
 
@@ -250,8 +217,3 @@ def called_ae(event: evt.Event) -> str:
     """The AE title the peer asked for (ours may answer to several, one per tenant)."""
     request = event.assoc.requestor.primitive
     return str(request.called_ae_title).strip() if request is not None else ""
-
-
-def _inline(value: Any) -> bool:
-    """A DICOM JSON attribute without bulk data (C-FIND responses carry none)."""
-    return isinstance(value, dict) and "BulkDataURI" not in value and "InlineBinary" not in value

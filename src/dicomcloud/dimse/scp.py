@@ -1,11 +1,13 @@
-"""wado-storescp: the DIMSE SCP (C-ECHO, C-STORE, and C-FIND/C-GET/C-MOVE from `qrscp`), a thin
-shell over pynetdicom and Ingest.
+"""wado-storescp: the DIMSE SCP (C-ECHO, C-STORE, and C-FIND/C-GET/C-MOVE from `query_retrieve`), a
+thin shell over pynetdicom and the archive.
 
 Datasets are never decoded: pynetdicom writes each received dataset, behind a preamble and File
 Meta Information naming the accepted transfer syntax, to a temporary file
-(`_config.STORE_RECV_CHUNKED_DATASET`, which keeps memory flat for large objects); the handler copies
-it into a storage temp file and hands that to `Ingest.store`. Success (0x0000) is sent only after
-`store` returned, i.e. the file is durable and its event is on the bus.
+(`_config.STORE_RECV_CHUNKED_DATASET`, which keeps memory flat for large objects); the handler hands
+that file to the archive's store (archive/store.py), which parses it once and places it; when the
+process's temp folder is the storage's staging folder (the services set it so), placing it is a
+rename, not a copy. Success (0x0000) is sent only after the store returned: the instance is durable,
+indexed and announced, so a C-FIND, QIDO-RS or WADO-RS sent after the response finds it.
 
 The called AE title picks the tenant (`dimse.ae_tenants`, else the default tenant); with
 `dimse.reject_unknown_called_ae`, an association to an AE title that is neither mapped nor ours is
@@ -18,7 +20,6 @@ storage SCP gets its C-STORE sub-operations on the same association.
 from __future__ import annotations
 
 import logging
-import shutil
 import ssl
 import threading
 from typing import Any
@@ -27,12 +28,11 @@ from pydicom import uid as ts
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import DimseSettings
 from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.metrics import DIMSE_OPERATIONS
-from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,9 @@ def storage_sop_classes() -> list[str]:
 
 
 class StoreSCP:
-    def __init__(self, runtime: Runtime, ingest: Ingest) -> None:
-        self.runtime = runtime
-        self.ingest = ingest
-        dimse = runtime.settings.dimse
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        dimse = archive.settings.dimse
         self.ae = AE(ae_title=dimse.ae_title)
         self.ae.maximum_pdu_size = dimse.max_pdu
         self.ae.network_timeout = dimse.network_timeout
@@ -122,7 +121,7 @@ class StoreSCP:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         self.ae.add_supported_context(VERIFICATION_SOP_CLASS, TRANSFER_SYNTAXES[:3])
         self._tenants = {title.strip(): tenant for title, tenant in dimse.ae_tenants.items()}
-        self.query_retrieve = QueryRetrieveSCP(runtime, self.tenant_for)
+        self.query_retrieve = QueryRetrieveSCP(archive, self.tenant_for)
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
         self._stopped = threading.Event()
@@ -132,16 +131,16 @@ class StoreSCP:
         called = called_ae.strip()
         if called in self._tenants:
             return self._tenants[called]
-        dimse = self.runtime.settings.dimse
+        dimse = self.archive.settings.dimse
         if dimse.reject_unknown_called_ae and called != dimse.ae_title.strip():
             return None
-        return self.runtime.settings.tenant
+        return self.archive.settings.tenant
 
     def start(self, blocking: bool) -> None:
         """Listen on `dimse.host:dimse.port`; with `blocking`, return only after `stop()`."""
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse = self.runtime.settings.dimse
+        dimse = self.archive.settings.dimse
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -165,7 +164,7 @@ class StoreSCP:
     @property
     def port(self) -> int:
         """The port actually bound (useful when the settings ask for port 0)."""
-        return int(self._server.server_address[1]) if self._server else self.runtime.settings.dimse.port
+        return int(self._server.server_address[1]) if self._server else self.archive.settings.dimse.port
 
     def stop(self) -> None:
         if self._server is not None:
@@ -192,14 +191,10 @@ class StoreSCP:
         if tenant is None:
             return STATUS_PROCESSING_FAILURE
         try:
-            handle, temp = self.runtime.storage.new_temp()
-            try:
-                with handle, event.dataset_path.open("rb") as received:
-                    shutil.copyfileobj(received, handle, 1024 * 1024)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
-            stored = self.ingest.store(temp, tenant_id=tenant, source="dimse", calling_ae=calling, called_ae=called)
+            received = event.dataset_path.open("rb")
+            stored = self.archive.store.store(
+                received, tenant_id=tenant, source="dimse", calling_ae=calling, called_ae=called
+            )
         except DicomCloudError as exc:
             log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
             return exc.dimse_status

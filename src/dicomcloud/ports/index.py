@@ -1,18 +1,24 @@
 """The index: patient, study and series state (plus a slim instance registry) with QIDO search.
 
-The instance registry holds only UIDs and file facts, so counts stay exact under replayed events
-(a count is a COUNT, never an increment), duplicates can be detected and deletes find their files.
-Instance-level attributes beyond those live in the series metadata documents and the warehouse.
+The instance registry holds only UIDs, a few attributes and where the object is, so counts stay
+exact (a count is a COUNT, never an increment), duplicates are decided against it and deletes find
+their objects. Instance-level attributes beyond those live in the metadata entries and the warehouse.
+
+Instances are written by the store (archive/store.py) in a `writing` transaction: it holds the
+index's lock on those SOP Instance UIDs (and their studies) from the moment the current rows are
+read until the new ones are committed, so the decision about a duplicate and the placing of its
+object cannot interleave with another writer's, in this process or any other.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dicomcloud.dicom.query import Query
-from dicomcloud.events import DicomImageMeta, DicomStateMeta
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class SeriesKey:
 
 @dataclass(frozen=True)
 class InstanceLocation:
-    """Where an instance's file is, and the facts WADO needs without opening it."""
+    """Where an instance's object is, and the facts WADO needs without opening it."""
 
     tenant_id: str
     study_instance_uid: str
@@ -34,9 +40,36 @@ class InstanceLocation:
     transfer_syntax: str
     instance_number: int | None
     number_of_frames: int | None
-    file_path: str  # relative to the storage root
+    file_path: str  # the original's storage key: <TenantID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm
     file_size: int
     sha256: str
+
+    @property
+    def series_key(self) -> SeriesKey:
+        return SeriesKey(self.tenant_id, self.study_instance_uid, self.series_instance_uid)
+
+
+@dataclass(frozen=True)
+class IndexedInstance:
+    """What the index keeps of one instance: the catalogue's attributes and where its object is."""
+
+    tenant_id: str
+    attributes: Mapping[str, Any]  # by keyword (dicom/attributes.py), identity UIDs included
+    file_path: str
+    file_size: int
+    sha256: str
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.attributes["StudyInstanceUID"])
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.attributes["SeriesInstanceUID"])
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.attributes["SOPInstanceUID"])
 
 
 @dataclass(frozen=True)
@@ -47,15 +80,31 @@ class StaleSeries:
 
 class UpsertOutcome(enum.Enum):
     CREATED = "created"
-    REPLACED = "replaced"  # same SOP Instance UID, different content (sha256)
-    UNCHANGED = "unchanged"  # a replayed event: nothing changed
+    REPLACED = "replaced"  # same SOP Instance UID, different content or place
+    UNCHANGED = "unchanged"  # the same object again: nothing changed
+
+
+class IndexWrite(Protocol):
+    """An open write transaction, holding the locks of the instances it was opened for."""
+
+    def current(self) -> dict[str, InstanceLocation]:
+        """The rows of those SOP Instance UIDs as they are now, by SOP Instance UID."""
+        ...
+
+    def upsert(self, instance: IndexedInstance) -> UpsertOutcome:
+        """Insert or update patient, study, series and instance, recounting what changed.
+
+        Anything but UNCHANGED bumps the series' metadata version (and the old series' when the instance moved).
+        """
+        ...
 
 
 class Index(Protocol):
-    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
-        """Insert or update patient, study, series and instance in one transaction.
+    def writing(self, tenant_id: str, instances: Sequence[tuple[str, str]]) -> AbstractContextManager[IndexWrite]:
+        """A write transaction locking these (SOP Instance UID, Study Instance UID) pairs and the studies
+        their current rows are in; committed when the block ends, rolled back when it raises.
 
-        Anything but UNCHANGED bumps the series' metadata version, which marks its document stale.
+        Upserts inside it may only name these SOP Instance UIDs.
         """
         ...
 

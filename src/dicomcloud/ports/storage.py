@@ -1,65 +1,80 @@
-"""Storage of instance files and derived documents.
+"""Storage of objects: originals, derived copies, metadata entries and series documents alike.
 
-Instances live at `<root>/<TenantID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm` (the user's layout);
-a derived copy in another transfer syntax sits beside its original as `<SOPUID>_<TransferSyntaxUID>.dcm`
-(`_` never occurs in a UID) and is removed or invalidated with it; documents (series metadata)
-live under a separate metadata root. Every write is temp name, fsync, rename.
+The port speaks keys and bytes, never paths: an object is put from a stream, opened as a stream, read
+by byte ranges, sized, listed by prefix and deleted, so a local folder and an S3 bucket are two
+adapters of one contract (tests/contract/test_storage.py). The key layout is the archive's
+(archive/keys.py); keys are `/`-separated and adapters refuse any that could leave their root.
+
+One rule for a missing object: reading it (`open`, `read`, `read_ranges`) raises ObjectMissing;
+`size` answers None; `delete` of a missing key is a success.
+
+Writes replace atomically: a reader sees the old object or the new one, never a mix. Incoming
+objects are first staged (`stage`: a scratch file the adapter can take over), then `commit` makes a
+batch of them durable under their keys at once, so a batch costs about what one object costs.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from dicomcloud.errors import NotFound
+
+ByteRange = tuple[int, int]  # (offset, length)
+
+
+class ObjectMissing(NotFound):
+    """No object under the key asked for."""
 
 
 class Storage(Protocol):
-    def new_temp(self) -> tuple[BinaryIO, Path]:
-        """An open, empty temp file on the same filesystem as the final location."""
+    def stage(self) -> BinaryIO:
+        """A new, empty scratch file open for writing and reading, not yet under any key."""
         ...
 
-    def instance_relpath(self, tenant_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-        """Validate every id, then give the relative path of the instance file."""
-        ...
+    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+        """Store each staged file under its key (replacing what is there); all durable on return.
 
-    def derived_relpath(self, relpath: str, transfer_syntax: str) -> str:
-        """The relative path of the copy of instance `relpath` in `transfer_syntax` (validated)."""
-        ...
-
-    def commit_instance(self, temp: Path, relpath: str) -> None:
-        """fsync `temp`, rename it to `relpath` (replacing any file there), fsync the folder.
-
-        Committing an original removes its derived copies: they were made from the file it replaces.
+        A staged file may also be any open regular file: the adapter moves it when it can and copies
+        it otherwise. The files are consumed either way; on a failure nothing is guaranteed placed.
         """
         ...
 
-    def place_instance(self, temp: Path, relpath: str) -> None:
-        """`commit_instance` without its fsyncs, for committing many files at once: `temp` must have
-        been through `sync_temps`, and the name is durable only once `sync_folders` covered it."""
+    def discard(self, staged: BinaryIO) -> None:
+        """Close and drop a staged file that will not be committed (a no-op once consumed)."""
         ...
 
-    def sync_temps(self, temps: Sequence[Path]) -> None:
-        """fsync complete temp files (several at once concurrently), ready for `place_instance`."""
+    def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Put a small object whole. Without `durable` it may be lost by a crash of the machine (never half
+        written): for objects the archive can derive again."""
         ...
 
-    def sync_folders(self, relpaths: Sequence[str]) -> None:
-        """Make the names placed at these instance paths durable (one fsync per distinct folder)."""
+    def open(self, key: str) -> io.BufferedReader:
+        """A readable, seekable stream of the object (its size: `seek(0, 2)`); an object store wraps ranged
+        reads in one, so a reader reads what it needs and `readinto` fills a caller's buffer."""
         ...
 
-    def path(self, relpath: str) -> Path:
-        """The absolute path for a relative one (checked to stay under the root)."""
+    def read(self, key: str) -> bytes:
+        """The whole object."""
         ...
 
-    def remove_instance(self, relpath: str) -> None:
-        """Delete an instance file and its derived copies (missing is fine); prune folders left empty."""
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of each (offset, length) range; StorageFailure if the object is shorter."""
         ...
 
-    def read_document(self, key: str) -> bytes | None: ...
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, None when there is none."""
+        ...
 
-    def write_document(self, key: str, data: bytes) -> None: ...
+    def list(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`, sorted."""
+        ...
 
-    def delete_document(self, key: str) -> None: ...
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove these objects; missing ones are fine."""
+        ...
 
     def ping(self) -> None:
-        """Return when every storage folder is writable; raise ServiceUnavailable otherwise (for /ready)."""
+        """Return when the storage can be written; raise ServiceUnavailable otherwise (for /ready)."""
         ...

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from dicomcloud.dicom.attributes import Level, attributes
 from dicomcloud.errors import InvalidInput
+from dicomcloud.events import DicomImageMeta, DicomStateMeta
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,21 @@ def _cols(spec: str) -> tuple[Column, ...]:
 
 
 _UID = "VARCHAR(64)"
+
+
+def _catalogue_columns(levels: tuple[Level, ...]) -> str:
+    """The columns of the catalogue's warehouse attributes of these levels (dicom/attributes.py), in its order."""
+    return ", ".join(
+        f"{a.column} {'INT' if a.integer else 'STRING'}" for a in attributes(*levels, warehouse=True) if not a.identity
+    )
+
+
 DICOM_STATE_META = Table(
     "dicom_state_meta",
     _cols(
-        f"tenant_id VARCHAR(64) NOT NULL, study_instance_uid {_UID} NOT NULL, series_instance_uid {_UID} NOT NULL,"
-        " patient_id STRING, patient_name STRING, patient_birth_date STRING, patient_sex STRING,"
-        " study_date STRING, study_time STRING, accession_number STRING, study_id STRING,"
-        " study_description STRING, referring_physician_name STRING, modality STRING, series_number INT,"
-        " series_description STRING, series_date STRING, series_time STRING, body_part_examined STRING,"
-        " performed_procedure_step_start_date STRING, performed_procedure_step_start_time STRING,"
-        " institution_name STRING, station_name STRING, series_related_instances INT, updated_at DATETIME(6)"
+        f"tenant_id VARCHAR(64) NOT NULL, study_instance_uid {_UID} NOT NULL, series_instance_uid {_UID} NOT NULL, "
+        + _catalogue_columns(DicomStateMeta.levels)
+        + ", series_related_instances INT, updated_at DATETIME(6)"
     ),
     key=("tenant_id", "study_instance_uid", "series_instance_uid"),
     unique=True,
@@ -93,10 +100,9 @@ DICOM_IMAGE_META = Table(
     "dicom_image_meta",
     _cols(
         f"tenant_id VARCHAR(64) NOT NULL, sop_instance_uid {_UID} NOT NULL, study_instance_uid {_UID} NOT NULL,"
-        f" series_instance_uid {_UID} NOT NULL, sop_class_uid STRING, instance_number INT, transfer_syntax STRING,"
-        " rows INT, columns INT, bits_allocated INT, number_of_frames INT, photometric_interpretation STRING,"
-        " content_date STRING, content_time STRING, acquisition_date_time STRING, image_type STRING,"
-        " file_path STRING, file_size BIGINT, sha256 STRING, updated_at DATETIME(6)"
+        f" series_instance_uid {_UID} NOT NULL, "
+        + _catalogue_columns(DicomImageMeta.levels)
+        + ", file_path STRING, file_size BIGINT, sha256 STRING, updated_at DATETIME(6)"
     ),
     key=("tenant_id", "sop_instance_uid"),
     unique=True,

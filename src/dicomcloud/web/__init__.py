@@ -1,1 +1,4 @@
-"""DICOMweb and the admin HTTP API: routes, negotiation, multipart, authentication and the access log; thin over archive/."""
+"""DICOMweb and the admin HTTP API: routes, negotiation, multipart, authentication, the access log.
+
+Thin translations over the archive (archive/core.py).
+"""

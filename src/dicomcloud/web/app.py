@@ -17,16 +17,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
-from dicomcloud.archive.metadata import SeriesMetadata
-from dicomcloud.archive.qido_cache import QidoCache
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
-from dicomcloud.runtime import Runtime
 from dicomcloud.web import dashboard, delete, qido, rendered, stats, stow, wado
 from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
-from dicomcloud.web.context import Archive, use_default_tenant, use_path_tenant
+from dicomcloud.web.context import use_default_tenant, use_path_tenant
 from dicomcloud.web.http_metrics import HttpMetricsMiddleware
 
 log = logging.getLogger(__name__)
@@ -41,15 +38,12 @@ GZIP_MINIMUM_SIZE = 1024
 CLOSE_AFTER = frozenset({401, 403, 408, 413})
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(archive: Archive) -> FastAPI:
+    """The DICOMweb app over `archive`: routes translate requests into the archive's operations."""
+    runtime = archive.runtime
     app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0")
     app.state.auth = open_authenticator(runtime.settings.auth, runtime.cache)
-    app.state.archive = Archive(
-        runtime=runtime,
-        ingest=Ingest(runtime),
-        metadata=SeriesMetadata(runtime),
-        qido_cache=QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl),
-    )
+    app.state.archive = archive
 
     dicomweb = APIRouter()
     for module in (qido, wado, rendered, stow, delete):

@@ -1,4 +1,4 @@
-"""What a DICOMweb handler needs to know about its request: the services, the tenant, the base URL.
+"""What a DICOMweb handler needs to know about its request: the archive, the tenant, the base URL.
 
 The tenant comes from the URL form that matched (`/dicom-web/…` is the default tenant,
 `/<tenant>/dicom-web/…` names one); a router-level dependency records it before any handler runs.
@@ -11,39 +11,18 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from dicomcloud.archive.metadata import SeriesMetadata
-from dicomcloud.archive.qido_cache import QidoCache
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.dicom.uids import validate_tenant, validate_uid
 from dicomcloud.errors import InvalidUID
-from dicomcloud.ports.index import SeriesKey
-from dicomcloud.runtime import Runtime
 
 
 @dataclass(frozen=True)
-class Archive:
-    """The long-lived services shared by every request of one app."""
-
-    runtime: Runtime
-    ingest: Ingest
-    metadata: SeriesMetadata
-    qido_cache: QidoCache
-
-
-@dataclass(frozen=True)
-class DicomWeb:
-    """One request's view: its archive, tenant, and the DICOMweb root URL (no trailing slash)."""
+class RequestScope:
+    """One request's view: the archive, the tenant it acts for, and the DICOMweb root URL (no trailing slash)."""
 
     archive: Archive
     tenant: str
     base_url: str
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.archive.runtime
-
-    def series_key(self, study: str, series: str) -> SeriesKey:
-        return SeriesKey(self.tenant, study, series)
 
     def study_url(self, study: str) -> str:
         return f"{self.base_url}/studies/{study}"
@@ -67,22 +46,22 @@ def path_uid(value: str, what: str = "UID") -> str:
 
 
 def use_default_tenant(request: Request) -> None:
-    settings = request.app.state.archive.runtime.settings
+    settings = request.app.state.archive.settings
     request.state.tenant = settings.tenant
     request.state.prefix = settings.http.root_path
 
 
 def use_path_tenant(request: Request, tenant: str = Path(description="Tenant id")) -> None:
-    settings = request.app.state.archive.runtime.settings
+    settings = request.app.state.archive.settings
     request.state.tenant = validate_tenant(tenant)
     request.state.prefix = f"/{tenant}{settings.http.root_path}"
 
 
-def dicomweb(request: Request) -> DicomWeb:
-    """The request's DicomWeb view; the tenant was set by the router's tenant dependency."""
+def request_scope(request: Request) -> RequestScope:
+    """The request's scope; the tenant was set by the router's tenant dependency."""
     archive: Archive = request.app.state.archive
-    public = archive.runtime.settings.http.public_url.rstrip("/")
-    return DicomWeb(archive, request.state.tenant, (public or request_origin(request)) + request.state.prefix)
+    public = archive.settings.http.public_url.rstrip("/")
+    return RequestScope(archive, request.state.tenant, (public or request_origin(request)) + request.state.prefix)
 
 
 def request_origin(request: Request) -> str:
@@ -102,4 +81,4 @@ def request_origin(request: Request) -> str:
     return str(base).rstrip("/")
 
 
-WebContext = Annotated[DicomWeb, Depends(dicomweb)]
+Scope = Annotated[RequestScope, Depends(request_scope)]

@@ -75,7 +75,7 @@ class PartEnd:
     pass
 
 
-Event = PartStart | PartData | PartEnd
+PartEvent = PartStart | PartData | PartEnd
 
 
 class _State(enum.Enum):
@@ -110,11 +110,11 @@ class MultipartParser:
         """A part has started and not yet ended (its body may be cut if the stream ends now)."""
         return self._in_part
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[PartEvent]:
         if self._state is _State.EPILOGUE:
             return []
         self._buffer += data
-        events: list[Event] = []
+        events: list[PartEvent] = []
         while self._step(events):
             pass
         return events
@@ -125,7 +125,7 @@ class MultipartParser:
             where = "inside a part" if self._in_part else f"in the {self._state.value}"
             raise InvalidInput(f"multipart body ended {where} without the closing delimiter")
 
-    def _step(self, events: list[Event]) -> bool:
+    def _step(self, events: list[PartEvent]) -> bool:
         """Advance one state transition if the buffer allows; False when more input is needed."""
         if self._state in (_State.PREAMBLE, _State.BODY):
             return self._scan_for_delimiter(events)
@@ -136,7 +136,7 @@ class MultipartParser:
         self._buffer.clear()
         return False
 
-    def _scan_for_delimiter(self, events: list[Event]) -> bool:
+    def _scan_for_delimiter(self, events: list[PartEvent]) -> bool:
         in_body = self._state is _State.BODY
         index = self._buffer.find(self._delimiter)
         if index < 0:
@@ -176,7 +176,7 @@ class MultipartParser:
         self._state = _State.HEADERS
         return True
 
-    def _headers(self, events: list[Event]) -> bool:
+    def _headers(self, events: list[PartEvent]) -> bool:
         if self._buffer.startswith(CRLF):
             end, skip = 0, 2
         else:

@@ -18,29 +18,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from dicomcloud.archive.retrieve import Retrieve
 from dicomcloud.dicom.render import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_SIZE,
     RenderOptions,
     Viewport,
-    number_of_frames,
     parse_quality,
     parse_viewport,
     parse_window,
-    render_frame,
 )
 from dicomcloud.errors import NotAcceptable, NotFound
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.web.context import Scope
 from dicomcloud.web.multipart import Part, new_boundary, write_multipart
 from dicomcloud.web.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
-from dicomcloud.web.wado import _instance, _locations, parse_frame_list
+from dicomcloud.web.wado import instance_at, parse_frame_list, series_instances
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +74,24 @@ def _rendered_media_type(accept: str | None) -> str:
     raise NotAcceptable(f"rendered images are {' or '.join(RENDERED_MEDIA_TYPES)}; Accept was {accept!r}")
 
 
-def _frames_of(web: DicomWeb, locations: list[InstanceLocation]) -> Iterator[tuple[Path, int]]:
-    """(file, frame number) for every frame of the image instances among `locations`."""
-    for location in locations:
-        path = web.runtime.storage.path(location.file_path)
-        if not path.is_file():
-            log.error("instance %s is indexed but its file is not on storage; left out", location.sop_instance_uid)
-            continue
-        for frame in range(1, number_of_frames(path) + 1):
-            yield path, frame
+def _single(retrieve: Retrieve, location: InstanceLocation, frame: int, options: RenderOptions) -> Response:
+    return Response(retrieve.render(location, frame, options), media_type=options.media_type)
 
 
-def _single(path: Path, frame: int, options: RenderOptions) -> Response:
-    return Response(render_frame(path, frame, options), media_type=options.media_type)
-
-
-def _multipart(frames: Iterator[tuple[Path, int]], options: RenderOptions) -> Response:
+def _multipart(
+    retrieve: Retrieve, frames: Iterator[tuple[InstanceLocation, int]], options: RenderOptions
+) -> Response:
     """Renders the first part before answering, so a failure is a clean status; the rest as sent."""
     first = next(frames, None)
     if first is None:
         raise NotFound("nothing to render: no image instances")
     headers = {"Content-Type": options.media_type}
-    first_image = render_frame(*first, options)
+    first_image = retrieve.render(*first, options)
 
     def parts() -> Iterator[Part]:
         yield headers, [first_image]
-        for path, frame in frames:
-            yield headers, [render_frame(path, frame, options)]
+        for location, frame in frames:
+            yield headers, [retrieve.render(location, frame, options)]
 
     boundary = new_boundary()
     return StreamingResponse(
@@ -111,14 +100,12 @@ def _multipart(frames: Iterator[tuple[Path, int]], options: RenderOptions) -> Re
     )
 
 
-def _image_path(web: DicomWeb, location: InstanceLocation) -> tuple[Path, int]:
-    path = web.runtime.storage.path(location.file_path)
-    if not path.is_file():
-        raise NotFound(f"the file of instance {location.sop_instance_uid} is not on storage")
-    frames = number_of_frames(path)
+def _image(retrieve: Retrieve, location: InstanceLocation) -> int:
+    """How many frames the instance's image has; NotFound when it is not an image."""
+    frames = retrieve.image_frames(location)
     if not frames:
         raise NotFound(f"instance {location.sop_instance_uid} is not an image")
-    return path, frames
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,57 +113,41 @@ def _image_path(web: DicomWeb, location: InstanceLocation) -> tuple[Path, int]:
 
 
 @router.get("/studies/{study}/rendered", summary="Retrieve a rendered study")
-def rendered_study(
-    web: WebContext,
-    study: str,
-    options: Rendering,
-) -> Response:
-    return _multipart(_frames_of(web, _locations(web, path_uid(study, "StudyInstanceUID"))), options)
+def rendered_study(scope: Scope, study: str, options: Rendering) -> Response:
+    retrieve = scope.archive.retrieve
+    return _multipart(retrieve, retrieve.rendered_frames(series_instances(scope, study)), options)
 
 
 @router.get("/studies/{study}/series/{series}/rendered", summary="Retrieve a rendered series")
-def rendered_series(
-    web: WebContext,
-    study: str,
-    series: str,
-    options: Rendering,
-) -> Response:
-    locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
-    return _multipart(_frames_of(web, locations), options)
+def rendered_series(scope: Scope, study: str, series: str, options: Rendering) -> Response:
+    retrieve = scope.archive.retrieve
+    return _multipart(retrieve, retrieve.rendered_frames(series_instances(scope, study, series)), options)
 
 
 @router.get(INSTANCE + "/rendered", summary="Retrieve a rendered instance")
-def rendered_instance(
-    web: WebContext,
-    study: str,
-    series: str,
-    instance: str,
-    options: Rendering,
-) -> Response:
-    path, frames = _image_path(web, _instance(web, study, series, instance))
+def rendered_instance(scope: Scope, study: str, series: str, instance: str, options: Rendering) -> Response:
+    retrieve = scope.archive.retrieve
+    location = instance_at(scope, study, series, instance)
+    frames = _image(retrieve, location)
     if frames == 1:
-        return _single(path, 1, options)
-    return _multipart(((path, frame) for frame in range(1, frames + 1)), options)
+        return _single(retrieve, location, 1, options)
+    return _multipart(retrieve, ((location, frame) for frame in range(1, frames + 1)), options)
 
 
 @router.get(INSTANCE + "/frames/{frames}/rendered", summary="Retrieve rendered frames")
 def rendered_frames(
-    web: WebContext,
-    study: str,
-    series: str,
-    instance: str,
-    frames: str,
-    options: Rendering,
+    scope: Scope, study: str, series: str, instance: str, frames: str, options: Rendering
 ) -> Response:
-    location = _instance(web, study, series, instance)
+    retrieve = scope.archive.retrieve
+    location = instance_at(scope, study, series, instance)
     numbers = parse_frame_list(frames)
-    path, count = _image_path(web, location)
+    count = _image(retrieve, location)
     beyond = [n for n in numbers if n > count]
     if beyond:
         raise NotFound(f"frame {beyond[0]} is out of range 1-{count}")
     if len(numbers) == 1:
-        return _single(path, numbers[0], options)
-    return _multipart(((path, number) for number in numbers), options)
+        return _single(retrieve, location, numbers[0], options)
+    return _multipart(retrieve, ((location, number) for number in numbers), options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,67 +161,33 @@ def thumbnail_options(options: Rendering) -> RenderOptions:
 Thumbnail = Annotated[RenderOptions, Depends(thumbnail_options)]
 
 
-def _representative(web: DicomWeb, locations: list[InstanceLocation]) -> tuple[Path, int]:
-    """The middle frame of the middle image instance of the first series that has images.
-
-    Only headers are read, the middle instance's first, so a large series costs one file read.
-    """
-    by_series: dict[str, list[InstanceLocation]] = {}
-    for location in locations:
-        by_series.setdefault(location.series_instance_uid, []).append(location)
-    for members in by_series.values():
-        middle = len(members) // 2
-        for location in [members[middle], *members[:middle], *members[middle + 1 :]]:
-            path = web.runtime.storage.path(location.file_path)
-            if path.is_file() and (count := number_of_frames(path)):
-                return path, (count + 1) // 2
-    raise NotFound("nothing to show: no image instances")
-
-
 @router.get("/studies/{study}/thumbnail", summary="Retrieve a study thumbnail")
-def study_thumbnail(
-    web: WebContext,
-    study: str,
-    options: Thumbnail,
-) -> Response:
-    return _single(*_representative(web, _locations(web, path_uid(study, "StudyInstanceUID"))), options)
+def study_thumbnail(scope: Scope, study: str, options: Thumbnail) -> Response:
+    retrieve = scope.archive.retrieve
+    return _single(retrieve, *retrieve.representative(series_instances(scope, study)), options)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Retrieve a series thumbnail")
-def series_thumbnail(
-    web: WebContext,
-    study: str,
-    series: str,
-    options: Thumbnail,
-) -> Response:
-    locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
-    return _single(*_representative(web, locations), options)
+def series_thumbnail(scope: Scope, study: str, series: str, options: Thumbnail) -> Response:
+    retrieve = scope.archive.retrieve
+    return _single(retrieve, *retrieve.representative(series_instances(scope, study, series)), options)
 
 
 @router.get(INSTANCE + "/thumbnail", summary="Retrieve an instance thumbnail")
-def instance_thumbnail(
-    web: WebContext,
-    study: str,
-    series: str,
-    instance: str,
-    options: Thumbnail,
-) -> Response:
-    path, count = _image_path(web, _instance(web, study, series, instance))
-    return _single(path, (count + 1) // 2, options)
+def instance_thumbnail(scope: Scope, study: str, series: str, instance: str, options: Thumbnail) -> Response:
+    retrieve = scope.archive.retrieve
+    location = instance_at(scope, study, series, instance)
+    return _single(retrieve, location, (_image(retrieve, location) + 1) // 2, options)
 
 
 @router.get(INSTANCE + "/frames/{frames}/thumbnail", summary="Retrieve a frame thumbnail")
 def frame_thumbnail(
-    web: WebContext,
-    study: str,
-    series: str,
-    instance: str,
-    frames: str,
-    options: Thumbnail,
+    scope: Scope, study: str, series: str, instance: str, frames: str, options: Thumbnail
 ) -> Response:
-    location = _instance(web, study, series, instance)
+    retrieve = scope.archive.retrieve
+    location = instance_at(scope, study, series, instance)
     numbers = parse_frame_list(frames)
-    path, count = _image_path(web, location)
+    count = _image(retrieve, location)
     if numbers[0] > count:
         raise NotFound(f"frame {numbers[0]} is out of range 1-{count}")
-    return _single(path, numbers[0], options)
+    return _single(retrieve, location, numbers[0], options)

@@ -1,11 +1,12 @@
 """STOW-RS store (PS3.18 10.5): a streamed multipart body, each part spooled to a temp file.
 
-The body is read chunk by chunk; each application/dicom part goes to its own storage temp file
+The body is read chunk by chunk; each application/dicom part goes to its own staged storage file
 as it arrives, so memory stays flat whatever the body's size. Parts are stored together
-(`Ingest.store_many`: validate each, make all durable with one fsync per folder, one bus publish)
-only once the closing delimiter has arrived: a body that is cut, stalls past
-`http.body_timeout`, grows past `http.max_stow_bytes` or is malformed stores nothing and leaves no
-temp file, so a client can simply send it again.
+(archive/store.py `store_many`: parse each once, place all in one storage commit and one index
+transaction, one bus publish) only once the closing delimiter has arrived: a body that is cut,
+stalls past `http.body_timeout`, grows past `http.max_stow_bytes` or is malformed stores nothing and
+leaves no staged file, so a client can simply send it again. A 200 means every part is there: a
+retrieve, search or C-FIND sent after it finds them, on any server.
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; none stored -> 409,
 or 400 when every failure is a malformed object, 503 when every failure is the archive's own.
@@ -19,7 +20,6 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
@@ -32,8 +32,8 @@ from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
 from dicomcloud.errors import DicomCloudError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from dicomcloud.events import StorageEvent
 from dicomcloud.ports.storage import Storage
-from dicomcloud.web.context import DicomWeb, WebContext, path_uid
-from dicomcloud.web.multipart import Event, MultipartParser, PartData, PartStart
+from dicomcloud.web.context import RequestScope, Scope, path_uid
+from dicomcloud.web.multipart import MultipartParser, PartData, PartEvent, PartStart
 from dicomcloud.web.negotiation import parse_media_type
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,13 @@ class RequestTimeout(InvalidInput):
 
 
 @router.post("/studies", summary="Store instances")
-async def store_instances(request: Request, web: WebContext) -> Response:
-    return await store(web, request, None)
+async def store_instances(request: Request, scope: Scope) -> Response:
+    return await store(scope, request, None)
 
 
 @router.post("/studies/{study}", summary="Store instances of one study")
-async def store_study_instances(request: Request, web: WebContext, study: str) -> Response:
-    return await store(web, request, path_uid(study, "StudyInstanceUID"))
+async def store_study_instances(request: Request, scope: Scope, study: str) -> Response:
+    return await store(scope, request, path_uid(study, "StudyInstanceUID"))
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,13 @@ class Failure:
     sop_instance_uid: str | None = None
 
 
-async def store(web: DicomWeb, request: Request, study: str | None) -> Response:
+async def store(scope: RequestScope, request: Request, study: str | None) -> Response:
     boundary = _boundary(request.headers.get("content-type"))
-    settings = web.runtime.settings.http
+    settings = scope.archive.settings.http
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_stow_bytes:
         raise PayloadTooLarge(f"the body declares {declared} bytes; the limit is {settings.max_stow_bytes}")
-    spool = _Spool(web.runtime.storage)
+    spool = _Spool(scope.archive.runtime.storage)
     try:
         await _receive(request, MultipartParser(boundary), spool, settings.max_stow_bytes, settings.body_timeout)
     except BaseException:
@@ -86,7 +86,7 @@ async def store(web: DicomWeb, request: Request, study: str | None) -> Response:
     if not spool.parts:
         raise InvalidInput("the request holds no parts")
     try:
-        outcomes = await to_thread.run_sync(_store_parts, web, spool.parts, study)
+        outcomes = await to_thread.run_sync(_store_parts, scope, spool.parts, study)
     finally:
         await to_thread.run_sync(spool.discard)
     stored = [outcome for outcome in outcomes if isinstance(outcome, StorageEvent)]
@@ -94,13 +94,13 @@ async def store(web: DicomWeb, request: Request, study: str | None) -> Response:
     for failure in failed:
         log.warning(
             "STOW %s: instance %s not stored (0x%04X): %s",
-            web.tenant,
+            scope.tenant,
             failure.sop_instance_uid or "?",
             failure.error.failure_reason,
             failure.error.message,
         )
-    log.info("STOW %s: %d stored, %d failed", web.tenant, len(stored), len(failed))
-    body = dumps(_response_dataset(web, study, stored, failed))
+    log.info("STOW %s: %d stored, %d failed", scope.tenant, len(stored), len(failed))
+    body = dumps(_response_dataset(scope, study, stored, failed))
     return Response(body, status_code=_status(stored, failed), media_type="application/dicom+json")
 
 
@@ -159,14 +159,14 @@ async def _chunks(request: Request, timeout: float) -> AsyncGenerator[bytes, Non
 
 
 class _Spool:
-    """Writes each part to its own temp file; runs in a worker thread (file writes block)."""
+    """Writes each part to its own staged file; runs in a worker thread (file writes block)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.parts: list[Path | Failure] = []
+        self.parts: list[BinaryIO | Failure] = []
         self._file: BinaryIO | None = None
 
-    def apply(self, events: list[Event]) -> None:
+    def apply(self, events: list[PartEvent]) -> None:
         for event in events:
             if isinstance(event, PartStart):
                 self._start(event.headers.get("content-type"))
@@ -174,7 +174,7 @@ class _Spool:
                 if self._file is not None:
                     self._file.write(event.data)
             elif self._file is not None:
-                self._file.close()
+                self._file.flush()
                 self._file = None
 
     def _start(self, content_type: str | None) -> None:
@@ -188,27 +188,28 @@ class _Spool:
         if media_type != DICOM:
             self.parts.append(Failure(InvalidInput(f"part of media type {media_type[:80]!r} is not application/dicom")))
             return
-        self._file, path = self.storage.new_temp()
-        self.parts.append(path)
+        self._file = self.storage.stage()
+        self.parts.append(self._file)
 
     def discard(self) -> None:
-        """Remove every temp file not consumed by Ingest (all of them if the body failed)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Drop every staged file the store did not consume (all of them if the body failed)."""
+        self._file = None
         for part in self.parts:
-            if isinstance(part, Path):
-                part.unlink(missing_ok=True)
+            if not isinstance(part, Failure):
+                self.storage.discard(part)
         self.parts.clear()
 
 
-def _store_parts(web: DicomWeb, parts: list[Path | Failure], study: str | None) -> list[StorageEvent | Failure]:
-    """Ingest the spooled parts as one batch (one bus publish); outcomes in the order of the parts."""
-    files = [part for part in parts if isinstance(part, Path)]
-    stored = iter(web.archive.ingest.store_many(files, tenant_id=web.tenant, source="stow", expected_study_uid=study))
+def _store_parts(
+    scope: RequestScope, parts: list[BinaryIO | Failure], study: str | None
+) -> list[StorageEvent | Failure]:
+    """Store the spooled parts as one batch; outcomes in the order of the parts."""
+    files = [part for part in parts if not isinstance(part, Failure)]
+    store = scope.archive.store
+    stored = iter(store.store_many(files, tenant_id=scope.tenant, source="stow", expected_study_uid=study))
     outcomes: list[StorageEvent | Failure] = []
     for part in parts:
-        outcome = part if isinstance(part, Failure) else next(stored)
+        outcome: StorageEvent | Refused | Failure = part if isinstance(part, Failure) else next(stored)
         if isinstance(outcome, Refused):
             header = outcome.header
             if header is None:
@@ -231,13 +232,13 @@ def _status(stored: list[StorageEvent], failed: list[Failure]) -> int:
 
 
 def _response_dataset(
-    web: DicomWeb, study: str | None, stored: list[StorageEvent], failed: list[Failure]
+    scope: RequestScope, study: str | None, stored: list[StorageEvent], failed: list[Failure]
 ) -> dict[str, Any]:
     """The Store Instances Response Module (PS3.18 Annex I) as DICOM JSON."""
     dataset: dict[str, Any] = {}
     studies = {event.study_instance_uid for event in stored}
     if study is not None or len(studies) == 1:
-        dataset.update(keyword_values_to_json({"RetrieveURL": web.study_url(study or studies.pop())}))
+        dataset.update(keyword_values_to_json({"RetrieveURL": scope.study_url(study or studies.pop())}))
     if failed:
         items = []
         for failure in failed:
@@ -255,7 +256,7 @@ def _response_dataset(
                 {
                     "ReferencedSOPClassUID": event.sop_class_uid,
                     "ReferencedSOPInstanceUID": event.sop_instance_uid,
-                    "RetrieveURL": web.instance_url(
+                    "RetrieveURL": scope.instance_url(
                         event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid
                     ),
                 }

@@ -4,7 +4,7 @@ Negotiation (PS3.18 8.7), in the client's order of preference:
 - Instances: `multipart/related; type="application/dicom"` with no transfer-syntax or `*` gets
   the files as stored, as do `*/*` and `multipart/*`; a bare `application/dicom` is accepted for a
   single instance (one body, not multipart). A named transfer syntax gets, per instance, the stored
-  file if it has that syntax, else its derived copy, made now (services/transcoder.py `derive`) if
+  file if it has that syntax, else its derived copy, made now (archive/retrieve.py `derived`) if
   it does not exist yet, and kept for the next request. 406 when no encoder makes that syntax or the
   pixels are lossy and the syntax lossless (dicom/codecs.py).
 - Frames: `type="*/*"` (dicomweb-client's default) or octet-stream with `transfer-syntax=*` get
@@ -15,33 +15,27 @@ Negotiation (PS3.18 8.7), in the client's order of preference:
   type's lossless default, PS3.18 Table 8.7.3-5) is otherwise encoded per frame when an encoder
   exists; otherwise 406.
 - Metadata is DICOM JSON (gzip by the app's middleware); bulk data is one octet-stream part.
+
+The handlers translate requests and responses; what is read, and from where, is archive/retrieve.py's.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dicomcloud.dicom.codecs import (
-    TRANSCODE_TARGETS,
-    check_transcodable,
-    decode_frame,
-    encode_frame,
-    frame_media_type,
-    frame_transfer_syntax,
-)
+from dicomcloud.archive.retrieve import StoredInstance
+from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
 from dicomcloud.dicom.dicomjson import parse_tag_path
-from dicomcloud.dicom.seriesdoc import FrameIndex, index_frames, read_bulkdata, read_frames
-from dicomcloud.errors import InvalidInput, NotAcceptable, NotFound, StorageFailure
-from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.web.context import DicomWeb, WebContext, path_uid
+from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
+from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFound, StorageFailure
+from dicomcloud.ports.index import InstanceLocation, SeriesKey
+from dicomcloud.ports.storage import Storage
+from dicomcloud.web.context import RequestScope, Scope, path_uid
 from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
 from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
@@ -50,19 +44,32 @@ from dicomcloud.web.negotiation import (
     json_media_type,
     parse_accept,
 )
-from dicomcloud.workers.transcoder import derive
 
 log = logging.getLogger(__name__)
 
-# File bytes per socket write: a typical instance is one piece, framing included.
+# Object bytes per socket write: a typical instance is one piece, framing included.
 PIECE_SIZE = 4 * 1024 * 1024
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
 MAX_FRAMES_PER_REQUEST = 100_000
-PART10_PREFIX = b"\0" * 128 + b"DICM"
 
 router = APIRouter(tags=["WADO-RS"])
+
+
+def series_instances(scope: RequestScope, study: str, series: str | None = None) -> list[InstanceLocation]:
+    """The instances a study or series path names (its UIDs checked), in order; NotFound when none."""
+    study = path_uid(study, "StudyInstanceUID")
+    series = path_uid(series, "SeriesInstanceUID") if series is not None else None
+    return scope.archive.retrieve.instances(scope.tenant, study, series)
+
+
+def instance_at(scope: RequestScope, study: str, series: str, instance: str) -> InstanceLocation:
+    """The instance an instance path names (its UIDs checked); NotFound when it is not there."""
+    return scope.archive.retrieve.instance(
+        scope.tenant,
+        path_uid(study, "StudyInstanceUID"),
+        path_uid(series, "SeriesInstanceUID"),
+        path_uid(instance, "SOPInstanceUID"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,38 +77,18 @@ router = APIRouter(tags=["WADO-RS"])
 
 
 @router.get("/studies/{study}", summary="Retrieve a study")
-def retrieve_study(request: Request, web: WebContext, study: str) -> Response:
-    locations = _locations(web, path_uid(study, "StudyInstanceUID"))
-    return _dicom_response(web, request, locations, single=False)
+def retrieve_study(request: Request, scope: Scope, study: str) -> Response:
+    return _dicom_response(scope, request, series_instances(scope, study), single=False)
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
-def retrieve_series(request: Request, web: WebContext, study: str, series: str) -> Response:
-    locations = _locations(web, path_uid(study, "StudyInstanceUID"), path_uid(series, "SeriesInstanceUID"))
-    return _dicom_response(web, request, locations, single=False)
+def retrieve_series(request: Request, scope: Scope, study: str, series: str) -> Response:
+    return _dicom_response(scope, request, series_instances(scope, study, series), single=False)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance")
-def retrieve_instance(request: Request, web: WebContext, study: str, series: str, instance: str) -> Response:
-    location = _instance(web, study, series, instance)
-    return _dicom_response(web, request, [location], single=True)
-
-
-def _locations(web: DicomWeb, study: str, series: str | None = None) -> list[InstanceLocation]:
-    locations = web.runtime.index.list_instances(web.tenant, study, series)
-    if not locations:
-        raise NotFound(f"no {'series ' + series if series else 'study ' + study} in this archive")
-    return locations
-
-
-def _instance(web: DicomWeb, study: str, series: str, instance: str) -> InstanceLocation:
-    study = path_uid(study, "StudyInstanceUID")
-    series = path_uid(series, "SeriesInstanceUID")
-    sop = path_uid(instance, "SOPInstanceUID")
-    location = web.runtime.index.get_instance(web.tenant, sop)
-    if location is None or (location.study_instance_uid, location.series_instance_uid) != (study, series):
-        raise NotFound(f"no instance {sop} in series {series} of study {study}")
-    return location
+def retrieve_instance(request: Request, scope: Scope, study: str, series: str, instance: str) -> Response:
+    return _dicom_response(scope, request, [instance_at(scope, study, series, instance)], single=True)
 
 
 class _Packaging(enum.Enum):
@@ -120,7 +107,7 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
         try:
             for syntax in stored - {transfer_syntax}:
                 check_transcodable(syntax, transfer_syntax)
-        except NotAcceptable:
+        except CannotConvert:
             return False, None
         return True, transfer_syntax
 
@@ -139,100 +126,54 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
     raise NotAcceptable(f"stored as {', '.join(sorted(stored))}; no acceptable transfer syntax can be made from it")
 
 
-def _dicom_response(web: DicomWeb, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
+def _dicom_response(scope: RequestScope, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
     ranges = parse_accept(request.headers.get("accept"))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
-    stored = _stored_files(web, locations, target)
+    stored = scope.archive.retrieve.stored(locations, target)
+    storage = scope.archive.runtime.storage
     if packaging is _Packaging.SINGLE:
-        file = stored[0]
+        instance = stored[0]
         return StreamingResponse(
-            _pieces(file, file.prefix, b""),
-            media_type=format_media_type(DICOM, transfer_syntax=file.transfer_syntax),
-            headers={"Content-Length": str(file.length)},
+            _pieces(storage, instance, instance.prefix, b""),
+            media_type=format_media_type(DICOM, transfer_syntax=instance.transfer_syntax),
+            headers={"Content-Length": str(instance.length)},
         )
     boundary = new_boundary()
-    heads = [part_head(boundary, file.part_headers()) for file in stored]
+    heads = [part_head(boundary, _part_headers(instance)) for instance in stored]
     closing = close_delimiter(boundary)
-    length = sum(len(head) + file.length + len(CRLF) for head, file in zip(heads, stored, strict=True))
+    length = sum(len(head) + instance.length + len(CRLF) for head, instance in zip(heads, stored, strict=True))
     return StreamingResponse(
-        _multipart_pieces(stored, heads, closing),
+        _multipart_pieces(storage, stored, heads, closing),
         media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
         headers={"Content-Length": str(length + len(closing))},
     )
 
 
-def _stored_files(web: DicomWeb, locations: list[InstanceLocation], target: str | None) -> list[_StoredFile]:
-    """Each instance's file, or its copy in `target` (made now if missing); NotFound if none is on storage."""
-    storage = web.runtime.storage
-    files = []
-    for loc in locations:
-        file = _StoredFile.open(storage.path(loc.file_path), loc.transfer_syntax)
-        if file is not None and target is not None and file.transfer_syntax != target:
-            file = _StoredFile.open(derive(web.runtime, loc.file_path, target), target)
-        if file is not None:
-            files.append(file)
-    if len(files) < len(locations):
-        log.error("%d of %d indexed files are missing on storage", len(locations) - len(files), len(locations))
-    if not files:
-        raise NotFound("the instance files are not on storage")
-    return files
+def _part_headers(instance: StoredInstance) -> dict[str, str]:
+    return {
+        "Content-Type": format_media_type(DICOM, transfer_syntax=instance.transfer_syntax),
+        "Content-Length": str(instance.length),
+    }
 
 
-@dataclass(frozen=True)
-class _StoredFile:
-    """A file to send as a complete PS3.10 object.
-
-    Some senders (dicomweb-client among them) omit the preamble; the original is kept as received,
-    but an application/dicom body must be a complete PS3.10 file, which pydicom insists on reading,
-    so `prefix` is sent first when the file lacks it.
-    """
-
-    path: Path
-    transfer_syntax: str
-    size: int
-    prefix: bytes
-
-    @classmethod
-    def open(cls, path: Path, transfer_syntax: str) -> _StoredFile | None:
-        """None when the file is not there."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            head = os.pread(fd, len(PART10_PREFIX), 0)
-        finally:
-            os.close(fd)
-        return cls(path, transfer_syntax, size, b"" if head[128:] == b"DICM" else PART10_PREFIX)
-
-    @property
-    def length(self) -> int:
-        return len(self.prefix) + self.size
-
-    def part_headers(self) -> dict[str, str]:
-        return {
-            "Content-Type": format_media_type(DICOM, transfer_syntax=self.transfer_syntax),
-            "Content-Length": str(self.length),
-        }
-
-
-def _multipart_pieces(files: list[_StoredFile], heads: list[bytes], closing: bytes) -> Iterator[memoryview | bytes]:
-    """The multipart body: each instance's head, file and CRLF as one piece when it fits."""
-    for head, file in zip(heads, files, strict=True):
-        yield from _pieces(file, head + file.prefix, CRLF)
+def _multipart_pieces(
+    storage: Storage, stored: list[StoredInstance], heads: list[bytes], closing: bytes
+) -> Iterator[memoryview | bytes]:
+    """The multipart body: each instance's head, object and CRLF as one piece when it fits."""
+    for head, instance in zip(heads, stored, strict=True):
+        yield from _pieces(storage, instance, head + instance.prefix, CRLF)
     yield closing
 
 
-def _pieces(file: _StoredFile, lead: bytes, tail: bytes) -> Iterator[memoryview]:
-    """`lead`, the file and `tail` in pieces of at most PIECE_SIZE file bytes.
+def _pieces(storage: Storage, instance: StoredInstance, lead: bytes, tail: bytes) -> Iterator[memoryview]:
+    """`lead`, the object and `tail` in pieces of at most PIECE_SIZE object bytes.
 
     Each piece is one read into one fresh buffer that already holds the framing around it, and
-    one write to the socket: the response's Content-Length was announced from the sizes, so a
-    file that changed size since is an error that aborts the response, never a wrong body.
+    one write to the socket: the response's Content-Length was announced from the sizes, so an
+    object that changed since is an error that aborts the response, never a wrong body.
     """
-    with file.path.open("rb", buffering=0) as handle:
-        remaining = file.size
+    with storage.open(instance.key) as handle:
+        remaining = instance.size
         while True:
             take = min(remaining, PIECE_SIZE)
             remaining -= take
@@ -244,8 +185,8 @@ def _pieces(file: _StoredFile, lead: bytes, tail: bytes) -> Iterator[memoryview]
             while filled < len(lead) + take:
                 read = handle.readinto(view[filled : len(lead) + take])
                 if not read:
-                    log.error("%s changed size while being sent; response aborted", file.path)
-                    raise StorageFailure(f"{file.path.name} changed while being sent")
+                    log.error("%s changed size while being sent; response aborted", instance.key)
+                    raise StorageFailure(f"{instance.key} changed while being sent")
                 filled += read
             view[filled:] = ending
             yield view
@@ -259,41 +200,40 @@ def _pieces(file: _StoredFile, lead: bytes, tail: bytes) -> Iterator[memoryview]
 
 
 @router.get("/studies/{study}/metadata", summary="Retrieve study metadata")
-def study_metadata(request: Request, web: WebContext, study: str) -> Response:
+def study_metadata(request: Request, scope: Scope, study: str) -> Response:
     media_type = json_media_type(request.headers.get("accept"))
-    study = path_uid(study, "StudyInstanceUID")
-    series_uids = dict.fromkeys(loc.series_instance_uid for loc in _locations(web, study))
+    locations = series_instances(scope, study)
     bodies = []
-    for series in series_uids:
-        doc = web.archive.metadata.document(web.series_key(study, series))
+    for study_uid, series in dict.fromkeys((loc.study_instance_uid, loc.series_instance_uid) for loc in locations):
+        doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study_uid, series))
         if doc is not None and doc.instances:
-            bodies.append(doc.metadata_body(web.base_url).strip()[1:-1])
+            bodies.append(doc.metadata_body(scope.base_url).strip()[1:-1])
     if not bodies:
         raise NotFound(f"no study {study} in this archive")
     return Response(b"[" + b",".join(bodies) + b"]", media_type=media_type)
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
-def series_metadata(request: Request, web: WebContext, study: str, series: str) -> Response:
+def series_metadata(request: Request, scope: Scope, study: str, series: str) -> Response:
     media_type = json_media_type(request.headers.get("accept"))
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
-    doc = web.archive.metadata.document(web.series_key(study, series))
+    doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study, series))
     if doc is None or not doc.instances:
         raise NotFound(f"no series {series} in study {study}")
-    return Response(doc.metadata_body(web.base_url), media_type=media_type)
+    return Response(doc.metadata_body(scope.base_url), media_type=media_type)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
-def instance_metadata(request: Request, web: WebContext, study: str, series: str, instance: str) -> Response:
+def instance_metadata(request: Request, scope: Scope, study: str, series: str, instance: str) -> Response:
     media_type = json_media_type(request.headers.get("accept"))
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
     sop = path_uid(instance, "SOPInstanceUID")
-    doc = web.archive.metadata.document(web.series_key(study, series))
+    doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study, series))
     if doc is None:
         raise NotFound(f"no series {series} in study {study}")
-    return Response(doc.instance_metadata_body(sop, web.base_url), media_type=media_type)
+    return Response(doc.instance_metadata_body(sop, scope.base_url), media_type=media_type)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +241,7 @@ def instance_metadata(request: Request, web: WebContext, study: str, series: str
 
 
 class _FrameForm(enum.Enum):
-    STORED = "stored"  # as read_frames gives them: compressed bitstreams, or native little endian
+    STORED = "stored"  # as stored: compressed bitstreams, or native little endian
     UNCOMPRESSED = "uncompressed"  # native little endian, decoded if stored compressed
     ENCODED = "encoded"  # decoded, then encoded in another compressed transfer syntax
 
@@ -328,11 +268,11 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def _frame_form(part: MediaRange, stored_syntax: str) -> tuple[_FrameForm, str] | None:
+def _frame_form(part: MediaRange, stored: TransferSyntax) -> tuple[_FrameForm, str] | None:
     """The form and transfer syntax one acceptable part media range asks for, or None if unmet."""
     requested = part.transfer_syntax
-    stored_media = frame_media_type(stored_syntax)
-    served_syntax = frame_transfer_syntax(stored_syntax)
+    stored_media = stored.frame_media_type
+    served_syntax = stored.frame_syntax
     if part.media_type in ("*/*", "*"):
         if requested in (None, "*", served_syntax):
             return _FrameForm.STORED, served_syntax
@@ -343,19 +283,23 @@ def _frame_form(part: MediaRange, stored_syntax: str) -> tuple[_FrameForm, str] 
         if requested in (None, EXPLICIT_VR_LITTLE_ENDIAN):
             return _FrameForm.UNCOMPRESSED, EXPLICIT_VR_LITTLE_ENDIAN
         return None
-    if stored_media != OCTET_STREAM and part.matches(stored_media) and requested in (None, "*", served_syntax):
+    compressed = stored_media not in (None, OCTET_STREAM)
+    if compressed and part.matches(str(stored_media)) and requested in (None, "*", served_syntax):
         return _FrameForm.STORED, served_syntax
     target = _FRAME_DEFAULT_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
-    if target is None or target not in TRANSCODE_TARGETS or not part.matches(frame_media_type(target)):
+    if target is None or target not in TRANSCODE_TARGETS:
+        return None
+    target_media = TransferSyntax(target).frame_media_type
+    if target_media is None or not part.matches(target_media):
         return None
     try:
-        check_transcodable(stored_syntax, target)
-    except NotAcceptable:
+        check_transcodable(stored, target)
+    except CannotConvert:
         return None
     return _FrameForm.ENCODED, target
 
 
-def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> tuple[_FrameForm, str]:
+def _select_frame_form(ranges: list[MediaRange], stored: TransferSyntax) -> tuple[_FrameForm, str]:
     for media_range in ranges:
         if media_range.is_multipart_related:
             part = media_range.part_range()
@@ -363,44 +307,35 @@ def _select_frame_form(ranges: list[MediaRange], stored_syntax: str) -> tuple[_F
             part = MediaRange("*/*")
         else:
             continue
-        form = _frame_form(part, stored_syntax)
+        form = _frame_form(part, stored)
         if form is not None:
             return form
-    raise NotAcceptable(f"frames are stored as {stored_syntax}; none of the accepted forms can be made from them")
-
-
-def _frame_index(web: DicomWeb, location: InstanceLocation, path: Path) -> FrameIndex:
-    """From the series document; indexed from the file itself if the document lacks the instance."""
-    key = web.series_key(location.study_instance_uid, location.series_instance_uid)
-    doc = web.archive.metadata.document(key)
-    entry = doc.instances.get(location.sop_instance_uid) if doc is not None else None
-    frame_index = entry.frame_index if entry is not None else index_frames(path)
-    if frame_index is None:
-        raise NotFound(f"instance {location.sop_instance_uid} has no pixel data")
-    return frame_index
+    raise NotAcceptable(f"frames are stored as {stored}; none of the accepted forms can be made from them")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="Retrieve frames")
-def retrieve_frames(request: Request, web: WebContext, study: str, series: str, instance: str, frames: str) -> Response:
-    location = _instance(web, study, series, instance)
+def retrieve_frames(request: Request, scope: Scope, study: str, series: str, instance: str, frames: str) -> Response:
+    location = instance_at(scope, study, series, instance)
     numbers = parse_frame_list(frames)
-    path = web.runtime.storage.path(location.file_path)
-    frame_index = _frame_index(web, location, path)
-    form, part_syntax = _select_frame_form(parse_accept(request.headers.get("accept")), frame_index.transfer_syntax)
-    stored_media = frame_media_type(frame_index.transfer_syntax)
-    if form is _FrameForm.UNCOMPRESSED and stored_media == OCTET_STREAM:
+    retrieve = scope.archive.retrieve
+    frame_index = retrieve.frame_index(location)
+    stored = frame_index.transfer_syntax
+    if stored.frame_media_type is None:
+        raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
+    form, part_syntax = _select_frame_form(parse_accept(request.headers.get("accept")), stored)
+    if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
         form = _FrameForm.STORED
-    part_media = frame_media_type(part_syntax)
+    part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
     beyond = [n for n in numbers if n > frame_index.number_of_frames]
     if beyond:
         raise NotFound(f"frame {beyond[0]} is out of range 1-{frame_index.number_of_frames}")
 
     def frame(number: int) -> bytes:
         if form is _FrameForm.ENCODED:
-            return encode_frame(path, number, part_syntax)
+            return retrieve.encoded_frame(location, number, part_syntax)
         if form is _FrameForm.UNCOMPRESSED:
-            return decode_frame(path, number)
-        return read_frames(path, frame_index, [number])[0]
+            return retrieve.decoded_frame(location, number)
+        return retrieve.frames(location, frame_index, [number])[0]
 
     # The first frame is read before answering, so an unreadable or undecodable frame is a clean
     # error status rather than a broken stream; the others are read as the client takes them.
@@ -427,13 +362,13 @@ def retrieve_frames(request: Request, web: WebContext, study: str, series: str, 
     "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}", summary="Retrieve bulk data"
 )
 def retrieve_bulkdata(
-    request: Request, web: WebContext, study: str, series: str, instance: str, tag_path: str
+    request: Request, scope: Scope, study: str, series: str, instance: str, tag_path: str
 ) -> Response:
-    location = _instance(web, study, series, instance)
+    location = instance_at(scope, study, series, instance)
     parse_tag_path(tag_path)
     _select_bulkdata(parse_accept(request.headers.get("accept")))
-    value = read_bulkdata(web.runtime.storage.path(location.file_path), tag_path)
-    url = web.instance_url(location.study_instance_uid, location.series_instance_uid, location.sop_instance_uid)
+    value = scope.archive.retrieve.bulkdata(location, tag_path)
+    url = scope.instance_url(location.study_instance_uid, location.series_instance_uid, location.sop_instance_uid)
     headers = {
         "Content-Type": OCTET_STREAM,
         "Content-Location": f"{url}/bulkdata/{tag_path}",

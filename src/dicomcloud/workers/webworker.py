@@ -1,10 +1,15 @@
-"""wado-webworker: keeps series metadata documents in step with the index.
+"""wado-webworker: keeps the stored series metadata documents in step with the index.
 
-Each round builds every stale series; a series whose build fails is logged and left out of the
+Requests never wait for it: a request composes the current document itself (archive/metadata.py).
+This worker writes the composed document (and puts it in the shared cache), so that a cold request
+or another server reads one object instead of every entry. Like the user's design asks, it scans
+the index for series whose version is newer than their last written document.
+
+Each round writes every stale series; a series whose build fails is logged and left out of the
 following rounds for a growing pause (so one broken series neither spins the loop nor starves the
 others), then tried again. A series this worker built less than REBUILD_SPACING ago waits: while a
-modality is still sending it, rebuilding the whole document after every few instances would cost
-time quadratic in its size. Documents are a cache: a request for a newer version builds it at once.
+modality is still sending it, rewriting the whole document after every few instances would cost
+time quadratic in its size.
 """
 
 from __future__ import annotations
@@ -13,10 +18,9 @@ import logging
 import threading
 import time
 
-from dicomcloud.archive.metadata import SeriesMetadata
+from dicomcloud.archive.core import Archive
 from dicomcloud.metrics import SERIES_METADATA_BUILDS
 from dicomcloud.ports.index import SeriesKey
-from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,9 @@ REBUILD_SPACING = 2.0
 
 
 class Webworker:
-    def __init__(self, runtime: Runtime, metadata: SeriesMetadata) -> None:
-        self.runtime = runtime
-        self.metadata = metadata
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.runtime = archive.runtime
         # Series -> (failures so far, monotonic time before which it is not retried).
         self._failed: dict[SeriesKey, tuple[int, float]] = {}
         # Series -> monotonic time of this worker's last build of it, for REBUILD_SPACING.
@@ -65,7 +69,7 @@ class Webworker:
             if retry_at > now or stale.key in self._built_at:
                 continue
             try:
-                self.metadata.build(stale.key)
+                self.archive.metadata.consolidate(stale.key)
             except Exception:
                 # One series' failure (unreadable file, storage error) must not stop the others.
                 failures += 1

@@ -1,0 +1,211 @@
+"""Retrieve: where WADO-RS, WADO rendered and C-GET / C-MOVE find instances and read what they serve.
+
+One selection of instances for every protocol (`instances`, `instance`, `matching`), one place where a
+frame is read (`frames`: one ranged read per frame through the frame index in the instance's metadata
+entry), and one rule for an instance the index names but storage lacks: it is logged as an error and
+left out of a multi-instance answer, and a request for it alone is NotFound.
+
+Copies in another transfer syntax are derived objects beside the original (archive/keys.py), made on
+first request and kept (`derived`); the transcoder worker makes the viewer's copy ahead of time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from dicomcloud.archive.keys import derived_key
+from dicomcloud.archive.metadata import SeriesMetadata
+from dicomcloud.dicom.codecs import decode_frame, encode_frame, transcode
+from dicomcloud.dicom.frames import FrameIndex, check_frame_numbers, read_bulkdata, unindexed_frames
+from dicomcloud.dicom.query import Query
+from dicomcloud.dicom.render import RenderOptions, number_of_frames, render_frame
+from dicomcloud.errors import InvalidInput, NotFound
+from dicomcloud.ports.index import InstanceLocation
+from dicomcloud.ports.storage import ObjectMissing
+from dicomcloud.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PART10_PREFIX = b"\0" * 128 + b"DICM"
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An object to send as a complete PS3.10 file.
+
+    Some senders (dicomweb-client among them) omit the preamble; the original is kept as received, but
+    an application/dicom body must be a complete PS3.10 file, which pydicom insists on reading, so
+    `prefix` is sent first when the object lacks it.
+    """
+
+    key: str
+    transfer_syntax: str
+    size: int
+    prefix: bytes
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + self.size
+
+
+class Retrieve:
+    def __init__(self, runtime: Runtime, metadata: SeriesMetadata) -> None:
+        self.runtime = runtime
+        self.metadata = metadata
+
+    # -- which instances -----------------------------------------------------------------------------
+
+    def instances(self, tenant_id: str, study: str, series: str | None = None) -> list[InstanceLocation]:
+        """A study's or a series' instances in order; NotFound when there are none."""
+        locations = self.runtime.index.list_instances(tenant_id, study, series)
+        if not locations:
+            raise NotFound(f"no {'series ' + series if series else 'study ' + study} in this archive")
+        return locations
+
+    def instance(self, tenant_id: str, study: str, series: str, sop: str) -> InstanceLocation:
+        location = self.runtime.index.get_instance(tenant_id, sop)
+        if location is None or (location.study_instance_uid, location.series_instance_uid) != (study, series):
+            raise NotFound(f"no instance {sop} in series {series} of study {study}")
+        return location
+
+    def matching(self, tenant_id: str, query: Query) -> list[InstanceLocation]:
+        """The instances an instance-level query (a C-GET or C-MOVE identifier) selects, series by series."""
+        rows = self.runtime.index.search(tenant_id, query)
+        wanted = {str(row["SOPInstanceUID"]) for row in rows}
+        series = dict.fromkeys((str(row["StudyInstanceUID"]), str(row["SeriesInstanceUID"])) for row in rows)
+        return [
+            location
+            for study, series_uid in series
+            for location in self.runtime.index.list_instances(tenant_id, study, series_uid)
+            if location.sop_instance_uid in wanted
+        ]
+
+    # -- whole instances -----------------------------------------------------------------------------
+
+    def stored(self, locations: Sequence[InstanceLocation], target_syntax: str | None) -> list[StoredInstance]:
+        """Each instance's object, or its copy in `target_syntax` (made now if missing); NotFound if none is there."""
+        found = []
+        for location in locations:
+            try:
+                found.append(self._stored(location, target_syntax))
+            except ObjectMissing:
+                log.error("instance %s is indexed but its object is missing", location.sop_instance_uid)
+        if not found:
+            raise NotFound("the instances' objects are not in storage")
+        return found
+
+    def _stored(self, location: InstanceLocation, target_syntax: str | None) -> StoredInstance:
+        key, syntax, size = location.file_path, location.transfer_syntax, location.file_size
+        if target_syntax is not None and target_syntax != syntax:
+            key, syntax = self.derived(location, target_syntax), target_syntax
+            size = self.runtime.storage.size(key) or 0
+        head = self.runtime.storage.read_ranges(key, [(128, 4)])[0] if size >= len(PART10_PREFIX) else b""
+        return StoredInstance(key, syntax, size, b"" if head == b"DICM" else PART10_PREFIX)
+
+    def derived(self, location: InstanceLocation, target_syntax: str) -> str:
+        """The key of the instance's copy in `target_syntax`, made now when there is none.
+
+        A copy made from an original that was replaced meanwhile is dropped again (InvalidInput), so no
+        copy of older bytes outlives their replacement.
+        """
+        storage = self.runtime.storage
+        key = derived_key(location.file_path, target_syntax)
+        if storage.size(key) is not None:
+            return key
+        with storage.open(location.file_path) as stream:
+            data = transcode(stream, target_syntax)
+        storage.write(key, data)
+        current = self.runtime.index.get_instance(location.tenant_id, location.sop_instance_uid)
+        if current is None or current.sha256 != location.sha256:
+            storage.delete([key])
+            raise InvalidInput(f"{location.file_path} was replaced while it was being transcoded")
+        return key
+
+    def dataset(self, location: InstanceLocation) -> Dataset:
+        """The stored dataset, undecoded (pixel data stays as stored), with its transfer syntax."""
+        with self.runtime.storage.open(location.file_path) as stream:
+            dataset = dcmread(stream, force=True)
+        if "TransferSyntaxUID" not in dataset.file_meta:
+            dataset.file_meta.TransferSyntaxUID = UID(location.transfer_syntax)
+        return dataset
+
+    # -- frames and bulk data ------------------------------------------------------------------------
+
+    def frame_index(self, location: InstanceLocation) -> FrameIndex:
+        """The instance's frame index, from its series document."""
+        doc = self.metadata.document(location.series_key)
+        entry = doc.instances.get(location.sop_instance_uid) if doc is not None else None
+        if entry is None:
+            entry = self.metadata.entry(location)
+        if entry is None or entry.frame_index is None:
+            raise NotFound(f"instance {location.sop_instance_uid} has no pixel data")
+        return entry.frame_index
+
+    def frames(self, location: InstanceLocation, index: FrameIndex, numbers: Sequence[int]) -> list[bytes]:
+        """Frames (1-based) as stored: compressed bitstreams, or native little endian bytes."""
+        check_frame_numbers(index, numbers)
+        if not index.frames:
+            with self.runtime.storage.open(location.file_path) as stream:
+                return unindexed_frames(stream, index, numbers)
+        ranges = [byte_range for number in numbers for byte_range in index.frames[number - 1]]
+        pieces = iter(self.runtime.storage.read_ranges(location.file_path, ranges))
+        return [b"".join(next(pieces) for _ in index.frames[number - 1]) for number in numbers]
+
+    def decoded_frame(self, location: InstanceLocation, number: int) -> bytes:
+        with self.runtime.storage.open(location.file_path) as stream:
+            return decode_frame(stream, number)
+
+    def encoded_frame(self, location: InstanceLocation, number: int, target_syntax: str) -> bytes:
+        with self.runtime.storage.open(location.file_path) as stream:
+            return encode_frame(stream, number, target_syntax)
+
+    def bulkdata(self, location: InstanceLocation, tag_path: str) -> bytes:
+        with self.runtime.storage.open(location.file_path) as stream:
+            return read_bulkdata(stream, tag_path)
+
+    # -- rendered ------------------------------------------------------------------------------------
+
+    def image_frames(self, location: InstanceLocation) -> int:
+        """How many frames the instance's image has; 0 when it is not an image."""
+        with self.runtime.storage.open(location.file_path) as stream:
+            return number_of_frames(stream)
+
+    def rendered_frames(self, locations: Sequence[InstanceLocation]) -> Iterator[tuple[InstanceLocation, int]]:
+        """(instance, frame number) for every frame of the image instances among `locations`."""
+        for location in locations:
+            try:
+                count = self.image_frames(location)
+            except ObjectMissing:
+                log.error("instance %s is indexed but its object is missing", location.sop_instance_uid)
+                continue
+            for frame in range(1, count + 1):
+                yield location, frame
+
+    def representative(self, locations: Sequence[InstanceLocation]) -> tuple[InstanceLocation, int]:
+        """The middle frame of the middle image instance of the first series that has images.
+
+        Only headers are read, the middle instance's first, so a large series costs one read.
+        """
+        by_series: dict[str, list[InstanceLocation]] = {}
+        for location in locations:
+            by_series.setdefault(location.series_instance_uid, []).append(location)
+        for members in by_series.values():
+            middle = len(members) // 2
+            for location in [members[middle], *members[:middle], *members[middle + 1 :]]:
+                try:
+                    count = self.image_frames(location)
+                except ObjectMissing:
+                    continue
+                if count:
+                    return location, (count + 1) // 2
+        raise NotFound("nothing to show: no image instances")
+
+    def render(self, location: InstanceLocation, frame: int, options: RenderOptions) -> bytes:
+        with self.runtime.storage.open(location.file_path) as stream:
+            return render_frame(stream, frame, options)
