@@ -24,7 +24,7 @@ class Archive:
         self.runtime = runtime
         self.qido_cache = QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl)
         self.metadata = SeriesMetadata(runtime)
-        self.store = Store(runtime, self.qido_cache)
+        self.store = Store(runtime, self.qido_cache, self.metadata)
         self.search = Search(runtime, self.metadata)
         self.retrieve = Retrieve(runtime, self.metadata)
         self.remove = Remove(runtime, self.qido_cache, self.metadata)

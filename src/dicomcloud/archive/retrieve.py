@@ -25,7 +25,7 @@ from dicomcloud.dicom.codecs import decode_frame, encode_frame, transcode
 from dicomcloud.dicom.frames import FrameIndex, check_frame_numbers, read_bulkdata, unindexed_frames
 from dicomcloud.dicom.query import Query
 from dicomcloud.dicom.render import RenderOptions, number_of_frames, render_frame
-from dicomcloud.errors import InvalidInput, NotFound
+from dicomcloud.errors import NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.ports.storage import ObjectMissing
 from dicomcloud.runtime import Runtime
@@ -111,8 +111,8 @@ class Retrieve:
     def derived(self, location: InstanceLocation, target_syntax: str) -> str:
         """The key of the instance's copy in `target_syntax`, made now when there is none.
 
-        A copy made from an original that was replaced meanwhile is dropped again (InvalidInput), so no
-        copy of older bytes outlives their replacement.
+        A copy made from an original that was replaced meanwhile is dropped again (StorageFailure: ask
+        again), so no copy of older bytes outlives their replacement.
         """
         storage = self.runtime.storage
         key = derived_key(location.file_path, target_syntax)
@@ -124,7 +124,7 @@ class Retrieve:
         current = self.runtime.index.get_instance(location.tenant_id, location.sop_instance_uid)
         if current is None or current.sha256 != location.sha256:
             storage.delete([key])
-            raise InvalidInput(f"{location.file_path} was replaced while it was being transcoded")
+            raise StorageFailure(f"{location.file_path} was replaced while it was being transcoded; ask again")
         return key
 
     def dataset(self, location: InstanceLocation) -> Dataset:

@@ -18,8 +18,8 @@ the index's lock on those SOP Instance UIDs, so two senders of one UID (in any p
 - other content under `storage.duplicate_policy = "reject"`: DuplicateInstance (0x0111), nothing changes;
 - other content under `replace`: the new object wins. At its old key the new bytes replace the old
   ones atomically (and derived copies made from the old bytes are removed); when the UID moved to
-  another study or series, the old original, its entry and copies are removed once the move is
-  announced.
+  another study or series, the old original, its entry and copies are removed as soon as the index
+  names the new place (and the document of a series the move left empty).
 
 Failures: when placing or indexing fails, the transaction rolls back and objects placed under new keys
 are removed. When the bus refuses the events after the commit, new instances are withdrawn (index rows
@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from dicomcloud.archive.keys import derived_prefix, entry_key, original_key
+from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.archive.qido_cache import QidoCache
 from dicomcloud.dicom.parse import InstanceHeader, ParsedInstance, parse_instance
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
@@ -95,9 +96,10 @@ class _Placed:
 
 
 class Store:
-    def __init__(self, runtime: Runtime, qido_cache: QidoCache) -> None:
+    def __init__(self, runtime: Runtime, qido_cache: QidoCache, metadata: SeriesMetadata) -> None:
         self.runtime = runtime
         self.qido_cache = qido_cache
+        self.metadata = metadata
 
     def store(
         self,
@@ -210,17 +212,23 @@ class Store:
         studies = {p.accepted.event.study_instance_uid for p in changed}
         studies |= {p.previous.study_instance_uid for p in changed if p.previous is not None}
         self.qido_cache.changed(tenant_id, studies)
+        self._leave_old_places([p for p in changed if p.moved_from is not None])
         try:
             self._publish([p.accepted.event for p in placed])
         except DicomCloudError as exc:
             self._withdraw(tenant_id, [p for p in changed if p.previous is None])
             return refused | {p.accepted.position: Refused(exc, p.accepted.parsed.header) for p in placed}
-        for p in changed:
-            if p.moved_from is not None:
-                sop = p.accepted.event.sop_instance_uid
-                log.info("SOP Instance %s moved from %s to %s", sop, p.moved_from, p.accepted.key)
-                self._remove_objects(p.moved_from)
         return refused
+
+    def _leave_old_places(self, moved: list[_Placed]) -> None:
+        """Once the index names the new place: remove the old objects, and the document of a series left empty."""
+        for p in moved:
+            previous = p.previous
+            assert previous is not None and p.moved_from is not None
+            log.info("SOP Instance %s moved from %s to %s", previous.sop_instance_uid, p.moved_from, p.accepted.key)
+            self._remove_objects(p.moved_from)
+            if self.runtime.index.series_version(previous.series_key) is None:
+                self.metadata.forget(previous.series_key)
 
     def _place(self, tenant_id: str, accepted: list[_Accepted], refused: dict[int, Refused]) -> list[_Placed]:
         """Decide each object against the index and place the new ones, in one index transaction.

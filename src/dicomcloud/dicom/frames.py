@@ -277,6 +277,7 @@ def read_bulkdata(stream: BinaryIO, tag_path: str) -> bytes:
 
 def read_full(stream: BinaryIO) -> Dataset:
     """The whole dataset of a stored instance."""
+    stream.seek(0)
     try:
         return pydicom.dcmread(stream, force=True)
     except (ValueError, EOFError, struct.error, OSError) as exc:

@@ -67,6 +67,10 @@ _LONG_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 
+# Top-level values that name the object are refused rather than read when longer than this (a UID has
+# 64 characters, a Patient ID 64): SOP Class, SOP Instance, Study, Series, Patient ID, character set.
+_MAX_IDENTITY_VALUE: Final = 4096
+_IDENTITY_TAGS: Final = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00100020, 0x00080005})
 # Everything pydicom raises on a malformed file that our walk let through.
 _PYDICOM_ERRORS: Final = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error, TypeError)
 
@@ -174,6 +178,8 @@ class _Walker:
             length = self._within(length, end, "element", tag)
             if vr == b"SQ":
                 self.items(tag, self.fp.tell() + length, False, little, depth)
+            elif depth == 0 and tag in _IDENTITY_TAGS and length > _MAX_IDENTITY_VALUE:
+                raise InvalidInput(f"element {_tag_text(tag)} is {length} bytes long")
             else:
                 self.fp.seek(length, 1)
         elif vr is None:

@@ -94,11 +94,17 @@ _LOSSY = frozenset(
         *(syntax for syntax, media in _COMPRESSED_MEDIA_TYPES.items() if media.startswith("video/")),
     }
 )
-_ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+# Syntaxes whose frames are plain pixel bytes besides the native ones: deflated, encapsulated uncompressed.
+_UNCOMPRESSED_FRAMES = _NATIVE | {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.98"}
 
 
 class TransferSyntax(UID):
-    """A validated transfer syntax UID and what the archive needs to know of it."""
+    """A validated transfer syntax UID and what the archive needs to know of it.
+
+    The archive's own facts are decided from its own tables, so a syntax pydicom does not know (a newer
+    or a private one) is simply compressed, with no frame media type, rather than an error.
+    """
 
     def __new__(cls, value: str) -> TransferSyntax:
         return cast(TransferSyntax, super().__new__(cls, validate_uid(str(value), "TransferSyntaxUID")))
@@ -107,12 +113,12 @@ class TransferSyntax(UID):
     def is_native(self) -> bool:
         """Implicit VR LE, Explicit VR LE or Explicit VR BE (PS3.5 8.1): a dataset in one of them can be
         written in another by re-encoding, its pixel data untouched (what pynetdicom does for C-STORE)."""
-        return not self.is_compressed and not self.is_deflated
+        return self in _NATIVE
 
     @property
     def has_uncompressed_frames(self) -> bool:
         """Frames are plain pixel bytes (served as little endian octet-stream), not a compressed bitstream."""
-        return not self.is_compressed or self == _ENCAPSULATED_UNCOMPRESSED
+        return self in _UNCOMPRESSED_FRAMES
 
     @property
     def is_lossy(self) -> bool:

@@ -53,23 +53,28 @@ class Transcoder(Handler):
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 outcome.poisoned.append(Poisoned(record, InvalidInput(f"not a TranscodeRequest: {exc}")))
                 continue
-            location = self.archive.runtime.index.get_instance(request.tenant_id, request.sop_instance_uid)
-            if location is None or (location.file_path, location.sha256) != (request.file_path, request.sha256):
-                log.debug("skipped %s: deleted or replaced since the request", request.file_path)
-                continue
-            failure = self._convert(request, location, stop)
+            failure = self._convert(request, stop)
             if failure is not None:
                 TRANSCODE_FAILURES.inc()
                 outcome.messages.append(Message(failure.topic, failure.key, failure.to_bytes()))
         return outcome
 
-    def _convert(
-        self, request: TranscodeRequest, location: InstanceLocation, stop: threading.Event
-    ) -> TranscodeFailure | None:
+    def _current(self, request: TranscodeRequest) -> InstanceLocation | None:
+        """The instance the request is about, as the index holds it now; None when deleted or replaced since."""
+        location = self.archive.runtime.index.get_instance(request.tenant_id, request.sop_instance_uid)
+        if location is None or (location.file_path, location.sha256) != (request.file_path, request.sha256):
+            log.debug("skipped %s: deleted or replaced since the request", request.file_path)
+            return None
+        return location
+
+    def _convert(self, request: TranscodeRequest, stop: threading.Event) -> TranscodeFailure | None:
         max_attempts = max(1, self.archive.settings.transcode.max_attempts)
         attempts = 0
         while True:
             attempts += 1
+            location = self._current(request)
+            if location is None:
+                return None
             try:
                 self.archive.retrieve.derived(location, request.target_syntax)
                 self.converted += 1
