@@ -1,8 +1,12 @@
 """Helpers the service tests share: a CT object with chosen UIDs, an archive on a temp folder, storing
-through the archive's store, running the bus workers over what is pending, and a bus that is down."""
+through the archive's store, running the bus workers over what is pending, a bus that is down, and a
+storage that counts what is read from it."""
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
+import io
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +20,7 @@ from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
 from dicomcloud.ports.bus import BusConsumer, Message
+from dicomcloud.ports.storage import ByteRange, Storage
 from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
 
@@ -81,3 +86,61 @@ class FailingBus:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class CountingStorage:
+    """A Storage that delegates every port method and records each read of an object (open, read,
+    read_ranges) as (method, key). Several wrappers may share one record."""
+
+    def __init__(self, inner: Storage, reads: builtins.list[tuple[str, str]] | None = None) -> None:
+        self.inner = inner
+        self.reads: builtins.list[tuple[str, str]] = [] if reads is None else reads
+
+    def stage(self) -> BinaryIO:
+        return self.inner.stage()
+
+    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+        self.inner.commit(placements)
+
+    def discard(self, staged: BinaryIO) -> None:
+        self.inner.discard(staged)
+
+    def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        self.inner.write(key, data, durable=durable)
+
+    def open(self, key: str) -> io.BufferedReader:
+        self.reads.append(("open", key))
+        return self.inner.open(key)
+
+    def read(self, key: str) -> bytes:
+        self.reads.append(("read", key))
+        return self.inner.read(key)
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> builtins.list[bytes]:
+        self.reads.append(("read_ranges", key))
+        return self.inner.read_ranges(key, ranges)
+
+    def size(self, key: str) -> int | None:
+        return self.inner.size(key)
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        return self.inner.list(prefix)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self.inner.delete(keys)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def keys_read(self) -> builtins.list[str]:
+        return [key for _, key in self.reads]
+
+    def originals_read(self) -> builtins.list[str]:
+        """Originals and derived copies (`*.dcm`) opened or read."""
+        return [key for key in self.keys_read() if key.endswith(".dcm")]
+
+
+def counted(archive: Archive, reads: list[tuple[str, str]] | None = None) -> tuple[Archive, CountingStorage]:
+    """An archive on the same adapters whose storage counts reads."""
+    storage = CountingStorage(archive.runtime.storage, reads)
+    return Archive(dataclasses.replace(archive.runtime, storage=storage)), storage

@@ -11,8 +11,8 @@ import support
 from fastapi import Request
 from fastapi.testclient import TestClient
 
+from dicomcloud.archive.core import Archive
 from dicomcloud.events import ACCESS_LOG_QUEUE, AccessLog
-from dicomcloud.runtime import Runtime
 from dicomcloud.web.access_log import AccessLogPublisher, route_template
 from dicomcloud.web.app import create_app
 
@@ -20,20 +20,20 @@ STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = support.make_runtime(tmp_path / "data", warehouse={"access_log_flush_seconds": 0.05})
-    yield rt
-    rt.close()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    opened = support.make_archive(tmp_path / "data", warehouse={"access_log_flush_seconds": 0.05})
+    yield opened
+    opened.close()
 
 
-def published(runtime: Runtime) -> list[AccessLog]:
-    records = runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(1000, 0.2)
+def published(archive: Archive) -> list[AccessLog]:
+    records = archive.runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(1000, 0.2)
     return [AccessLog.from_bytes(r.value) for r in records]
 
 
-def requests(runtime: Runtime, *paths: str, **headers: str) -> list[int]:
+def requests(archive: Archive, *paths: str, **headers: str) -> list[int]:
     """GET each path; leaving the client runs the app's shutdown, which flushes the access log."""
-    app = create_app(runtime)
+    app = create_app(archive)
 
     @app.get("/whoami")
     def whoami(request: Request) -> dict[str, str]:
@@ -44,9 +44,9 @@ def requests(runtime: Runtime, *paths: str, **headers: str) -> list[int]:
         return [client.get(path, headers=headers).status_code for path in paths]
 
 
-def test_each_request_becomes_one_event_with_its_route_template_and_uids(runtime: Runtime) -> None:
-    requests(runtime, f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/metadata")
-    [event] = published(runtime)
+def test_each_request_becomes_one_event_with_its_route_template_and_uids(archive: Archive) -> None:
+    requests(archive, f"/dicom-web/studies/{STUDY}/series/{SERIES}/instances/{SOP}/metadata")
+    [event] = published(archive)
     assert event.route == "/dicom-web/studies/{study}/series/{series}/instances/{instance}/metadata"
     assert (event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid) == (STUDY, SERIES, SOP)
     assert (event.method, event.status, event.tenant_id) == ("GET", 404, "default")
@@ -54,51 +54,51 @@ def test_each_request_becomes_one_event_with_its_route_template_and_uids(runtime
     assert event.duration_ms >= 0
 
 
-def test_the_tenant_comes_from_the_url(runtime: Runtime) -> None:
-    requests(runtime, "/radiology/dicom-web/studies")
-    [event] = published(runtime)
+def test_the_tenant_comes_from_the_url(archive: Archive) -> None:
+    requests(archive, "/radiology/dicom-web/studies")
+    [event] = published(archive)
     assert (event.tenant_id, event.route) == ("radiology", "/{tenant}/dicom-web/studies")
 
 
-def test_bytes_sent_and_status_are_what_the_client_received(runtime: Runtime) -> None:
-    requests(runtime, "/health", "/no/such/path")
-    health, unmatched = published(runtime)
+def test_bytes_sent_and_status_are_what_the_client_received(archive: Archive) -> None:
+    requests(archive, "/health", "/no/such/path")
+    health, unmatched = published(archive)
     assert (health.status, health.bytes_sent) == (200, len(b'{"status":"ok"}'))
     assert (unmatched.status, unmatched.route) == (404, "<unmatched>")
 
 
-def test_the_user_is_the_sub_left_in_request_state(runtime: Runtime) -> None:
-    requests(runtime, "/whoami", "/health")
-    whoami, health = published(runtime)
+def test_the_user_is_the_sub_left_in_request_state(archive: Archive) -> None:
+    requests(archive, "/whoami", "/health")
+    whoami, health = published(archive)
     assert (whoami.user_id, health.user_id) == ("alice", "")
 
 
-def test_headers_are_never_recorded(runtime: Runtime) -> None:
-    requests(runtime, "/dicom-web/studies", Authorization="Bearer secret-token-42", Cookie="session=cookie-43")
-    raw = runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(10, 0.2)[0].value
+def test_headers_are_never_recorded(archive: Archive) -> None:
+    requests(archive, "/dicom-web/studies", Authorization="Bearer secret-token-42", Cookie="session=cookie-43")
+    raw = archive.runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(10, 0.2)[0].value
     assert b"secret-token-42" not in raw and b"cookie-43" not in raw
 
 
 def test_a_bus_failure_fails_no_request_and_the_events_wait_for_the_bus(
-    runtime: Runtime, caplog: pytest.LogCaptureFixture
+    archive: Archive, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_bus = runtime.bus
-    runtime.bus = support.FailingBus(runtime)  # type: ignore[assignment]
+    real_bus = archive.runtime.bus
+    archive.runtime.bus = support.FailingBus(archive)
     with caplog.at_level(logging.WARNING):
-        assert requests(runtime, "/health", "/health") == [200, 200]
+        assert requests(archive, "/health", "/health") == [200, 200]
     assert "access log not published" in caplog.text
-    runtime.bus = real_bus
-    assert published(runtime) == []
+    archive.runtime.bus = real_bus
+    assert published(archive) == []
 
 
-def test_the_publisher_keeps_failed_events_for_the_next_flush(runtime: Runtime) -> None:
+def test_the_publisher_keeps_failed_events_for_the_next_flush(archive: Archive) -> None:
     event = AccessLog("2026-01-01T00:00:00+00:00", "default", "", "", "GET", "/health", "", "", "", 200, 1, 0.1)
-    publisher = AccessLogPublisher(support.FailingBus(runtime), flush_seconds=60, max_queued=10)
+    publisher = AccessLogPublisher(support.FailingBus(archive), flush_seconds=60, max_queued=10)
     publisher.submit(event)
     publisher.flush()
-    publisher.bus = runtime.bus
+    publisher.bus = archive.runtime.bus
     publisher.close()
-    assert published(runtime) == [event]
+    assert published(archive) == [event]
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ import support
 from fastapi.testclient import TestClient
 from oidc import AUDIENCE, JWKS_MAX_AGE, Issuer, ec_key, rsa_key, serve_issuer, unsigned_token
 
+from dicomcloud.archive.core import Archive
 from dicomcloud.events import ACCESS_LOG_QUEUE, AccessLog
-from dicomcloud.runtime import Runtime
 from dicomcloud.web.app import create_app
 from dicomcloud.web.auth import max_age
 
@@ -28,20 +28,20 @@ def issuer() -> Iterator[Issuer]:
         yield served
 
 
-def auth_runtime(data: Path, served: Issuer, **auth: object) -> Runtime:
-    return support.make_runtime(data, auth={"enabled": True, "issuer": served.url, "audience": AUDIENCE, **auth})
+def auth_archive(data: Path, served: Issuer, **auth: object) -> Archive:
+    return support.make_archive(data, auth={"enabled": True, "issuer": served.url, "audience": AUDIENCE, **auth})
 
 
 @pytest.fixture
-def runtime(tmp_path: Path, issuer: Issuer) -> Iterator[Runtime]:
-    rt = auth_runtime(tmp_path / "data", issuer)
-    yield rt
-    rt.close()
+def archive(tmp_path: Path, issuer: Issuer) -> Iterator[Archive]:
+    opened = auth_archive(tmp_path / "data", issuer)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime), base_url="http://archive.test") as test_client:
+def client(archive: Archive) -> Iterator[TestClient]:
+    with TestClient(create_app(archive), base_url="http://archive.test") as test_client:
         yield test_client
 
 
@@ -136,19 +136,19 @@ def test_a_rotated_key_is_accepted_after_one_refetch_and_unknown_kids_do_not_ham
 
 
 def test_the_key_set_is_cached_in_the_cache_port_for_the_issuers_max_age(
-    client: TestClient, runtime: Runtime, issuer: Issuer
+    client: TestClient, archive: Archive, issuer: Issuer
 ) -> None:
     assert get(client, issuer.token()).status_code == 200
     fetched = issuer.jwks_requests
-    assert runtime.cache.get(f"auth:jwks:{issuer.url}") is not None
+    assert archive.runtime.cache.get(f"auth:jwks:{issuer.url}") is not None
     assert get(client, issuer.token(EC)).status_code == 200
     assert issuer.jwks_requests == fetched
     assert max_age("public, max-age=600", 300) == JWKS_MAX_AGE
     assert max_age(None, 300) == 300
 
 
-def test_a_damaged_cached_key_set_is_fetched_again(client: TestClient, runtime: Runtime, issuer: Issuer) -> None:
-    runtime.cache.set(f"auth:jwks:{issuer.url}", b"{not json", None)
+def test_a_damaged_cached_key_set_is_fetched_again(client: TestClient, archive: Archive, issuer: Issuer) -> None:
+    archive.runtime.cache.set(f"auth:jwks:{issuer.url}", b"{not json", None)
     assert get(client, issuer.token()).status_code == 200
 
 
@@ -206,27 +206,27 @@ def test_the_token_is_never_logged(client: TestClient, issuer: Issuer, caplog: p
     assert not any(token in record.getMessage() for token in tokens for record in caplog.records)
 
 
-def test_the_access_log_records_the_tokens_subject(runtime: Runtime, issuer: Issuer) -> None:
-    with TestClient(create_app(runtime)) as client:  # leaving it flushes the access log
+def test_the_access_log_records_the_tokens_subject(archive: Archive, issuer: Issuer) -> None:
+    with TestClient(create_app(archive)) as client:  # leaving it flushes the access log
         assert get(client, issuer.token(sub="dr-who")).status_code == 200
-    records = runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(1000, 0.2)
+    records = archive.runtime.bus.subscribe("test", [ACCESS_LOG_QUEUE]).poll(1000, 0.2)
     assert [AccessLog.from_bytes(record.value).user_id for record in records] == ["dr-who"]
 
 
 @pytest.mark.parametrize("missing", ["issuer", "audience"])
 def test_enabled_without_issuer_or_audience_refuses_to_start(tmp_path: Path, issuer: Issuer, missing: str) -> None:
-    runtime = auth_runtime(tmp_path / "data", issuer, **{missing: ""})
+    archive = auth_archive(tmp_path / "data", issuer, **{missing: ""})
     try:
         with pytest.raises(ValueError, match=f"auth.{missing}"):
-            create_app(runtime)
+            create_app(archive)
     finally:
-        runtime.close()
+        archive.close()
 
 
 def test_an_unreachable_issuer_gets_503_not_a_crash(tmp_path: Path, issuer: Issuer) -> None:
-    runtime = auth_runtime(tmp_path / "data", issuer, jwks_url="http://127.0.0.1:1/certs", http_timeout=2.0)
+    archive = auth_archive(tmp_path / "data", issuer, jwks_url="http://127.0.0.1:1/certs", http_timeout=2.0)
     try:
-        with TestClient(create_app(runtime)) as client:
+        with TestClient(create_app(archive)) as client:
             assert get(client, issuer.token()).status_code == 503
     finally:
-        runtime.close()
+        archive.close()

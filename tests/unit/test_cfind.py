@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcloud.dicom.cfind import find_query, find_response, patient_rows, query_retrieve_level, retrieve_query
+from dicomcloud.dicom.attributes import attributes
+from dicomcloud.dicom.cfind import (
+    PATIENT_KEYS,
+    find_query,
+    find_response,
+    patient_rows,
+    query_retrieve_level,
+    retrieve_query,
+)
 from dicomcloud.dicom.query import parse_qido
 from dicomcloud.errors import IdentifierMismatch, InvalidInput
 
@@ -38,6 +46,10 @@ def test_a_multi_valued_uid_key_is_uid_list_matching() -> None:
 def test_keys_below_the_level_are_not_applied() -> None:
     query = find_query(identifier("STUDY", PatientID="P1", Modality="CT", SOPInstanceUID="1.2.3"), "study")
     assert [c.keyword for c in query.conditions] == ["PatientID"]
+
+
+def test_patient_keys_are_the_catalogues_patient_matching_keys() -> None:
+    assert {a.keyword for a in attributes("patient") if a.matching} == PATIENT_KEYS
 
 
 def test_patient_level_applies_only_patient_keys_to_a_study_search() -> None:

@@ -1,4 +1,4 @@
-"""Frame decoding against pydicom's pixel_array, and the PS3.18 media types of frames."""
+"""Frame decoding against pydicom's pixel_array, and the PS3.18 media types of frames (TransferSyntax)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits
 
-from dicomcloud.dicom.codecs import decode_frame, frame_media_type, frame_transfer_syntax
-from dicomcloud.errors import NotAcceptable, NotFound
+from dicomcloud.dicom.codecs import decode_frame
+from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax
+from dicomcloud.errors import CannotConvert, NotFound
 
-TEST_FILES = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -37,25 +39,31 @@ DECODABLE = [p for p in PIXEL_FILES if _pixel_array(_read(p)) is not None]
 UNDECODABLE = [p for p in PIXEL_FILES if p not in DECODABLE]
 
 
+def _decode(path: Path, number: int) -> bytes:
+    with path.open("rb") as stream:
+        return decode_frame(stream, number)
+
+
 def _expected_frames(ds: Dataset) -> list[bytes]:
     arr = _pixel_array(ds)
     assert arr is not None
     frames = arr if int(ds.get("NumberOfFrames") or 1) > 1 else arr[np.newaxis]
     if ds.BitsAllocated == 1:
-        return [pydicom.pixels.pack_bits(frame, pad=False) for frame in frames]
+        return [pack_bits(frame, pad=False) for frame in frames]
     return [np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes() for frame in frames]
 
 
 @pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
 def test_decode_frame_equals_pydicom_pixel_array(path: Path) -> None:
     expected = _expected_frames(_read(path))
-    assert [decode_frame(path, n) for n in range(1, len(expected) + 1)] == expected
+    with path.open("rb") as stream:
+        assert [decode_frame(stream, n) for n in range(1, len(expected) + 1)] == expected
 
 
 @pytest.mark.parametrize("path", UNDECODABLE, ids=lambda p: p.name)
 def test_decode_frame_refuses_what_pydicom_cannot_decode(path: Path) -> None:
-    with pytest.raises(NotAcceptable):
-        decode_frame(path, 1)
+    with pytest.raises(CannotConvert):
+        _decode(path, 1)
 
 
 def test_undecodable_set_is_not_empty() -> None:
@@ -65,18 +73,18 @@ def test_undecodable_set_is_not_empty() -> None:
 def test_decoded_ybr_full_422_is_full_resolution_rgb() -> None:
     path = TEST_FILES / "SC_ybr_full_422_uncompressed.dcm"
     ds = _read(path)
-    frame = decode_frame(path, 1)
+    frame = _decode(path, 1)
     assert len(frame) == ds.Rows * ds.Columns * 3
     assert len(ds.PixelData) == ds.Rows * ds.Columns * 2
 
 
 def test_decoded_big_endian_frame_is_little_endian() -> None:
-    assert decode_frame(TEST_FILES / "MR_small_bigendian.dcm", 1) == decode_frame(TEST_FILES / "MR_small.dcm", 1)
+    assert _decode(TEST_FILES / "MR_small_bigendian.dcm", 1) == _decode(TEST_FILES / "MR_small.dcm", 1)
 
 
 def test_decode_frame_out_of_range_is_not_found() -> None:
     with pytest.raises(NotFound, match="3"):
-        decode_frame(TEST_FILES / "SC_rgb_rle_2frame.dcm", 3)
+        _decode(TEST_FILES / "SC_rgb_rle_2frame.dcm", 3)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +94,7 @@ def test_decode_frame_out_of_range_is_not_found() -> None:
         ("1.2.840.10008.1.2.1", "application/octet-stream"),
         ("1.2.840.10008.1.2.2", "application/octet-stream"),
         ("1.2.840.10008.1.2.1.99", "application/octet-stream"),
+        ("1.2.840.10008.1.2.1.98", "application/octet-stream"),
         ("1.2.840.10008.1.2.4.50", "image/jpeg"),
         ("1.2.840.10008.1.2.4.51", "image/jpeg"),
         ("1.2.840.10008.1.2.4.57", "image/jpeg"),
@@ -105,15 +114,15 @@ def test_decode_frame_out_of_range_is_not_found() -> None:
     ],
 )
 def test_frame_media_type_follows_ps3_18(syntax: str, media_type: str) -> None:
-    assert frame_media_type(syntax) == media_type
+    assert TransferSyntax(syntax).frame_media_type == media_type
 
 
-def test_frame_media_type_refuses_an_unknown_syntax() -> None:
-    with pytest.raises(NotAcceptable):
-        frame_media_type("1.2.3.4")
+def test_frame_media_type_of_an_unknown_syntax_is_none() -> None:
+    assert TransferSyntax("1.2.3.4").frame_media_type is None
 
 
 def test_native_frames_travel_as_explicit_little_endian() -> None:
-    assert frame_transfer_syntax("1.2.840.10008.1.2.2") == "1.2.840.10008.1.2.1"
-    assert frame_transfer_syntax("1.2.840.10008.1.2") == "1.2.840.10008.1.2.1"
-    assert frame_transfer_syntax("1.2.840.10008.1.2.4.50") == "1.2.840.10008.1.2.4.50"
+    assert TransferSyntax("1.2.840.10008.1.2.2").frame_syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert TransferSyntax("1.2.840.10008.1.2").frame_syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert TransferSyntax("1.2.840.10008.1.2.1.99").frame_syntax == EXPLICIT_VR_LITTLE_ENDIAN
+    assert TransferSyntax("1.2.840.10008.1.2.4.50").frame_syntax == "1.2.840.10008.1.2.4.50"

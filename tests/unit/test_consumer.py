@@ -1,33 +1,50 @@
-"""wado-consumer: storage events become index rows and metadata messages, at least once, idempotently."""
+"""wado-consumer: storage events become warehouse rows and transcode requests, from the event alone.
+
+The store indexed each instance before acknowledging it; the consumer neither indexes nor reads stored
+objects. It skips events the index no longer agrees with, and returns poison to the bus loop, which
+dead-letters it to `wado-consumer.dlq`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import support
+from pydicom.data import get_testdata_file
+from support import counted
 
-from dicomcloud.archive.store import file_digest
+from dicomcloud.archive.core import Archive
+from dicomcloud.cli import bus_loop
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
     DICOM_STATE_QUEUE,
     STORAGE_QUEUE,
+    TRANSCODE_QUEUE,
     DicomImageMeta,
     DicomStateMeta,
     StorageEvent,
+    TranscodeRequest,
 )
-from dicomcloud.ports.bus import BusConsumer, Message, Record
-from dicomcloud.ports.index import Index, SeriesKey, UpsertOutcome
-from dicomcloud.runtime import Runtime
-from dicomcloud.workers.consumer import DEAD_LETTER_TOPIC, GROUP, IndexConsumer
+from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
+from dicomcloud.ports.index import Index, InstanceLocation
+from dicomcloud.workers.consumer import StorageEventConsumer
+from dicomcloud.workers.loop import Batching, BusLoop, dead_letter_topic
 
 STUDY, SERIES = "1.2.826.0.2.1", "1.2.826.0.2.1.1"
-KEY = SeriesKey("default", STUDY, SERIES)
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+DEAD_LETTERS = dead_letter_topic(StorageEventConsumer.group)
+MR_RLE = Path(str(get_testdata_file("MR_small_RLE.dcm")))
 
 
 def write_ct(path: Path, sop: str, pixel: int = 0) -> Path:
@@ -35,141 +52,198 @@ def write_ct(path: Path, sop: str, pixel: int = 0) -> Path:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = support.make_runtime(tmp_path / "data", workers={"consumer_poll_timeout": 0.05})
-    yield rt
-    rt.close()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    archive = support.make_archive(
+        tmp_path / "data",
+        workers={"consumer_poll_timeout": 0.05},
+        transcode={"viewer_syntaxes": [EXPLICIT_VR_LITTLE_ENDIAN]},
+    )
+    yield archive
+    archive.close()
 
 
-def store(runtime: Runtime, source: Path) -> StorageEvent:
-    return support.ingest(runtime, source)
+def store(archive: Archive, source: Path) -> StorageEvent:
+    return support.store(archive, source)
 
 
-def pending(runtime: Runtime) -> list[Record]:
+def pending(archive: Archive) -> list[Record]:
     """The storage events the consumer group has not committed, without taking them."""
-    consumer = runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
+    consumer = archive.runtime.bus.subscribe(StorageEventConsumer.group, [STORAGE_QUEUE])
     try:
         return consumer.poll(1000, 0.2)
     finally:
         consumer.close()
 
 
-def read_topic(runtime: Runtime, topic: str) -> list[bytes]:
-    consumer = runtime.bus.subscribe("test-reader", [topic])
+def handle(archive: Archive, records: Sequence[Record]) -> None:
+    """What the consumer service does with a batch before committing it: handle it and publish the outcome."""
+    BusLoop(archive.runtime.bus, StorageEventConsumer(archive), Batching(1000), 0.05).process(records)
+
+
+def read_topic(archive: Archive, topic: str) -> list[bytes]:
+    consumer = archive.runtime.bus.subscribe("test-reader", [topic])
     try:
         return [record.value for record in consumer.poll(1000, 0.2)]
     finally:
         consumer.close()
 
 
-def test_a_stored_instance_is_indexed_and_its_state_and_image_metadata_published(
-    runtime: Runtime, tmp_path: Path
+def images(archive: Archive) -> list[DicomImageMeta]:
+    return [DicomImageMeta.from_bytes(raw) for raw in read_topic(archive, DICOM_IMAGE_QUEUE)]
+
+
+def states(archive: Archive) -> list[DicomStateMeta]:
+    return [DicomStateMeta.from_bytes(raw) for raw in read_topic(archive, DICOM_STATE_QUEUE)]
+
+
+def test_a_storage_event_becomes_an_image_row_and_a_state_row_stamped_with_its_receipt(
+    archive: Archive, tmp_path: Path
 ) -> None:
-    event = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.1"))
-    IndexConsumer(runtime).process(pending(runtime))
-    indexed = runtime.index.get_instance("default", event.sop_instance_uid)
-    assert indexed is not None and (indexed.file_path, indexed.sha256) == (event.file_path, event.sha256)
-    images = [json.loads(raw) for raw in read_topic(runtime, DICOM_IMAGE_QUEUE)]
-    assert [(i["SOPInstanceUID"], i["Sha256"]) for i in images] == [(event.sop_instance_uid, event.sha256)]
-    assert images[0]["UpdatedAt"]
-    states = [DicomStateMeta.from_bytes(raw) for raw in read_topic(runtime, DICOM_STATE_QUEUE)]
-    assert [(s.series_instance_uid, s.series_related_instances) for s in states] == [(SERIES, 1)]
-    assert states[0].updated_at
+    event = store(archive, write_ct(tmp_path / "a.dcm", f"{SERIES}.1"))
+    support.run_pending(archive, StorageEventConsumer(archive))
+    [image] = images(archive)
+    assert (image.sop_instance_uid, image.series_instance_uid, image.file_path, image.file_size, image.sha256) == (
+        event.sop_instance_uid,
+        SERIES,
+        event.file_path,
+        event.file_size,
+        event.sha256,
+    )
+    assert image.values == DicomImageMeta.catalogue_values(event.attributes)
+    assert (image.values["rows"], image.values["transfer_syntax"]) == (128, EXPLICIT_VR_LITTLE_ENDIAN)
+    assert image.updated_at == event.received_at
+    [state] = states(archive)
+    assert (state.study_instance_uid, state.series_instance_uid, state.series_related_instances) == (STUDY, SERIES, 1)
+    assert state.values == DicomStateMeta.catalogue_values(event.attributes)
+    assert (state.values["patient_id"], state.values["modality"]) == (event.patient_id, "CT")
+    assert state.updated_at == event.received_at
+    assert pending(archive) == []
 
 
-def test_replayed_events_change_nothing(runtime: Runtime, tmp_path: Path) -> None:
-    for number in range(3):
-        store(runtime, write_ct(tmp_path / f"{number}.dcm", f"1.2.826.0.2.1.1.{number + 1}", pixel=number))
-    records = pending(runtime)
-    consumer = IndexConsumer(runtime)
-    consumer.process(records)
-    version = runtime.index.series_version(KEY)
-    instances = runtime.index.list_instances("default", STUDY, SERIES)
-    consumer.process(records)
-    consumer.process(records[:1])
-    assert runtime.index.series_version(KEY) == version
-    assert runtime.index.list_instances("default", STUDY, SERIES) == instances
+def test_a_batch_gives_one_state_row_per_series_counted_by_the_index(archive: Archive, tmp_path: Path) -> None:
+    for n in (1, 2, 3):
+        store(archive, write_ct(tmp_path / f"{n}.dcm", f"{SERIES}.{n}", pixel=n))
+    records = pending(archive)
+    handle(archive, records[-1:])  # the last event alone still sees the whole series
+    handle(archive, records)
+    assert [s.series_related_instances for s in states(archive)] == [3, 3]
+    assert sorted(i.sop_instance_uid for i in images(archive)) == [f"{SERIES}.{n}" for n in (1, 2, 3, 3)]
 
 
-def test_an_event_whose_file_was_replaced_since_is_skipped_and_the_later_one_indexes_it(
-    runtime: Runtime, tmp_path: Path
+def test_a_replayed_event_publishes_the_same_rows_again(archive: Archive, tmp_path: Path) -> None:
+    """Rows carry the event's receipt time, not the replay's: the warehouse keeps one version of each."""
+    store(archive, write_ct(tmp_path / "a.dcm", f"{SERIES}.1"))
+    records = pending(archive)
+    handle(archive, records)
+    handle(archive, records)
+    first, replayed = read_topic(archive, DICOM_IMAGE_QUEUE)
+    assert first == replayed
+    assert len(set(read_topic(archive, DICOM_STATE_QUEUE))) == 1
+
+
+def test_a_transcode_request_is_published_only_for_an_instance_outside_the_viewer_syntaxes(
+    archive: Archive, tmp_path: Path
 ) -> None:
-    sop = "1.2.826.0.2.1.1.9"
-    store(runtime, write_ct(tmp_path / "old.dcm", sop, pixel=1))
-    newer = store(runtime, write_ct(tmp_path / "new.dcm", sop, pixel=2))
-    first, second = pending(runtime)
-    consumer = IndexConsumer(runtime)
-    consumer.process([first])
-    assert runtime.index.get_instance("default", sop) is None
-    consumer.process([second])
-    consumer.process([first])
-    indexed = runtime.index.get_instance("default", sop)
-    assert indexed is not None and indexed.sha256 == newer.sha256
+    store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.1"))
+    rle = store(archive, MR_RLE)
+    support.run_pending(archive, StorageEventConsumer(archive))
+    requests = [TranscodeRequest.from_bytes(raw) for raw in read_topic(archive, TRANSCODE_QUEUE)]
+    assert [(r.sop_instance_uid, r.file_path, r.sha256, r.transfer_syntax, r.target_syntax) for r in requests] == [
+        (rle.sop_instance_uid, rle.file_path, rle.sha256, RLE_LOSSLESS, EXPLICIT_VR_LITTLE_ENDIAN)
+    ]
 
 
-def test_an_event_whose_file_is_gone_is_skipped(runtime: Runtime, tmp_path: Path) -> None:
-    event = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.5"))
-    runtime.storage.remove_instance(event.file_path)
-    IndexConsumer(runtime).process(pending(runtime))
-    assert runtime.index.get_instance("default", event.sop_instance_uid) is None
-    assert read_topic(runtime, DEAD_LETTER_TOPIC) == []
+def test_the_consumer_reads_no_stored_object(archive: Archive, tmp_path: Path) -> None:
+    store(archive, write_ct(tmp_path / "a.dcm", f"{SERIES}.1"))
+    store(archive, MR_RLE)
+    watched, storage = counted(archive)
+    support.run_pending(watched, StorageEventConsumer(watched))
+    assert len(images(archive)) == 2
+    assert storage.reads == []
 
 
-def poison(runtime: Runtime, tmp_path: Path) -> list[bytes]:
-    """Three messages no retry can fix: not JSON, not an event, a file that is not DICOM."""
-    junk = store(runtime, write_ct(tmp_path / "a.dcm", "1.2.826.0.2.1.1.7"))
-    path = runtime.storage.path(junk.file_path)
-    path.write_bytes(b"not DICOM")
-    sha256, size = file_digest(path)
-    bad_file = json.loads(junk.to_bytes())
-    bad_file.update(Sha256=sha256, FileSize=size)
-    values = [b"\xff not json", json.dumps({"SOPInstanceUID": "1.2"}).encode(), json.dumps(bad_file).encode()]
-    runtime.bus.publish([Message(STORAGE_QUEUE, STUDY, value) for value in values])
+def test_an_event_whose_instance_was_replaced_since_is_skipped_and_the_later_one_published(
+    archive: Archive, tmp_path: Path
+) -> None:
+    sop = f"{SERIES}.9"
+    store(archive, write_ct(tmp_path / "old.dcm", sop, pixel=1))
+    newer = store(archive, write_ct(tmp_path / "new.dcm", sop, pixel=2))
+    first, second = pending(archive)
+    handle(archive, [first])
+    assert images(archive) == [] and states(archive) == []
+    handle(archive, [second])
+    handle(archive, [first])
+    assert [(i.sop_instance_uid, i.sha256) for i in images(archive)] == [(sop, newer.sha256)]
+    assert read_topic(archive, DEAD_LETTERS) == []
+
+
+def test_an_event_whose_instance_was_deleted_since_is_skipped_and_not_dead_lettered(
+    archive: Archive, tmp_path: Path
+) -> None:
+    store(archive, write_ct(tmp_path / "a.dcm", f"{SERIES}.5"))
+    archive.remove.delete("default", STUDY)
+    handle(archive, pending(archive))
+    assert images(archive) == [] and states(archive) == []
+    assert read_topic(archive, TRANSCODE_QUEUE) == []
+    assert read_topic(archive, DEAD_LETTERS) == []
+
+
+def poison(archive: Archive, tmp_path: Path) -> list[bytes]:
+    """Messages no retry can fix: not JSON, not an event, a FilePath that lies about its UIDs, Attributes
+    that are not an object."""
+    event = store(archive, write_ct(tmp_path / "a.dcm", f"{SERIES}.7"))
+    body = json.loads(event.to_bytes())
+    elsewhere = {**body, "FilePath": f"default/{STUDY}/{SERIES}/../../other/{SERIES}.7.dcm"}
+    no_attributes = {**body, "Attributes": ["not", "an", "object"]}
+    values = [
+        b"\xff not json",
+        json.dumps({"SOPInstanceUID": "1.2"}).encode(),
+        json.dumps(elsewhere).encode(),
+        json.dumps(no_attributes).encode(),
+    ]
+    archive.runtime.bus.publish([Message(STORAGE_QUEUE, STUDY, value) for value in values])
     return values
 
 
-def test_poison_messages_go_to_the_dead_letter_topic_with_their_error(runtime: Runtime, tmp_path: Path) -> None:
-    values = poison(runtime, tmp_path)
-    records = [r for r in pending(runtime) if r.value in values]
-    IndexConsumer(runtime).process(records)
-    dead = [json.loads(raw) for raw in read_topic(runtime, DEAD_LETTER_TOPIC)]
+def test_poison_is_dead_lettered_to_the_consumers_topic_in_the_one_format(archive: Archive, tmp_path: Path) -> None:
+    values = poison(archive, tmp_path)
+    records = [r for r in pending(archive) if r.value in values]
+    assert len(records) == len(values)
+    handle(archive, pending(archive))
+    dead = [json.loads(raw) for raw in read_topic(archive, DEAD_LETTERS)]
+    assert DEAD_LETTERS == "wado-consumer.dlq"
     assert [d["Offset"] for d in dead] == [r.offset for r in records]
-    assert all(d["Error"] and d["Topic"] == STORAGE_QUEUE for d in dead)
-    assert dead[1]["Value"] == values[1].decode()
-
-
-def test_run_commits_poison_so_it_never_blocks_the_events_behind_it(runtime: Runtime, tmp_path: Path) -> None:
-    poison(runtime, tmp_path)
-    good = store(runtime, write_ct(tmp_path / "good.dcm", "1.2.826.0.2.1.1.8"))
-    stop = threading.Event()
-    worker = threading.Thread(target=IndexConsumer(runtime).run, args=(stop,))
-    worker.start()
-    try:
-        for _ in range(200):
-            if runtime.index.get_instance("default", good.sop_instance_uid) is not None:
-                break
-            stop.wait(0.05)
-    finally:
-        stop.set()
-        worker.join(10)
-    assert runtime.index.get_instance("default", good.sop_instance_uid) is not None
-    assert pending(runtime) == []
-    assert len(read_topic(runtime, DEAD_LETTER_TOPIC)) == 3
+    for letter in dead:
+        assert set(letter) == {
+            "Error",
+            "ErrorType",
+            "Group",
+            "Topic",
+            "Partition",
+            "Offset",
+            "Key",
+            "Value",
+            "FailedAt",
+        }
+        assert letter["Error"] and letter["ErrorType"] == "InvalidInput"
+        assert (letter["Group"], letter["Topic"], letter["Key"]) == ("wado-consumer", STORAGE_QUEUE, STUDY)
+    assert [d["Value"] for d in dead[1:]] == [value.decode() for value in values[1:]]
+    assert [i.sop_instance_uid for i in images(archive)] == [f"{SERIES}.7"], "the good event still made its row"
 
 
 class FlakyIndex:
-    """The runtime's index, down for the first `failures` upserts; `journal` records what happened when."""
+    """The archive's index, down for the first `failures` lookups; `journal` records what happened when."""
 
     def __init__(self, inner: Index, failures: int, journal: list[str]) -> None:
         self.inner, self.failures, self.journal = inner, failures, journal
 
-    def upsert(self, state: DicomStateMeta, image: DicomImageMeta) -> UpsertOutcome:
+    def get_instance(self, tenant_id: str, sop_instance_uid: str) -> InstanceLocation | None:
         if self.failures > 0:
             self.failures -= 1
-            self.journal.append("upsert failed")
+            self.journal.append("index failed")
             raise StorageFailure("index unavailable")
-        self.journal.append("upsert")
-        return self.inner.upsert(state, image)
+        self.journal.append("index")
+        return self.inner.get_instance(tenant_id, sop_instance_uid)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -195,29 +269,80 @@ class JournalingConsumer:
         self.inner.close()
 
 
-def test_a_batch_whose_index_is_down_is_retried_with_backoff_and_committed_only_once_durable_logging_the_outage_once(
-    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    event = store(runtime, write_ct(tmp_path / "ct.dcm", "1.2.826.0.2.1.1.9"))
-    journal: list[str] = []
-    runtime.index = FlakyIndex(runtime.index, failures=3, journal=journal)  # type: ignore[assignment]
-    subscribe = runtime.bus.subscribe
-    monkeypatch.setattr(runtime.bus, "subscribe", lambda g, t: JournalingConsumer(subscribe(g, t), journal))
+class JournalingBus:
+    """The archive's bus, refusing the first `failures` publishes and recording publishes and commits."""
+
+    def __init__(self, inner: Bus, failures: int, journal: list[str]) -> None:
+        self.inner, self.failures, self.journal = inner, failures, journal
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.journal.append("publish failed")
+            raise StorageFailure("bus unavailable")
+        self.inner.publish(messages)
+        self.journal.append("publish")
+
+    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
+        return JournalingConsumer(self.inner.subscribe(group, topics), self.journal)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@contextmanager
+def consumer_service(archive: Archive) -> Iterator[None]:
+    """wado-consumer as `dicomcloud consumer` runs it: the consumer on the one bus loop."""
     stop = threading.Event()
-    worker = threading.Thread(target=IndexConsumer(runtime).run, args=(stop,))
-    with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.consumer"):
-        worker.start()
-        try:
-            for _ in range(400):
-                if "commit" in journal:
-                    break
-                stop.wait(0.05)
-        finally:
-            stop.set()
-            worker.join(10)
-    assert journal == ["upsert failed"] * 3 + ["upsert", "commit"]
-    assert runtime.index.get_instance("default", event.sop_instance_uid) is not None
-    assert pending(runtime) == []
+    thread = threading.Thread(target=bus_loop(archive, StorageEventConsumer(archive)), args=(stop,))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_batch_whose_index_is_down_is_retried_with_backoff_and_committed_only_once_durable_logging_one_outage(
+    archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.9"))
+    journal: list[str] = []
+    flaky = cast(Index, FlakyIndex(archive.runtime.index, failures=3, journal=journal))
+    bus = JournalingBus(archive.runtime.bus, failures=0, journal=journal)
+    down = Archive(dataclasses.replace(archive.runtime, index=flaky, bus=bus))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.loop"), consumer_service(down):
+        wait_for(lambda: "commit" in journal)
+    assert journal == ["index failed"] * 3 + ["index", "publish", "commit"]
+    assert time.monotonic() - started >= 0.2 + 0.4 + 0.8, "three pauses, each twice the one before"
+    assert [i.sha256 for i in images(archive)] == [event.sha256]
+    assert pending(archive) == []
     outage = [r.getMessage() for r in caplog.records]
     assert len(outage) == 2, outage
     assert "index unavailable" in outage[0] and "after 3 failed attempts" in outage[1]
+
+
+def test_a_batch_whose_bus_is_down_is_retried_and_committed_only_once_its_rows_are_published(
+    archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.9"))
+    journal: list[str] = []
+    down = Archive(dataclasses.replace(archive.runtime, bus=JournalingBus(archive.runtime.bus, 2, journal)))
+    with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.loop"), consumer_service(down):
+        wait_for(lambda: "commit" in journal)
+    assert journal == ["publish failed", "publish failed", "publish", "commit"]
+    assert [i.sha256 for i in images(archive)] == [event.sha256]
+    assert pending(archive) == []
+    outage = [r.getMessage() for r in caplog.records]
+    assert len(outage) == 2, outage
+    assert "bus unavailable" in outage[0] and "after 2 failed attempts" in outage[1]

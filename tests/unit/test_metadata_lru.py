@@ -1,18 +1,23 @@
-"""The in-process LRU of parsed series documents is bounded by instances, not by series."""
+"""The LRU of parsed series documents: bounded by instances, not by series, and one per archive."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from dicomcloud.archive.metadata import _ParsedDocuments
+import support
+
+from dicomcloud.archive.metadata import LRU_INSTANCES, _ParsedDocuments
 from dicomcloud.dicom.seriesdoc import SeriesDocument
 from dicomcloud.ports.index import SeriesKey
 
+STUDY, SERIES = "1.2.826.0.7.1", "1.2.826.0.7.1.1"
 
-def document(series: str, instances: int) -> tuple[tuple[str, SeriesKey], SeriesDocument]:
+
+def document(series: str, instances: int) -> tuple[SeriesKey, SeriesDocument]:
     key = SeriesKey("t", "1.2", series)
     entries: dict[str, Any] = {f"{series}.{n}": object() for n in range(instances)}
-    return ("/data", key), SeriesDocument("t", "1.2", series, 1, entries)
+    return key, SeriesDocument("t", "1.2", series, 1, entries)
 
 
 def test_least_recently_used_documents_go_once_the_instance_budget_is_exceeded() -> None:
@@ -43,3 +48,38 @@ def test_refresh_replaces_a_kept_document_and_keeps_no_other() -> None:
     assert (parsed.get(kept_key), parsed.get(other_key)) == (newer, None)
     parsed.put(other_key, document("2", 94)[1])
     assert parsed.get(kept_key) is None, "the refreshed size counts against the budget"
+
+
+def test_forget_drops_a_document_and_frees_its_share_of_the_budget() -> None:
+    parsed = _ParsedDocuments(max_instances=100)
+    (gone_key, gone), (kept_key, kept) = document("1", 60), document("2", 40)
+    parsed.put(gone_key, gone)
+    parsed.forget(gone_key)
+    parsed.put(kept_key, kept)
+    parsed.put(*document("3", 60))
+    assert (parsed.get(gone_key), parsed.get(kept_key)) == (None, kept)
+
+
+def test_two_archives_in_one_process_keep_their_own_documents(tmp_path: Path) -> None:
+    """The same series UIDs at the same index version in two archives: each composes and keeps its own."""
+    first, second = support.make_archive(tmp_path / "first"), support.make_archive(tmp_path / "second")
+    try:
+        key = SeriesKey("default", STUDY, SERIES)
+        support.store(first, support.write_ct(tmp_path / "a.dcm", STUDY, SERIES, f"{SERIES}.1"))
+        support.store(second, support.write_ct(tmp_path / "b.dcm", STUDY, SERIES, f"{SERIES}.2"))
+        assert first.runtime.index.series_version(key) == second.runtime.index.series_version(key) is not None
+
+        kept = first.metadata.document(key)
+        assert kept is not None and list(kept.instances) == [f"{SERIES}.1"]
+        assert first.metadata.document(key) is kept, "the first archive keeps its parsed document"
+        other = second.metadata.document(key)
+        assert other is not None and list(other.instances) == [f"{SERIES}.2"]
+        assert second.metadata.document(key) is other
+
+        second.metadata.forget(key)
+        assert first.metadata.document(key) is kept, "forgetting in one archive leaves the other's"
+        assert first.metadata._parsed is not second.metadata._parsed
+        assert first.metadata._parsed.max_instances == second.metadata._parsed.max_instances == LRU_INSTANCES
+    finally:
+        first.close()
+        second.close()

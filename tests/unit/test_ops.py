@@ -13,12 +13,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from support import make_runtime
+from support import make_archive
 
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import OpsSettings
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.ops import Check, OpsServer, ops_listener, readiness, runtime_checks
-from dicomcloud.runtime import Runtime
 from dicomcloud.web.app import create_app
 
 
@@ -35,10 +35,10 @@ def broken() -> None:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    runtime = make_runtime(tmp_path / "data")
-    yield runtime
-    runtime.close()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    archive = make_archive(tmp_path / "data")
+    yield archive
+    archive.close()
 
 
 def serve(checks: list[Check]) -> OpsServer:
@@ -99,21 +99,21 @@ def test_ops_port_0_starts_no_listener() -> None:
         assert server is None
 
 
-def test_runtime_checks_are_ready_on_the_embedded_backends(runtime: Runtime) -> None:
-    ready, body = readiness(runtime_checks(runtime))
+def test_runtime_checks_are_ready_on_the_embedded_backends(archive: Archive) -> None:
+    ready, body = readiness(runtime_checks(archive.runtime))
     assert ready
     assert set(body["checks"]) == {"index", "bus", "storage", "cache"}
 
 
-def test_runtime_is_unavailable_when_its_storage_folder_is_gone(runtime: Runtime, tmp_path: Path) -> None:
+def test_runtime_is_unavailable_when_its_storage_folder_is_gone(archive: Archive, tmp_path: Path) -> None:
     (tmp_path / "data" / "tmp").rmdir()
-    ready, body = readiness(runtime_checks(runtime))
+    ready, body = readiness(runtime_checks(archive.runtime))
     assert not ready
     assert body["checks"]["storage"]["status"] == "failed"
 
 
-def test_wado_server_answers_health_ready_and_metrics_outside_the_dicomweb_root(runtime: Runtime) -> None:
-    with TestClient(create_app(runtime)) as client:
+def test_wado_server_answers_health_ready_and_metrics_outside_the_dicomweb_root(archive: Archive) -> None:
+    with TestClient(create_app(archive)) as client:
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready")
         assert (ready.status_code, ready.json()["status"]) == (200, "ready")
@@ -124,13 +124,13 @@ def test_wado_server_answers_health_ready_and_metrics_outside_the_dicomweb_root(
 
 def test_with_oidc_on_the_ops_paths_need_no_token_and_dicomweb_still_does(tmp_path: Path) -> None:
     auth = {"enabled": True, "issuer": "http://127.0.0.1:9/realms/none", "audience": "dicomcloud"}
-    runtime = make_runtime(tmp_path / "data", auth=auth)
+    archive = make_archive(tmp_path / "data", auth=auth)
     try:
-        with TestClient(create_app(runtime)) as client:
+        with TestClient(create_app(archive)) as client:
             assert [client.get(path).status_code for path in ("/health", "/ready", "/metrics")] == [200, 200, 200]
             assert client.get("/dicom-web/studies").status_code == 401
     finally:
-        runtime.close()
+        archive.close()
 
 
 def sample_value(text: str, name: str, **labels: str) -> float:
@@ -143,10 +143,10 @@ def sample_value(text: str, name: str, **labels: str) -> float:
     )
 
 
-def test_metrics_parse_and_count_a_request_by_its_route_template_not_its_uids(runtime: Runtime) -> None:
+def test_metrics_parse_and_count_a_request_by_its_route_template_not_its_uids(archive: Archive) -> None:
     study = "1.2.826.0.1.3680043.8.498.101"
     route = "/dicom-web/studies/{study}/series"
-    with TestClient(create_app(runtime)) as client:
+    with TestClient(create_app(archive)) as client:
         before = sample_value(client.get("/metrics").text, "dicomcloud_http_requests_total", method="GET", route=route)
         client.get(f"/dicom-web/studies/{study}/series")
         text = client.get("/metrics").text

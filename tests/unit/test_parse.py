@@ -1,7 +1,10 @@
-"""Header parsing: complete Part 10 files are read, anything else is InvalidInput, values decoded."""
+"""Parsing a received object, once: complete Part 10 files are read and anything else is InvalidInput; the
+identity, the catalogue's attributes and the metadata entry (DICOM JSON, frame index, size, sha256) come out."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -9,12 +12,15 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
-from bench.synthetic import ct_series, write_part10
 from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomcloud.dicom.parse import InstanceHeader, extract_meta, read_dataset, read_header
+from bench.synthetic import ct_series, write_part10
+from dicomcloud.dicom.attributes import extracted
+from dicomcloud.dicom.parse import InstanceHeader, ParsedInstance, parse_instance
+from dicomcloud.dicom.seriesdoc import BASE_PLACEHOLDER
+from dicomcloud.dicom.uids import TransferSyntax
 from dicomcloud.errors import InvalidInput, InvalidUID
 
 DATA = Path(pydicom.data.__file__).parent
@@ -74,6 +80,12 @@ def file_id(name: str) -> str:
     return ("rejected:" if name in REJECTED else "accepted:") + name
 
 
+def parse(path: Path, bulkdata_threshold: int = 1024) -> ParsedInstance:
+    """`parse_instance` of the file at `path`, opened as the archive opens a staged object."""
+    with path.open("rb") as stream:
+        return parse_instance(stream, bulkdata_threshold=bulkdata_threshold)
+
+
 def synthetic_file(tmp_path: Path, **changes: object) -> Path:
     ds = next(ct_series(1, rows=16, columns=16))
     path = tmp_path / "ct.dcm"
@@ -98,10 +110,10 @@ def test_every_pydicom_file_is_read_or_refused_as_invalid_input(name: str) -> No
     path = DATA / name
     if name in REJECTED:
         with pytest.raises(InvalidInput) as refused:
-            read_header(path)
+            parse(path)
         assert REJECTED[name] in refused.value.message
         return
-    header = read_header(path)
+    header = parse(path).header
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = pydicom.dcmread(path)
@@ -111,7 +123,7 @@ def test_every_pydicom_file_is_read_or_refused_as_invalid_input(name: str) -> No
         sop_instance_uid=reference.SOPInstanceUID,
         study_instance_uid=reference.StudyInstanceUID,
         series_instance_uid=reference.SeriesInstanceUID,
-        transfer_syntax=reference.file_meta.TransferSyntaxUID,
+        transfer_syntax=TransferSyntax(reference.file_meta.TransferSyntaxUID),
         patient_id="\\".join(patient_id) if isinstance(patient_id, MultiValue) else str(patient_id or ""),
     )
 
@@ -123,31 +135,33 @@ def test_header_patient_id_is_decoded_with_the_specific_character_set(
     tmp_path: Path, charset: str | list[str], patient_id: str
 ) -> None:
     path = synthetic_file(tmp_path, SpecificCharacterSet=charset, PatientID=patient_id)
-    assert read_header(path).patient_id == patient_id
+    assert parse(path).header.patient_id == patient_id
 
 
 def test_a_header_value_longer_than_any_valid_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"\(0010,0020\) is 5000 bytes long"):
-        read_header(synthetic_file(tmp_path, PatientID="P" * 5000))
+        parse(synthetic_file(tmp_path, PatientID="P" * 5000))
 
 
 def test_header_carries_identity_and_transfer_syntax(tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=16, columns=16, patient_id="P-1"))
     write_part10(ds, tmp_path / "ct.dcm")
-    assert read_header(tmp_path / "ct.dcm") == InstanceHeader(
+    header = parse(tmp_path / "ct.dcm").header
+    assert header == InstanceHeader(
         sop_class_uid=ds.SOPClassUID,
         sop_instance_uid=ds.SOPInstanceUID,
         study_instance_uid=ds.StudyInstanceUID,
         series_instance_uid=ds.SeriesInstanceUID,
-        transfer_syntax=ds.file_meta.TransferSyntaxUID,
+        transfer_syntax=TransferSyntax(ds.file_meta.TransferSyntaxUID),
         patient_id="P-1",
     )
+    assert isinstance(header.transfer_syntax, TransferSyntax)
 
 
 def test_file_cut_inside_pixel_data_is_refused(tmp_path: Path) -> None:
     whole = synthetic_file(tmp_path)
     with pytest.raises(InvalidInput, match=r"truncated file: element \(7FE0,0010\)"):
-        read_header(cut(whole, tmp_path / "cut.dcm", whole.stat().st_size - 100))
+        parse(cut(whole, tmp_path / "cut.dcm", whole.stat().st_size - 100))
 
 
 def test_file_cut_anywhere_but_between_top_level_elements_is_refused(tmp_path: Path) -> None:
@@ -163,7 +177,7 @@ def test_file_cut_anywhere_but_between_top_level_elements_is_refused(tmp_path: P
     accepted = set()
     for length in range(start + 1, whole.stat().st_size):
         try:
-            read_header(cut(whole, tmp_path / "cut.dcm", length))
+            parse(cut(whole, tmp_path / "cut.dcm", length))
         except InvalidInput:
             continue
         accepted.add(length)
@@ -187,37 +201,39 @@ def test_truncated_structures_are_refused_with_a_precise_message(
 ) -> None:
     source = DATA / "test_files" / name
     with pytest.raises(InvalidInput) as refused:
-        read_header(cut(source, tmp_path / name, source.stat().st_size - length_from_end))
+        parse(cut(source, tmp_path / name, source.stat().st_size - length_from_end))
     assert reason in refused.value.message
 
 
 def test_deflated_transfer_syntax_is_read(tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=32, columns=32, transfer_syntax=DeflatedExplicitVRLittleEndian))
     write_part10(ds, tmp_path / "deflated.dcm")
-    header = read_header(tmp_path / "deflated.dcm")
-    assert header.transfer_syntax == DeflatedExplicitVRLittleEndian
-    assert read_header(DATA / "test_files" / "image_dfl.dcm").transfer_syntax == (DeflatedExplicitVRLittleEndian)
+    assert parse(tmp_path / "deflated.dcm").header.transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert parse(DATA / "test_files" / "image_dfl.dcm").header.transfer_syntax == DeflatedExplicitVRLittleEndian
 
 
 def test_file_starting_with_file_meta_but_no_preamble_is_read(tmp_path: Path) -> None:
     whole = synthetic_file(tmp_path)
     bare = tmp_path / "no-preamble.dcm"
     bare.write_bytes(whole.read_bytes()[132:])
-    assert read_header(bare) == read_header(whole)
+    parsed, reference = parse(bare), parse(whole)
+    assert parsed.header == reference.header
+    assert parsed.attributes == reference.attributes
+    assert parsed.entry.metadata == reference.entry.metadata
 
 
 def test_non_dicom_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello" * 100)
     with pytest.raises(InvalidInput, match="not a DICOM Part 10 file"):
-        read_header(path)
+        parse(path)
 
 
 @pytest.mark.parametrize("keyword", ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
 def test_missing_identifying_uid_is_refused(tmp_path: Path, keyword: str) -> None:
     path = synthetic_file(tmp_path, **{keyword: None})
     with pytest.raises(InvalidInput, match=f"missing {keyword}"):
-        read_header(path)
+        parse(path)
 
 
 @pytest.mark.parametrize(
@@ -227,53 +243,61 @@ def test_missing_identifying_uid_is_refused(tmp_path: Path, keyword: str) -> Non
 def test_uid_that_could_leave_its_folder_is_refused(tmp_path: Path, keyword: str, value: str) -> None:
     path = synthetic_file(tmp_path, **{keyword: value})
     with pytest.raises(InvalidUID):
-        read_header(path)
+        parse(path)
 
 
 def test_pixel_data_is_not_loaded(tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=1024, columns=1024))
     write_part10(ds, tmp_path / "big.dcm")
-    tracemalloc.start()
-    try:
-        read_header(tmp_path / "big.dcm")
-        dataset = read_dataset(tmp_path / "big.dcm")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with (tmp_path / "big.dcm").open("rb") as stream:
+        tracemalloc.start()
+        try:
+            parsed = parse_instance(stream)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert len(ds.PixelData) == 2 * 1024 * 1024
     assert peak < 512 * 1024
-    assert dataset.get_item(0x7FE00010, keep_deferred=True).value is None
-    assert dataset.PatientID == "SYN-CT"
+    assert set(parsed.entry.metadata["7FE00010"]) == {"vr", "BulkDataURI"}
+    assert parsed.attributes["PatientID"] == "SYN-CT"
 
 
-def test_extract_meta_fills_state_and_image_records(tmp_path: Path) -> None:
+def test_attributes_hold_the_catalogue_values_by_keyword(tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=16, columns=16, patient_name="Doe^Jane", patient_id="P-7"))
     ds.SeriesNumber = 4
     ds.InstanceNumber = 12
     ds.StationName = "CT01"
     write_part10(ds, tmp_path / "ct.dcm")
-    state, image = extract_meta(tmp_path / "ct.dcm", "acme", "acme/a/b/c.dcm", 1234, "ab" * 32)
-    assert (state.tenant_id, state.patient_id, state.patient_name) == ("acme", "P-7", "Doe^Jane")
-    assert (state.study_instance_uid, state.series_instance_uid) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
-    assert (state.modality, state.series_number, state.station_name, state.study_date) == ("CT", 4, "CT01", "20240102")
-    assert state.updated_at == ""
-    assert (image.sop_instance_uid, image.instance_number, image.rows, image.columns) == (ds.SOPInstanceUID, 12, 16, 16)
-    assert (image.bits_allocated, image.number_of_frames) == (16, None)
-    assert image.image_type == "ORIGINAL\\PRIMARY\\AXIAL"
-    assert image.acquisition_date_time == "20240102101500"
-    assert (image.file_path, image.file_size, image.sha256) == ("acme/a/b/c.dcm", 1234, "ab" * 32)
-    assert image.transfer_syntax == ds.file_meta.TransferSyntaxUID
+    values = parse(tmp_path / "ct.dcm").attributes
+    assert set(values) == {attribute.keyword for attribute in extracted()}
+    assert (values["PatientID"], values["PatientName"]) == ("P-7", "Doe^Jane")
+    assert (values["StudyInstanceUID"], values["SeriesInstanceUID"]) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert (values["SOPInstanceUID"], values["SOPClassUID"]) == (ds.SOPInstanceUID, ds.SOPClassUID)
+    assert (values["Modality"], values["SeriesNumber"], values["StationName"], values["StudyDate"]) == (
+        "CT",
+        4,
+        "CT01",
+        "20240102",
+    )
+    assert (values["InstanceNumber"], values["Rows"], values["Columns"]) == (12, 16, 16)
+    assert (values["BitsAllocated"], values["NumberOfFrames"]) == (16, None)
+    assert values["ImageType"] == "ORIGINAL\\PRIMARY\\AXIAL"
+    assert values["AcquisitionDateTime"] == "20240102101500"
+    assert values["TransferSyntaxUID"] == ds.file_meta.TransferSyntaxUID
 
 
 def test_acquisition_date_time_falls_back_to_date_and_time(tmp_path: Path) -> None:
     path = synthetic_file(tmp_path, AcquisitionDateTime=None, AcquisitionDate="20230405", AcquisitionTime="061530")
-    assert extract_meta(path, "t", "f", 1, "s")[1].acquisition_date_time == "20230405061530"
+    assert parse(path).attributes["AcquisitionDateTime"] == "20230405061530"
 
 
 def test_missing_text_is_empty_and_missing_number_is_none(tmp_path: Path) -> None:
     path = synthetic_file(tmp_path, SeriesNumber=None, InstanceNumber=None, PatientSex=None)
-    state, image = extract_meta(path, "t", "f", 1, "s")
-    assert (state.series_number, image.instance_number, state.patient_sex) == (None, None, "")
-    assert state.performed_procedure_step_start_date == ""
+    parsed = parse(path)
+    values = parsed.attributes
+    assert (values["SeriesNumber"], values["InstanceNumber"], values["PatientSex"]) == (None, None, "")
+    assert values["PerformedProcedureStepStartDate"] == ""
+    assert parsed.entry.instance_number is None
 
 
 @pytest.mark.parametrize(
@@ -288,17 +312,64 @@ def test_missing_text_is_empty_and_missing_number_is_none(tmp_path: Path) -> Non
     ],
 )
 def test_patient_name_is_decoded_with_its_character_set(name: str, patient_name: str) -> None:
-    path = DATA / "charset_files" / name
-    state, _ = extract_meta(path, "t", "f", 1, "s")
-    assert state.patient_name == patient_name
+    assert parse(DATA / "charset_files" / name).attributes["PatientName"] == patient_name
 
 
 def test_specific_character_set_applies_to_patient_id(tmp_path: Path) -> None:
     path = synthetic_file(tmp_path, SpecificCharacterSet="GB18030", PatientID="患者-1")
-    assert read_header(path).patient_id == "患者-1"
+    parsed = parse(path)
+    assert parsed.header.patient_id == parsed.attributes["PatientID"] == "患者-1"
 
 
 def test_implicit_vr_file_is_read(tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=16, columns=16, transfer_syntax=ImplicitVRLittleEndian))
     write_part10(ds, tmp_path / "implicit.dcm")
-    assert read_header(tmp_path / "implicit.dcm").sop_instance_uid == ds.SOPInstanceUID
+    assert parse(tmp_path / "implicit.dcm").header.sop_instance_uid == ds.SOPInstanceUID
+
+
+# -- the metadata entry ---------------------------------------------------------------------------
+
+
+def test_entry_keeps_the_file_facts_and_the_frame_index() -> None:
+    path = DATA / "test_files" / "rtdose.dcm"
+    entry = parse(path).entry
+    data = path.read_bytes()
+    assert (entry.file_size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert entry.sop_instance_uid == pydicom.dcmread(path).SOPInstanceUID
+    assert entry.frame_index is not None and entry.frame_index.number_of_frames == 15
+
+
+def test_entry_sha256_is_of_the_deflated_bytes_as_stored() -> None:
+    path = DATA / "test_files" / "image_dfl.dcm"
+    assert parse(path).entry.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_entry_metadata_is_dicom_json_with_bulk_data_uris_under_the_placeholder(tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=16, columns=16, patient_id="P-3"))
+    ds.InstanceNumber = 5
+    write_part10(ds, tmp_path / "ct.dcm")
+    entry = parse(tmp_path / "ct.dcm", bulkdata_threshold=100).entry
+    assert entry.instance_number == 5
+    assert entry.metadata["00100020"] == {"vr": "LO", "Value": ["P-3"]}
+    assert entry.metadata["7FE00010"]["BulkDataURI"] == (
+        f"{BASE_PLACEHOLDER}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010"
+    )
+
+
+def test_values_within_the_bulkdata_threshold_are_inline(tmp_path: Path) -> None:
+    ds = next(ct_series(1, rows=16, columns=16))  # 512 bytes of Pixel Data
+    write_part10(ds, tmp_path / "ct.dcm")
+    inline = parse(tmp_path / "ct.dcm", bulkdata_threshold=512).entry.metadata["7FE00010"]
+    assert inline.keys() == {"vr", "InlineBinary"}
+    assert "BulkDataURI" in parse(tmp_path / "ct.dcm", bulkdata_threshold=511).entry.metadata["7FE00010"]
+
+
+def test_an_instance_without_pixel_data_has_no_frame_index() -> None:
+    assert parse(DATA / "test_files" / "rtplan.dcm").entry.frame_index is None
+
+
+def test_a_stream_without_a_file_is_parsed_like_the_file(tmp_path: Path) -> None:
+    path = synthetic_file(tmp_path)
+    parsed = parse_instance(io.BytesIO(path.read_bytes()))
+    assert parsed == parse(path)

@@ -12,10 +12,9 @@ import pytest
 import support
 from pydicom.dataset import Dataset
 
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.dimse.query_retrieve import QueryRetrieveSCP, needs_decompression
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.runtime import Runtime
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -48,20 +47,20 @@ class FakeEvent:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    runtime = support.make_runtime(tmp_path / "data")
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    """Three instances in each tenant, stored as C-STORE stores them (no worker runs afterwards)."""
+    archive = support.make_archive(tmp_path / "data")
     for tenant, study in (("radiology", RADIOLOGY_STUDY), ("default", DEFAULT_STUDY)):
         for n in (1, 2, 3):
             path = support.write_ct(tmp_path / f"{tenant}{n}.dcm", study, f"{study}.1", f"{study}.1.{n}", pixel=n)
-            Ingest(runtime).store(support.as_temp(runtime, path), tenant_id=tenant, source="import")
-    support.index_pending(runtime)
-    yield runtime
-    runtime.close()
+            archive.store.store(support.staged(archive, path), tenant_id=tenant, source="import")
+    yield archive
+    archive.close()
 
 
 @pytest.fixture
-def scp(runtime: Runtime) -> QueryRetrieveSCP:
-    return QueryRetrieveSCP(runtime, lambda called: "radiology" if called == "RAD" else "default")
+def scp(archive: Archive) -> QueryRetrieveSCP:
+    return QueryRetrieveSCP(archive, lambda called: "radiology" if called == "RAD" else "default")
 
 
 def identifier(level: str, **keys: str) -> Dataset:
@@ -91,7 +90,7 @@ def test_c_find_stops_with_cancel_when_the_peer_sends_c_cancel(scp: QueryRetriev
     assert list(responses) == [(0xFE00, None)]
 
 
-def test_c_get_sends_the_stored_datasets_in_their_stored_syntax(scp: QueryRetrieveSCP, runtime: Runtime) -> None:
+def test_c_get_sends_the_stored_datasets_in_their_stored_syntax(scp: QueryRetrieveSCP) -> None:
     event = FakeEvent("RAD", STUDY_ROOT_GET, identifier("STUDY", StudyInstanceUID=RADIOLOGY_STUDY))
     results = list(scp._on_get(event))  # type: ignore[arg-type]
     assert results[0] == 3

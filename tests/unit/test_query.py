@@ -1,22 +1,24 @@
-"""QIDO-RS / C-FIND matching rules: parse_qido for each parameter rule, matches() for each kind."""
+"""QIDO-RS / C-FIND query parsing: parse_qido for each parameter rule, the conditions each kind of value makes,
+and the bounds the index compares against. Matching itself is the index's (tests/contract/test_index.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytest
 
+from dicomcloud.dicom.attributes import BY_KEYWORD, CATALOGUE
 from dicomcloud.dicom.query import (
+    MATCHING_KEYS,
     Condition,
     Level,
     Query,
-    matches,
+    fuzzy_name_patterns,
+    normalize_pn,
+    parse_condition,
     parse_qido,
-    response_attributes,
-    returned_keywords,
+    range_bounds,
     time_key,
-    unsupported_warning,
 )
 from dicomcloud.errors import InvalidInput
 
@@ -63,8 +65,6 @@ def test_key_not_supported_at_the_level_is_reported_not_applied() -> None:
     query = parse("study", {"Modality": "CT", "SOPInstanceUID": "1.2", "PatientID": "P"})
     assert [c.keyword for c in query.conditions] == ["PatientID"]
     assert query.unsupported == ("Modality", "SOPInstanceUID")
-    warning = unsupported_warning(query)
-    assert warning is not None and warning.startswith("299 ") and "Modality, SOPInstanceUID" in warning
 
 
 def test_dictionary_attribute_without_index_support_is_reported() -> None:
@@ -73,8 +73,8 @@ def test_dictionary_attribute_without_index_support_is_reported() -> None:
 
 def test_empty_value_for_unsupported_key_asks_for_the_attribute_and_warns_nothing() -> None:
     query = parse("study", {"OperatorsName": ""})
-    assert query.unsupported == () and "OperatorsName" in query.includefields
-    assert unsupported_warning(query) is None
+    assert query.unsupported == () and query.conditions == ()
+    assert "OperatorsName" in query.includefields
 
 
 def test_sequence_path_is_accepted_and_reported_unsupported_at_series_level() -> None:
@@ -234,122 +234,51 @@ def test_integer_string_keys_compare_as_numbers() -> None:
         parse("series", {"SeriesNumber": "7a"})
 
 
-# -- matches() -------------------------------------------------------------------------------------
-
-STUDY: dict[str, Any] = {
-    "StudyInstanceUID": "1.2.3",
-    "PatientName": "Doe^John^^",
-    "PatientID": "PID-1",
-    "StudyDate": "20200615",
-    "StudyTime": "101530",
-    "AccessionNumber": "ACC[1]",
-    "StudyDescription": "CHEST PA",
-    "ModalitiesInStudy": ["CT", "SR"],
-    "ReferringPhysicianName": "",
-}
+# -- parse_condition and the matching keys -------------------------------------------------------
 
 
-def hits(params: Mapping[str, str | Sequence[str]], values: Mapping[str, Any] = STUDY, level: Level = "study") -> bool:
-    return matches(parse(level, params), values)
+def test_matching_keys_are_the_catalogues_matching_attributes() -> None:
+    assert set(MATCHING_KEYS) == {attribute.keyword for attribute in CATALOGUE if attribute.matching}
+    assert all(MATCHING_KEYS[keyword] is BY_KEYWORD[keyword] for keyword in MATCHING_KEYS)
+    assert (MATCHING_KEYS["PatientID"].query_level, MATCHING_KEYS["PatientID"].vr) == ("study", "LO")
+    assert (MATCHING_KEYS["SeriesNumber"].query_level, MATCHING_KEYS["SeriesNumber"].vr) == ("series", "IS")
 
 
-def test_matches_single_value_is_exact_and_case_sensitive() -> None:
-    assert hits({"PatientID": "PID-1"})
-    assert not hits({"PatientID": "pid-1"})
-    assert not hits({"PatientID": "PID"})
+def test_parse_condition_takes_a_catalogue_attribute() -> None:
+    assert parse_condition(MATCHING_KEYS["Modality"], " CT ") == Condition("Modality", "single", "CT")
+    assert parse_condition(MATCHING_KEYS["StudyDate"], "*") is None
+    with pytest.raises(InvalidInput, match="InstanceNumber"):
+        parse_condition(MATCHING_KEYS["InstanceNumber"], "x")
 
 
-def test_matches_wildcards() -> None:
-    assert hits({"StudyDescription": "CHEST*"})
-    assert hits({"StudyDescription": "*ST P?"})
-    assert not hits({"StudyDescription": "chest*"})
-    assert hits({"AccessionNumber": "ACC[*"})
-
-
-def test_matches_person_name_case_insensitively_ignoring_empty_trailing_components() -> None:
-    assert hits({"PatientName": "doe^john"})
-    assert hits({"PatientName": "DOE*"})
-    assert not hits({"PatientName": "Doe"})
-
-
-def test_fuzzy_matching_finds_name_words_by_prefix_in_any_order() -> None:
-    assert hits({"PatientName": "john do", "fuzzymatching": "true"})
-    assert hits({"PatientName": "Jo", "fuzzymatching": "true"})
-    assert not hits({"PatientName": "john do", "fuzzymatching": "false"})
-    assert not hits({"PatientName": "ohn", "fuzzymatching": "true"})
-    assert not hits({"PatientName": "john smith", "fuzzymatching": "true"})
-
-
-def test_matches_date_ranges_with_open_ends() -> None:
-    assert hits({"StudyDate": "20200101-20201231"})
-    assert hits({"StudyDate": "-20200615"})
-    assert hits({"StudyDate": "20200615-"})
-    assert not hits({"StudyDate": "20200616-"})
-    assert hits({"StudyDate": "20200615"})
-
-
-def test_empty_stored_value_never_matches_a_condition() -> None:
-    assert not hits({"StudyDate": "-20201231"}, {**STUDY, "StudyDate": ""})
-    assert not hits({"ReferringPhysicianName": "?*"})
+# -- the bounds and forms the index compares -------------------------------------------------------
 
 
 def test_partial_time_covers_its_whole_span() -> None:
-    assert hits({"StudyTime": "1015"})
-    assert hits({"StudyTime": "10-1015"})
-    assert not hits({"StudyTime": "1016-"})
-    assert hits({"StudyTime": "101530.0-"})
+    assert range_bounds(only(parse("study", {"StudyTime": "1015"}))) == ("101500.000000", "101559.999999")
+    assert range_bounds(only(parse("study", {"StudyTime": "10-1015"}))) == ("100000.000000", "101559.999999")
+    assert range_bounds(only(parse("study", {"StudyTime": "1016-"}))) == ("101600.000000", "")
+    assert range_bounds(only(parse("study", {"StudyTime": "101530.0-"}))) == ("101530.000000", "")
+
+
+def test_time_key_reads_old_colon_form_and_fills_to_the_end_of_the_span() -> None:
     assert time_key("10:15:30") == "101530.000000" and time_key("1015", upper=True) == "101559.999999"
+    assert time_key("101530.5") == "101530.500000"
+    assert time_key("") == "" and time_key("later") == ""
 
 
-def test_matches_uid_list() -> None:
-    assert hits({"StudyInstanceUID": "1.2.4\\1.2.3"})
-    assert not hits({"StudyInstanceUID": "1.2.4,1.2.5"})
+def test_date_bounds_are_the_dates_with_open_ends() -> None:
+    assert range_bounds(only(parse("study", {"StudyDate": "20200615"}))) == ("20200615", "20200615")
+    assert range_bounds(only(parse("study", {"StudyDate": "-20201231"}))) == ("", "20201231")
+    assert range_bounds(only(parse("study", {"StudyDate": "20200101-"}))) == ("20200101", "")
 
 
-def test_modalities_in_study_matches_any_of_its_values() -> None:
-    assert hits({"ModalitiesInStudy": "SR"})
-    assert hits({"ModalitiesInStudy": "MR,CT"})
-    assert hits({"ModalitiesInStudy": "S?"})
-    assert not hits({"ModalitiesInStudy": "MR"})
-    assert not hits({"ModalitiesInStudy": "CT"}, {**STUDY, "ModalitiesInStudy": []})
+def test_person_names_compare_lower_case_without_empty_trailing_components() -> None:
+    assert normalize_pn("Doe^John^^") == "doe^john"
+    assert normalize_pn(" DOE^John=  ") == "doe^john"
 
 
-def test_matches_integer_values() -> None:
-    series = {**STUDY, "SeriesInstanceUID": "1.2.3.4", "SeriesNumber": 7}
-    assert hits({"SeriesNumber": "007"}, series, "series")
-    assert not hits({"SeriesNumber": "8"}, series, "series")
-    assert not hits({"SeriesNumber": "8"}, {**series, "SeriesNumber": None}, "series")
-
-
-def test_matches_the_scope_of_the_url() -> None:
-    series = {**STUDY, "SeriesInstanceUID": "1.2.3.4"}
-    assert matches(parse("series", {}, study_instance_uid="1.2.3"), series)
-    assert not matches(parse("series", {}, study_instance_uid="1.2.9"), series)
-
-
-def test_all_conditions_must_hold() -> None:
-    assert hits({"PatientID": "PID-1", "StudyDate": "20200101-"})
-    assert not hits({"PatientID": "PID-1", "StudyDate": "20210101-"})
-
-
-# -- returned attributes ---------------------------------------------------------------------------
-
-
-def test_study_response_has_defaults_matching_keys_and_includefields_only() -> None:
-    query = parse("study", {"AccessionNumber": "A*", "includefield": "StudyDescription,Modality"})
-    row = {**STUDY, "NumberOfStudyRelatedSeries": 2, "OperatorsName": "x"}
-    returned = response_attributes(query, row)
-    assert {"AccessionNumber", "StudyDescription", "PatientName", "NumberOfStudyRelatedSeries"} <= set(returned)
-    assert "OperatorsName" not in returned
-
-
-def test_all_series_response_includes_study_attributes_scoped_one_does_not() -> None:
-    all_series = returned_keywords(parse("series", {}))
-    scoped = returned_keywords(parse("series", {}, study_instance_uid="1.2"))
-    assert all_series is not None and scoped is not None
-    assert "PatientName" in all_series and "PatientName" not in scoped
-    assert "StudyInstanceUID" in scoped
-
-
-def test_includefield_all_returns_everything() -> None:
-    assert returned_keywords(parse("study", {"includefield": "all"})) is None
+def test_fuzzy_patterns_are_one_prefix_per_query_word() -> None:
+    assert fuzzy_name_patterns("john do") == ["* john*", "* do*"]
+    assert fuzzy_name_patterns("Doe^J*,=x") == ["* doe*", "* j*", "* x*"]
+    assert fuzzy_name_patterns("*") == []

@@ -33,6 +33,16 @@ def data_file(name: str) -> Path:
     return Path(path)
 
 
+def render(path: Path, frame: int, options: RenderOptions) -> bytes:
+    with path.open("rb") as stream:
+        return render_frame(stream, frame, options)
+
+
+def frames_in(path: Path) -> int:
+    with path.open("rb") as stream:
+        return number_of_frames(stream)
+
+
 def decode(data: bytes, fmt: str) -> Image.Image:
     image = Image.open(BytesIO(data))
     assert image.format == fmt
@@ -47,7 +57,7 @@ def pixels(data: bytes, fmt: str = "PNG") -> NDArray[np.int64]:
 def render_png(
     path: Path, frame: int = 1, window: Window | None = None, viewport: Viewport | None = None
 ) -> NDArray[np.int64]:
-    return pixels(render_frame(path, frame, RenderOptions(media_type=PNG, window=window, viewport=viewport)))
+    return pixels(render(path, frame, RenderOptions(media_type=PNG, window=window, viewport=viewport)))
 
 
 def assert_sensibly_windowed(gray: NDArray[np.int64]) -> None:
@@ -59,7 +69,7 @@ def assert_sensibly_windowed(gray: NDArray[np.int64]) -> None:
 
 
 def test_ct_renders_as_a_valid_jpeg_with_the_objects_window() -> None:
-    image = decode(render_frame(data_file("CT_small.dcm"), 1, RenderOptions()), "JPEG")
+    image = decode(render(data_file("CT_small.dcm"), 1, RenderOptions()), "JPEG")
     assert (image.mode, image.size) == ("L", (128, 128))
     assert_sensibly_windowed(np.asarray(image, dtype=np.int64))
 
@@ -139,7 +149,7 @@ def test_ybr_is_converted_to_the_same_colours_as_its_rgb_twin() -> None:
 
 def test_ybr_jpeg_multiframe_renders_each_frame_in_colour() -> None:
     path = data_file("examples_ybr_color.dcm")
-    assert number_of_frames(path) == 30
+    assert frames_in(path) == 30
     first, last = render_png(path, 1), render_png(path, 30)
     assert first.shape[-1] == 3
     assert not np.array_equal(first, last)
@@ -190,15 +200,22 @@ def test_viewport_source_region_crops_and_negative_size_flips() -> None:
 
 def test_lower_quality_makes_a_smaller_jpeg() -> None:
     path = data_file("MR_small.dcm")
-    best = render_frame(path, 1, RenderOptions(media_type=JPEG, quality=100))
-    worst = render_frame(path, 1, RenderOptions(media_type=JPEG, quality=5))
+    best = render(path, 1, RenderOptions(media_type=JPEG, quality=100))
+    worst = render(path, 1, RenderOptions(media_type=JPEG, quality=5))
     decode(worst, "JPEG")
     assert len(worst) < len(best)
 
 
 def test_a_frame_beyond_the_last_is_not_found() -> None:
-    with pytest.raises(NotFound):
-        render_frame(data_file("CT_small.dcm"), 2, RenderOptions())
+    assert frames_in(data_file("CT_small.dcm")) == 1
+    with pytest.raises(NotFound, match="out of range"):
+        render(data_file("CT_small.dcm"), 2, RenderOptions())
+
+
+def test_an_instance_that_is_not_an_image_has_no_frame_to_render() -> None:
+    assert frames_in(data_file("rtplan.dcm")) == 0
+    with pytest.raises(NotFound, match="not an image"):
+        render(data_file("rtplan.dcm"), 1, RenderOptions())
 
 
 @pytest.mark.parametrize("text", ["40", "40,0", "a,b", "40,400,cubic", "40,400,linear,x", "nan,10"])

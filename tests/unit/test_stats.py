@@ -10,15 +10,15 @@ import support
 from fastapi.testclient import TestClient
 
 from dicomcloud import cli
+from dicomcloud.archive.core import Archive
 from dicomcloud.archive.stats import format_table
 from dicomcloud.ports.warehouse import STATISTICS, TABLES, Batch
-from dicomcloud.runtime import Runtime
 from dicomcloud.web.app import create_app
 
 STUDY, SERIES = "1.2.826.0.5.1", "1.2.826.0.5.1.1"
 
 
-def fill(runtime: Runtime) -> None:
+def fill(archive: Archive) -> None:
     """Two CT instances of 1000 and 3000 bytes in one series of the default tenant."""
     state = TABLES["dicom_state_meta"].row(
         {"tenant_id": "default", "study_instance_uid": STUDY, "series_instance_uid": SERIES, "modality": "CT"}
@@ -30,21 +30,21 @@ def fill(runtime: Runtime) -> None:
         )
         for n, size in enumerate((1000, 3000))
     ]
-    runtime.warehouse.load(Batch("dicom_state_meta", "s", 0, 0, 0), [state])
-    runtime.warehouse.load(Batch("dicom_image_meta", "i", 0, 0, 1), images)
+    archive.runtime.warehouse.load(Batch("dicom_state_meta", "s", 0, 0, 0), [state])
+    archive.runtime.warehouse.load(Batch("dicom_image_meta", "i", 0, 0, 1), images)
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = support.make_runtime(tmp_path / "data")
-    fill(rt)
-    yield rt
-    rt.close()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    opened = support.make_archive(tmp_path / "data")
+    fill(opened)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as test_client:
+def client(archive: Archive) -> Iterator[TestClient]:
+    with TestClient(create_app(archive)) as test_client:
         yield test_client
 
 
@@ -69,9 +69,9 @@ def test_an_unknown_statistic_is_not_found(client: TestClient) -> None:
 
 
 def test_dicomcloud_stats_prints_the_summary_as_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    runtime = support.make_runtime(tmp_path / "data")
-    fill(runtime)
-    runtime.close()
+    archive = support.make_archive(tmp_path / "data")
+    fill(archive)
+    archive.close()
     with pytest.raises(SystemExit) as exited:
         cli.main(["stats", "--data", str(tmp_path / "data")])
     assert exited.value.code == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,21 +11,22 @@ from typing import Any
 import pydicom
 import pytest
 import support
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 from support import FailingBus
 
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
 from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.runtime import Runtime
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
@@ -35,7 +37,7 @@ def ct_dataset(sop: str = SOP, pixel: int = 0) -> pydicom.Dataset:
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
     """Start an SCP on a free loopback port with the given settings overlay (and optionally another bus)."""
-    started: list[tuple[StoreSCP, Runtime]] = []
+    started: list[tuple[StoreSCP, Archive]] = []
 
     def make(overrides: dict[str, Any] | None = None, bus: Any = None) -> StoreSCP:
         settings = load_settings(
@@ -45,24 +47,25 @@ def start(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
             },
             environ={},
         )
-        runtime = Runtime.from_settings(settings)
+        archive = Archive.from_settings(settings)
         if bus is not None:
-            runtime = dataclasses.replace(runtime, bus=bus(runtime))
-        scp = StoreSCP(runtime, Ingest(runtime))
+            archive = Archive(dataclasses.replace(archive.runtime, bus=bus(archive)))
+        scp = StoreSCP(archive)
         scp.start(blocking=False)
-        started.append((scp, runtime))
+        started.append((scp, archive))
         return scp
 
     yield make
-    for scp, runtime in started:
+    for scp, archive in started:
         scp.stop()
-        runtime.close()
+        archive.close()
 
 
 def associate(scp: StoreSCP, called: str = AE_TITLE) -> Association:
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_LE)
     ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context(STUDY_ROOT_FIND)
     return ae.associate("127.0.0.1", scp.port, ae_title=called)
 
 
@@ -76,8 +79,8 @@ def c_store(scp: StoreSCP, ds: pydicom.Dataset, called: str = AE_TITLE) -> int:
     return int(status.Status)
 
 
-def storage_events(runtime: Runtime) -> list[StorageEvent]:
-    consumer = runtime.bus.subscribe("test-reader", [STORAGE_QUEUE])
+def storage_events(archive: Archive) -> list[StorageEvent]:
+    consumer = archive.runtime.bus.subscribe("test-reader", [STORAGE_QUEUE])
     try:
         return [StorageEvent.from_bytes(r.value) for r in consumer.poll(100, 0.2)]
     finally:
@@ -93,12 +96,12 @@ def test_c_echo_succeeds(start: Callable[..., StoreSCP]) -> None:
         assoc.release()
 
 
-def test_c_store_succeeds_with_the_file_durable_and_announced(start: Callable[..., StoreSCP]) -> None:
+def test_c_store_succeeds_with_the_object_durable_and_announced(start: Callable[..., StoreSCP]) -> None:
     scp = start()
     ds = ct_dataset()
     assert c_store(scp, ds) == 0x0000
-    [event] = storage_events(scp.runtime)
-    stored = pydicom.dcmread(scp.runtime.storage.path(event.file_path))
+    [event] = storage_events(scp.archive)
+    stored = pydicom.dcmread(io.BytesIO(scp.archive.runtime.storage.read(event.file_path)))
     assert stored.SOPInstanceUID == SOP and stored.PixelData == ds.PixelData
     assert stored.file_meta.TransferSyntaxUID == EXPLICIT_LE
     assert (event.source, event.calling_ae, event.called_ae, event.tenant_id) == (
@@ -107,13 +110,13 @@ def test_c_store_succeeds_with_the_file_durable_and_announced(start: Callable[..
         AE_TITLE,
         "default",
     )
-    assert list((scp.runtime.settings.data_path / "tmp").iterdir()) == []
+    assert list((scp.archive.settings.data_path / "tmp").iterdir()) == []
 
 
 def test_a_mapped_called_ae_title_stores_into_its_tenant(start: Callable[..., StoreSCP]) -> None:
     scp = start({"ae_tenants": {"CT_ROOM1": "radiology"}, "reject_unknown_called_ae": True})
     assert c_store(scp, ct_dataset(), called="CT_ROOM1") == 0x0000
-    [event] = storage_events(scp.runtime)
+    [event] = storage_events(scp.archive)
     assert event.tenant_id == "radiology" and event.file_path.startswith("radiology/")
 
 
@@ -129,19 +132,20 @@ def test_an_unknown_called_ae_title_is_rejected_when_strict(start: Callable[...,
 def test_an_unknown_called_ae_title_maps_to_the_default_tenant_when_lenient(start: Callable[..., StoreSCP]) -> None:
     scp = start()
     assert c_store(scp, ct_dataset(), called="ANYONE") == 0x0000
-    assert [e.tenant_id for e in storage_events(scp.runtime)] == ["default"]
+    assert [e.tenant_id for e in storage_events(scp.archive)] == ["default"]
 
 
 def test_c_store_answers_a_failure_status_when_the_store_fails(start: Callable[..., StoreSCP]) -> None:
     scp = start(bus=FailingBus)
     assert c_store(scp, ct_dataset()) == StorageFailure.dimse_status
-    stored = [p for p in (scp.runtime.settings.data_path / "storage").rglob("*") if p.is_file()]
+    stored = [p for p in (scp.archive.settings.data_path / "storage").rglob("*") if p.is_file()]
     assert stored == []
+    assert scp.archive.runtime.index.get_instance("default", SOP) is None
 
 
 def test_a_duplicate_refused_by_policy_gets_0111(start: Callable[..., StoreSCP]) -> None:
     scp = start()
-    scp.runtime.settings.storage.duplicate_policy = "reject"
+    scp.archive.settings.storage.duplicate_policy = "reject"
     assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
     assert c_store(scp, ct_dataset(pixel=2)) == 0x0111
     assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
@@ -153,4 +157,26 @@ def test_a_hostile_uid_gets_a_failure_status(start: Callable[..., StoreSCP]) -> 
     ds = ct_dataset()
     ds.SeriesInstanceUID = "1.2.3/../../../etc"
     assert c_store(scp, ds) in (0xA900, 0xC000)
-    assert [p for p in (scp.runtime.settings.data_path / "storage").rglob("*") if p.is_file()] == []
+    assert [p for p in (scp.archive.settings.data_path / "storage").rglob("*") if p.is_file()] == []
+
+
+def c_find(scp: StoreSCP, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+    assoc = associate(scp)
+    assert assoc.is_established
+    try:
+        return [(int(status.Status), found) for status, found in assoc.send_c_find(identifier, STUDY_ROOT_FIND)]
+    finally:
+        assoc.release()
+
+
+def test_c_find_finds_an_instance_as_soon_as_its_c_store_succeeded(start: Callable[..., StoreSCP]) -> None:
+    """No worker runs in between: the success status means indexed."""
+    scp = start()
+    assert c_store(scp, ct_dataset()) == 0x0000
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = STUDY, SERIES, ""
+    responses = c_find(scp, query)
+    assert [status for status, _ in responses] == [0xFF00, 0x0000]
+    found = responses[0][1]
+    assert found is not None and found.SOPInstanceUID == SOP

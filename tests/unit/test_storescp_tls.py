@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import support
 
-from dicomcloud.archive.store import Ingest
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
 from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.runtime import Runtime
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES = "1.2.826.0.4.7", "1.2.826.0.4.7.1"
@@ -36,12 +35,12 @@ def scp(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[StoreSC
         },
         environ={},
     )
-    runtime = Runtime.from_settings(settings)
-    server = StoreSCP(runtime, Ingest(runtime))
+    archive = Archive.from_settings(settings)
+    server = StoreSCP(archive)
     server.start(blocking=False)
     yield server
     server.stop()
-    runtime.close()
+    archive.close()
 
 
 def storescu(scp: StoreSCP, path: Path, *tls: str) -> subprocess.CompletedProcess[str]:
@@ -49,8 +48,12 @@ def storescu(scp: StoreSCP, path: Path, *tls: str) -> subprocess.CompletedProces
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-def stored_sops(runtime: Runtime) -> set[str]:
-    records = runtime.bus.subscribe("tls-test", [STORAGE_QUEUE]).poll(1000, 0.2)
+def stored_sops(archive: Archive) -> set[str]:
+    consumer = archive.runtime.bus.subscribe("tls-test", [STORAGE_QUEUE])
+    try:
+        records = consumer.poll(1000, 0.2)
+    finally:
+        consumer.close()
     return {StorageEvent.from_bytes(record.value).sop_instance_uid for record in records}
 
 
@@ -60,7 +63,7 @@ def test_storescu_with_a_client_certificate_stores_over_tls(scp: StoreSCP, pki: 
     tls = ("+tls", str(pki / "client-STORESCU.key"), str(pki / "client-STORESCU.pem"), "+cf", str(pki / "ca.pem"))
     result = storescu(scp, path, *tls)
     assert result.returncode == 0, result.stderr
-    assert sop in stored_sops(scp.runtime)
+    assert sop in stored_sops(scp.archive)
 
 
 def test_storescu_without_a_client_certificate_is_refused(scp: StoreSCP, pki: Path, tmp_path: Path) -> None:
@@ -68,7 +71,7 @@ def test_storescu_without_a_client_certificate_is_refused(scp: StoreSCP, pki: Pa
     path = support.write_ct(tmp_path / "ct.dcm", STUDY, SERIES, sop)
     assert storescu(scp, path, "+tla", "+cf", str(pki / "ca.pem")).returncode != 0
     assert storescu(scp, path).returncode != 0
-    assert sop not in stored_sops(scp.runtime)
+    assert sop not in stored_sops(scp.archive)
 
 
 def test_requiring_client_certificates_without_a_ca_refuses_to_start(tmp_path: Path, pki: Path) -> None:
@@ -84,9 +87,9 @@ def test_requiring_client_certificates_without_a_ca_refuses_to_start(tmp_path: P
         },
         environ={},
     )
-    runtime = Runtime.from_settings(settings)
+    archive = Archive.from_settings(settings)
     try:
         with pytest.raises(ValueError, match="tls_ca_file"):
-            StoreSCP(runtime, Ingest(runtime)).start(blocking=False)
+            StoreSCP(archive).start(blocking=False)
     finally:
-        runtime.close()
+        archive.close()

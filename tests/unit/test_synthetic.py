@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from bench.synthetic import ct_series, multiframe, new_uid, write_part10
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -18,9 +17,16 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomcloud.dicom.parse import read_header
+from bench.synthetic import ct_series, multiframe, new_uid, write_part10
+from dicomcloud.dicom.parse import InstanceHeader, parse_instance
 from dicomcloud.dicom.uids import validate_uid
 from dicomcloud.errors import InvalidInput
+
+
+def header(path: Path) -> InstanceHeader:
+    """The identity the archive would read from the file: it is a complete object it accepts."""
+    with path.open("rb") as stream:
+        return parse_instance(stream).header
 
 
 def test_ct_series_reads_back_as_one_realistic_series(tmp_path: Path) -> None:
@@ -42,7 +48,7 @@ def test_ct_series_reads_back_as_one_realistic_series(tmp_path: Path) -> None:
     assert len(first.PixelSpacing) == 2 and first.WindowWidth == 400
     assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
     assert first.pixel_array.shape == (64, 48) and first.pixel_array.dtype == np.int16
-    assert read_header(paths[0]).series_instance_uid == first.SeriesInstanceUID
+    assert header(paths[0]).series_instance_uid == first.SeriesInstanceUID
 
 
 def test_given_study_and_series_uids_are_used() -> None:
@@ -104,7 +110,7 @@ def test_each_transfer_syntax_carries_the_same_pixels(tmp_path: Path, syntax: st
     ds = pydicom.dcmread(tmp_path / "s.dcm")
     assert ds.file_meta.TransferSyntaxUID == syntax
     assert np.array_equal(ds.pixel_array, reference)
-    assert read_header(tmp_path / "s.dcm").transfer_syntax == syntax
+    assert header(tmp_path / "s.dcm").transfer_syntax == syntax
 
 
 def test_multiframe_has_its_frames_and_they_differ(tmp_path: Path) -> None:
@@ -114,7 +120,7 @@ def test_multiframe_has_its_frames_and_they_differ(tmp_path: Path) -> None:
     assert frames.shape == (6, 40, 50) and frames.dtype == np.uint8
     assert ds.NumberOfFrames == 6 and ds.FrameIncrementPointer == 0x00181063
     assert all(not np.array_equal(frames[0], frames[index]) for index in range(1, 6))
-    assert read_header(tmp_path / "mf.dcm").sop_class_uid == "1.2.840.10008.5.1.4.1.1.7.2"
+    assert header(tmp_path / "mf.dcm").sop_class_uid == "1.2.840.10008.5.1.4.1.1.7.2"
 
 
 def test_new_uid_is_a_valid_fresh_uid() -> None:

@@ -11,9 +11,9 @@ import pytest
 import support
 from fastapi.testclient import TestClient
 from oidc import AUDIENCE, Issuer, rsa_key, serve_issuer
-from test_server_app import stow_body
+from test_web_app import stow_body
 
-from dicomcloud.runtime import Runtime
+from dicomcloud.archive.core import Archive
 from dicomcloud.web.app import create_app
 
 ALL_RIGHTS = "dicom.read dicom.write dicom.delete"
@@ -30,17 +30,17 @@ def issuer() -> Iterator[Issuer]:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Runtime]:
+def archive(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Archive]:
     data = tmp_path_factory.mktemp("tenancy") / "data"
-    rt = support.make_runtime(data, auth={"enabled": True, "issuer": issuer.url, "audience": AUDIENCE})
-    yield rt
-    rt.close()
+    opened = support.make_archive(data, auth={"enabled": True, "issuer": issuer.url, "audience": AUDIENCE})
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="module")
-def client(runtime: Runtime, issuer: Issuer) -> Iterator[TestClient]:
+def client(archive: Archive, issuer: Issuer) -> Iterator[TestClient]:
     """The app, with one instance stored in tenant B and one in the default tenant."""
-    with TestClient(create_app(runtime), base_url="http://archive.test") as test_client:
+    with TestClient(create_app(archive), base_url="http://archive.test") as test_client:
         owner = bearer(issuer, scope=ALL_RIGHTS, tenants=["tenant-b", "default"])
         for prefix in ("/tenant-b/dicom-web", "/dicom-web"):
             body, content_type = stow_body([part10(SOP)])
@@ -48,7 +48,6 @@ def client(runtime: Runtime, issuer: Issuer) -> Iterator[TestClient]:
                 f"{prefix}/studies", content=body, headers={"Content-Type": content_type, **owner}
             )
             assert stored.status_code == 200, stored.text
-        support.index_pending(runtime)
         yield test_client
 
 
@@ -80,12 +79,12 @@ def send(client: TestClient, method: str, template: str, tenant: str, headers: d
     return client.request(method, path, headers=headers)
 
 
-def tenant_b_holdings(runtime: Runtime) -> list[str]:
-    return sorted(loc.sop_instance_uid for loc in runtime.index.list_instances("tenant-b", STUDY, None))
+def tenant_b_holdings(archive: Archive) -> list[str]:
+    return sorted(loc.sop_instance_uid for loc in archive.runtime.index.list_instances("tenant-b", STUDY, None))
 
 
 def test_tenant_a_reaches_no_data_of_another_tenant_through_any_route(
-    client: TestClient, runtime: Runtime, issuer: Issuer
+    client: TestClient, archive: Archive, issuer: Issuer
 ) -> None:
     tenant_a = bearer(issuer, scope=ALL_RIGHTS, tenants=["tenant-a"])
     operations = [(method, path) for method, path in routes(client) if path not in PUBLIC]
@@ -96,7 +95,7 @@ def test_tenant_a_reaches_no_data_of_another_tenant_through_any_route(
         if (response := send(client, method, path, "tenant-b", tenant_a)).status_code != 403
     }
     assert allowed == {}
-    assert tenant_b_holdings(runtime) == [SOP]
+    assert tenant_b_holdings(archive) == [SOP]
 
 
 def test_each_route_answers_its_own_tenant_with_the_right_token(client: TestClient, issuer: Issuer) -> None:

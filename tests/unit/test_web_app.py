@@ -1,7 +1,7 @@
 """The DICOMweb app as a whole: routes per tenant, errors, CORS, gzip, and a stalled or cut upload.
 
-The fixtures here (a real Runtime on a temp folder, STOW and indexing helpers) are shared by the
-other test_server_* modules.
+The fixtures here (a real Archive on a temp folder, STOW helpers) are shared by the other test_web_*
+modules.
 """
 
 from __future__ import annotations
@@ -20,31 +20,31 @@ import pydicom
 import pytest
 import support
 import uvicorn
-from bench.synthetic import ct_series, write_part10
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from dicomcloud.runtime import Runtime
+from bench.synthetic import ct_series, write_part10
+from dicomcloud.archive.core import Archive
 from dicomcloud.web.app import create_app
 from dicomcloud.web.context import request_origin
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
 
-def make_runtime(data: Path, **http: object) -> Runtime:
-    return support.make_runtime(data, http=dict(http))
+def make_archive(data: Path, **http: object) -> Archive:
+    return support.make_archive(data, http=dict(http))
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    rt = make_runtime(tmp_path / "data")
-    yield rt
-    rt.close()
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    opened = make_archive(tmp_path / "data")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime), base_url="http://archive.test") as test_client:
+def client(archive: Archive) -> Iterator[TestClient]:
+    with TestClient(create_app(archive), base_url="http://archive.test") as test_client:
         yield test_client
 
 
@@ -67,13 +67,16 @@ def stow(client: TestClient, parts: Sequence[bytes], path: str = "/dicom-web/stu
     return client.post(path, content=body, headers={"Content-Type": content_type})
 
 
-def store_and_index(
-    client: TestClient, runtime: Runtime, datasets: Sequence[pydicom.Dataset], tmp_path: Path, tenant: str = ""
-) -> None:
+def stow_all(client: TestClient, datasets: Sequence[pydicom.Dataset], tmp_path: Path, tenant: str = "") -> None:
+    """STOW-RS the datasets and insist on a 200: they are then stored and indexed, nothing left to wait for."""
     prefix = f"/{tenant}/dicom-web" if tenant else "/dicom-web"
     response = stow(client, [part10(ds, tmp_path) for ds in datasets], f"{prefix}/studies")
     assert response.status_code == 200, response.text
-    support.index_pending(runtime)
+
+
+def staged_files(archive: Archive) -> list[Path]:
+    """Scratch files left in the storage's staging folder (`<data>/tmp`, runtime.py)."""
+    return sorted((archive.settings.data_path / "tmp").iterdir())
 
 
 def multipart_bodies(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
@@ -117,9 +120,9 @@ def test_openapi_lists_every_route_for_default_and_named_tenants(client: TestCli
     assert any(p["name"] == "tenant" and p["in"] == "path" for p in tenant_params)
 
 
-def test_tenants_do_not_see_each_other(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_tenants_do_not_see_each_other(client: TestClient, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
-    store_and_index(client, runtime, [ds], tmp_path, tenant="radiology")
+    stow_all(client, [ds], tmp_path, tenant="radiology")
     assert len(client.get("/radiology/dicom-web/studies").json()) == 1
     assert client.get("/dicom-web/studies").json() == []
     assert client.get("/cardiology/dicom-web/studies").json() == []
@@ -185,9 +188,9 @@ def test_cors_preflight_allows_viewers_and_exposes_headers(client: TestClient) -
     assert "warning" in simple.headers["access-control-expose-headers"].lower()
 
 
-def test_json_is_gzipped_for_clients_that_accept_it(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_json_is_gzipped_for_clients_that_accept_it(client: TestClient, tmp_path: Path) -> None:
     datasets = list(ct_series(20, rows=8, columns=8))
-    store_and_index(client, runtime, datasets, tmp_path)
+    stow_all(client, datasets, tmp_path)
     url = f"/dicom-web/studies/{datasets[0].StudyInstanceUID}/metadata"
     with client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as response:
         raw = b"".join(response.iter_raw())
@@ -195,9 +198,9 @@ def test_json_is_gzipped_for_clients_that_accept_it(client: TestClient, runtime:
     assert len(json.loads(gzip.decompress(raw))) == 20
 
 
-def test_multipart_dicom_is_never_gzipped(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_multipart_dicom_is_never_gzipped(client: TestClient, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=64, columns=64))
-    store_and_index(client, runtime, [ds], tmp_path)
+    stow_all(client, [ds], tmp_path)
     response = client.get(
         f"/dicom-web/studies/{ds.StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART, "Accept-Encoding": "gzip"}
     )
@@ -210,11 +213,11 @@ def test_multipart_dicom_is_never_gzipped(client: TestClient, runtime: Runtime, 
 
 
 class _Server:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, archive: Archive) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
-        config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(create_app(archive), host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -241,9 +244,9 @@ HUGE_HEAD = (
 def test_a_client_closing_mid_body_stores_nothing_and_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rt = make_runtime(tmp_path / "data")
+    archive = make_archive(tmp_path / "data")
     try:
-        with caplog.at_level(logging.WARNING), _Server(rt) as server:
+        with caplog.at_level(logging.WARNING), _Server(archive) as server:
             with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
                 sock.sendall(HUGE_HEAD)
                 sock.shutdown(socket.SHUT_WR)
@@ -253,21 +256,23 @@ def test_a_client_closing_mid_body_stores_nothing_and_is_logged(
                 assert time.monotonic() < deadline, "the disconnect was never logged"
                 time.sleep(0.05)
             assert httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=10).status_code == 200
-        assert list((tmp_path / "data" / "tmp").iterdir()) == []
+        assert staged_files(archive) == []
+        assert archive.runtime.storage.list("") == []
     finally:
-        rt.close()
+        archive.close()
 
 
 def test_a_stalled_body_times_out_with_408_and_closes(tmp_path: Path) -> None:
-    rt = make_runtime(tmp_path / "data", body_timeout=0.5)
+    archive = make_archive(tmp_path / "data", body_timeout=0.5)
     try:
-        with _Server(rt) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        with _Server(archive) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(HUGE_HEAD)
             reply = b""
             while chunk := sock.recv(65536):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b"stalled" in reply
-        assert list((tmp_path / "data" / "tmp").iterdir()) == []
+        assert staged_files(archive) == []
+        assert archive.runtime.storage.list("") == []
     finally:
-        rt.close()
+        archive.close()

@@ -6,23 +6,22 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from bench.synthetic import ct_series
 from fastapi.testclient import TestClient
-from test_server_app import store_and_index
+from test_web_app import stow_all
 
-from dicomcloud.runtime import Runtime
+from bench.synthetic import ct_series
 from dicomcloud.web import qido
 
-pytest_plugins = ["test_server_app"]
+pytest_plugins = ["test_web_app"]
 
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 RETRIEVE_URL = "00081190"
 
 
 @pytest.fixture
-def three(client: TestClient, runtime: Runtime, tmp_path: Path) -> list[pydicom.Dataset]:
+def three(client: TestClient, tmp_path: Path) -> list[pydicom.Dataset]:
     datasets = list(ct_series(3, rows=8, columns=8, patient_id="QIDO-1"))
-    store_and_index(client, runtime, datasets, tmp_path)
+    stow_all(client, datasets, tmp_path)
     return datasets
 
 

@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from bench.synthetic import multiframe, new_uid
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.data import get_testdata_file
-from test_server_app import multipart_bodies, store_and_index
+from test_web_app import multipart_bodies, stow_all
 
-from dicomcloud.runtime import Runtime
+from bench.synthetic import multiframe, new_uid
 
-pytest_plugins = ["test_server_app"]
+pytest_plugins = ["test_web_app"]
 
 
 def instance_url(ds: pydicom.Dataset) -> str:
@@ -42,7 +41,7 @@ def pydicom_file(name: str, study: str, series: str) -> pydicom.Dataset:
 
 
 @pytest.fixture
-def study(client: TestClient, runtime: Runtime, tmp_path: Path) -> dict[str, pydicom.Dataset]:
+def study(client: TestClient, tmp_path: Path) -> dict[str, pydicom.Dataset]:
     """A CT and an MR series and a 4-frame instance in one study."""
     uid = new_uid()
     ct_series, mr_series = new_uid(), new_uid()
@@ -54,7 +53,7 @@ def study(client: TestClient, runtime: Runtime, tmp_path: Path) -> dict[str, pyd
     frames = multiframe(4, rows=16, columns=16)
     frames.StudyInstanceUID = uid
     objects["multiframe"] = frames
-    store_and_index(client, runtime, list(objects.values()), tmp_path)
+    stow_all(client, list(objects.values()), tmp_path)
     return objects
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from bench.synthetic import ct_series
+import support
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
-from test_server_app import DICOM_MULTIPART, make_runtime, part10, stow, stow_body
+from test_web_app import DICOM_MULTIPART, make_archive, part10, staged_files, stow, stow_body
 
-from dicomcloud.runtime import Runtime
+from bench.synthetic import ct_series
+from dicomcloud.archive.core import Archive
+from dicomcloud.archive.keys import original_key
 from dicomcloud.web.app import create_app
 
 FAILED = "00081198"
@@ -21,11 +23,7 @@ FAILURE_REASON = "00081197"
 REFERENCED_SOP_INSTANCE = "00081155"
 REFERENCED_SOP_CLASS = "00081150"
 
-pytest_plugins = ["test_server_app"]
-
-
-def temp_files(runtime: Runtime) -> list[Path]:
-    return list((runtime.settings.data_path / "tmp").iterdir())
+pytest_plugins = ["test_web_app"]
 
 
 def test_all_stored_is_200_with_referenced_sops_and_urls(client: TestClient, tmp_path: Path) -> None:
@@ -45,13 +43,13 @@ def test_all_stored_is_200_with_referenced_sops_and_urls(client: TestClient, tmp
     assert FAILED not in body
 
 
-def test_files_are_durable_when_200_is_sent(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_files_are_durable_when_200_is_sent(client: TestClient, archive: Archive, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     raw = part10(ds, tmp_path)
     assert stow(client, [raw]).status_code == 200
-    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    assert runtime.storage.path(relpath).read_bytes() == raw
-    assert temp_files(runtime) == []
+    key = original_key("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert archive.runtime.storage.read(key) == raw
+    assert staged_files(archive) == []
 
 
 def test_some_failed_is_202_with_both_sequences(client: TestClient, tmp_path: Path) -> None:
@@ -72,7 +70,7 @@ def test_none_stored_for_bad_objects_is_400(client: TestClient) -> None:
 
 
 def test_study_mismatch_fails_that_instance_with_its_uids_and_409(
-    client: TestClient, runtime: Runtime, tmp_path: Path
+    client: TestClient, archive: Archive, tmp_path: Path
 ) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     response = stow(client, [part10(ds, tmp_path)], "/dicom-web/studies/1.2.3.4")
@@ -83,7 +81,7 @@ def test_study_mismatch_fails_that_instance_with_its_uids_and_409(
     assert failed[REFERENCED_SOP_INSTANCE]["Value"] == [ds.SOPInstanceUID]
     assert failed[REFERENCED_SOP_CLASS]["Value"] == [ds.SOPClassUID]
     assert failed[FAILURE_REASON]["Value"] == [0xA900]
-    assert temp_files(runtime) == []
+    assert staged_files(archive) == []
 
 
 def test_study_in_path_accepts_matching_instances(client: TestClient, tmp_path: Path) -> None:
@@ -92,19 +90,20 @@ def test_study_in_path_accepts_matching_instances(client: TestClient, tmp_path: 
 
 
 def test_duplicate_under_reject_policy_is_409_with_0111(tmp_path: Path) -> None:
-    settings_dir = tmp_path / "data"
-    runtime = make_runtime(settings_dir)
-    runtime.settings.storage.duplicate_policy = "reject"
+    archive = support.make_archive(tmp_path / "data", storage={"duplicate_policy": "reject"})
     try:
-        with TestClient(create_app(runtime)) as client:
+        with TestClient(create_app(archive)) as client:
             ds = next(ct_series(1, rows=8, columns=8))
-            assert stow(client, [part10(ds, tmp_path)]).status_code == 200
+            first = part10(ds, tmp_path)
+            assert stow(client, [first]).status_code == 200
             ds.PatientName = "Changed^Name"
             response = stow(client, [part10(ds, tmp_path)])
             assert response.status_code == 409
             assert response.json()[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0x0111]
+            key = original_key("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            assert archive.runtime.storage.read(key) == first, "the stored instance is unchanged"
     finally:
-        runtime.close()
+        archive.close()
 
 
 def test_a_part_of_another_media_type_fails_that_part(client: TestClient, tmp_path: Path) -> None:
@@ -145,7 +144,7 @@ def test_multipart_without_boundary_is_400(client: TestClient) -> None:
     assert response.status_code == 400
 
 
-def test_a_body_cut_mid_part_stores_nothing(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_a_body_cut_mid_part_stores_nothing(client: TestClient, archive: Archive, tmp_path: Path) -> None:
     first, second = (part10(ds, tmp_path) for ds in ct_series(2, rows=8, columns=8))
     body, content_type = stow_body([first, second])
     response = client.post(
@@ -153,8 +152,8 @@ def test_a_body_cut_mid_part_stores_nothing(client: TestClient, runtime: Runtime
     )
     assert response.status_code == 400
     assert "truncated" in response.json()["error"]
-    assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
-    assert temp_files(runtime) == []
+    assert archive.runtime.storage.list("") == []
+    assert staged_files(archive) == []
 
 
 def test_an_empty_multipart_is_400(client: TestClient) -> None:
@@ -165,9 +164,9 @@ def test_an_empty_multipart_is_400(client: TestClient) -> None:
 
 
 def test_a_body_over_the_limit_is_413_and_stores_nothing(tmp_path: Path) -> None:
-    runtime = make_runtime(tmp_path / "data", max_stow_bytes=10_000)
+    archive = make_archive(tmp_path / "data", max_stow_bytes=10_000)
     try:
-        with TestClient(create_app(runtime)) as client:
+        with TestClient(create_app(archive)) as client:
             small = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
             big = part10(next(ct_series(1, rows=128, columns=128)), tmp_path)
             body, content_type = stow_body([small, big])
@@ -179,28 +178,29 @@ def test_a_body_over_the_limit_is_413_and_stores_nothing(tmp_path: Path) -> None
 
             streamed = client.post("/dicom-web/studies", content=chunked(), headers={"Content-Type": content_type})
             assert streamed.status_code == 413
-            assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
-            assert temp_files(runtime) == []
+            assert archive.runtime.storage.list("") == []
+            assert staged_files(archive) == []
     finally:
-        runtime.close()
+        archive.close()
 
 
-def test_stow_to_a_tenant_stores_under_that_tenant(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_stow_to_a_tenant_stores_under_that_tenant(client: TestClient, archive: Archive, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     response = stow(client, [part10(ds, tmp_path)], "/radiology/dicom-web/studies")
     assert response.status_code == 200
     assert response.json()[RETRIEVE_URL]["Value"][0].startswith("http://archive.test/radiology/dicom-web/")
-    relpath = runtime.storage.instance_relpath(
-        "radiology", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-    )
-    assert pydicom.dcmread(runtime.storage.path(relpath)).SOPInstanceUID == ds.SOPInstanceUID
+    key = original_key("radiology", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    with archive.runtime.storage.open(key) as stored:
+        assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
+    elsewhere = original_key("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert archive.runtime.storage.size(elsewhere) is None
 
 
 def test_public_url_is_used_for_retrieve_urls(tmp_path: Path) -> None:
-    runtime = make_runtime(tmp_path / "data", public_url="https://pacs.example.org/")
+    archive = make_archive(tmp_path / "data", public_url="https://pacs.example.org/")
     try:
-        with TestClient(create_app(runtime)) as client:
+        with TestClient(create_app(archive)) as client:
             response = stow(client, [part10(next(ct_series(1, rows=8, columns=8)), tmp_path)])
             assert response.json()[RETRIEVE_URL]["Value"][0].startswith("https://pacs.example.org/dicom-web/studies/")
     finally:
-        runtime.close()
+        archive.close()

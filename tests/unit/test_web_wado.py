@@ -8,17 +8,21 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from bench.synthetic import ct_series, multiframe
 from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
-from support import index_pending
-from test_server_app import DICOM_MULTIPART, multipart_bodies, part10, store_and_index, stow
+from pydicom.uid import UID
+from test_web_app import DICOM_MULTIPART, multipart_bodies, part10, stow, stow_all
 
-from dicomcloud.runtime import Runtime
+from bench.synthetic import ct_series, multiframe, new_uid
+from dicomcloud.archive.core import Archive
+from dicomcloud.archive.keys import derived_key, entry_key, original_key
+from dicomcloud.archive.retrieve import StoredInstance
+from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.web import wado
 from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
 
-pytest_plugins = ["test_server_app"]
+pytest_plugins = ["test_web_app"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 RLE = "1.2.840.10008.1.2.5"
@@ -31,37 +35,40 @@ def instance_url(ds: pydicom.Dataset, tenant: str = "") -> str:
 
 
 @pytest.fixture
-def series(client: TestClient, runtime: Runtime, tmp_path: Path) -> list[pydicom.Dataset]:
+def series(client: TestClient, tmp_path: Path) -> list[pydicom.Dataset]:
     datasets = list(ct_series(3, rows=32, columns=32))  # Pixel Data over the 1 KiB bulk data threshold
-    store_and_index(client, runtime, datasets, tmp_path)
+    stow_all(client, datasets, tmp_path)
     return datasets
 
 
 @pytest.fixture
-def native_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+def native_mf(client: TestClient, tmp_path: Path) -> pydicom.Dataset:
     ds = multiframe(10, rows=16, columns=16)
-    store_and_index(client, runtime, [ds], tmp_path)
+    stow_all(client, [ds], tmp_path)
     return ds
 
 
 @pytest.fixture
-def rle_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+def rle_mf(client: TestClient, tmp_path: Path) -> pydicom.Dataset:
     ds = multiframe(4, rows=16, columns=16, transfer_syntax=RLE)
-    store_and_index(client, runtime, [ds], tmp_path)
+    stow_all(client, [ds], tmp_path)
     return ds
 
 
 @pytest.fixture
-def wide_mf(client: TestClient, runtime: Runtime, tmp_path: Path) -> pydicom.Dataset:
+def wide_mf(client: TestClient, tmp_path: Path) -> pydicom.Dataset:
     """Large enough for OpenJPEG's default resolution levels (it refuses 16 x 16)."""
     ds = multiframe(3, rows=64, columns=64, transfer_syntax=RLE)
-    store_and_index(client, runtime, [ds], tmp_path)
+    stow_all(client, [ds], tmp_path)
     return ds
 
 
-def stored_bytes(runtime: Runtime, ds: pydicom.Dataset) -> bytes:
-    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    return runtime.storage.path(relpath).read_bytes()
+def key_of(ds: pydicom.Dataset, tenant: str = "default") -> str:
+    return original_key(tenant, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+def stored_bytes(archive: Archive, ds: pydicom.Dataset) -> bytes:
+    return archive.runtime.storage.read(key_of(ds))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,13 +76,13 @@ def stored_bytes(runtime: Runtime, ds: pydicom.Dataset) -> bytes:
 
 
 def test_a_study_is_every_stored_file_as_is(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset]
 ) -> None:
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(DICOM_MULTIPART)
     parts = multipart_bodies(response)
-    assert [body for _, body in parts] == [stored_bytes(runtime, ds) for ds in series]
+    assert [body for _, body in parts] == [stored_bytes(archive, ds) for ds in series]
     headers = parts[0][0]
     assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
     assert int(headers["content-length"]) == len(parts[0][1])
@@ -83,29 +90,32 @@ def test_a_study_is_every_stored_file_as_is(
 
 
 def test_files_larger_than_a_piece_are_sent_whole(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
-    assert [body for _, body in multipart_bodies(response)] == [stored_bytes(runtime, ds) for ds in series]
+    assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
     assert int(response.headers["content-length"]) == len(response.content)
 
 
 def test_a_file_that_changes_size_while_sent_aborts_the_response(
     client: TestClient,
+    archive: Archive,
     series: list[pydicom.Dataset],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The announced Content-Length is kept or the response fails: never a body that parses but is wrong."""
-    listed = wado._StoredFile.open
+    sized = archive.retrieve.stored
+    storage = archive.runtime.storage
 
-    def truncated_after_listing(path: Path, syntax: str) -> wado._StoredFile | None:
-        stored = listed(path, syntax)
-        path.write_bytes(path.read_bytes()[:100])
+    def truncated_after_sizing(locations: list[InstanceLocation], target: str | None) -> list[StoredInstance]:
+        stored = sized(locations, target)
+        for instance in stored:
+            storage.write(instance.key, storage.read(instance.key)[:100])
         return stored
 
-    monkeypatch.setattr(wado._StoredFile, "open", truncated_after_listing)
+    monkeypatch.setattr(archive.retrieve, "stored", truncated_after_sizing)
     # The status line is out already: the app can only fail the stream (Starlette says so to the test client).
     with pytest.raises(RuntimeError, match="response already started"):
         client.get(instance_url(series[0]), headers={"Accept": DICOM_MULTIPART})
@@ -122,7 +132,7 @@ def test_a_series_and_an_instance_are_served(client: TestClient, series: list[py
 
 
 def test_the_stream_parses_with_our_own_parser_in_small_chunks(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset]
 ) -> None:
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}")
     boundary = response.headers["content-type"].split("boundary=")[1]
@@ -135,7 +145,7 @@ def test_the_stream_parses_with_our_own_parser_in_small_chunks(
             elif isinstance(event, PartData):
                 bodies[-1] += event.data
     parser.finish()
-    assert [bytes(b) for b in bodies] == [stored_bytes(runtime, ds) for ds in series]
+    assert [bytes(b) for b in bodies] == [stored_bytes(archive, ds) for ds in series]
 
 
 @pytest.mark.parametrize(
@@ -164,22 +174,21 @@ def test_a_transfer_syntax_without_an_encoder_is_406(client: TestClient, series:
 
 
 def test_bare_application_dicom_gets_the_single_file(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset]
 ) -> None:
     response = client.get(instance_url(series[0]), headers={"Accept": "application/dicom"})
     assert response.status_code == 200
     assert response.headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
-    assert response.content == stored_bytes(runtime, series[0])
+    assert response.content == stored_bytes(archive, series[0])
 
 
 def test_a_file_stored_without_preamble_is_served_as_complete_part10(
-    client: TestClient, runtime: Runtime, tmp_path: Path
+    client: TestClient, archive: Archive, tmp_path: Path
 ) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     without_preamble = part10(ds, tmp_path)[128:].removeprefix(b"DICM")
     assert stow(client, [without_preamble]).status_code == 200
-    index_pending(runtime)
-    assert stored_bytes(runtime, ds) == without_preamble
+    assert stored_bytes(archive, ds) == without_preamble
     for accept in (DICOM_MULTIPART, "application/dicom"):
         response = client.get(instance_url(ds), headers={"Accept": accept})
         body = multipart_bodies(response)[0][1] if accept == DICOM_MULTIPART else response.content
@@ -213,10 +222,10 @@ def test_series_metadata_is_dicom_json_with_bulkdata_uris_on_this_host(
     assert uri.startswith(f"http://archive.test/dicom-web/studies/{ds.StudyInstanceUID}/")
 
 
-def test_study_metadata_joins_its_series(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_study_metadata_joins_its_series(client: TestClient, tmp_path: Path) -> None:
     first = list(ct_series(2, rows=8, columns=8))
     second = list(ct_series(1, rows=8, columns=8, study_uid=first[0].StudyInstanceUID))
-    store_and_index(client, runtime, first + second, tmp_path)
+    stow_all(client, first + second, tmp_path)
     documents = client.get(f"/dicom-web/studies/{first[0].StudyInstanceUID}/metadata").json()
     assert sorted(d["00080018"]["Value"][0] for d in documents) == sorted(d.SOPInstanceUID for d in first + second)
 
@@ -235,19 +244,19 @@ def test_metadata_of_an_unknown_series_or_instance_is_not_found(
     assert client.get(url).status_code == 404
 
 
-def test_metadata_base_follows_the_tenant_prefix(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_metadata_base_follows_the_tenant_prefix(client: TestClient, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=32, columns=32))
-    store_and_index(client, runtime, [ds], tmp_path, tenant="radiology")
+    stow_all(client, [ds], tmp_path, tenant="radiology")
     (document,) = client.get(f"{instance_url(ds, 'radiology')}/metadata").json()
     assert document["7FE00010"]["BulkDataURI"].startswith("http://archive.test/radiology/dicom-web/studies/")
 
 
 @pytest.mark.parametrize("syntax", [RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"])
 def test_an_instance_in_another_lossless_syntax_is_transcoded_then_cached_beside_the_original(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset], syntax: str
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset], syntax: str
 ) -> None:
     ds = series[0]
-    original = stored_bytes(runtime, ds)
+    original = stored_bytes(archive, ds)
     accept = f"{DICOM_MULTIPART}; transfer-syntax={syntax}"
     response = client.get(instance_url(ds), headers={"Accept": accept})
     assert response.status_code == 200
@@ -256,10 +265,8 @@ def test_an_instance_in_another_lossless_syntax_is_transcoded_then_cached_beside
     served = pydicom.dcmread(BytesIO(body))
     assert served.file_meta.TransferSyntaxUID == syntax
     assert np.array_equal(served.pixel_array, ds.pixel_array)
-    assert stored_bytes(runtime, ds) == original
-    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    derived = runtime.storage.path(runtime.storage.derived_relpath(relpath, syntax))
-    assert derived.read_bytes() == body
+    assert stored_bytes(archive, ds) == original
+    assert archive.runtime.storage.read(derived_key(key_of(ds), syntax)) == body
     again = client.get(instance_url(ds), headers={"Accept": f"application/dicom; transfer-syntax={syntax}"})
     assert again.content == body
 
@@ -271,6 +278,36 @@ def test_a_compressed_instance_is_served_uncompressed_on_request(client: TestCli
     ((headers, body),) = multipart_bodies(response)
     assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
     assert np.array_equal(pydicom.dcmread(BytesIO(body)).pixel_array, rle_mf.pixel_array)
+
+
+def test_lossy_compressed_pixels_are_not_served_in_a_lossless_compressed_syntax(
+    client: TestClient, archive: Archive, tmp_path: Path
+) -> None:
+    source = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")  # JPEG Baseline
+    assert isinstance(source, str)
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = UID(new_uid()), UID(new_uid())
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(new_uid())
+    stow_all(client, [ds], tmp_path)
+    for accept in (f"{DICOM_MULTIPART}; transfer-syntax={RLE}", f"application/dicom; transfer-syntax={RLE}"):
+        assert client.get(instance_url(ds), headers={"Accept": accept}).status_code == 406, accept
+    jls = 'multipart/related; type="image/jls"'
+    assert client.get(f"{instance_url(ds)}/frames/1", headers={"Accept": jls}).status_code == 406
+    assert archive.runtime.storage.size(derived_key(key_of(ds), RLE)) is None
+
+
+def test_pixels_once_lossy_compressed_are_not_served_in_a_lossless_compressed_syntax(
+    client: TestClient, archive: Archive, tmp_path: Path
+) -> None:
+    """Stored uncompressed, but Lossy Image Compression says 01: the file's content decides, and no copy is kept."""
+    ds = next(ct_series(1, rows=32, columns=32))
+    ds.LossyImageCompression = "01"
+    stow_all(client, [ds], tmp_path)
+    response = client.get(instance_url(ds), headers={"Accept": f"{DICOM_MULTIPART}; transfer-syntax={RLE}"})
+    assert response.status_code == 406
+    assert "lossy" in response.json()["error"]
+    assert archive.runtime.storage.size(derived_key(key_of(ds), RLE)) is None
+    assert client.get(instance_url(ds), headers={"Accept": DICOM_MULTIPART}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,12 +403,10 @@ def test_a_malformed_frame_list_is_a_bad_request(client: TestClient, native_mf: 
     assert client.get(f"{instance_url(native_mf)}/frames/{frames}").status_code == 400
 
 
-def test_frames_of_an_instance_without_pixel_data_are_not_found(
-    client: TestClient, runtime: Runtime, tmp_path: Path
-) -> None:
+def test_frames_of_an_instance_without_pixel_data_are_not_found(client: TestClient, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     del ds.PixelData
-    store_and_index(client, runtime, [ds], tmp_path)
+    stow_all(client, [ds], tmp_path)
     assert client.get(f"{instance_url(ds)}/frames/1").status_code == 404
 
 
@@ -405,29 +440,45 @@ def test_bulkdata_in_another_media_type_is_406(client: TestClient, native_mf: py
 
 
 def test_deleting_an_instance_removes_file_and_listing(
-    client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset]
 ) -> None:
     ds = series[0]
-    relpath = runtime.storage.instance_relpath("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert archive.runtime.storage.size(key_of(ds)) is not None
     assert client.delete(instance_url(ds)).status_code == 204
-    assert not runtime.storage.path(relpath).exists()
+    assert archive.runtime.storage.size(key_of(ds)) is None
     assert client.get(instance_url(ds)).status_code == 404
     metadata = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata").json()
     assert [d["00080018"]["Value"][0] for d in metadata] == [d.SOPInstanceUID for d in series[1:]]
 
 
-def test_deleting_a_study_forgets_it(client: TestClient, runtime: Runtime, series: list[pydicom.Dataset]) -> None:
+def test_deleting_a_study_forgets_it(client: TestClient, archive: Archive, series: list[pydicom.Dataset]) -> None:
     study = series[0].StudyInstanceUID
     assert client.delete(f"/dicom-web/studies/{study}").status_code == 204
     assert client.get("/dicom-web/studies").json() == []
     assert client.get(f"/dicom-web/studies/{study}/metadata").status_code == 404
-    assert not list((runtime.settings.data_path / "storage").rglob("*.dcm"))
+    assert archive.runtime.storage.list("") == []
     assert client.delete(f"/dicom-web/studies/{study}").status_code == 404
 
 
-def test_stored_then_retrieved_through_a_tenant(client: TestClient, runtime: Runtime, tmp_path: Path) -> None:
+def test_deleting_an_instance_also_removes_its_metadata_entry_and_derived_copies(
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset]
+) -> None:
+    ds, kept = series[0], series[1]
+    storage = archive.runtime.storage
+    for instance in (ds, kept):
+        accept = f"application/dicom; transfer-syntax={RLE}"
+        assert client.get(instance_url(instance), headers={"Accept": accept}).status_code == 200
+    assert storage.size(derived_key(key_of(ds), RLE)) is not None
+    assert storage.size(entry_key(key_of(ds))) is not None
+    assert client.delete(instance_url(ds)).status_code == 204
+    assert [key for key in storage.list("") if ds.SOPInstanceUID + "." in key or ds.SOPInstanceUID + "_" in key] == []
+    assert storage.size(derived_key(key_of(kept), RLE)) is not None, "another instance's copy stays"
+    assert storage.size(entry_key(key_of(kept))) is not None
+
+
+def test_stored_then_retrieved_through_a_tenant(client: TestClient, tmp_path: Path) -> None:
     ds = next(ct_series(1, rows=8, columns=8))
     raw = part10(ds, tmp_path)
-    store_and_index(client, runtime, [ds], tmp_path, tenant="radiology")
+    stow_all(client, [ds], tmp_path, tenant="radiology")
     (only,) = multipart_bodies(client.get(instance_url(ds, "radiology")))
     assert only[1] == raw
