@@ -129,10 +129,28 @@ def bounded_cache_factory(request: pytest.FixtureRequest) -> Callable[[int], Cac
     return lambda max_bytes: MemoryCache(max_bytes=max_bytes)
 
 
+@dataclass
+class StorageTarget:
+    """A storage under test, and a look at its scratch files (what a failed or finished write must not leave)."""
+
+    storage: Storage
+    # The scratch files the adapter holds right now (staged, or left behind), by name.
+    scratch_files: Callable[[], list[str]]
+
+
+def _files_in(folder: Path) -> Callable[[], list[str]]:
+    return lambda: sorted(entry.name for entry in folder.iterdir())
+
+
 @pytest.fixture(params=["fs"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+def storage_target(request: pytest.FixtureRequest, tmp_path: Path) -> StorageTarget:
     data = tmp_path / "data"
-    return FsStorage(root=data / "storage", metadata_root=data / "metadata", temp_dir=data / "tmp")
+    return StorageTarget(FsStorage(root=data / "storage", staging=data / "tmp"), _files_in(data / "tmp"))
+
+
+@pytest.fixture
+def storage(storage_target: StorageTarget) -> Storage:
+    return storage_target.storage
 
 
 # --------------------------------------------------------------------------------- end bus/cache/storage

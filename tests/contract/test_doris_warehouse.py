@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,15 @@ from doris_server import DDL, DorisTestServer, parse_ddl
 
 from conftest import doris_settings
 from dicomcloud.adapters.doris_warehouse import DorisWarehouse
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
 from dicomcloud.errors import InvalidInput, StorageFailure
 from dicomcloud.events import AccessLog, json_name
 from dicomcloud.ports.bus import Message
 from dicomcloud.ports.warehouse import LOADED_BATCH, TABLES, Batch
-from dicomcloud.runtime import Runtime, open_warehouse
-from dicomcloud.workers.loader import GROUP, ROUTES, Loader
+from dicomcloud.runtime import open_warehouse
+from dicomcloud.workers.loader import Loader
+from dicomcloud.workers.loop import Batching, BusLoop
 
 ROUTINE_LOAD = Path(__file__).resolve().parents[2] / "deploy" / "doris" / "routine_load.sql"
 
@@ -125,29 +128,32 @@ def test_settings_choose_doris(doris: DorisTestServer) -> None:
 
 def test_a_batch_the_loader_replays_after_a_crash_is_not_loaded_twice(doris: DorisTestServer, tmp_path: Path) -> None:
     doris_section = dataclasses.asdict(doris_settings(doris))
-    runtime = Runtime.from_settings(
+    archive = Archive.from_settings(
         load_settings(
             overrides={"storage": {"data_dir": str(tmp_path)}, "backends": {"warehouse": "doris"},
                        "warehouse": {"doris": doris_section}},
             environ={},
         )
     )
+    bus = archive.runtime.bus
     event = AccessLog("2026-01-01T00:00:00+00:00", "default", "", "", "GET", "/health", "", "", "", 200, 1, 0.1)
     message = Message(event.topic, event.key, event.to_bytes())
 
     def run_loader(commit: bool) -> None:
-        consumer = runtime.bus.subscribe(GROUP, list(ROUTES))
+        """A loader process (a new Loader: nothing remembered) handling what is pending, committing or not."""
+        loader = Loader(archive)
+        consumer = bus.subscribe(loader.group, list(loader.topics))
         records = consumer.poll(100, 0.2)
-        Loader(runtime).load(records)
+        BusLoop(bus, loader, Batching(100), 0.2).process(records, threading.Event())
         if commit:
             consumer.commit(records)
         consumer.close()
 
     try:
-        runtime.bus.publish([message, message])
+        bus.publish([message, message])
         run_loader(commit=False)  # loaded, then the loader died before committing
-        runtime.bus.publish([message])
+        bus.publish([message])
         run_loader(commit=True)
-        assert runtime.warehouse.count("wado_access_log") == 3
+        assert archive.runtime.warehouse.count("wado_access_log") == 3
     finally:
-        runtime.close()
+        archive.close()

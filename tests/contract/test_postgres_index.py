@@ -1,4 +1,4 @@
-"""What only the PostgreSQL index has to get right: telling poison from an outage, and outliving a restart."""
+"""What only the PostgreSQL index must get right: an object it cannot store is not an outage; it outlives a restart."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_index import dicom_object, put, q, uids
+from test_index import put, q, uids
 
 from dicomcloud.adapters.postgres_index import PostgresIndex
 from dicomcloud.errors import InvalidInput
@@ -18,13 +18,13 @@ from dicomcloud.stack.servers import Server, start_postgres, stop_pid
 pytestmark = pytest.mark.stack
 
 
-def test_a_value_postgresql_cannot_store_is_invalid_input_so_the_consumer_dead_letters_it(
+def test_a_value_postgresql_cannot_store_is_invalid_input_so_the_store_refuses_that_object_only(
     postgres_scratch_dsn: str,
 ) -> None:
     index = PostgresIndex(postgres_scratch_dsn, pool_size=2)
     try:
         with pytest.raises(InvalidInput):
-            index.upsert(*dicom_object("1.2.3", "1.2.3.1", "1.2.3.1.1", patient_name="Doe\x00John"))
+            put(index, "1.2.3", "1.2.3.1", "1.2.3.1.1", PatientName="Doe\x00John")
         put(index, "1.2.3", "1.2.3.1", "1.2.3.1.2")
         assert uids(index, q("instance")) == ["1.2.3.1.2"]
     finally:

@@ -8,17 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bench.synthetic import ct_series
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
+from bench.synthetic import ct_series
 from dicomcloud.adapters.redis_cache import RedisCache
+from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
-from dicomcloud.events import STORAGE_QUEUE
 from dicomcloud.ports.cache import Cache
+from dicomcloud.ports.index import Index
 from dicomcloud.runtime import Runtime
 from dicomcloud.web.app import create_app
-from dicomcloud.workers.consumer import GROUP, IndexConsumer
 
 PATIENT = "QIDO-CACHE"
 BOUNDARY = "qido-cache-test"
@@ -26,12 +26,18 @@ SOP_UID, COUNT = "00080018", "00201208"  # SOPInstanceUID, NumberOfStudyRelatedI
 
 
 @dataclass
-class Archive:
-    runtime: Runtime
+class Served:
+    """An archive and a DICOMweb client of it."""
+
+    archive: Archive
     client: TestClient
 
+    @property
+    def index(self) -> Index:
+        return self.archive.runtime.index
+
     def store(self, *datasets: Dataset) -> None:
-        """STOW-RS, then index what it published, as wado-consumer does."""
+        """STOW-RS: the archive indexes what it stores before it answers."""
         body = b""
         for ds in datasets:
             part = io.BytesIO()
@@ -41,13 +47,6 @@ class Archive:
         content_type = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
         response = self.client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
         assert response.status_code == 200, response.text
-        consumer = self.runtime.bus.subscribe(GROUP, [STORAGE_QUEUE])
-        try:
-            records = consumer.poll(10_000, 0.1)
-            IndexConsumer(self.runtime).process(records)
-            consumer.commit(records)
-        finally:
-            consumer.close()
 
     def instances(self, study: str) -> list[str]:
         response = self.client.get(f"/dicom-web/studies/{study}/instances")
@@ -60,18 +59,19 @@ class Archive:
         return [found[COUNT]["Value"][0] for found in response.json()]
 
 
-def open_archive(data: Path, cache: Cache) -> Iterator[Archive]:
+def open_archive(data: Path, cache: Cache) -> Iterator[Served]:
     runtime = Runtime.from_settings(load_settings(overrides={"storage": {"data_dir": str(data)}}, environ={}))
-    runtime.cache = cache
+    runtime.cache = cache  # before the archive is built: its QIDO cache keeps the cache it is given
+    archive = Archive(runtime)
     try:
-        with TestClient(create_app(runtime), base_url="http://archive.test") as client:
-            yield Archive(runtime, client)
+        with TestClient(create_app(archive), base_url="http://archive.test") as client:
+            yield Served(archive, client)
     finally:
-        runtime.close()
+        archive.close()
 
 
 @pytest.fixture
-def archive(cache: Cache, tmp_path: Path) -> Iterator[Archive]:
+def archive(cache: Cache, tmp_path: Path) -> Iterator[Served]:
     yield from open_archive(tmp_path / "data", cache)
 
 
@@ -79,16 +79,16 @@ def series(count: int, study: str | None = None, series_uid: str | None = None) 
     return list(ct_series(count, rows=8, columns=8, patient_id=PATIENT, study_uid=study, series_uid=series_uid))
 
 
-def test_an_unchanged_query_is_answered_from_the_cache(archive: Archive) -> None:
+def test_an_unchanged_query_is_answered_from_the_cache(archive: Served) -> None:
     first, second = series(2)
     archive.store(first, second)
     assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
     # Behind the cache's back (no invalidation): the cached answer is what comes back.
-    archive.runtime.index.delete("default", first.StudyInstanceUID, first.SeriesInstanceUID, second.SOPInstanceUID)
+    archive.index.delete("default", first.StudyInstanceUID, first.SeriesInstanceUID, second.SOPInstanceUID)
     assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
 
 
-def test_a_stored_instance_shows_in_the_next_qido(archive: Archive) -> None:
+def test_a_stored_instance_shows_in_the_next_qido(archive: Served) -> None:
     (first,) = series(1)
     archive.store(first)
     study = first.StudyInstanceUID
@@ -99,14 +99,14 @@ def test_a_stored_instance_shows_in_the_next_qido(archive: Archive) -> None:
     assert archive.study_counts() == [2]
 
 
-def test_a_new_study_shows_in_the_next_tenant_wide_qido(archive: Archive) -> None:
+def test_a_new_study_shows_in_the_next_tenant_wide_qido(archive: Served) -> None:
     archive.store(*series(1))
     assert archive.study_counts() == [1]
     archive.store(*series(3))
     assert sorted(archive.study_counts()) == [1, 3]
 
 
-def test_a_deleted_instance_and_study_are_gone_from_the_next_qido(archive: Archive) -> None:
+def test_a_deleted_instance_and_study_are_gone_from_the_next_qido(archive: Served) -> None:
     first, second = series(2)
     archive.store(first, second)
     study = first.StudyInstanceUID

@@ -1,229 +1,394 @@
-"""The storage port's promises: the user's layout, no path traversal, atomic durable writes, no leftovers."""
+"""The storage port's promises, run against every adapter (conftest.py `storage_target`): keys in, bytes out,
+atomic durable writes, one rule for a missing object, no key leaving the root, no scratch file left behind.
+
+Only the port is used above the line that starts the filesystem adapter's own promises, so an object
+store adapter (S3) joins by adding its param to the fixture.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from conftest import StorageTarget
 from dicomcloud.adapters.fs_storage import FsStorage
-from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
-from dicomcloud.ports.storage import Storage
+from dicomcloud.errors import InvalidInput, NotFound, ServiceUnavailable, StorageFailure
+from dicomcloud.ports.storage import ObjectMissing, Storage
 
-STUDY, SERIES, SOP = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
-
-
-def stored(storage: Storage, relpath: str, data: bytes) -> Path:
-    """Write `data` through a temp file and commit it; returns the temp path used."""
-    handle, temp = storage.new_temp()
-    with handle:
-        handle.write(data)
-    storage.commit_instance(temp, relpath)
-    return temp
+SERIES = "default/1.2.840.1/1.2.840.1.2/"
+KEY = SERIES + "1.2.840.1.2.3.dcm"
+OTHER = SERIES + "1.2.840.1.2.4.dcm"
 
 
-def test_instance_relpath_is_tenant_study_series_sop(storage: Storage) -> None:
-    assert storage.instance_relpath("default", STUDY, SERIES, SOP) == f"default/{STUDY}/{SERIES}/{SOP}.dcm"
+def staged(storage: Storage, data: bytes) -> BinaryIO:
+    stream = storage.stage()
+    stream.write(data)
+    return stream
 
 
-@pytest.mark.parametrize(
-    ("tenant", "study", "series", "sop"),
-    [
-        ("../etc", STUDY, SERIES, SOP),
-        ("/abs", STUDY, SERIES, SOP),
-        ("Bad Tenant", STUDY, SERIES, SOP),
-        ("", STUDY, SERIES, SOP),
-        ("default", "../x", SERIES, SOP),
-        ("default", "/abs", SERIES, SOP),
-        ("default", "1.2.3/../x", SERIES, SOP),
-        ("default", STUDY, "1.2.a", SOP),
-        ("default", STUDY, SERIES, "1.2.3.dcm"),
-        ("default", STUDY, SERIES, ""),
-        ("default", STUDY, SERIES, "1." + "2" * 64),
-    ],
-)
-def test_instance_relpath_refuses_anything_but_valid_ids(
-    storage: Storage, tenant: str, study: str, series: str, sop: str
+def put(storage: Storage, key: str, data: bytes) -> None:
+    storage.commit([(staged(storage, data), key)])
+
+
+# -- stage, commit, discard ------------------------------------------------------------------------
+
+
+def test_a_committed_object_reads_back_whole_as_a_stream_by_ranges_and_sized(storage: Storage) -> None:
+    data = bytes(range(256)) * 40
+    put(storage, KEY, data)
+    assert storage.read(KEY) == data
+    with storage.open(KEY) as stream:
+        assert stream.read() == data
+    assert storage.read_ranges(KEY, [(0, 4), (1000, 10)]) == [data[:4], data[1000:1010]]
+    assert storage.size(KEY) == len(data)
+    assert storage.list(SERIES) == [KEY]
+
+
+def test_stage_gives_an_empty_scratch_file_open_for_writing_and_reading(storage: Storage) -> None:
+    stream = storage.stage()
+    assert stream.read() == b""
+    stream.write(b"DICM part")
+    stream.seek(0)
+    assert stream.read() == b"DICM part"
+    storage.discard(stream)
+    assert storage.list("default/") == []
+
+
+def test_commit_places_a_batch_of_objects_each_under_its_key(storage: Storage) -> None:
+    keys = [SERIES + f"1.2.840.1.2.{n}.dcm" for n in range(5)]
+    storage.commit([(staged(storage, f"object {n}".encode()), key) for n, key in enumerate(keys)])
+    assert [storage.read(key) for key in keys] == [f"object {n}".encode() for n in range(5)]
+    assert storage.list(SERIES) == sorted(keys)
+
+
+def test_commit_consumes_the_staged_files_and_leaves_no_scratch_file(storage_target: StorageTarget) -> None:
+    storage = storage_target.storage
+    streams = [staged(storage, b"one"), staged(storage, b"two")]
+    assert len(storage_target.scratch_files()) == 2
+    storage.commit([(streams[0], KEY), (streams[1], OTHER)])
+    assert storage_target.scratch_files() == []
+    for stream in streams:
+        storage.discard(stream)  # a no-op once consumed: the objects stay
+    assert (storage.read(KEY), storage.read(OTHER)) == (b"one", b"two")
+
+
+def test_commit_copies_an_open_file_that_was_not_staged_and_leaves_the_file_alone(
+    storage_target: StorageTarget, tmp_path: Path
 ) -> None:
-    with pytest.raises(InvalidInput):
-        storage.instance_relpath(tenant, study, series, sop)
+    storage = storage_target.storage
+    outside = tmp_path / "received.dcm"
+    outside.write_bytes(b"received elsewhere")
+    with open(outside, "rb") as received:
+        storage.commit([(received, KEY)])
+    assert storage.read(KEY) == b"received elsewhere"
+    assert outside.read_bytes() == b"received elsewhere"
+    assert storage_target.scratch_files() == []
 
 
-def test_committed_instance_is_at_its_path(storage: Storage) -> None:
-    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
-    stored(storage, relpath, b"DICM data")
-    assert storage.path(relpath).read_bytes() == b"DICM data"
+def test_discard_drops_a_staged_file(storage_target: StorageTarget) -> None:
+    storage = storage_target.storage
+    stream = staged(storage, b"not wanted")
+    storage.discard(stream)
+    storage.discard(stream)
+    assert storage_target.scratch_files() == []
+    assert storage.list("default/") == []
 
 
-def test_commit_leaves_no_temp_file(storage: Storage) -> None:
-    temp = stored(storage, storage.instance_relpath("default", STUDY, SERIES, SOP), b"x")
-    assert not temp.exists()
-    assert list(temp.parent.iterdir()) == []
+def _replace_by_commit(storage: Storage, key: str, data: bytes) -> None:
+    put(storage, key, data)
 
 
-def test_commit_replaces_an_existing_file_atomically(storage: Storage) -> None:
-    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
+def _replace_by_write(storage: Storage, key: str, data: bytes) -> None:
+    storage.write(key, data)
+
+
+@pytest.mark.parametrize("replace", [_replace_by_commit, _replace_by_write], ids=["commit", "write"])
+def test_a_reader_sees_the_old_object_or_the_new_one_never_a_mix(
+    storage_target: StorageTarget, replace: Callable[[Storage, str, bytes], None]
+) -> None:
+    storage = storage_target.storage
     contents = [b"A" * 300_000, b"B" * 500_000]
-    stored(storage, relpath, contents[0])
+    replace(storage, KEY, contents[0])
     seen: set[bytes] = set()
     done = threading.Event()
 
     def reader() -> None:
         while not done.is_set():
-            seen.add(storage.path(relpath).read_bytes())
+            seen.add(storage.read(KEY))
 
     thread = threading.Thread(target=reader)
     thread.start()
-    for i in range(40):
-        stored(storage, relpath, contents[i % 2])
-    done.set()
-    thread.join()
+    try:
+        for i in range(40):
+            replace(storage, KEY, contents[i % 2])
+    finally:
+        done.set()
+        thread.join()
     assert seen <= set(contents)
-    assert storage.path(relpath).read_bytes() == contents[1]
+    assert storage.read(KEY) == contents[1]
+    assert storage_target.scratch_files() == []
 
 
-def test_failed_commit_raises_storage_failure_and_leaves_no_temp_file(storage: Storage) -> None:
-    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
-    occupied = storage.path(relpath)
-    (occupied / "in-the-way").mkdir(parents=True)
-    handle, temp = storage.new_temp()
-    handle.close()
+# -- write ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_puts_a_small_object_whole_and_replaces_it(storage_target: StorageTarget, durable: bool) -> None:
+    storage = storage_target.storage
+    key = SERIES + "series.json"
+    storage.write(key, b'{"v": 1}', durable=durable)
+    assert storage.read(key) == b'{"v": 1}'
+    storage.write(key, b'{"v": 2}', durable=durable)
+    assert (storage.read(key), storage.size(key)) == (b'{"v": 2}', 8)
+    assert storage_target.scratch_files() == []
+
+
+def test_an_empty_object_is_an_object(storage: Storage) -> None:
+    storage.write(KEY, b"")
+    assert (storage.read(KEY), storage.size(KEY), storage.list(SERIES)) == (b"", 0, [KEY])
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def test_open_gives_a_seekable_stream_that_fills_a_buffer(storage: Storage) -> None:
+    data = bytes(range(200))
+    put(storage, KEY, data)
+    with storage.open(KEY) as stream:
+        assert stream.seek(0, os.SEEK_END) == len(data)
+        stream.seek(100)
+        buffer = bytearray(10)
+        assert stream.readinto(buffer) == 10
+        assert bytes(buffer) == data[100:110]
+        stream.seek(5)
+        assert stream.read(3) == data[5:8]
+
+
+def test_read_ranges_returns_each_range_in_the_order_asked(storage: Storage) -> None:
+    data = bytes(range(256))
+    put(storage, KEY, data)
+    ranges = [(200, 56), (0, 1), (10, 20), (15, 5), (100, 0)]
+    assert storage.read_ranges(KEY, ranges) == [data[o : o + n] for o, n in ranges]
+    assert storage.read_ranges(KEY, []) == []
+
+
+def test_a_range_past_the_end_is_a_storage_failure(storage: Storage) -> None:
+    put(storage, KEY, b"0123456789")
     with pytest.raises(StorageFailure):
-        storage.commit_instance(temp, relpath)
-    assert not temp.exists()
+        storage.read_ranges(KEY, [(5, 6)])
+    with pytest.raises(StorageFailure):
+        storage.read_ranges(KEY, [(20, 1)])
 
 
-def test_commit_to_a_refused_path_leaves_no_temp_file(storage: Storage) -> None:
-    handle, temp = storage.new_temp()
-    handle.close()
+@pytest.mark.parametrize(
+    "missing",
+    [KEY, "default/1.2.840.1", SERIES + "1.2.840.1.2.4.dcm/x"],
+    ids=["never-stored", "a-prefix-of-stored-keys", "beneath-a-stored-object"],
+)
+def test_any_read_of_a_missing_object_raises_object_missing_its_size_is_none_and_its_delete_succeeds(
+    storage: Storage, missing: str
+) -> None:
+    put(storage, OTHER, b"another object")
+    with pytest.raises(ObjectMissing):
+        storage.open(missing)
+    with pytest.raises(ObjectMissing):
+        storage.read(missing)
+    with pytest.raises(ObjectMissing):
+        storage.read_ranges(missing, [(0, 1)])
+    assert storage.size(missing) is None
+    storage.delete([missing])  # deleting what is not there is a success
+    assert storage.read(OTHER) == b"another object"
+    assert issubclass(ObjectMissing, NotFound)
+
+
+def test_a_deleted_object_is_missing(storage: Storage) -> None:
+    put(storage, KEY, b"x")
+    storage.delete([KEY])
+    with pytest.raises(ObjectMissing):
+        storage.read(KEY)
+    assert storage.size(KEY) is None
+
+
+def test_list_returns_every_key_starting_with_the_prefix_sorted(storage: Storage) -> None:
+    sop = SERIES + "1.2.840.1.2.3"
+    keys = [
+        SERIES + "series.json",
+        sop + "_1.2.840.10008.1.2.1.dcm",
+        sop + ".json",
+        sop + ".dcm",
+        sop + "_1.2.840.10008.1.2.4.50.dcm",
+        SERIES + "1.2.840.1.2.30.dcm",
+        "default/1.2.840.1/1.2.840.1.9/1.2.840.1.9.1.dcm",
+        "default/1.2.840.10/1.2.840.10.1/1.2.840.10.1.1.dcm",
+        "other/1.2.840.1/1.2.840.1.2/1.2.840.1.2.3.dcm",
+    ]
+    for key in keys:
+        storage.write(key, b"x")
+    assert storage.list(SERIES) == sorted(keys[:6])
+    assert storage.list(sop + "_") == [sop + "_1.2.840.10008.1.2.1.dcm", sop + "_1.2.840.10008.1.2.4.50.dcm"]
+    assert storage.list(sop) == [
+        sop + ".dcm",
+        sop + ".json",
+        SERIES + "1.2.840.1.2.30.dcm",
+        sop + "_1.2.840.10008.1.2.1.dcm",
+        sop + "_1.2.840.10008.1.2.4.50.dcm",
+    ]
+    assert storage.list("default/1.2.840.1/") == sorted(keys[:7])
+    assert storage.list("default/1.2.840.1") == sorted(keys[:8])
+    assert storage.list("default/9.9/") == [] and storage.list(SERIES + "nothing") == []
+
+
+# -- delete ---------------------------------------------------------------------------------------
+
+
+def test_delete_removes_the_objects_named_and_missing_ones_are_fine(storage: Storage) -> None:
+    put(storage, KEY, b"1")
+    put(storage, OTHER, b"2")
+    storage.delete([KEY, SERIES + "never-stored.dcm"])
+    storage.delete([KEY])
+    storage.delete([])
+    assert storage.list(SERIES) == [OTHER]
+    assert storage.read(OTHER) == b"2"
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+REFUSED_KEYS = [
+    "../x",
+    "/etc/passwd",
+    "a/../../x",
+    "a/./b",
+    "a//b",
+    "a/",
+    "",
+    ".",
+    "..",
+    "a/b\\..\\c",
+    "a/b\x00",
+    "a/b c",
+    "a/b?c",
+    "a/é",
+]
+
+
+@pytest.mark.parametrize("key", REFUSED_KEYS)
+def test_a_key_that_could_escape_or_carries_odd_characters_is_refused_by_every_operation(
+    storage: Storage, key: str
+) -> None:
+    operations: list[Callable[[], object]] = [
+        lambda: storage.write(key, b"x"),
+        lambda: storage.commit([(staged(storage, b"x"), key)]),
+        lambda: storage.open(key),
+        lambda: storage.read(key),
+        lambda: storage.read_ranges(key, [(0, 1)]),
+        lambda: storage.size(key),
+        lambda: storage.delete([key]),
+    ]
+    for operation in operations:
+        with pytest.raises(InvalidInput):
+            operation()
+    assert storage.list("") == []
+
+
+@pytest.mark.parametrize("prefix", ["../", "/etc/", "a/../../", "a//"])
+def test_list_refuses_a_prefix_that_could_escape(storage: Storage, prefix: str) -> None:
     with pytest.raises(InvalidInput):
-        storage.commit_instance(temp, "../outside.dcm")
-    assert not temp.exists()
+        storage.list(prefix)
 
 
-@pytest.mark.parametrize("relpath", ["../x", "/etc/passwd", "a/../../x", "a/./b", "a//b", "", "a/b\\..\\c", "a/b\x00"])
-def test_path_refuses_escapes(storage: Storage, relpath: str) -> None:
+def test_a_batch_with_a_refused_key_places_nothing_and_leaves_no_scratch_file(storage_target: StorageTarget) -> None:
+    storage = storage_target.storage
     with pytest.raises(InvalidInput):
-        storage.path(relpath)
+        storage.commit([(staged(storage, b"good"), KEY), (staged(storage, b"bad"), "../outside.dcm")])
+    assert storage.size(KEY) is None
+    assert storage_target.scratch_files() == []
 
 
-def test_path_refuses_a_symlink_leading_out_of_the_root(storage: Storage, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    link = storage.path("default")
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(outside)
-    with pytest.raises(InvalidInput):
-        storage.path(f"default/{STUDY}/x.dcm")
-
-
-def test_remove_instance_prunes_folders_left_empty(storage: Storage) -> None:
-    first = storage.instance_relpath("default", STUDY, SERIES, SOP)
-    second = storage.instance_relpath("default", STUDY, "1.2.9", "1.2.9.1")
-    stored(storage, first, b"1")
-    stored(storage, second, b"2")
-    storage.remove_instance(first)
-    assert not storage.path(first).exists()
-    assert not storage.path(f"default/{STUDY}/{SERIES}").exists()
-    assert storage.path(second).read_bytes() == b"2"
-    storage.remove_instance(second)
-    assert not storage.path("default").exists()
-    assert storage.path("default").parent.is_dir()
-
-
-def test_remove_of_a_missing_instance_is_fine(storage: Storage) -> None:
-    storage.remove_instance(storage.instance_relpath("default", STUDY, SERIES, SOP))
-
-
-def test_a_derived_copy_sits_beside_its_original(storage: Storage) -> None:
-    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
-    assert (
-        storage.derived_relpath(relpath, "1.2.840.10008.1.2.1")
-        == f"default/{STUDY}/{SERIES}/{SOP}_1.2.840.10008.1.2.1.dcm"
-    )
-
-
-@pytest.mark.parametrize("syntax", ["../x", "1.2/3", "", "1.2.a"])
-def test_derived_relpath_refuses_an_invalid_syntax(storage: Storage, syntax: str) -> None:
-    with pytest.raises(InvalidInput):
-        storage.derived_relpath(storage.instance_relpath("default", STUDY, SERIES, SOP), syntax)
-
-
-def test_replacing_or_removing_an_original_removes_its_derived_copies(storage: Storage) -> None:
-    relpath = storage.instance_relpath("default", STUDY, SERIES, SOP)
-    derived = storage.derived_relpath(relpath, "1.2.840.10008.1.2.1")
-    stored(storage, relpath, b"original")
-    stored(storage, derived, b"derived")
-    assert storage.path(relpath).read_bytes() == b"original"
-    stored(storage, relpath, b"replacement")
-    assert not storage.path(derived).exists()
-    stored(storage, derived, b"derived again")
-    storage.remove_instance(relpath)
-    assert not storage.path(derived).exists()
-    assert not storage.path(relpath).parent.exists()
-
-
-def test_documents_round_trip(storage: Storage) -> None:
-    key = f"default/{STUDY}/{SERIES}.json"
-    storage.write_document(key, b'{"v": 1}')
-    assert storage.read_document(key) == b'{"v": 1}'
-    storage.write_document(key, b'{"v": 2}')
-    assert storage.read_document(key) == b'{"v": 2}'
-    storage.delete_document(key)
-    assert storage.read_document(key) is None
-    storage.delete_document(key)
-
-
-def test_unknown_document_reads_as_none(storage: Storage) -> None:
-    assert storage.read_document("default/none.json") is None
-
-
-@pytest.mark.parametrize("key", ["../x.json", "/abs.json", "a/../../x.json", "a//b.json", "a/b c.json", ""])
-def test_document_keys_refuse_escapes(storage: Storage, key: str) -> None:
-    with pytest.raises(InvalidInput):
-        storage.write_document(key, b"x")
-    with pytest.raises(InvalidInput):
-        storage.read_document(key)
-    with pytest.raises(InvalidInput):
-        storage.delete_document(key)
-
-
-# The filesystem adapter's own promises, beyond the port.
-
-
-def test_fs_storage_sweep_removes_only_old_temp_files(tmp_path: Path) -> None:
-    storage = FsStorage(root=tmp_path / "s", metadata_root=tmp_path / "m", temp_dir=tmp_path / "t")
-    old_handle, old = storage.new_temp()
-    new_handle, new = storage.new_temp()
-    old_handle.close()
-    new_handle.close()
-    foreign = tmp_path / "t" / "not-ours"
-    foreign.write_bytes(b"")
-    an_hour_ago = time.time() - 3600
-    os.utime(old, (an_hour_ago, an_hour_ago))
-    os.utime(foreign, (an_hour_ago, an_hour_ago))
-    assert storage.sweep_temp(older_than_seconds=600) == 1
-    assert (old.exists(), new.exists(), foreign.exists()) == (False, True, True)
-
-
-def test_fs_storage_refuses_to_commit_a_file_that_is_not_its_temp(tmp_path: Path) -> None:
-    storage = FsStorage(root=tmp_path / "s", metadata_root=tmp_path / "m", temp_dir=tmp_path / "t")
-    precious = tmp_path / "precious.dcm"
-    precious.write_bytes(b"keep me")
-    with pytest.raises(InvalidInput):
-        storage.commit_instance(precious, "default/1.2/1.2.3/1.2.3.4.dcm")
-    assert precious.read_bytes() == b"keep me"
-
-
-def test_ping_answers_while_every_folder_is_writable(storage: Storage) -> None:
+def test_ping_answers_while_the_storage_can_be_written(storage: Storage) -> None:
     storage.ping()
 
 
-def test_ping_of_fs_storage_whose_temp_folder_is_gone_raises_service_unavailable(tmp_path: Path) -> None:
-    storage = FsStorage(root=tmp_path / "storage", metadata_root=tmp_path / "metadata", temp_dir=tmp_path / "tmp")
-    (tmp_path / "tmp").rmdir()
+# -- the filesystem adapter's own promises, beyond the port ---------------------------------------
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> FsStorage:
+    return FsStorage(root=tmp_path / "storage", staging=tmp_path / "tmp")
+
+
+def test_fs_storage_keeps_the_object_of_key_a_b_c_in_the_file_root_a_b_c(fs: FsStorage, tmp_path: Path) -> None:
+    put(fs, KEY, b"DICM data")
+    assert (tmp_path / "storage" / KEY).read_bytes() == b"DICM data"
+
+
+def test_fs_storage_refuses_a_key_through_a_symlink_leading_out_of_its_root(fs: FsStorage, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dcm").write_bytes(b"secret")
+    (tmp_path / "storage" / "default").symlink_to(outside)
+    for operation in (
+        lambda: fs.read("default/secret.dcm"),
+        lambda: fs.size("default/secret.dcm"),
+        lambda: fs.write("default/x.dcm", b"x"),
+        lambda: fs.commit([(staged(fs, b"x"), "default/x.dcm")]),
+        lambda: fs.delete(["default/secret.dcm"]),
+        lambda: fs.list("default/"),
+    ):
+        with pytest.raises(InvalidInput):
+            operation()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.dcm"]
+
+
+def test_fs_storage_delete_prunes_folders_left_empty_but_never_the_root(fs: FsStorage, tmp_path: Path) -> None:
+    second = "default/1.2.840.1/1.2.9/1.2.9.1.dcm"
+    put(fs, KEY, b"1")
+    put(fs, second, b"2")
+    fs.delete([KEY])
+    assert not (tmp_path / "storage" / SERIES).exists()
+    assert fs.read(second) == b"2"
+    fs.delete([second])
+    assert list((tmp_path / "storage").iterdir()) == []
+
+
+def test_fs_storage_failed_commit_is_a_storage_failure_and_leaves_no_scratch_file(
+    fs: FsStorage, tmp_path: Path
+) -> None:
+    fs.write(KEY + "/in-the-way", b"a folder where the object should go")
+    with pytest.raises(StorageFailure):
+        put(fs, KEY, b"x")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_fs_storage_sweep_staging_removes_only_files_older_than_asked(fs: FsStorage, tmp_path: Path) -> None:
+    old, new = fs.stage(), fs.stage()
+    old.close()
+    new.close()
+    received = tmp_path / "tmp" / "pynetdicom-received"  # a dataset a crashed receiver left behind
+    received.write_bytes(b"")
+    folder = tmp_path / "tmp" / "a-folder"
+    folder.mkdir()
+    an_hour_ago = time.time() - 3600
+    for path in (Path(old.name), received, folder):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert fs.sweep_staging(older_than_seconds=600) == 2
+    assert (Path(old.name).exists(), received.exists(), Path(new.name).exists(), folder.is_dir()) == (
+        False,
+        False,
+        True,
+        True,
+    )
+
+
+@pytest.mark.parametrize("folder", ["tmp", "storage"])
+def test_fs_storage_ping_raises_service_unavailable_when_a_folder_is_gone(
+    fs: FsStorage, tmp_path: Path, folder: str
+) -> None:
+    (tmp_path / folder).rmdir()
     with pytest.raises(ServiceUnavailable):
-        storage.ping()
+        fs.ping()

@@ -23,21 +23,25 @@ def batch(table: str, rows: int = 1) -> Batch:
 
 def image_row(sop: str, *, size: int = 100, updated: str = "2026-01-02T03:04:05.000+00:00") -> dict[str, Any]:
     event = DicomImageMeta(
-        tenant_id="default", study_instance_uid=STUDY, series_instance_uid=SERIES,
-        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", instance_number=1,
-        transfer_syntax="1.2.840.10008.1.2.1", rows=64, columns=64, bits_allocated=16, number_of_frames=None,
-        photometric_interpretation="MONOCHROME2", content_date="", content_time="", acquisition_date_time="",
-        image_type="ORIGINAL\\PRIMARY", file_path=f"default/{STUDY}/{SERIES}/{sop}.dcm", file_size=size,
-        sha256="0" * 64, updated_at=updated,
+        tenant_id="default", sop_instance_uid=sop, study_instance_uid=STUDY, series_instance_uid=SERIES,
+        values=DicomImageMeta.catalogue_values({
+            "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "InstanceNumber": 1,
+            "TransferSyntaxUID": "1.2.840.10008.1.2.1", "Rows": 64, "Columns": 64, "BitsAllocated": 16,
+            "NumberOfFrames": None, "PhotometricInterpretation": "MONOCHROME2", "ContentDate": "",
+            "ContentTime": "", "AcquisitionDateTime": "", "ImageType": "ORIGINAL\\PRIMARY",
+        }),
+        file_path=f"default/{STUDY}/{SERIES}/{sop}.dcm", file_size=size, sha256="0" * 64, updated_at=updated,
     )
-    return TABLES["dicom_image_meta"].row(event.__dict__)
+    return TABLES["dicom_image_meta"].row(event.row())
 
 
 def state_row(modality: str = "CT", updated: str = "2026-01-02T03:04:05.000+00:00") -> dict[str, Any]:
-    values = dict.fromkeys(f.name for f in DicomStateMeta.__dataclass_fields__.values())
-    values.update(tenant_id="default", study_instance_uid=STUDY, series_instance_uid=SERIES, modality=modality,
-                  series_number=1, series_related_instances=2, updated_at=updated, patient_name="Doe^Jane")
-    return TABLES["dicom_state_meta"].row(values)
+    event = DicomStateMeta(
+        tenant_id="default", study_instance_uid=STUDY, series_instance_uid=SERIES,
+        values=DicomStateMeta.catalogue_values({"Modality": modality, "SeriesNumber": 1, "PatientName": "Doe^Jane"}),
+        series_related_instances=2, updated_at=updated,
+    )
+    return TABLES["dicom_state_meta"].row(event.row())
 
 
 def object_row(sop: str, calling_ae: str = "MODALITY1") -> dict[str, Any]:
@@ -48,7 +52,7 @@ def object_row(sop: str, calling_ae: str = "MODALITY1") -> dict[str, Any]:
         sha256="0" * 64, source="dimse", calling_ae=calling_ae, called_ae="DICOMCLOUD",
         received_at="2026-01-02T03:04:05.123456+00:00",
     )
-    return TABLES["dicom_object_meta"].row(event.__dict__)
+    return TABLES["dicom_object_meta"].row(event.row())
 
 
 def access_row(route: str, duration_ms: float, study: str = STUDY) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def access_row(route: str, duration_ms: float, study: str = STUDY) -> dict[str, 
         method="GET", route=route, study_instance_uid=study, series_instance_uid="", sop_instance_uid="",
         status=200, bytes_sent=1000, duration_ms=duration_ms,
     )
-    return TABLES["wado_access_log"].row(event.__dict__)
+    return TABLES["wado_access_log"].row(event.row())
 
 
 def failure_row(sop: str) -> dict[str, Any]:
@@ -66,7 +70,7 @@ def failure_row(sop: str) -> dict[str, Any]:
         transfer_syntax="1.2.840.10008.1.2.4.50", target_syntax="1.2.840.10008.1.2.1", reason="decoder failed",
         attempts=3, failed_at="2026-01-02T03:04:05+00:00",
     )
-    return TABLES["transcode_failure"].row(event.__dict__)
+    return TABLES["transcode_failure"].row(event.row())
 
 
 def test_a_loaded_batch_is_counted(warehouse: Warehouse) -> None:

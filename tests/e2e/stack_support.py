@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pydicom
-from bench.synthetic import ct_series, new_uid, write_part10
 from pynetdicom import AE
+
+from bench.synthetic import ct_series, new_uid, write_part10
 
 from .conftest import wait_until
 

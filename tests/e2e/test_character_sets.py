@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+
 from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive

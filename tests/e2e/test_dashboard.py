@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from bench.synthetic import ct_series, write_part10
 from PIL import Image
+
+from bench.synthetic import ct_series, write_part10
 
 from .conftest import Archive, wait_until
 from .dicom_clients import stow

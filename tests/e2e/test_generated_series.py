@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from bench.synthetic import ct_series, multiframe, write_part10
 from pydicom.encaps import generate_frames
+
+from bench.synthetic import ct_series, multiframe, write_part10
 
 from .conftest import AE_TITLE, Archive
 from .dicom_clients import multipart_parts, storescu

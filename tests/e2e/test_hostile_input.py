@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from bench.synthetic import ct_series, write_part10
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
+
+from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive
 from .dicom_clients import multipart_parts, stow, stow_body

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from bench.synthetic import ct_series, new_uid
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from bench.synthetic import ct_series, new_uid
 from dicomcloud.stack.servers import OHIF_DIST, NginxSite, start_nginx
 
 from .conftest import Archive, free_port

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+
 from bench.synthetic import ct_series, multiframe, write_part10
 
 from .conftest import Archive

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from bench.synthetic import ct_series, multiframe, write_part10
 from pydicom.data import get_testdata_file
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
+
+from bench.synthetic import ct_series, multiframe, write_part10
 
 from .conftest import AE_TITLE, Archive, free_port, wait_until
 from .dicom_clients import findscu, getscu, movescu, stow

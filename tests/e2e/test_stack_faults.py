@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from bench.synthetic import ct_series, write_part10
 
+from bench.synthetic import ct_series, write_part10
 from dicomcloud.stack import LocalStack
 
 from .conftest import wait_until

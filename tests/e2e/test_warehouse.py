@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
+
 from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive, wait_until

@@ -19,7 +19,7 @@ from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
-from dicomcloud.ports.bus import BusConsumer, Message
+from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
 from dicomcloud.ports.storage import ByteRange, Storage
 from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
@@ -144,3 +144,68 @@ def counted(archive: Archive, reads: list[tuple[str, str]] | None = None) -> tup
     """An archive on the same adapters whose storage counts reads."""
     storage = CountingStorage(archive.runtime.storage, reads)
     return Archive(dataclasses.replace(archive.runtime, storage=storage)), storage
+
+
+class JournalingConsumer:
+    """A subscription that records its commits; the first `commit_failures` commits fail."""
+
+    def __init__(self, inner: BusConsumer, journal: list[str], commit_failures: int) -> None:
+        self.inner, self.journal, self.commit_failures = inner, journal, commit_failures
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        return self.inner.poll(max_records, timeout)
+
+    def commit(self, records: Sequence[Record]) -> None:
+        if self.commit_failures > 0:
+            self.commit_failures -= 1
+            self.journal.append("commit failed")
+            raise StorageFailure("commit refused")
+        self.inner.commit(records)
+        self.journal.append("commit")
+
+    def lag(self) -> int:
+        return self.inner.lag()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class JournalingBus:
+    """A real bus, recording publishes, subscribes and commits in `journal`; the first publishes,
+    subscribes and commits can be made to fail (a publish as an adapter's own error would)."""
+
+    def __init__(
+        self,
+        inner: Bus,
+        journal: list[str],
+        *,
+        publish_failures: int = 0,
+        subscribe_failures: int = 0,
+        commit_failures: int = 0,
+    ) -> None:
+        self.inner, self.journal = inner, journal
+        self.publish_failures = publish_failures
+        self.subscribe_failures, self.commit_failures = subscribe_failures, commit_failures
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if self.publish_failures > 0:
+            self.publish_failures -= 1
+            self.journal.append("publish failed")
+            raise RuntimeError("broker gone")
+        self.inner.publish(messages)
+        self.journal.append("publish")
+
+    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
+        if self.subscribe_failures > 0:
+            self.subscribe_failures -= 1
+            self.journal.append("subscribe failed")
+            raise StorageFailure("bus unavailable")
+        self.journal.append("subscribe")
+        failures, self.commit_failures = self.commit_failures, 0
+        return JournalingConsumer(self.inner.subscribe(group, topics), self.journal, failures)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def close(self) -> None:
+        self.inner.close()

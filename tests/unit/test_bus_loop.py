@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support import JournalingBus
 
 from dicomcloud.adapters.sqlite_bus import SqliteBus
 from dicomcloud.errors import InvalidInput, StorageFailure
-from dicomcloud.ports.bus import BusConsumer, Message, Record
+from dicomcloud.ports.bus import Message, Record
 from dicomcloud.workers.loop import Batching, BusLoop, Handler, Outcome, Poisoned, dead_letter_topic
 
 IN, OUT = "loop-in", "loop-out"
@@ -51,64 +52,6 @@ class Echo(Handler):
             else:
                 outcome.messages.append(Message(OUT, record.key, record.value))
         return outcome
-
-
-class JournalingConsumer:
-    """A subscription that records its commits; the first `commit_failures` commits fail."""
-
-    def __init__(self, inner: BusConsumer, journal: list[str], commit_failures: int) -> None:
-        self.inner, self.journal, self.commit_failures = inner, journal, commit_failures
-
-    def poll(self, max_records: int, timeout: float) -> list[Record]:
-        return self.inner.poll(max_records, timeout)
-
-    def commit(self, records: Sequence[Record]) -> None:
-        if self.commit_failures > 0:
-            self.commit_failures -= 1
-            self.journal.append("commit failed")
-            raise StorageFailure("commit refused")
-        self.inner.commit(records)
-        self.journal.append("commit")
-
-    def lag(self) -> int:
-        return self.inner.lag()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class JournalingBus:
-    """The real bus, recording publishes and commits; subscribes and commits can be made to fail first."""
-
-    def __init__(
-        self, inner: SqliteBus, journal: list[str], subscribe_failures: int = 0, commit_failures: int = 0
-    ) -> None:
-        self.inner, self.journal = inner, journal
-        self.subscribe_failures, self.commit_failures = subscribe_failures, commit_failures
-        self.publish_failures = 0
-
-    def publish(self, messages: Sequence[Message]) -> None:
-        if self.publish_failures > 0:
-            self.publish_failures -= 1
-            self.journal.append("publish failed")
-            raise RuntimeError("broker gone")
-        self.inner.publish(messages)
-        self.journal.append("publish")
-
-    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
-        if self.subscribe_failures > 0:
-            self.subscribe_failures -= 1
-            self.journal.append("subscribe failed")
-            raise StorageFailure("bus unavailable")
-        self.journal.append("subscribe")
-        failures, self.commit_failures = self.commit_failures, 0
-        return JournalingConsumer(self.inner.subscribe(group, topics), self.journal, failures)
-
-    def ping(self) -> None:
-        self.inner.ping()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import cast
 import pytest
 import support
 from pydicom.data import get_testdata_file
-from support import counted
+from support import JournalingBus, counted
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.cli import bus_loop
@@ -35,7 +35,7 @@ from dicomcloud.events import (
     StorageEvent,
     TranscodeRequest,
 )
-from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
+from dicomcloud.ports.bus import Message, Record
 from dicomcloud.ports.index import Index, InstanceLocation
 from dicomcloud.workers.consumer import StorageEventConsumer
 from dicomcloud.workers.loop import Batching, BusLoop, dead_letter_topic
@@ -249,50 +249,6 @@ class FlakyIndex:
         return getattr(self.inner, name)
 
 
-class JournalingConsumer:
-    """A subscription that records its commits in the journal."""
-
-    def __init__(self, inner: BusConsumer, journal: list[str]) -> None:
-        self.inner, self.journal = inner, journal
-
-    def poll(self, max_records: int, timeout: float) -> list[Record]:
-        return self.inner.poll(max_records, timeout)
-
-    def commit(self, records: Sequence[Record]) -> None:
-        self.inner.commit(records)
-        self.journal.append("commit")
-
-    def lag(self) -> int:
-        return self.inner.lag()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class JournalingBus:
-    """The archive's bus, refusing the first `failures` publishes and recording publishes and commits."""
-
-    def __init__(self, inner: Bus, failures: int, journal: list[str]) -> None:
-        self.inner, self.failures, self.journal = inner, failures, journal
-
-    def publish(self, messages: Sequence[Message]) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            self.journal.append("publish failed")
-            raise StorageFailure("bus unavailable")
-        self.inner.publish(messages)
-        self.journal.append("publish")
-
-    def subscribe(self, group: str, topics: Sequence[str]) -> BusConsumer:
-        return JournalingConsumer(self.inner.subscribe(group, topics), self.journal)
-
-    def ping(self) -> None:
-        self.inner.ping()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 @contextmanager
 def consumer_service(archive: Archive) -> Iterator[None]:
     """wado-consumer as `dicomcloud consumer` runs it: the consumer on the one bus loop."""
@@ -318,12 +274,12 @@ def test_a_batch_whose_index_is_down_is_retried_with_backoff_and_committed_only_
     event = store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.9"))
     journal: list[str] = []
     flaky = cast(Index, FlakyIndex(archive.runtime.index, failures=3, journal=journal))
-    bus = JournalingBus(archive.runtime.bus, failures=0, journal=journal)
+    bus = JournalingBus(archive.runtime.bus, journal)
     down = Archive(dataclasses.replace(archive.runtime, index=flaky, bus=bus))
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.loop"), consumer_service(down):
         wait_for(lambda: "commit" in journal)
-    assert journal == ["index failed"] * 3 + ["index", "publish", "commit"]
+    assert journal == ["subscribe"] + ["index failed"] * 3 + ["index", "publish", "commit"]
     assert time.monotonic() - started >= 0.2 + 0.4 + 0.8, "three pauses, each twice the one before"
     assert [i.sha256 for i in images(archive)] == [event.sha256]
     assert pending(archive) == []
@@ -337,12 +293,13 @@ def test_a_batch_whose_bus_is_down_is_retried_and_committed_only_once_its_rows_a
 ) -> None:
     event = store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.9"))
     journal: list[str] = []
-    down = Archive(dataclasses.replace(archive.runtime, bus=JournalingBus(archive.runtime.bus, 2, journal)))
+    flaky = JournalingBus(archive.runtime.bus, journal, publish_failures=2)
+    down = Archive(dataclasses.replace(archive.runtime, bus=flaky))
     with caplog.at_level(logging.WARNING, logger="dicomcloud.workers.loop"), consumer_service(down):
         wait_for(lambda: "commit" in journal)
-    assert journal == ["publish failed", "publish failed", "publish", "commit"]
+    assert journal == ["subscribe", "publish failed", "publish failed", "publish", "commit"]
     assert [i.sha256 for i in images(archive)] == [event.sha256]
     assert pending(archive) == []
     outage = [r.getMessage() for r in caplog.records]
     assert len(outage) == 2, outage
-    assert "bus unavailable" in outage[0] and "after 2 failed attempts" in outage[1]
+    assert "broker gone" in outage[0] and "after 2 failed attempts" in outage[1]

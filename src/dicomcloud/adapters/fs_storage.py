@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from typing import BinaryIO
 from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
 from dicomcloud.ports.storage import ByteRange, ObjectMissing
 
+# What the OS says when a key names a folder, or a path beneath an object: no object either way.
+_NO_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 SCRATCH_PREFIX = "dicomcloud-"
 SCRATCH_SUFFIX = ".part"
 KEY_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -61,7 +64,12 @@ class FsStorage:
     def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
         sources: list[Path] = []
         try:
-            targets = [_inside(self.root, key) for _, key in placements]
+            try:
+                targets = [_inside(self.root, key) for _, key in placements]
+            except InvalidInput:
+                for staged, _ in placements:
+                    self.discard(staged)
+                raise
             for staged, _ in placements:
                 sources.append(self._staged_file(staged))
             _sync_all(sources)
@@ -119,7 +127,10 @@ class FsStorage:
         for key in keys:
             path = _inside(self.root, key)
             try:
-                path.unlink(missing_ok=True)
+                if not path.is_dir():
+                    path.unlink(missing_ok=True)
+            except _NO_OBJECT:
+                continue
             except OSError as exc:
                 raise StorageFailure(f"cannot delete {key}: {exc}") from exc
             _prune(path.parent, self.root)
@@ -130,7 +141,7 @@ class FsStorage:
         path = _inside(self.root, key)
         try:
             return open(path, "rb")
-        except FileNotFoundError:
+        except _NO_OBJECT:
             raise ObjectMissing(f"no object {key}") from None
         except OSError as exc:
             raise StorageFailure(f"cannot open {key}: {exc}") from exc
@@ -138,7 +149,7 @@ class FsStorage:
     def read(self, key: str) -> bytes:
         try:
             return _inside(self.root, key).read_bytes()
-        except FileNotFoundError:
+        except _NO_OBJECT:
             raise ObjectMissing(f"no object {key}") from None
         except OSError as exc:
             raise StorageFailure(f"cannot read {key}: {exc}") from exc
@@ -147,25 +158,28 @@ class FsStorage:
         path = _inside(self.root, key)
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        except _NO_OBJECT:
             raise ObjectMissing(f"no object {key}") from None
         except OSError as exc:
             raise StorageFailure(f"cannot open {key}: {exc}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ObjectMissing(f"no object {key}")
             return [_pread(fd, offset, length, key) for offset, length in ranges]
         finally:
             os.close(fd)
 
     def size(self, key: str) -> int | None:
         try:
-            return _inside(self.root, key).stat().st_size
-        except FileNotFoundError:
+            found = _inside(self.root, key).stat()
+        except _NO_OBJECT:
             return None
         except OSError as exc:
             raise StorageFailure(f"cannot stat {key}: {exc}") from exc
+        return found.st_size if stat.S_ISREG(found.st_mode) else None
 
     def list(self, prefix: str) -> list[str]:
-        folder_key, _, start = prefix.rpartition("/")
+        folder_key = prefix.rpartition("/")[0]
         folder = _inside(self.root, folder_key) if folder_key else self.root
         found = []
         try:
@@ -177,7 +191,7 @@ class FsStorage:
                         found.append(key)
         except OSError as exc:
             raise StorageFailure(f"cannot list {prefix}: {exc}") from exc
-        return sorted(found) if start or folder.is_dir() else []
+        return sorted(found)
 
     def ping(self) -> None:
         for folder in (self.root, self.staging):
