@@ -48,7 +48,7 @@ EVENTS_PROCESSED = Counter(
 )
 EVENTS_FAILED = Counter(
     "dicomcloud_events_failed",
-    "Bus records dead-lettered or given up; the consumer also counts those of each batch attempt that failed",
+    "Bus records dead-lettered, and the records of each batch attempt that failed and is retried",
     ["service", "topic"],
 )
 CONSUMER_LAG = Gauge(
@@ -58,7 +58,7 @@ TRANSCODE_FAILURES = Counter(
     "dicomcloud_transcode_failures", "Instances whose viewer copy could not be made (a TranscodeFailure was published)"
 )
 SERIES_METADATA_BUILDS = Counter(
-    "dicomcloud_series_metadata_builds", "Series metadata documents built by the webworker, by outcome", ["outcome"]
+    "dicomcloud_series_metadata_builds", "Series metadata documents written by the webworker, by outcome", ["outcome"]
 )
 
 

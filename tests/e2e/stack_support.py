@@ -4,9 +4,12 @@ read back with SQL from PostgreSQL and with QIDO-RS through Nginx and through ea
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pydicom
 from pynetdicom import AE
 
 from bench.synthetic import ct_series, new_uid, write_part10
+from dicomcloud.stack import LocalStack
 
 from .conftest import wait_until
 
@@ -25,6 +29,21 @@ DIMSE_TIMEOUT = 300.0
 INDEX_TIMEOUT = 600.0
 # PS3.7 C.4.2.1.4: Success, and the Warning statuses under which the SCP stored the instance.
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+@contextmanager
+def full_stack(name: str) -> Iterator[LocalStack]:
+    """The whole distributed stack (three Kafka brokers, two consumers, two wado-servers), stopped and
+    removed afterwards. Under a system temp folder, not pytest's private tree: PostgreSQL may run as
+    another user."""
+    folder = Path(tempfile.mkdtemp(prefix=f"dicomcloud-{name}-"))
+    folder.chmod(0o755)
+    local = LocalStack.up(folder, brokers=3, consumers=2, servers=2)
+    try:
+        yield local
+    finally:
+        local.down()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATIONS = {
     "cstore_ingest",
     "stow_rs",
+    "stow_rs_queryable",
     "metadata_while_writing",
     "metadata_complete_after_write",
     "qido_studies_patientid",

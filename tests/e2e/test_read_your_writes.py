@@ -9,8 +9,6 @@ Real clients: dicomweb-client for DICOMweb, pynetdicom for C-STORE and C-FIND.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +21,9 @@ from pynetdicom import AE, Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from bench.synthetic import ct_series, new_uid
-from dicomcloud.stack import LocalStack
 
 from .conftest import Archive
+from .stack_support import full_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -64,11 +62,7 @@ def embedded(archive_factory: Callable[..., Archive]) -> Target:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Target]:
-    # Under a system temp folder, not pytest's private tree: PostgreSQL may run as another user.
-    folder = Path(tempfile.mkdtemp(prefix="dicomcloud-ryw-"))
-    folder.chmod(0o755)
-    local = LocalStack.up(folder, brokers=3, consumers=2, servers=2)
-    try:
+    with full_stack("read-your-writes") as local:
         assert len(local.server_urls) == 2
         yield Target(
             send=local.dicomweb,
@@ -76,9 +70,6 @@ def stack() -> Iterator[Target]:
             dimse=local.dimse,
             ca_file=local.ca_file,
         )
-    finally:
-        local.down()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["embedded", "stack"])

@@ -10,10 +10,8 @@ whole again (the `whole_stack` fixture restarts whatever a failed test left stop
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -33,6 +31,7 @@ from .stack_support import (
     Batch,
     Sender,
     assert_indexed_exactly_once,
+    full_stack,
     generate,
     http_client,
     store_statuses,
@@ -45,15 +44,8 @@ BROKERS = ("kafka-1", "kafka-2", "kafka-3")
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    # Under a system temp folder, not pytest's private tree: PostgreSQL may run as another user.
-    folder = Path(tempfile.mkdtemp(prefix="dicomcloud-faults-"))
-    folder.chmod(0o755)
-    local = LocalStack.up(folder, brokers=3, consumers=2, servers=2)
-    try:
+    with full_stack("faults") as local:
         yield local
-    finally:
-        local.down()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_together(stack: LocalStack, names: list[str]) -> None:

@@ -55,11 +55,12 @@ class FsStorage:
     def stage(self) -> BinaryIO:
         try:
             fd, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, suffix=SCRATCH_SUFFIX, dir=self.staging)
-            os.close(fd)
-            # Opened by name, so the stream knows where it is (pydicom's deferred reads reopen it by name).
-            return open(name, "r+b")
         except OSError as exc:
             raise StorageFailure(f"cannot create a scratch file: {exc}") from exc
+        staged = os.fdopen(fd, "r+b")
+        # Named, so the stream knows where it is (commit renames it; pydicom's deferred reads reopen it by name).
+        staged.raw.name = name  # type: ignore[attr-defined]
+        return staged
 
     def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
         sources: list[Path] = []

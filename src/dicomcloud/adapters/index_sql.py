@@ -193,6 +193,24 @@ def sqlite_tables(instance_key: tuple[str, ...]) -> list[str]:
 # -- writes -------------------------------------------------------------------------------------------
 
 
+def _location_of(instance: IndexedInstance) -> InstanceLocation:
+    """The row `write_instance` just wrote, as `current_rows` would read it back."""
+    values = instance.attributes
+    return InstanceLocation(
+        tenant_id=instance.tenant_id,
+        study_instance_uid=instance.study_instance_uid,
+        series_instance_uid=instance.series_instance_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        sop_class_uid=_text(values.get("SOPClassUID")),
+        transfer_syntax=_text(values.get("TransferSyntaxUID")),
+        instance_number=_integer(values.get("InstanceNumber"), "InstanceNumber"),
+        number_of_frames=_integer(values.get("NumberOfFrames"), "NumberOfFrames"),
+        file_path=instance.file_path,
+        file_size=instance.file_size,
+        sha256=instance.sha256,
+    )
+
+
 def current_rows(
     dialect: Dialect, conn: Executor, tenant: str, sop_uids: Sequence[str]
 ) -> dict[str, InstanceLocation]:
@@ -245,7 +263,7 @@ class SqlWrite:
             self._version = self._next_version()
         old_place = None if old is None else (old.study_instance_uid, old.series_instance_uid)
         write_instance(self.dialect, self.conn, instance, old_place, self._version, self._now())
-        self.rows[sop] = current_rows(self.dialect, self.conn, self.tenant_id, [sop])[sop]
+        self.rows[sop] = _location_of(instance)
         self.changed = True
         return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
 
@@ -269,7 +287,7 @@ def write_instance(
         row = _row(table, instance, now)
         if table == "series":
             row["version"] = version
-        _upsert(dialect, conn, table, KEY_COLUMNS[table], row, _match_columns(table))
+        _upsert(dialect, conn, table, KEY_COLUMNS[table], row, _MATCH_COLUMNS[table])
     if old_place is not None and old_place[0] != study_uid:
         conn.execute(
             f"DELETE FROM instance WHERE tenant_id = {p} AND study_instance_uid = {p} AND sop_instance_uid = {p}",
@@ -388,6 +406,11 @@ def _text(value: object) -> str:
     return "" if value is None else str(value).strip("\x00 ")
 
 
+_MATCH_COLUMNS: dict[str, dict[str, str]] = {table: _match_columns(table) for table in TABLE_LEVELS}
+# Per table, what its rows store from an instance (worked out once; ingest writes rows per instance).
+_STORED: dict[str, tuple[Attribute, ...]] = {table: tuple(_stored(table)) for table in TABLE_LEVELS}
+
+
 def _row(table: str, instance: IndexedInstance, now: object) -> dict[str, Any]:
     """A table's row from an instance: keys, the catalogue's values (text stripped), derived match
     columns, and for the instance table where its object is."""
@@ -395,7 +418,7 @@ def _row(table: str, instance: IndexedInstance, now: object) -> dict[str, Any]:
     row: dict[str, Any] = {"tenant_id": instance.tenant_id}
     for column in KEY_COLUMNS[table][1:]:
         row[column] = _text(values.get(_KEY_KEYWORDS[column]))
-    for attribute in _stored(table):
+    for attribute in _STORED[table]:
         value = values.get(attribute.keyword)
         row[quoted(attribute.column)] = _integer(value, attribute.keyword) if attribute.integer else _text(value)
         if table != "patient" and attribute.has_match_column:

@@ -60,7 +60,6 @@ class Refused:
 class _Accepted:
     """A parsed object on its way in."""
 
-    position: int
     staged: BinaryIO
     parsed: ParsedInstance
     event: StorageEvent
@@ -83,6 +82,7 @@ class _Accepted:
 class _Placed:
     """What one transaction did to one accepted object."""
 
+    position: int
     accepted: _Accepted
     previous: InstanceLocation | None  # the index row before (None: a new instance)
     written: bool  # False for an identical resend
@@ -138,32 +138,31 @@ class Store:
         outcome per object in order; every outcome is final when this returns (stored, indexed and
         announced, or refused). A batch costs about what one object costs: one storage commit, one
         index transaction, one publish. Every staged object is consumed."""
-        outcomes: list[StorageEvent | Refused] = []
-        accepted: list[_Accepted] = []
-        try:
-            for position, stream in enumerate(staged):
-                prepared = self._prepare(position, stream, tenant_id, source, calling_ae, called_ae, expected_study_uid)
-                outcomes.append(prepared.event if isinstance(prepared, _Accepted) else prepared)
-                if isinstance(prepared, _Accepted):
-                    accepted.append(prepared)
-            for position, refusal in self._store(tenant_id, accepted).items():
-                outcomes[position] = refusal
-            return outcomes
-        finally:
-            for stream in staged:
-                self.runtime.storage.discard(stream)
+        prepared = [
+            self._prepare(
+                stream,
+                tenant_id=tenant_id,
+                source=source,
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+                expected_study_uid=expected_study_uid,
+            )
+            for stream in staged
+        ]
+        return self._store_prepared(tenant_id, prepared)
 
     def _prepare(
         self,
-        position: int,
         staged: BinaryIO,
+        *,
         tenant_id: str,
         source: str,
-        calling_ae: str,
-        called_ae: str,
-        expected_study_uid: str | None,
+        calling_ae: str = "",
+        called_ae: str = "",
+        expected_study_uid: str | None = None,
     ) -> _Accepted | Refused:
-        """The parsed object and its event, or why it cannot be stored."""
+        """Parse one staged object: what storing it needs, or why it cannot be stored (its staged file then
+        discarded)."""
         parsed: ParsedInstance | None = None
         try:
             parsed = parse_instance(staged, bulkdata_threshold=self.runtime.settings.storage.bulkdata_threshold)
@@ -176,7 +175,11 @@ class Store:
                 tenant_id, header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
             )
         except DicomCloudError as exc:
+            self.runtime.storage.discard(staged)
             return Refused(exc, parsed.header if parsed is not None else None)
+        except BaseException:
+            self.runtime.storage.discard(staged)
+            raise
         event = StorageEvent(
             tenant_id=tenant_id,
             transfer_syntax=str(header.transfer_syntax),
@@ -195,9 +198,25 @@ class Store:
             received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             attributes=parsed.attributes,
         )
-        return _Accepted(position, staged, parsed, event)
+        return _Accepted(staged, parsed, event)
 
-    def _store(self, tenant_id: str, accepted: list[_Accepted]) -> dict[int, Refused]:
+    def _store_prepared(
+        self, tenant_id: str, prepared: Sequence[_Accepted | Refused]
+    ) -> list[StorageEvent | Refused]:
+        """Store what `_prepare` accepted, as one batch; the outcomes in order (refusals passed through).
+        Every accepted object's staged file is consumed."""
+        outcomes: list[StorageEvent | Refused] = [p.event if isinstance(p, _Accepted) else p for p in prepared]
+        try:
+            accepted = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Accepted)]
+            for position, refusal in self._store(tenant_id, accepted).items():
+                outcomes[position] = refusal
+            return outcomes
+        finally:
+            for item in prepared:
+                if isinstance(item, _Accepted):
+                    self.runtime.storage.discard(item.staged)
+
+    def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]]) -> dict[int, Refused]:
         """Place, index and announce the accepted objects; the refusals by position."""
         if not accepted:
             return {}
@@ -205,7 +224,7 @@ class Store:
         try:
             placed = self._place(tenant_id, accepted, refused)
         except DicomCloudError as exc:
-            return refused | {a.position: Refused(exc, a.parsed.header) for a in accepted}
+            return refused | {position: Refused(exc, a.parsed.header) for position, a in accepted}
         if not placed:
             return refused
         changed = [p for p in placed if p.written]
@@ -217,7 +236,7 @@ class Store:
             self._publish([p.accepted.event for p in placed])
         except DicomCloudError as exc:
             self._withdraw(tenant_id, [p for p in changed if p.previous is None])
-            return refused | {p.accepted.position: Refused(exc, p.accepted.parsed.header) for p in placed}
+            return refused | {p.position: Refused(exc, p.accepted.parsed.header) for p in placed}
         return refused
 
     def _leave_old_places(self, moved: list[_Placed]) -> None:
@@ -230,14 +249,16 @@ class Store:
             if self.runtime.index.series_version(previous.series_key) is None:
                 self.metadata.forget(previous.series_key)
 
-    def _place(self, tenant_id: str, accepted: list[_Accepted], refused: dict[int, Refused]) -> list[_Placed]:
+    def _place(
+        self, tenant_id: str, accepted: list[tuple[int, _Accepted]], refused: dict[int, Refused]
+    ) -> list[_Placed]:
         """Decide each object against the index and place the new ones, in one index transaction.
 
         A UID sent twice in one batch meets its first copy: the second is decided after the first.
         """
         storage = self.runtime.storage
         reject = self.runtime.settings.storage.duplicate_policy == "reject"
-        pairs = [(a.event.sop_instance_uid, a.event.study_instance_uid) for a in accepted]
+        pairs = [(a.event.sop_instance_uid, a.event.study_instance_uid) for _, a in accepted]
         placed: list[_Placed] = []
         written: list[_Placed] = []
         new_keys: list[str] = []
@@ -245,14 +266,15 @@ class Store:
             with self.runtime.index.writing(tenant_id, pairs) as write:
                 current = write.current()
                 last: dict[str, _Placed] = {}
-                for item in accepted:
+                for position, item in accepted:
                     sop = item.event.sop_instance_uid
-                    outcome = self._decide(write, item, current.get(sop), reject, last.get(sop))
+                    outcome = self._decide(write, position, item, current.get(sop), reject, last.get(sop))
                     if isinstance(outcome, Refused):
-                        refused[item.position] = outcome
+                        refused[position] = outcome
                         continue
-                    if sop in last:
-                        placed.remove(last[sop])
+                    if sop in last and outcome.written:
+                        # Replaced within the batch: the earlier bytes are never placed (its event still goes out,
+                        # and the consumer skips it as outdated).
                         written = [p for p in written if p is not last[sop]]
                     last[sop] = outcome
                     placed.append(outcome)
@@ -273,14 +295,19 @@ class Store:
 
     @staticmethod
     def _decide(
-        write: IndexWrite, item: _Accepted, previous: InstanceLocation | None, reject: bool, earlier: _Placed | None
+        write: IndexWrite,
+        position: int,
+        item: _Accepted,
+        previous: InstanceLocation | None,
+        reject: bool,
+        earlier: _Placed | None,
     ) -> _Placed | Refused:
         """Upsert one object's index rows, or refuse it as a duplicate. `previous` is the index row from
         before the batch, `earlier` what this batch already did with the same UID."""
         event = item.event
         if earlier is not None:
             if earlier.accepted.event.sha256 == event.sha256:
-                return earlier  # the same object twice in one batch
+                return _Placed(position, item, earlier.previous, written=False)  # the same object twice
             previous = earlier.previous
             if reject:
                 return Refused(
@@ -288,14 +315,14 @@ class Store:
                     item.parsed.header,
                 )
         elif previous is not None and previous.sha256 == event.sha256 and previous.file_path == item.key:
-            return _Placed(item, previous, written=False)
+            return _Placed(position, item, previous, written=False)
         if previous is not None and reject:
             return Refused(
                 DuplicateInstance(f"SOP Instance {event.sop_instance_uid} is already stored with other content"),
                 item.parsed.header,
             )
         write.upsert(item.indexed())
-        return _Placed(item, previous, written=True)
+        return _Placed(position, item, previous, written=True)
 
     def _publish(self, events: list[StorageEvent]) -> None:
         messages: list[Message] = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -53,18 +54,19 @@ class Attribute:
     # Keywords whose values, joined, stand in when an instance lacks this attribute.
     fallback: tuple[str, ...] = ()
 
-    @property
+    # Derived once per attribute (ingest asks for them per instance).
+    @cached_property
     def tag(self) -> int:
         tag = tag_for_keyword(self.keyword)
         if tag is None:
             raise KeyError(f"{self.keyword} is not in the DICOM dictionary")
         return int(tag)
 
-    @property
+    @cached_property
     def vr(self) -> str:
         return str(dictionary_VR(self.keyword))
 
-    @property
+    @cached_property
     def column(self) -> str:
         return self.column_name or snake_case(self.keyword)
 
@@ -73,11 +75,11 @@ class Attribute:
         """The search level the attribute is matched at: patient attributes belong to studies (Study Root)."""
         return "study" if self.level == "patient" else self.level
 
-    @property
+    @cached_property
     def integer(self) -> bool:
         return self.vr in INTEGER_VRS
 
-    @property
+    @cached_property
     def match_column(self) -> str:
         """The column matching compares against: person names lower-cased, times as comparable keys."""
         if self.vr == "PN":
@@ -86,7 +88,7 @@ class Attribute:
             return f"{self.column}_key"
         return self.column
 
-    @property
+    @cached_property
     def has_match_column(self) -> bool:
         return self.matching and self.match_column != self.column
 
@@ -153,6 +155,9 @@ def attributes(
         yield attribute
 
 
+EXTRACTED: tuple[Attribute, ...] = tuple(a for a in CATALOGUE if not a.computed and (a.index or a.warehouse))
+
+
 def extracted() -> Iterator[Attribute]:
     """What an instance's header gives: every attribute the index or the warehouse keeps and nothing computes."""
-    return (a for a in CATALOGUE if not a.computed and (a.index or a.warehouse))
+    return iter(EXTRACTED)

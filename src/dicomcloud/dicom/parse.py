@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Final, Literal, Protocol
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -384,18 +385,6 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if isinstance(value, MultiValue):
-        value = value[0] if value else None
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _header(ds: Dataset, transfer_syntax: TransferSyntax) -> InstanceHeader:
     def uid(keyword: str) -> str:
         value = ds.get(keyword)
@@ -413,9 +402,10 @@ def _header(ds: Dataset, transfer_syntax: TransferSyntax) -> InstanceHeader:
     )
 
 
-def indexed_values(ds: Dataset, header: InstanceHeader) -> dict[str, Any]:
-    """The catalogue's attributes of one instance: text decoded (multiple values joined by backslash),
-    integers as int or None, the identity as validated in `header`."""
+def indexed_values(metadata: dict[str, Any], header: InstanceHeader) -> dict[str, Any]:
+    """The catalogue's attributes of one instance, from its DICOM JSON (decoded once, for both): text with
+    multiple values joined by backslash and person names as `Alphabetic=Ideographic=Phonetic`, integers
+    as int or None, the identity as validated in `header`."""
     known = {
         "StudyInstanceUID": header.study_instance_uid,
         "SeriesInstanceUID": header.series_instance_uid,
@@ -429,10 +419,39 @@ def indexed_values(ds: Dataset, header: InstanceHeader) -> dict[str, Any]:
         if keyword in known:
             values[keyword] = known[keyword]
         elif attribute.integer:
-            values[keyword] = _int(ds, keyword)
+            values[keyword] = _json_int(metadata.get(f"{attribute.tag:08X}"))
         else:
-            values[keyword] = _text(ds, keyword) or "".join(_text(ds, k) for k in attribute.fallback)
+            text = _json_text(metadata.get(f"{attribute.tag:08X}"))
+            if not text and attribute.fallback:
+                text = "".join(_json_text(metadata.get(f"{tag_for_keyword(k):08X}")) for k in attribute.fallback)
+            values[keyword] = text
     return values
+
+
+def _json_values(entry: Any) -> list[Any]:
+    return entry.get("Value", []) if isinstance(entry, dict) else []
+
+
+def _json_text(entry: Any) -> str:
+    """A DICOM JSON attribute's values as text ("" when missing or empty)."""
+    parts = []
+    for value in _json_values(entry):
+        if isinstance(value, dict):  # a person name's component groups
+            groups = [str(value.get(group, "")) for group in ("Alphabetic", "Ideographic", "Phonetic")]
+            while groups and not groups[-1]:
+                groups.pop()
+            parts.append("=".join(groups))
+        else:
+            parts.append("" if value is None else str(value))
+    return "\\".join(parts)
+
+
+def _json_int(entry: Any) -> int | None:
+    values = _json_values(entry)
+    try:
+        return int(values[0]) if values and values[0] is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_instance(stream: BinaryIO, *, bulkdata_threshold: int = 1024) -> ParsedInstance:
@@ -453,7 +472,7 @@ def parse_instance(stream: BinaryIO, *, bulkdata_threshold: int = 1024) -> Parse
             )
         except _PYDICOM_ERRORS as exc:
             raise InvalidInput(f"unreadable DICOM file: {exc}") from exc
-        attributes = indexed_values(ds, header)
+        attributes = indexed_values(metadata, header)
     entry = InstanceEntry(
         sop_instance_uid=header.sop_instance_uid,
         instance_number=attributes["InstanceNumber"],
