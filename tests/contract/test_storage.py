@@ -392,3 +392,18 @@ def test_fs_storage_ping_raises_service_unavailable_when_a_folder_is_gone(
     (tmp_path / folder).rmdir()
     with pytest.raises(ServiceUnavailable):
         fs.ping()
+
+
+def test_fs_storage_moves_a_file_received_into_its_staging_folder_instead_of_copying_it(
+    fs: FsStorage, tmp_path: Path
+) -> None:
+    """pynetdicom writes a C-STORE's dataset to the process's temp folder, which the SCP points at staging:
+    storing it is a rename, so the received bytes are written once."""
+    received = fs.staging / "tmpreceived.dcm"
+    received.write_bytes(b"received dataset")
+    inode = received.stat().st_ino
+    with received.open("rb") as stream:
+        fs.commit([(stream, "t/1.2/1.3/1.4.dcm")])
+    assert not received.exists()
+    assert (fs.root / "t/1.2/1.3/1.4.dcm").stat().st_ino == inode
+    assert fs.read("t/1.2/1.3/1.4.dcm") == b"received dataset"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from support import FailingBus
 
+from dicomcloud.adapters import fs_storage
 from dicomcloud.archive.core import Archive
+from dicomcloud.cli import receive_into_staging
 from dicomcloud.config import load_settings
 from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.errors import StorageFailure
@@ -180,3 +183,19 @@ def test_c_find_finds_an_instance_as_soon_as_its_c_store_succeeded(start: Callab
     assert [status for status, _ in responses] == [0xFF00, 0x0000]
     found = responses[0][1]
     assert found is not None and found.SOPInstanceUID == SOP
+
+
+def test_a_received_dataset_is_renamed_into_place_when_the_process_receives_into_staging(
+    start: Callable[..., StoreSCP], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `dicomcloud up` and `wado-storescp` run it: pynetdicom writes the dataset into the storage's staging
+    folder, and storing it moves that file to its key, no second copy of the bytes."""
+    scp = start()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    receive_into_staging(scp.archive)
+    copies: list[object] = []
+    monkeypatch.setattr(fs_storage.shutil, "copyfileobj", lambda *args, **kwargs: copies.append(args))
+    assert c_store(scp, ct_dataset()) == 0x0000
+    assert copies == []
+    stored = pydicom.dcmread(io.BytesIO(scp.archive.runtime.storage.read(f"default/{STUDY}/{SERIES}/{SOP}.dcm")))
+    assert stored.SOPInstanceUID == SOP

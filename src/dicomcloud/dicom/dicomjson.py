@@ -30,6 +30,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicomcloud.errors import InvalidInput, NotFound
@@ -42,6 +43,9 @@ _PIXEL_DATA: Final = 0x7FE00010
 _TRAILING_PADDING: Final = 0xFFFCFFFC
 _UNDEFINED: Final = 0xFFFFFFFF
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Elements up to this many value bytes have their DICOM JSON remembered (see `_attribute_of`), this many of them.
+_MEMO_LENGTH: Final = 256
+_MEMO_SIZE: Final = 16_384
 # Byte-swap unit of binary VRs whose words a big endian dataset stores big endian.
 _WORD_SIZE: Final = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _INT_VRS: Final = frozenset({"US", "SS", "UL", "SL"})
@@ -207,6 +211,10 @@ class _Encoder:
 
     def element(self, ds: Dataset, tag: int, path: tuple[tuple[int, int | None], ...]) -> dict[str, Any]:
         raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and _context_free(raw):
+            charset = ds.original_character_set
+            encodings = (charset,) if isinstance(charset, str) else tuple(charset)
+            return _attribute_of(int(raw.tag), raw.VR, raw.value, raw.is_little_endian, encodings)
         little = raw.is_little_endian if isinstance(raw, RawDataElement) else True
         if (
             self.bulkdata_uri is not None
@@ -236,6 +244,31 @@ class _Encoder:
         if self.bulkdata_uri is not None and (encapsulated or len(value) > self.threshold):
             return {"vr": vr, "BulkDataURI": self.bulkdata_uri(tag_path((*path, (tag, None))))}
         return {"vr": vr, "InlineBinary": base64.b64encode(_little_endian_bytes(vr, value, little)).decode()}
+
+
+def _context_free(raw: RawDataElement) -> bool:
+    """A small, read, public, non-binary element whose VR does not depend on other elements: its DICOM JSON
+    follows from its bytes, endianness and character set alone."""
+    if raw.value is None or raw.length > _MEMO_LENGTH or (raw.tag >> 16) & 1 or raw.tag == _CHARSET:
+        return False
+    vr = raw.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return False
+    return vr not in _BINARY_VRS and vr != "SQ" and vr not in AMBIGUOUS_VR
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _attribute_of(tag: int, vr: str | None, value: bytes, little: bool, encodings: tuple[str, ...]) -> dict[str, Any]:
+    """The DICOM JSON attribute of a context-free element. The headers of a series' instances repeat
+    (patient, study, series, equipment), so most of a series' attributes are decoded once and looked up
+    after that. The attribute is shared: never mutated."""
+    raw = RawDataElement(BaseTag(tag), vr, len(value), value, 0, vr is None, little)
+    elem = convert_raw_data_element(raw, encoding=list(encodings))
+    resolved = _resolve_vr(elem.VR, elem.value)
+    return _attribute(resolved, _values(resolved, elem.value))
 
 
 def _convert(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> DataElement:
