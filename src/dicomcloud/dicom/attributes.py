@@ -25,7 +25,6 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 Level = Literal["patient", "study", "series", "instance"]
 QueryLevel = Literal["study", "series", "instance"]
 
-LEVELS: tuple[Level, ...] = ("patient", "study", "series", "instance")
 INTEGER_VRS = frozenset({"IS", "US", "UL", "SS", "SL"})
 _WORD_BREAK = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 

@@ -15,7 +15,6 @@ from pydicom.uid import UID
 
 from dicomcloud.errors import InvalidUID
 
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 LENIENT_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_UID_LENGTH = 64

@@ -68,7 +68,6 @@ MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1..255
 STATUS_SUCCESS = 0x0000
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
-STATUS_UNABLE_TO_PROCESS = 0xC000
 
 FindResult = tuple[int, Dataset | None]
 

@@ -39,7 +39,6 @@ from dicomcloud.web.negotiation import parse_media_type
 log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
-RETRIEVE_URL = "00081190"
 # Body bytes gathered per hop to the thread that writes them: a hop per 64 KB chunk cost more than the writes.
 SPOOL_BATCH = 2 * 1024 * 1024
 FAILED_SOP_SEQUENCE = "00081198"
