@@ -314,7 +314,10 @@ class _Checked:
 
 @contextmanager
 def _mapped(stream: BinaryIO) -> Iterator[tuple[_Source, memoryview | bytes, int]]:
-    """The object read-only: a memory map of its file (or its bytes, for a stream without one), and its size."""
+    """The object read-only: a memory map of its file (or its bytes, for a stream without one), and its size.
+
+    What a writer still buffers is flushed first, so the map sees every byte written."""
+    stream.flush()
     try:
         fd = stream.fileno()
     except (OSError, AttributeError, io.UnsupportedOperation):

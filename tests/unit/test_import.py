@@ -1,0 +1,43 @@
+"""`dicomcloud import PATH…`: every DICOM file under the paths stored as C-STORE would store it (indexed and
+announced at once), a file that is not DICOM counted and named, never fatal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+from support import make_archive
+
+from bench.synthetic import ct_series, write_part10
+from dicomcloud.cli import run_import
+from dicomcloud.config import load_settings
+from dicomcloud.dicom.query import parse_qido
+
+STUDY, SERIES = "1.2.826.0.9.1", "1.2.826.0.9.1.1"
+
+
+def test_import_stores_every_dicom_file_under_a_folder_and_counts_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "incoming" / "nested"
+    folder.mkdir(parents=True)
+    # Small files (a few KB, as the bench's index studies): they fit in a writer's buffer.
+    for n, ds in enumerate(ct_series(3, rows=8, columns=8, study_uid=STUDY, series_uid=SERIES)):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{SERIES}.{n}"
+        write_part10(ds, folder / f"{n}.dcm")
+    (folder / "notes.txt").write_text("not an image")
+    data = tmp_path / "data"
+    settings = load_settings(overrides={"storage": {"data_dir": str(data)}}, environ={})
+    args = argparse.Namespace(paths=[tmp_path / "incoming"], tenant=None)
+    with caplog.at_level(logging.WARNING, logger="dicomcloud"):
+        assert run_import(settings, args) == 2
+    assert any("notes.txt" in message for message in caplog.messages)
+    archive = make_archive(data)
+    try:
+        rows = archive.runtime.index.search("default", parse_qido("instance", {}, study_instance_uid=STUDY))
+        assert sorted(row["SOPInstanceUID"] for row in rows) == [f"{SERIES}.{n}" for n in range(3)]
+        assert archive.runtime.storage.list("default/") and not list((data / "tmp").iterdir())
+    finally:
+        archive.close()
