@@ -407,3 +407,17 @@ def test_fs_storage_moves_a_file_received_into_its_staging_folder_instead_of_cop
     assert not received.exists()
     assert (fs.root / "t/1.2/1.3/1.4.dcm").stat().st_ino == inode
     assert fs.read("t/1.2/1.3/1.4.dcm") == b"received dataset"
+
+
+def test_fs_storage_never_reads_an_object_that_is_a_symlink(fs: FsStorage, tmp_path: Path) -> None:
+    """A symlink placed where an object should be (which the archive never makes) is not followed out."""
+    (tmp_path / "secret").write_bytes(b"secret")
+    put(fs, "default/a.dcm", b"object")
+    (tmp_path / "storage" / "default" / "b.dcm").symlink_to(tmp_path / "secret")
+    for read in (lambda: fs.read("default/b.dcm"), lambda: fs.open("default/b.dcm").read()):
+        with pytest.raises(StorageFailure):
+            read()
+    with pytest.raises(StorageFailure):
+        fs.read_ranges("default/b.dcm", [(0, 6)])
+    assert fs.size("default/b.dcm") is None
+    assert fs.read("default/a.dcm") == b"object"

@@ -138,7 +138,11 @@ class SeriesMetadata:
             kept = self._parsed.get(key)
             if kept is not None and kept.version == version:
                 return kept
-            doc = self._shared(key, version) or self._compose(key, version, kept or self._stored(key))
+            doc = self._shared(key, version)
+            if doc is None:
+                base = kept or self._stored(key)
+                # A written document of the current version is served as it is (a cold server's first request).
+                doc = base if base is not None and base.version == version else self._compose(key, version, base)
             if doc is None:
                 return None
             self._parsed.put(key, doc)
