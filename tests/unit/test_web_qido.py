@@ -67,6 +67,22 @@ def test_all_instances_carry_their_parents_uids_and_urls(client: TestClient, thr
     assert first[RETRIEVE_URL]["Value"][0].endswith(f"/instances/{three[0].SOPInstanceUID}")
 
 
+def test_a_search_scoped_to_a_study_or_series_leaves_out_that_parents_default_attributes(
+    client: TestClient, three: list[pydicom.Dataset]
+) -> None:
+    """PS3.18 Tables 10.6.3-4 and -5: a parent the URL fixes is not repeated in each result, its UID aside."""
+    ds = three[0]
+    (series,) = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series").json()
+    assert series[STUDY_UID]["Value"] == [ds.StudyInstanceUID]
+    assert "00100020" not in series and "00080020" not in series  # PatientID, StudyDate: study attributes
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances"
+    first = client.get(url).json()[0]
+    assert first[SERIES_UID]["Value"] == [ds.SeriesInstanceUID]
+    assert "00080060" not in first and "00100020" not in first  # Modality (series), PatientID (study)
+    in_study = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/instances").json()[0]
+    assert in_study["00080060"]["Value"] == ["CT"] and "00100020" not in in_study
+
+
 def test_instance_includefield_comes_from_the_series_document(client: TestClient, three: list[pydicom.Dataset]) -> None:
     ds = three[1]
     url = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances"
