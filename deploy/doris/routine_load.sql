@@ -84,3 +84,18 @@ FROM KAFKA (
   "property.kafka_default_offsets" = "OFFSET_BEGINNING"
 );
 
+CREATE ROUTINE LOAD dicomcloud.load_dimse_refusal ON dimse_refusal
+COLUMNS (`refused_at`, `tenant_id`, `calling_ae`, `called_ae`, `client_address`, `operation`, `status`, `reason`)
+PROPERTIES (
+  "format" = "json",
+  "jsonpaths" = "[\"$.RefusedAt\", \"$.TenantID\", \"$.CallingAE\", \"$.CalledAE\", \"$.ClientAddress\", \"$.Operation\", \"$.Status\", \"$.Reason\"]",
+  "strict_mode" = "false",
+  "max_error_number" = "0",
+  "max_batch_interval" = "10"
+)
+FROM KAFKA (
+  "kafka_broker_list" = "kafka:9092",
+  "kafka_topic" = "dimse_refusal",
+  "property.group.id" = "doris-dimse_refusal",
+  "property.kafka_default_offsets" = "OFFSET_BEGINNING"
+);

@@ -124,6 +124,21 @@ CREATE TABLE IF NOT EXISTS transcode_failure (
 DUPLICATE KEY (failed_at, tenant_id)
 DISTRIBUTED BY HASH (study_instance_uid) BUCKETS AUTO;
 
+-- DIMSE associations and operations the access control refused (who, from where, what, why).
+CREATE TABLE IF NOT EXISTS dimse_refusal (
+  refused_at DATETIME(6) NOT NULL,
+  tenant_id VARCHAR(64) NULL,
+  calling_ae STRING NULL,
+  called_ae STRING NULL,
+  client_address STRING NULL,
+  operation STRING NOT NULL,
+  status INT NULL,
+  reason STRING NULL
+)
+DUPLICATE KEY (refused_at)
+AUTO PARTITION BY RANGE (date_trunc(refused_at, 'day')) ()
+DISTRIBUTED BY RANDOM BUCKETS AUTO;
+
 -- The loader's record of Stream Load batches: it resumes after the highest offset loaded per topic partition.
 CREATE TABLE IF NOT EXISTS loaded_batch (
   label VARCHAR(128) NOT NULL,

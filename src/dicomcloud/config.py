@@ -20,7 +20,7 @@ from typing import Any, Literal
 ENV_PREFIX = "DICOMCLOUD_"
 # Variables with our prefix that are not settings: the file choice, and the CLI's --log-format default.
 NOT_SETTINGS = frozenset({ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR", ENV_PREFIX + "LOG_FORMAT"})
-SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn"})
+SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn", "secret_access_key"})
 
 
 @dataclass
@@ -51,6 +51,32 @@ class MoveDestination:
     key_file: str = ""
 
 
+DIMSE_OPERATIONS = ("echo", "store", "find", "get", "move")
+
+
+@dataclass
+class DimsePeer:
+    """A known DICOM peer, by its calling AE title: where it may connect from, as whom, and what it may do
+    (the PACS administrator's list of modalities, as Orthanc's DicomModalities or dcm4chee's known AEs)."""
+
+    # Addresses or networks (CIDR) the peer connects from; "0.0.0.0/0" and "::/0" for anywhere.
+    hosts: list[str] = field(default_factory=list)
+    # Tenants it reaches (through the called AE title, `dimse.ae_tenants`); empty: the default tenant only.
+    tenants: list[str] = field(default_factory=list)
+    operations: list[str] = field(default_factory=lambda: list(DIMSE_OPERATIONS))
+    # Whether its C-STORE may replace an instance already stored with other content.
+    replace: bool = False
+    # With DICOM TLS: the common name its client certificate must carry; empty: no certificate required.
+    tls_common_name: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.operations) - set(DIMSE_OPERATIONS)
+        if unknown:
+            raise ValueError(f"unknown DIMSE operation(s) {sorted(unknown)}; one of {', '.join(DIMSE_OPERATIONS)}")
+        if not self.hosts:
+            raise ValueError("a DIMSE peer needs the hosts it connects from (addresses or CIDR networks)")
+
+
 @dataclass
 class DimseSettings:
     host: str = "127.0.0.1"
@@ -59,6 +85,11 @@ class DimseSettings:
     # Called AE title -> tenant id. An AE not listed maps to the default tenant unless strict.
     ae_tenants: dict[str, str] = field(default_factory=dict)
     reject_unknown_called_ae: bool = False
+    # Access control: only the peers listed in `peers` associate, each with its tenants and operations.
+    # None: on exactly when DICOMweb authentication (`auth.enabled`) is.
+    access_control: bool | None = None
+    # Known peers by calling AE title (leading and trailing spaces are not part of an AE title, PS3.5 6.2).
+    peers: dict[str, DimsePeer] = field(default_factory=dict)
     max_pdu: int = 0
     network_timeout: float = 60.0
     # C-MOVE destinations by AE title: {"WORKSTATION1": {"host": "10.0.0.5", "port": 104, "tls": false}}.
@@ -74,6 +105,10 @@ class DimseSettings:
         self.move_destinations = {
             title.strip(): _move_destination(value) for title, value in self.move_destinations.items()
         }
+        self.peers = {
+            title.strip(): peer if isinstance(peer, DimsePeer) else DimsePeer(**peer)
+            for title, peer in self.peers.items()
+        }
 
 
 def _move_destination(value: MoveDestination | dict[str, Any]) -> MoveDestination:
@@ -81,14 +116,47 @@ def _move_destination(value: MoveDestination | dict[str, Any]) -> MoveDestinatio
 
 
 @dataclass
+class S3Settings:
+    """The object store of `backends.storage = "s3"`: any S3-compatible one (AWS S3, SeaweedFS, Ceph RGW, MinIO)."""
+
+    # Base URL of the S3 API, e.g. http://127.0.0.1:8333 or https://s3.eu-west-1.amazonaws.com; empty: AWS S3
+    # of `region` (or AWS_ENDPOINT).
+    endpoint: str = ""
+    bucket: str = ""
+    region: str = "us-east-1"
+    # Credentials: these, else the `profile` of `credentials_file` (AWS's INI format, aws_access_key_id and
+    # aws_secret_access_key), else the AWS_* environment variables or the machine's instance role.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    credentials_file: str = ""
+    profile: str = "default"
+    # Every key of this archive lives under this prefix (e.g. one per tenant or site sharing a bucket).
+    key_prefix: str = ""
+    # https://<bucket>.<endpoint host> instead of <endpoint>/<bucket> (AWS S3 prefers it; most others need paths).
+    virtual_hosted_style: bool = False
+    # Seconds for one request (a multipart part counts as one), and for connecting.
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    # Retries of a request that met a 5xx, throttling or a lost connection, with exponential backoff.
+    max_retries: int = 4
+    # Objects larger than this go up in parts of `multipart_chunk` bytes, `part_concurrency` at once.
+    multipart_threshold: int = 16 * 1024**2
+    multipart_chunk: int = 8 * 1024**2
+    part_concurrency: int = 8
+    # Objects of one commit (a STOW-RS request's instances) uploaded at once.
+    upload_concurrency: int = 16
+
+
+@dataclass
 class StorageSettings:
-    # Everything the archive writes lives under this folder.
+    # Everything the archive writes lives under this folder (with `backends.storage = "s3"`, only scratch files).
     data_dir: str = "./data"
     # `replace`: a different object with a stored SOP Instance UID replaces it.
     # `reject`: it is refused (C-STORE 0x0111, STOW FailureReason 0x0111); identical resends succeed.
     duplicate_policy: Literal["replace", "reject"] = "replace"
     # Binary values longer than this become BulkDataURI in DICOM JSON; shorter ones InlineBinary.
     bulkdata_threshold: int = 1024
+    s3: S3Settings = field(default_factory=S3Settings)
 
 
 @dataclass
@@ -96,6 +164,8 @@ class BackendSettings:
     bus: Literal["sqlite", "kafka"] = "sqlite"
     index: Literal["sqlite", "postgres"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
+    # Where objects live: `fs`, the data folder's storage/; `s3`, the bucket of `storage.s3`.
+    storage: Literal["fs", "s3"] = "fs"
     # Bound of the embedded (memory) cache. Its series documents are also files under the metadata root
     # and parsed ones stay in an LRU of their own, so a large cache mostly holds RSS, not speed.
     cache_max_bytes: int = 64 * 1024**2
@@ -246,6 +316,12 @@ class Settings:
     def data_path(self) -> Path:
         return Path(self.storage.data_dir).resolve()
 
+    @property
+    def dimse_access_control(self) -> bool:
+        """Whether DIMSE peers must be known ones (on with DICOMweb authentication unless set otherwise)."""
+        configured = self.dimse.access_control
+        return self.auth.enabled if configured is None else configured
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with every secret masked: the only form that may be logged."""
         masked: dict[str, Any] = _mask(dataclasses.asdict(self))
@@ -304,7 +380,7 @@ def _nest(keys: list[str], value: Any) -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "ae_tenants":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("ae_tenants", "peers"):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value

@@ -54,6 +54,14 @@ class DuplicateInstance(Conflict):
     failure_reason = 0x0111
 
 
+class OperationRefused(DicomCloudError):
+    """An operation the requestor is not allowed to perform (a DIMSE peer's entry does not list it)."""
+
+    http_status = 403
+    dimse_status = 0x0124  # Refused: Not Authorized
+    failure_reason = 0x0124
+
+
 class UnsupportedMediaType(DicomCloudError):
     http_status = 415
 

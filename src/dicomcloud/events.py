@@ -220,3 +220,19 @@ class AccessLog(BusEvent):
     status: int
     bytes_sent: int
     duration_ms: float
+
+
+@dataclass(frozen=True)
+class DimseRefusal(BusEvent):
+    """An association or DIMSE operation the access control refused: who, from where, what, and why."""
+
+    topic: ClassVar[str] = "dimse_refusal"
+
+    refused_at: str  # ISO 8601, UTC
+    tenant_id: str  # "" when the refusal came before a tenant was known
+    calling_ae: str
+    called_ae: str
+    client_address: str
+    operation: str  # "associate", or one of echo, store, find, get, move
+    status: int  # the DIMSE status answered; 0 for a rejected association
+    reason: str

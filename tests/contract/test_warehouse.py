@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from dicomcloud.errors import InvalidInput
-from dicomcloud.events import AccessLog, DicomImageMeta, DicomStateMeta, StorageEvent, TranscodeFailure
+from dicomcloud.events import (
+    AccessLog,
+    DicomImageMeta,
+    DicomStateMeta,
+    DimseRefusal,
+    StorageEvent,
+    TranscodeFailure,
+)
 from dicomcloud.ports.warehouse import STATISTICS, TABLES, Batch, Warehouse
 
 STUDY, SERIES = "1.2.826.0.9.1", "1.2.826.0.9.1.1"
@@ -71,6 +78,14 @@ def failure_row(sop: str) -> dict[str, Any]:
         attempts=3, failed_at="2026-01-02T03:04:05+00:00",
     )
     return TABLES["transcode_failure"].row(event.row())
+
+
+def refusal_row(calling_ae: str, operation: str, refused_at: str) -> dict[str, Any]:
+    event = DimseRefusal(
+        refused_at=refused_at, tenant_id="", calling_ae=calling_ae, called_ae="DICOMCLOUD",
+        client_address="192.0.2.7", operation=operation, status=0, reason="not a known peer",
+    )
+    return TABLES["dimse_refusal"].row(event.row())
 
 
 def test_a_loaded_batch_is_counted(warehouse: Warehouse) -> None:
@@ -174,6 +189,21 @@ def test_log_statistics_rank_senders_reads_endpoints_and_failures(warehouse: War
     assert warehouse.statistics("transcode_failures") == [
         {"transfer_syntax": "1.2.840.10008.1.2.4.50", "target_syntax": "1.2.840.10008.1.2.1", "failures": 2}
     ]
+
+
+def test_dimse_refusals_are_counted_per_peer_address_and_operation(warehouse: Warehouse) -> None:
+    rows = [
+        refusal_row("INTRUDER", "associate", "2026-01-02T03:04:05.000+00:00"),
+        refusal_row("INTRUDER", "associate", "2026-01-02T03:04:06.500+00:00"),
+        refusal_row("READER", "store", "2026-01-02T03:04:07.000+00:00"),
+    ]
+    warehouse.load(batch("dimse_refusal", 3), rows)
+    refusals = warehouse.statistics("dimse_refusals")
+    assert [(r["calling_ae"], r["client_address"], r["operation"], r["refusals"]) for r in refusals] == [
+        ("INTRUDER", "192.0.2.7", "associate", 2),
+        ("READER", "192.0.2.7", "store", 1),
+    ]
+    assert str(refusals[0]["last_refused_at"]).startswith("2026-01-02")
 
 
 def test_every_statistic_runs_on_an_empty_warehouse(warehouse: Warehouse) -> None:

@@ -30,11 +30,11 @@ STORESCU_PROPOSE = {
 
 
 def storescu(
-    port: int, called_ae: str, files: Sequence[Path], transfer_syntax: str
+    port: int, called_ae: str, files: Sequence[Path], transfer_syntax: str, calling_ae: str = "TESTSCU"
 ) -> subprocess.CompletedProcess[str]:
     """Send files that share one transfer syntax with dcmtk, proposing only that syntax."""
     command = [
-        "storescu", "-aet", "TESTSCU", "-aec", called_ae, "-R", STORESCU_PROPOSE[transfer_syntax],
+        "storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-R", STORESCU_PROPOSE[transfer_syntax],
         "127.0.0.1", str(port), *map(str, files),
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -58,12 +58,18 @@ def _query_retrieve_keys(model: str, level: str, keys: Mapping[str, str]) -> lis
 
 
 def findscu(
-    port: int, called_ae: str, model: str, level: str, keys: Mapping[str, str], folder: Path
+    port: int,
+    called_ae: str,
+    model: str,
+    level: str,
+    keys: Mapping[str, str],
+    folder: Path,
+    calling_ae: str = "TESTSCU",
 ) -> tuple[list[pydicom.Dataset], subprocess.CompletedProcess[str]]:
     """C-FIND with dcmtk; the response identifiers (extracted to files in `folder`) in order."""
     folder.mkdir(parents=True, exist_ok=True)
     command = [
-        "findscu", "-v", "-aet", "TESTSCU", "-aec", called_ae, "-X", "-od", str(folder),
+        "findscu", "-v", "-aet", calling_ae, "-aec", called_ae, "-X", "-od", str(folder),
         *_query_retrieve_keys(model, level, keys), "127.0.0.1", str(port),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
@@ -71,12 +77,19 @@ def findscu(
 
 
 def getscu(
-    port: int, called_ae: str, model: str, level: str, keys: Mapping[str, str], folder: Path, *options: str
+    port: int,
+    called_ae: str,
+    model: str,
+    level: str,
+    keys: Mapping[str, str],
+    folder: Path,
+    *options: str,
+    calling_ae: str = "TESTSCU",
 ) -> subprocess.CompletedProcess[str]:
     """C-GET with dcmtk, writing what it receives bit-preserving (+B) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     command = [
-        "getscu", "-v", "-aet", "TESTSCU", "-aec", called_ae, "+B", "-od", str(folder), *options,
+        "getscu", "-v", "-aet", calling_ae, "-aec", called_ae, "+B", "-od", str(folder), *options,
         *_query_retrieve_keys(model, level, keys), "127.0.0.1", str(port),
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -93,10 +106,10 @@ def movescu(
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
-def pynetdicom_store(port: int, called_ae: str, files: Iterable[Path]) -> list[int]:
+def pynetdicom_store(port: int, called_ae: str, files: Iterable[Path], calling_ae: str = "TESTSCU") -> list[int]:
     """Send each file in its own transfer syntax over one association; the C-STORE statuses."""
     datasets = [pydicom.dcmread(path) for path in files]
-    ae = AE(ae_title="TESTSCU")
+    ae = AE(ae_title=calling_ae)
     wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
     for sop_class, syntax in sorted(wanted):
         ae.add_requested_context(sop_class, syntax)

@@ -13,6 +13,8 @@ import support
 from pydicom.dataset import Dataset
 
 from dicomcloud.archive.core import Archive
+from dicomcloud.config import DIMSE_OPERATIONS
+from dicomcloud.dimse.access import Admission
 from dicomcloud.dimse.query_retrieve import QueryRetrieveSCP, needs_decompression
 from dicomcloud.ports.index import InstanceLocation
 
@@ -58,9 +60,16 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
     archive.close()
 
 
+class CalledAETenants:
+    """The gate without access control, as the SCP's: the called AE title picks the tenant."""
+
+    def operation(self, event: FakeEvent, operation: str) -> Admission:
+        return Admission("radiology" if event.called == "RAD" else "default", frozenset(DIMSE_OPERATIONS), None)
+
+
 @pytest.fixture
 def scp(archive: Archive) -> QueryRetrieveSCP:
-    return QueryRetrieveSCP(archive, lambda called: "radiology" if called == "RAD" else "default")
+    return QueryRetrieveSCP(archive, CalledAETenants())  # type: ignore[arg-type]
 
 
 def identifier(level: str, **keys: str) -> Dataset:

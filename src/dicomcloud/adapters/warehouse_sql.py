@@ -78,6 +78,13 @@ GROUP BY transfer_syntax, target_syntax
 ORDER BY failures DESC, transfer_syntax, target_syntax
 LIMIT {limit}
 """,
+    "dimse_refusals": """
+SELECT calling_ae, client_address, operation, COUNT(*) AS refusals, MAX(refused_at) AS last_refused_at
+FROM dimse_refusal
+GROUP BY calling_ae, client_address, operation
+ORDER BY refusals DESC, calling_ae, client_address, operation
+LIMIT {limit}
+""",
 }
 
 

@@ -110,6 +110,7 @@ class Store:
         calling_ae: str = "",
         called_ae: str = "",
         expected_study_uid: str | None = None,
+        may_replace: bool | None = None,
     ) -> StorageEvent:
         """Store one staged object (see `store_many`); raises why when it is refused."""
         (outcome,) = self.store_many(
@@ -119,6 +120,7 @@ class Store:
             calling_ae=calling_ae,
             called_ae=called_ae,
             expected_study_uid=expected_study_uid,
+            may_replace=may_replace,
         )
         if isinstance(outcome, Refused):
             raise outcome.error
@@ -133,11 +135,14 @@ class Store:
         calling_ae: str = "",
         called_ae: str = "",
         expected_study_uid: str | None = None,
+        may_replace: bool | None = None,
     ) -> list[StorageEvent | Refused]:
         """Store staged objects (`Storage.stage`, or any open file of a received object) together, one
         outcome per object in order; every outcome is final when this returns (stored, indexed and
         announced, or refused). A batch costs about what one object costs: one storage commit, one
-        index transaction, one publish. Every staged object is consumed."""
+        index transaction, one publish. Every staged object is consumed. `may_replace` False refuses other
+        content under a stored SOP Instance UID whatever `storage.duplicate_policy` says (a DIMSE peer
+        not allowed to replace)."""
         prepared = [
             self._prepare(
                 stream,
@@ -149,7 +154,8 @@ class Store:
             )
             for stream in staged
         ]
-        return self._store_prepared(tenant_id, prepared)
+        reject = may_replace is False or self.runtime.settings.storage.duplicate_policy == "reject"
+        return self._store_prepared(tenant_id, prepared, reject)
 
     def _prepare(
         self,
@@ -201,14 +207,14 @@ class Store:
         return _Accepted(staged, parsed, event)
 
     def _store_prepared(
-        self, tenant_id: str, prepared: Sequence[_Accepted | Refused]
+        self, tenant_id: str, prepared: Sequence[_Accepted | Refused], reject: bool
     ) -> list[StorageEvent | Refused]:
         """Store what `_prepare` accepted, as one batch; the outcomes in order (refusals passed through).
         Every accepted object's staged file is consumed."""
         outcomes: list[StorageEvent | Refused] = [p.event if isinstance(p, _Accepted) else p for p in prepared]
         try:
             accepted = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Accepted)]
-            for position, refusal in self._store(tenant_id, accepted).items():
+            for position, refusal in self._store(tenant_id, accepted, reject).items():
                 outcomes[position] = refusal
             return outcomes
         finally:
@@ -216,13 +222,13 @@ class Store:
                 if isinstance(item, _Accepted):
                     self.runtime.storage.discard(item.staged)
 
-    def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]]) -> dict[int, Refused]:
+    def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
         """Place, index and announce the accepted objects; the refusals by position."""
         if not accepted:
             return {}
         refused: dict[int, Refused] = {}
         try:
-            placed = self._place(tenant_id, accepted, refused)
+            placed = self._place(tenant_id, accepted, refused, reject)
         except DicomCloudError as exc:
             return refused | {position: Refused(exc, a.parsed.header) for position, a in accepted}
         if not placed:
@@ -250,14 +256,13 @@ class Store:
                 self.metadata.forget(previous.series_key)
 
     def _place(
-        self, tenant_id: str, accepted: list[tuple[int, _Accepted]], refused: dict[int, Refused]
+        self, tenant_id: str, accepted: list[tuple[int, _Accepted]], refused: dict[int, Refused], reject: bool
     ) -> list[_Placed]:
         """Decide each object against the index and place the new ones, in one index transaction.
 
         A UID sent twice in one batch meets its first copy: the second is decided after the first.
         """
         storage = self.runtime.storage
-        reject = self.runtime.settings.storage.duplicate_policy == "reject"
         pairs = [(a.event.sop_instance_uid, a.event.study_instance_uid) for _, a in accepted]
         placed: list[_Placed] = []
         written: list[_Placed] = []

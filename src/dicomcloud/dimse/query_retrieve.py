@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -45,6 +45,7 @@ from dicomcloud.dicom.cfind import (
     retrieve_query,
 )
 from dicomcloud.dicom.uids import NATIVE_SYNTAXES, TransferSyntax
+from dicomcloud.dimse.access import Gate
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.ports.index import InstanceLocation
 
@@ -73,11 +74,11 @@ FindResult = tuple[int, Dataset | None]
 
 
 class QueryRetrieveSCP:
-    """Query/retrieve handlers for an AE whose called AE title picks the tenant (`tenant_for`)."""
+    """Query/retrieve handlers; the gate (dimse/access.py) says for which tenant, and whether allowed at all."""
 
-    def __init__(self, archive: Archive, tenant_for: Callable[[str], str | None]) -> None:
+    def __init__(self, archive: Archive, gate: Gate) -> None:
         self.archive = archive
-        self.tenant_for = tenant_for
+        self.gate = gate
         self.destinations: dict[str, MoveDestination] = archive.settings.dimse.move_destinations
 
     def add_contexts(self, ae: AE) -> None:
@@ -92,7 +93,7 @@ class QueryRetrieveSCP:
     def _on_find(self, event: evt.Event) -> Iterator[FindResult]:
         called = called_ae(event)
         try:
-            tenant = self._tenant(called)
+            tenant = self.gate.operation(event, "find").tenant
             model = FIND_MODELS[str(event.request.AffectedSOPClassUID)]
             identifier = event.identifier
             qr_level = query_retrieve_level(identifier, model)
@@ -115,7 +116,8 @@ class QueryRetrieveSCP:
     def _on_get(self, event: evt.Event) -> Iterator[int | FindResult]:
         called = called_ae(event)
         try:
-            instances = self._instances(called, event.identifier, GET_MODELS[str(event.request.AffectedSOPClassUID)])
+            tenant = self.gate.operation(event, "get").tenant
+            instances = self._instances(tenant, event.identifier, GET_MODELS[str(event.request.AffectedSOPClassUID)])
         except DicomCloudError as exc:
             log.warning("C-GET to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
             yield 1
@@ -138,7 +140,9 @@ class QueryRetrieveSCP:
             return
         options: dict[str, Any] = {"tls_args": (tls_context(destination), destination.host)} if destination.tls else {}
         try:
-            instances = self._instances(called, event.identifier, MOVE_MODELS[str(event.request.AffectedSOPClassUID)])
+            tenant = self.gate.operation(event, "move").tenant
+            model = MOVE_MODELS[str(event.request.AffectedSOPClassUID)]
+            instances = self._instances(tenant, event.identifier, model)
         except DicomCloudError as exc:
             log.warning("C-MOVE to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
             # pynetdicom reports a status only after associating with the destination.
@@ -164,15 +168,9 @@ class QueryRetrieveSCP:
                 dataset.decompress(generate_instance_uid=False)
             yield STATUS_PENDING, dataset
 
-    def _tenant(self, called: str) -> str:
-        tenant = self.tenant_for(called)
-        if tenant is None:
-            raise DicomCloudError(f"called AE title {called!r} is not recognised")
-        return tenant
-
-    def _instances(self, called: str, identifier: Dataset, model: InformationModel) -> list[InstanceLocation]:
+    def _instances(self, tenant: str, identifier: Dataset, model: InformationModel) -> list[InstanceLocation]:
         """The stored instances a C-GET/C-MOVE identifier names, series by series."""
-        return self.archive.retrieve.matching(self._tenant(called), retrieve_query(identifier, model))
+        return self.archive.retrieve.matching(tenant, retrieve_query(identifier, model))
 
 
 def _values(values: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

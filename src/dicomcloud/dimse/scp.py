@@ -9,9 +9,10 @@ process's temp folder is the storage's staging folder (the services set it so), 
 rename, not a copy. Success (0x0000) is sent only after the store returned: the instance is durable,
 indexed and announced, so a C-FIND, QIDO-RS or WADO-RS sent after the response finds it.
 
-The called AE title picks the tenant (`dimse.ae_tenants`, else the default tenant); with
-`dimse.reject_unknown_called_ae`, an association to an AE title that is neither mapped nor ours is
-refused with A-ASSOCIATE-RJ (permanent, "called AE title not recognised").
+Who may associate, for which tenant, and do what is dimse/access.py's: without access control the
+called AE title picks the tenant; with it, only known peers from their hosts associate (A-ASSOCIATE-RJ
+otherwise, "calling AE title not recognised"), their tenant comes from their entry, and an operation
+they may not perform is refused with 0x0124 (a C-STORE that would replace an instance, with 0x0111).
 
 Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
 storage SCP gets its C-STORE sub-operations on the same association.
@@ -30,8 +31,9 @@ from pynetdicom.presentation import AllStoragePresentationContexts, StoragePrese
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.config import DimseSettings
-from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP, called_ae
-from dicomcloud.errors import DicomCloudError
+from dicomcloud.dimse.access import Gate, peer_identity
+from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP
+from dicomcloud.errors import DicomCloudError, DuplicateInstance
 from dicomcloud.metrics import DIMSE_OPERATIONS
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ TRANSFER_SYNTAXES = [
 ]
 
 MAX_ASSOCIATIONS = 64
-# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, called AE title not recognised.
+# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling / called AE title not recognised.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
@@ -84,7 +87,13 @@ PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
 
 def server_tls_context(dimse: DimseSettings) -> ssl.SSLContext | None:
-    """DICOM TLS for the SCP (TLS 1.2 or later), or None without a certificate; fails at start when misconfigured."""
+    """DICOM TLS for the SCP (TLS 1.2 or later), or None without a certificate; fails at start when misconfigured.
+
+    With a CA, a client certificate is asked for and verified when offered (required with
+    `tls_require_client_cert`), so access control can check the name a peer's entry demands."""
+    named = sorted(title for title, peer in dimse.peers.items() if peer.tls_common_name)
+    if named and not dimse.tls_ca_file:
+        raise ValueError(f"DIMSE peers {named} need a client certificate: set dimse.tls_cert_file and tls_ca_file")
     if not dimse.tls_cert_file:
         if dimse.tls_require_client_cert:
             raise ValueError("dimse.tls_require_client_cert needs dimse.tls_cert_file (DICOM TLS is off)")
@@ -92,12 +101,10 @@ def server_tls_context(dimse: DimseSettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=dimse.tls_ca_file or None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(dimse.tls_cert_file, dimse.tls_key_file or None)
-    if dimse.tls_require_client_cert:
-        if not dimse.tls_ca_file:
-            raise ValueError(
-                "dimse.tls_require_client_cert needs dimse.tls_ca_file, the CA client certificates chain to"
-            )
-        context.verify_mode = ssl.CERT_REQUIRED
+    if dimse.tls_require_client_cert and not dimse.tls_ca_file:
+        raise ValueError("dimse.tls_require_client_cert needs dimse.tls_ca_file, the CA client certificates chain to")
+    if dimse.tls_ca_file:
+        context.verify_mode = ssl.CERT_REQUIRED if dimse.tls_require_client_cert else ssl.CERT_OPTIONAL
     return context
 
 
@@ -120,21 +127,11 @@ class StoreSCP:
         for sop_class in storage_sop_classes():
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         self.ae.add_supported_context(VERIFICATION_SOP_CLASS, TRANSFER_SYNTAXES[:3])
-        self._tenants = {title.strip(): tenant for title, tenant in dimse.ae_tenants.items()}
-        self.query_retrieve = QueryRetrieveSCP(archive, self.tenant_for)
+        self.gate = Gate(archive.settings, archive.runtime.bus)
+        self.query_retrieve = QueryRetrieveSCP(archive, self.gate)
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
         self._stopped = threading.Event()
-
-    def tenant_for(self, called_ae: str) -> str | None:
-        """The tenant of a called AE title; None when it is unknown and unknown ones are refused."""
-        called = called_ae.strip()
-        if called in self._tenants:
-            return self._tenants[called]
-        dimse = self.archive.settings.dimse
-        if dimse.reject_unknown_called_ae and called != dimse.ae_title.strip():
-            return None
-        return self.archive.settings.tenant
 
     def start(self, blocking: bool) -> None:
         """Listen on `dimse.host:dimse.port`; with `blocking`, return only after `stop()`."""
@@ -152,11 +149,14 @@ class StoreSCP:
             (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
         )
         log.info(
-            "DIMSE SCP %s listening on %s:%d%s",
+            "DIMSE SCP %s listening on %s:%d%s, %s",
             dimse.ae_title,
             dimse.host,
             self.port,
             " (TLS)" if dimse.tls_cert_file else "",
+            f"access control on: {len(self.gate.control.peers)} known peer(s)"
+            if self.gate.control.enabled
+            else "access control off: any peer may associate (dimse.access_control)",
         )
         if blocking:
             self._stopped.wait()
@@ -173,28 +173,42 @@ class StoreSCP:
         self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
-        called = called_ae(event)
-        if self.tenant_for(called) is None:
-            calling = event.assoc.requestor.primitive.calling_ae_title if event.assoc.requestor.primitive else ""
-            log.warning("refused an association from %r to unknown AE title %r", calling, called)
-            event.assoc.acse.send_reject(*REJECT_CALLED_AE)
+        refusal = self.gate.association(event)
+        if refusal is not None:
+            event.assoc.acse.send_reject(*(REJECT_CALLING_AE if refusal.calling else REJECT_CALLED_AE))
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
             event.assoc.kill()
 
     def _on_echo(self, event: evt.Event) -> int:
+        try:
+            self.gate.operation(event, "echo")
+        except DicomCloudError as exc:
+            return exc.dimse_status
         return STATUS_SUCCESS
 
     def _on_store(self, event: evt.Event) -> int:
-        called = called_ae(event)
-        calling = str(event.assoc.requestor.ae_title).strip()
-        tenant = self.tenant_for(called)
-        if tenant is None:
-            return STATUS_PROCESSING_FAILURE
+        peer = peer_identity(event)
+        calling, called = peer.calling_ae, peer.called_ae
+        try:
+            admission = self.gate.operation(event, "store")
+        except DicomCloudError as exc:
+            return exc.dimse_status
         try:
             received = event.dataset_path.open("rb")
             stored = self.archive.store.store(
-                received, tenant_id=tenant, source="dimse", calling_ae=calling, called_ae=called
+                received,
+                tenant_id=admission.tenant,
+                source="dimse",
+                calling_ae=calling,
+                called_ae=called,
+                may_replace=admission.may_replace,
             )
+        except DuplicateInstance as exc:
+            if admission.may_replace is False:
+                self.gate.refused_store(event, admission.tenant, exc.dimse_status, exc.message)
+            else:
+                log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
+            return exc.dimse_status
         except DicomCloudError as exc:
             log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
             return exc.dimse_status

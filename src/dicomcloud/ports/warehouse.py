@@ -139,6 +139,15 @@ TRANSCODE_FAILURE = Table(
     key=("failed_at", "tenant_id"),
     unique=False,
 )
+DIMSE_REFUSAL = Table(
+    "dimse_refusal",
+    _cols(
+        "refused_at DATETIME(6) NOT NULL, tenant_id VARCHAR(64), calling_ae STRING, called_ae STRING,"
+        " client_address STRING, operation STRING NOT NULL, status INT, reason STRING"
+    ),
+    key=("refused_at",),
+    unique=False,
+)
 # Which batches are in: the loader resumes after the highest offset loaded per topic and partition.
 LOADED_BATCH = Table(
     "loaded_batch",
@@ -151,7 +160,8 @@ LOADED_BATCH = Table(
     unique=True,
 )
 TABLES: dict[str, Table] = {
-    t.name: t for t in (DICOM_STATE_META, DICOM_IMAGE_META, DICOM_OBJECT_META, WADO_ACCESS_LOG, TRANSCODE_FAILURE)
+    t.name: t
+    for t in (DICOM_STATE_META, DICOM_IMAGE_META, DICOM_OBJECT_META, WADO_ACCESS_LOG, TRANSCODE_FAILURE, DIMSE_REFUSAL)
 }
 
 STATISTICS = (
@@ -164,6 +174,7 @@ STATISTICS = (
     "most_read_studies",  # WADO reads per study
     "slowest_endpoints",  # mean and max duration per route
     "transcode_failures",  # failures per source and target syntax
+    "dimse_refusals",  # DIMSE associations and operations refused, per peer, address and operation
 )
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -32,6 +32,7 @@ from dicomcloud.events import (
     BusEvent,
     DicomImageMeta,
     DicomStateMeta,
+    DimseRefusal,
     StorageEvent,
     TranscodeFailure,
 )
@@ -48,6 +49,7 @@ ROUTES: dict[str, tuple[type[BusEvent], str]] = {
     LOG_QUEUE: (StorageEvent, "dicom_object_meta"),
     ACCESS_LOG_QUEUE: (AccessLog, "wado_access_log"),
     TranscodeFailure.topic: (TranscodeFailure, "transcode_failure"),
+    DimseRefusal.topic: (DimseRefusal, "dimse_refusal"),
 }
 
 
