@@ -214,10 +214,12 @@ def _join(threads: Sequence[threading.Thread]) -> None:
             log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
 
 
-def _uvicorn(archive: Archive) -> Any:
+def http_server(archive: Archive) -> Any:
+    """The wado-server: uvicorn over the DICOMweb app, with the HTTP limits of web/http_guard.py."""
     import uvicorn
 
     from dicomcloud.web.app import create_app
+    from dicomcloud.web.http_guard import guarded_protocol
 
     settings = archive.settings
     config = uvicorn.Config(
@@ -228,6 +230,8 @@ def _uvicorn(archive: Archive) -> Any:
         log_level=settings.log_level.lower(),
         access_log=settings.log_level.upper() == "DEBUG",
         server_header=False,
+        proxy_headers=False,  # web/origin.py decides what to believe of a proxy's headers
+        http=guarded_protocol(settings.http),
     )
     return uvicorn.Server(config)
 
@@ -310,7 +314,7 @@ def run_up(settings: Settings) -> int:
     receive_into_staging(archive)
     stop = threading.Event()
     scp = StoreSCP(archive)
-    server = _uvicorn(archive)
+    server = http_server(archive)
 
     def stop_http() -> None:
         server.should_exit = True
@@ -355,7 +359,7 @@ def run_server(settings: Settings) -> int:
         # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
         settings.backends.qido_cache_ttl = 0
     archive = Archive.from_settings(settings)
-    server = _uvicorn(archive)
+    server = http_server(archive)
     try:
         with ops_listener(settings.ops, runtime_checks(archive.runtime)):
             server.run()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dicomcloud.networks import AddressSet
+
 ENV_PREFIX = "DICOMCLOUD_"
 # Variables with our prefix that are not settings: the file choice, and the CLI's --log-format default.
 NOT_SETTINGS = frozenset({ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR", ENV_PREFIX + "LOG_FORMAT"})
@@ -29,13 +31,39 @@ class HttpSettings:
     port: int = 8080
     # Path prefix of the DICOMweb root; the tenant form is /<tenant>/dicom-web.
     root_path: str = "/dicom-web"
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # Origins a browser may call from (CORS); empty: same-origin only. ["*"] opens it to any page.
+    cors_origins: list[str] = field(default_factory=list)
     # Largest STOW-RS body accepted, in bytes.
     max_stow_bytes: int = 8 * 1024**3
     # Seconds a request body may stall before the request fails (408) instead of hanging.
     body_timeout: float = 30.0
-    # Public base URL used in RetrieveURL/BulkDataURI when behind a proxy; empty = from the request.
+    # After `body_rate_grace` seconds a request body must have averaged this many bytes a second (else 408).
+    body_min_rate: int = 1024
+    body_rate_grace: float = 10.0
+    # Request line and headers: at most this many bytes (else 431), complete within this many seconds (else 408).
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    # Open connections one client address may hold (trusted proxies excepted); more are answered 429.
+    max_connections_per_client: int = 128
+    # Base URL of every URL the archive writes (RetrieveURL, BulkDataURI, redirects); empty: the address the
+    # request reached, or what a trusted proxy forwarded. Never the client's Host header.
     public_url: str = ""
+    # Addresses or networks (CIDR) of proxies whose Forwarded / X-Forwarded-* headers are believed.
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    def __post_init__(self) -> None:
+        AddressSet(self.trusted_proxies)  # fail at start on an entry that is no address or network
+
+
+@dataclass
+class LimitsSettings:
+    """What one request may make the archive compute."""
+
+    # Largest rendered width or height (`viewport`), per side.
+    max_viewport: int = 4096
+    # Largest frame decoded for one request (rows x columns x samples x bytes per sample); a larger one is
+    # refused before it is decoded. Rendering takes a few times this in memory.
+    max_decoded_frame_bytes: int = 64 * 1024**2
 
 
 @dataclass
@@ -75,6 +103,7 @@ class DimsePeer:
             raise ValueError(f"unknown DIMSE operation(s) {sorted(unknown)}; one of {', '.join(DIMSE_OPERATIONS)}")
         if not self.hosts:
             raise ValueError("a DIMSE peer needs the hosts it connects from (addresses or CIDR networks)")
+        AddressSet(self.hosts)
 
 
 @dataclass
@@ -309,6 +338,7 @@ class Settings:
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     transcode: TranscodeSettings = field(default_factory=TranscodeSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
     log_level: str = "INFO"
 

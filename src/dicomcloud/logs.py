@@ -12,6 +12,10 @@ import logging
 import re
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Literal
@@ -70,6 +74,88 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class RepeatedWarnings:
+    """The warnings (and errors) of one unit of work, by message template: the first `keep` of each are
+    logged, the others counted, and `summarise` logs one line per template with the count left out. A
+    10,000-part STOW with every part refused writes a few lines, not 10,000."""
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._counts: dict[tuple[str, int, str], int] = {}
+        self._first: dict[tuple[str, int, str], str] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        with self._lock:
+            count = self._counts[key] = self._counts.get(key, 0) + 1
+            if count == 1:
+                self._first[key] = record.getMessage()
+        return count <= self.keep
+
+    def summarise(self, where: str) -> None:
+        for (name, level, _), count in self._counts.items():
+            if count > self.keep:
+                first = self._first[(name, level, _)]
+                logging.getLogger(name).log(level, "%d more like this in %s: %s", count - self.keep, where, first)
+
+
+_repeated_warnings: ContextVar[RepeatedWarnings | None] = ContextVar("repeated_warnings", default=None)
+
+
+@contextmanager
+def repeats_summarised(where: str) -> Iterator[None]:
+    """Within this block (and the threads it hands work to, which copy the context), repeated warnings are
+    summarised as `RepeatedWarnings` says; `where` names the unit of work in the summary."""
+    repeated = RepeatedWarnings()
+    token = _repeated_warnings.set(repeated)
+    try:
+        yield
+    finally:
+        _repeated_warnings.reset(token)
+        repeated.summarise(where)
+
+
+class RepeatFilter(logging.Filter):
+    """Drops a warning or error its unit of work has already logged `keep` times (see `repeats_summarised`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        repeated = _repeated_warnings.get()
+        if repeated is None or not logging.WARNING <= record.levelno < logging.CRITICAL:
+            return True
+        decided: bool | None = getattr(record, "_repeat_admitted", None)
+        if decided is None:  # counted once, however many handlers filter it
+            decided = repeated.admit(record)
+            record._repeat_admitted = decided
+        return decided
+
+
+class ThrottledWarnings:
+    """Warnings an attacker could repeat at will (refused connections, associations): the first of a kind
+    is logged at once, then at most one line per `interval` seconds saying how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                self._left_out[kind] = self._left_out.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            left_out = self._left_out.pop(kind, 0)
+        if left_out and last is not None:
+            self.logger.warning(message + " (and %d more like it in the last %.0f s)", *args, left_out, now - last)
+        else:
+            self.logger.warning(message, *args)
+
+
 def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
     """Route every logger (ours, uvicorn's, pynetdicom's) to stderr through the redacting filter.
 
@@ -77,6 +163,7 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
     on stderr is one JSON object.
     """
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatFilter())  # first: it reads the message template the redacting filter replaces
     handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -1,13 +1,15 @@
 """Helpers the service tests share: a CT object with chosen UIDs, an archive on a temp folder, storing
-through the archive's store, running the bus workers over what is pending, a bus that is down, and a
-storage that counts what is read from it."""
+through the archive's store, running the bus workers over what is pending, a bus that is down, a
+storage that counts what is read from it, and the wado-server on a real socket."""
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
 import io
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,6 +18,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from dicomcloud.archive.core import Archive
+from dicomcloud.cli import http_server
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
@@ -209,3 +212,31 @@ class JournalingBus:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class Serving:
+    """The archive's wado-server (uvicorn with its HTTP limits) on a free loopback port, in a thread."""
+
+    def __init__(self, archive: Archive) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        archive.settings.http.host, archive.settings.http.port = "127.0.0.1", self.port
+        self.server = http_server(archive)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Serving:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

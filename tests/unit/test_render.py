@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from dicomcloud.config import LimitsSettings
 from dicomcloud.dicom.render import (
     JPEG,
     PNG,
@@ -25,6 +26,8 @@ from dicomcloud.dicom.render import (
     render_frame,
 )
 from dicomcloud.errors import InvalidInput, NotFound
+
+MAX_SIDE = LimitsSettings().max_viewport
 
 
 def data_file(name: str) -> Path:
@@ -185,8 +188,8 @@ def test_sigmoid_and_linear_exact_windows_differ_from_linear() -> None:
 
 def test_viewport_fits_the_image_keeping_its_aspect_ratio() -> None:
     path = data_file("CT_small.dcm")  # 128 x 128
-    assert render_png(path, viewport=parse_viewport("64,32")).shape == (32, 32)
-    assert render_png(path, viewport=parse_viewport("300,400")).shape == (300, 300)
+    assert render_png(path, viewport=parse_viewport("64,32", MAX_SIDE)).shape == (32, 32)
+    assert render_png(path, viewport=parse_viewport("300,400", MAX_SIDE)).shape == (300, 300)
 
 
 def test_viewport_source_region_crops_and_negative_size_flips() -> None:
@@ -194,7 +197,7 @@ def test_viewport_source_region_crops_and_negative_size_flips() -> None:
     whole = render_png(path)
     left = render_png(path, viewport=Viewport(64, 128, (0, 0, 64, 128)))
     assert np.array_equal(left, whole[:, :64])
-    flipped = render_png(path, viewport=parse_viewport("128,128,128,0,-128,"))
+    flipped = render_png(path, viewport=parse_viewport("128,128,128,0,-128,", MAX_SIDE))
     assert np.array_equal(flipped, whole[:, ::-1])
 
 
@@ -224,10 +227,12 @@ def test_malformed_window_is_invalid(text: str) -> None:
         parse_window(text)
 
 
-@pytest.mark.parametrize("text", ["64", "0,64", "64,64,1,2", "64,64,-1,0,10,10", "a,64", "64,64,0,0,x,1"])
-def test_malformed_viewport_is_invalid(text: str) -> None:
+@pytest.mark.parametrize(
+    "text", ["64", "0,64", "64,64,1,2", "64,64,-1,0,10,10", "a,64", "64,64,0,0,x,1", "4097,64", "99999,99999"]
+)
+def test_malformed_or_oversized_viewport_is_invalid(text: str) -> None:
     with pytest.raises(InvalidInput):
-        parse_viewport(text)
+        parse_viewport(text, MAX_SIDE)
 
 
 @pytest.mark.parametrize("text", ["0", "101", "high", "-5", ""])

@@ -1,16 +1,21 @@
-"""Tenant isolation with OIDC on: every route the OpenAPI document lists, so a new route cannot slip past."""
+"""Every route the OpenAPI document lists, with OIDC on, so a new route cannot slip past: tenant isolation,
+and every kind of bad token an attacker tried (issue 19) refused and changing nothing. (DIMSE peers are
+tests/e2e/test_dimse_access.py's matrix.)"""
 
 from __future__ import annotations
 
+import base64
 import io
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import support
 from fastapi.testclient import TestClient
-from oidc import AUDIENCE, Issuer, rsa_key, serve_issuer
+from oidc import AUDIENCE, Issuer, SigningKey, ec_key, rsa_key, serve_issuer, unsigned_token
 from test_web_app import stow_body
 
 from dicomcloud.archive.core import Archive
@@ -25,7 +30,7 @@ PARAMS = {"study": STUDY, "series": SERIES, "instance": SOP, "frames": "1", "tag
 
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[Issuer]:
-    with serve_issuer([rsa_key("rsa-1")]) as served:
+    with serve_issuer([rsa_key("rsa-1"), ec_key("ec-1")]) as served:
         yield served
 
 
@@ -112,3 +117,111 @@ def test_each_route_answers_its_own_tenant_with_the_right_token(client: TestClie
 def test_the_public_routes_need_no_token(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
     assert client.get("/dashboard").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad tokens
+
+UNPUBLISHED = rsa_key("rsa-1")  # the published key's kid, another key
+VICTIM = "tenant-b"  # the tenant every bad token tries to reach
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def tampered_payload(token: str, **claims: object) -> str:
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return ".".join([header, b64(json.dumps({**decoded, **claims}).encode()), signature])
+
+
+def tampered_header(token: str, **fields: object) -> str:
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    return ".".join([b64(json.dumps({**decoded, **fields}).encode()), payload, signature])
+
+
+def good(issuer: Issuer, **claims: object) -> str:
+    return issuer.token(scope=ALL_RIGHTS + " dicom.admin", tenants=[VICTIM], **claims)
+
+
+def rsa(issuer: Issuer) -> SigningKey:
+    return issuer.published[0]
+
+
+def ec(issuer: Issuer) -> SigningKey:
+    return issuer.published[1]
+
+
+# name -> the Authorization header value. Each must be refused on every route, whatever its scope needs.
+BAD_TOKENS: dict[str, Callable[[Issuer], str]] = {
+    "no scheme": lambda i: good(i),
+    "basic scheme": lambda i: "Basic " + b64(b"admin:admin"),
+    "empty bearer": lambda i: "Bearer ",
+    "garbage": lambda i: "Bearer garbage",
+    "three empty parts": lambda i: "Bearer ..",
+    "two parts": lambda i: "Bearer " + ".".join(good(i).split(".")[:2]),
+    "four parts": lambda i: "Bearer " + good(i) + ".AAAA",
+    "100 KB": lambda i: "Bearer " + tampered_payload(good(i), padding="x" * 100_000),
+    "alg none": lambda i: "Bearer " + unsigned_token({"alg": "none", "kid": rsa(i).kid}, i.claims(tenants=[VICTIM])),
+    "alg none without kid": lambda i: "Bearer " + unsigned_token({"alg": "none"}, i.claims(tenants=[VICTIM])),
+    "HS256 with the public key": lambda i: "Bearer "
+    + unsigned_token({"alg": "HS256", "kid": rsa(i).kid}, i.claims(tenants=[VICTIM]), secret=rsa(i).public_pem()),
+    "RS256 under the EC key's kid": lambda i: "Bearer "
+    + i.token(headers={"kid": ec(i).kid}, tenants=[VICTIM], scope=ALL_RIGHTS),
+    "signed by an unpublished key": lambda i: "Bearer " + i.token(UNPUBLISHED, tenants=[VICTIM], scope=ALL_RIGHTS),
+    "signature of another token": lambda i: "Bearer "
+    + ".".join([*good(i).split(".")[:2], i.token(sub="mallory").split(".")[2]]),
+    "tampered tenants": lambda i: "Bearer " + tampered_payload(i.token(tenants=["tenant-a"]), tenants=[VICTIM]),
+    "tampered scope": lambda i: "Bearer " + tampered_payload(i.token(scope="openid", tenants=[VICTIM]),
+                                                            scope=ALL_RIGHTS),
+    "tampered header alg": lambda i: "Bearer " + tampered_header(good(i), alg="RS512"),
+    "no kid": lambda i: "Bearer " + tampered_header(good(i), kid=None),
+    "unknown kid": lambda i: "Bearer " + i.token(headers={"kid": "made-up"}, tenants=[VICTIM]),
+    "path traversal kid": lambda i: "Bearer " + i.token(headers={"kid": "../../../../etc/passwd"}),
+    "NUL in kid": lambda i: "Bearer " + i.token(headers={"kid": "rsa-1\x00"}),
+    "10 KB kid": lambda i: "Bearer " + i.token(headers={"kid": "k" * 10_000}),
+    "numeric kid": lambda i: "Bearer " + tampered_header(good(i), kid=7),
+    "embedded jwk": lambda i: "Bearer " + i.token(UNPUBLISHED, headers={"jwk": UNPUBLISHED.jwk()}),
+    "jku elsewhere": lambda i: "Bearer " + i.token(UNPUBLISHED, headers={"jku": "http://evil.example/jwks"}),
+    "expired": lambda i: "Bearer " + good(i, exp=int(time.time()) - 3600),
+    "not yet valid": lambda i: "Bearer " + good(i, nbf=int(time.time()) + 3600),
+    "no exp": lambda i: "Bearer " + good(i, exp=None),
+    "exp as text": lambda i: "Bearer " + good(i, exp="tomorrow"),
+    "wrong issuer": lambda i: "Bearer " + good(i, iss="https://evil.example/realms/test"),
+    "issuer with a trailing slash": lambda i: "Bearer " + good(i, iss=i.url + "/"),
+    "wrong audience": lambda i: "Bearer " + good(i, aud="another-api"),
+    "no audience": lambda i: "Bearer " + good(i, aud=None),
+    "no subject": lambda i: "Bearer " + good(i, sub=None),
+    "tenant ../tenant-b": lambda i: "Bearer " + i.token(scope=ALL_RIGHTS, tenants=["../tenant-b"]),
+    "tenant wildcard": lambda i: "Bearer " + i.token(scope=ALL_RIGHTS, tenants=["*"]),
+    "tenant in capitals": lambda i: "Bearer " + i.token(scope=ALL_RIGHTS, tenants=["TENANT-B"]),
+    "tenant as a longer name": lambda i: "Bearer " + i.token(scope=ALL_RIGHTS, tenants="tenant-bc"),
+    "no scope": lambda i: "Bearer " + i.token(scope=None, tenants=[VICTIM]),
+}
+
+
+def test_there_are_at_least_35_kinds_of_bad_token() -> None:
+    assert len(BAD_TOKENS) >= 35
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
+def test_a_bad_token_is_refused_on_every_route(client: TestClient, archive: Archive, issuer: Issuer, kind: str) -> None:
+    authorization = BAD_TOKENS[kind](issuer)
+    operations = [(method, path) for method, path in routes(client) if path not in PUBLIC]
+    let_through = {
+        f"{method} {path}": response.status_code
+        for method, path in operations
+        if (response := send(client, method, path, VICTIM, {"Authorization": authorization})).status_code
+        not in (401, 403)
+    }
+    assert let_through == {}
+    assert tenant_b_holdings(archive) == [SOP]
+
+
+def test_the_good_token_the_bad_ones_derive_from_is_accepted(client: TestClient, issuer: Issuer) -> None:
+    """The refusals above come from each defect, not from a token that could never pass."""
+    authorization = {"Authorization": "Bearer " + good(issuer)}
+    assert client.get(f"/{VICTIM}/dicom-web/studies/{STUDY}/metadata", headers=authorization).status_code == 200
+    assert client.get("/api/stats/totals", headers=authorization).status_code == 200

@@ -10,7 +10,6 @@ import gzip
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,14 +18,11 @@ import httpx
 import pydicom
 import pytest
 import support
-import uvicorn
 from fastapi.testclient import TestClient
-from starlette.requests import Request
 
 from bench.synthetic import ct_series, write_part10
 from dicomcloud.archive.core import Archive
 from dicomcloud.web.app import create_app
-from dicomcloud.web.context import request_origin
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
@@ -129,23 +125,6 @@ def test_tenants_do_not_see_each_other(client: TestClient, tmp_path: Path) -> No
     assert client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}").status_code == 404
 
 
-def _request(host: str, server_port: int, **headers: str) -> Request:
-    raw = [(b"host", host.encode())] + [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    scope = {"type": "http", "scheme": "http", "server": ("10.0.0.5", server_port), "path": "/", "headers": raw}
-    return Request(scope)
-
-
-def test_urls_keep_the_port_a_client_left_out_of_host() -> None:
-    assert request_origin(_request("127.0.0.1", 8042)) == "http://127.0.0.1:8042"
-    assert request_origin(_request("127.0.0.1:9000", 8042)) == "http://127.0.0.1:9000"
-    assert request_origin(_request("pacs.example.org", 80)) == "http://pacs.example.org"
-
-
-def test_urls_behind_a_proxy_trust_its_host_header() -> None:
-    request = _request("pacs.example.org", 8042, x_forwarded_for="192.0.2.1")
-    assert request_origin(request) == "http://pacs.example.org"
-
-
 def test_an_invalid_tenant_is_a_bad_request(client: TestClient) -> None:
     response = client.get("/Bad.Tenant/dicom-web/studies")
     assert response.status_code == 400
@@ -177,15 +156,28 @@ def test_an_unknown_route_uses_the_same_error_shape(client: TestClient) -> None:
     assert "error" in response.json()
 
 
-def test_cors_preflight_allows_viewers_and_exposes_headers(client: TestClient) -> None:
-    response = client.options(
-        "/dicom-web/studies",
-        headers={"Origin": "http://viewer.test", "Access-Control-Request-Method": "GET"},
-    )
+def test_cors_is_off_unless_origins_are_configured(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies", headers={"Origin": "http://viewer.test"})
     assert response.status_code == 200
-    assert response.headers["access-control-allow-origin"] in ("*", "http://viewer.test")
-    simple = client.get("/dicom-web/studies", headers={"Origin": "http://viewer.test"})
-    assert "warning" in simple.headers["access-control-expose-headers"].lower()
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_preflight_allows_configured_viewers_and_exposes_headers(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "data", cors_origins=["http://viewer.test"])
+    try:
+        with TestClient(create_app(archive), base_url="http://archive.test") as client:
+            response = client.options(
+                "/dicom-web/studies",
+                headers={"Origin": "http://viewer.test", "Access-Control-Request-Method": "GET"},
+            )
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] == "http://viewer.test"
+            simple = client.get("/dicom-web/studies", headers={"Origin": "http://viewer.test"})
+            assert "warning" in simple.headers["access-control-expose-headers"].lower()
+            other = client.get("/dicom-web/studies", headers={"Origin": "http://evil.example"})
+            assert "access-control-allow-origin" not in other.headers
+    finally:
+        archive.close()
 
 
 def test_json_is_gzipped_for_clients_that_accept_it(client: TestClient, tmp_path: Path) -> None:
@@ -212,28 +204,6 @@ def test_multipart_dicom_is_never_gzipped(client: TestClient, tmp_path: Path) ->
 # A real server on a socket, for what only a real connection shows
 
 
-class _Server:
-    def __init__(self, archive: Archive) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        config = uvicorn.Config(create_app(archive), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 HUGE_HEAD = (
     b"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     b'Content-Type: multipart/related; type="application/dicom"; boundary=b1\r\n'
@@ -246,7 +216,7 @@ def test_a_client_closing_mid_body_stores_nothing_and_is_logged(
 ) -> None:
     archive = make_archive(tmp_path / "data")
     try:
-        with caplog.at_level(logging.WARNING), _Server(archive) as server:
+        with caplog.at_level(logging.WARNING), support.Serving(archive) as server:
             with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
                 sock.sendall(HUGE_HEAD)
                 sock.shutdown(socket.SHUT_WR)
@@ -265,7 +235,10 @@ def test_a_client_closing_mid_body_stores_nothing_and_is_logged(
 def test_a_stalled_body_times_out_with_408_and_closes(tmp_path: Path) -> None:
     archive = make_archive(tmp_path / "data", body_timeout=0.5)
     try:
-        with _Server(archive) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        with (
+            support.Serving(archive) as server,
+            socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock,
+        ):
             sock.sendall(HUGE_HEAD)
             reply = b""
             while chunk := sock.recv(65536):

@@ -58,6 +58,7 @@ class Retrieve:
     def __init__(self, runtime: Runtime, metadata: SeriesMetadata) -> None:
         self.runtime = runtime
         self.metadata = metadata
+        self._max_decoded_bytes = runtime.settings.limits.max_decoded_frame_bytes
 
     # -- which instances -----------------------------------------------------------------------------
 
@@ -159,11 +160,11 @@ class Retrieve:
 
     def decoded_frame(self, location: InstanceLocation, number: int) -> bytes:
         with self.runtime.storage.open(location.file_path) as stream:
-            return decode_frame(stream, number)
+            return decode_frame(stream, number, max_decoded_bytes=self._max_decoded_bytes)
 
     def encoded_frame(self, location: InstanceLocation, number: int, target_syntax: str) -> bytes:
         with self.runtime.storage.open(location.file_path) as stream:
-            return encode_frame(stream, number, target_syntax)
+            return encode_frame(stream, number, target_syntax, max_decoded_bytes=self._max_decoded_bytes)
 
     def bulkdata(self, location: InstanceLocation, tag_path: str) -> bytes:
         with self.runtime.storage.open(location.file_path) as stream:
@@ -208,4 +209,4 @@ class Retrieve:
 
     def render(self, location: InstanceLocation, frame: int, options: RenderOptions) -> bytes:
         with self.runtime.storage.open(location.file_path) as stream:
-            return render_frame(stream, frame, options)
+            return render_frame(stream, frame, options, max_decoded_bytes=self._max_decoded_bytes)

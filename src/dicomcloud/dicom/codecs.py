@@ -64,13 +64,34 @@ _DECODED_AS_RGB = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "
 _DECODE_ERRORS = (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError, TypeError)
 
 
-def decode_frame(stream: BinaryIO, number: int) -> bytes:
+def decode_frame(stream: BinaryIO, number: int, *, max_decoded_bytes: int | None = None) -> bytes:
     """Frame `number` (1-based) as Explicit VR Little Endian native bytes; see the module docstring."""
     header = _read_header(stream)
+    check_decoded_size(header, max_decoded_bytes)
     arr = _frame_array(stream, header, number)
     if header.get("BitsAllocated") == 1:
         return pack_bits(arr, pad=False)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def decoded_frame_size(header: pydicom.Dataset) -> int:
+    """Bytes one frame takes decoded: rows x columns x samples per pixel x bytes per sample."""
+    try:
+        rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+        samples, bits = int(header.get("SamplesPerPixel") or 1), int(header.get("BitsAllocated") or 8)
+    except (TypeError, ValueError):
+        return 0
+    return rows * columns * samples * ((bits + 7) // 8)
+
+
+def check_decoded_size(header: pydicom.Dataset, max_decoded_bytes: int | None) -> None:
+    """CannotConvert, before anything is decoded, when a frame is larger decoded than `max_decoded_bytes`."""
+    size = decoded_frame_size(header)
+    if max_decoded_bytes is not None and size > max_decoded_bytes:
+        raise CannotConvert(
+            f"a frame of this instance is {size} bytes decoded, more than the {max_decoded_bytes} decoded for one "
+            "request (limits.max_decoded_frame_bytes); ask for it as stored"
+        )
 
 
 def _read_header(stream: BinaryIO) -> pydicom.Dataset:
@@ -181,14 +202,15 @@ def _set_native_pixels(ds: pydicom.Dataset, arr: np.ndarray) -> None:
     ds.set_original_encoding(False, True)
 
 
-def encode_frame(stream: BinaryIO, number: int, target_syntax: str) -> bytes:
+def encode_frame(stream: BinaryIO, number: int, target_syntax: str, *, max_decoded_bytes: int | None = None) -> bytes:
     """Frame `number` (1-based) as a `target_syntax` bitstream, or native bytes for Explicit VR LE."""
     header = _read_header(stream)
+    check_decoded_size(header, max_decoded_bytes)
     meta = getattr(header, "file_meta", None)
     source_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     check_transcodable(source_syntax, target_syntax, header.get("LossyImageCompression") == "01")
     if target_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
-        return decode_frame(stream, number)
+        return decode_frame(stream, number, max_decoded_bytes=max_decoded_bytes)
     arr = _frame_array(stream, header, number)
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     options = dict(_ENCODER_OPTIONS[target_syntax])

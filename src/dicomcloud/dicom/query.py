@@ -117,6 +117,8 @@ QIDO_LEVEL_KEYWORDS: dict[Level, tuple[str, ...]] = {
 
 # Parameters of PS3.18 8.3.3.1 that choose the response's media type; the HTTP layer consumes them.
 NEGOTIATION_PARAMS = frozenset({"accept", "charset"})
+# limit and offset at most what the index holds in an integer (SQL BIGINT, signed 64-bit).
+LARGEST_INTEGER = 2**63 - 1
 # Characters that separate the words of a person name for fuzzy matching (besides spaces).
 PN_WORD_SEPARATORS = "^=,"
 
@@ -272,9 +274,11 @@ def _single_param(name: str, values: Sequence[str]) -> str:
 
 
 def _integer_param(name: str, values: Sequence[str], minimum: int) -> int:
+    """An integer from `minimum` to the largest an index holds (a signed 64-bit integer)."""
     value = _single_param(name, values)
-    if not value.isascii() or not value.isdigit() or int(value) < minimum:
-        raise InvalidInput(f"{name} must be an integer of at least {minimum}, got {value[:80]!r}")
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(LARGEST_INTEGER))
+    if not digits or not minimum <= int(value) <= LARGEST_INTEGER:
+        raise InvalidInput(f"{name} must be an integer from {minimum} to {LARGEST_INTEGER}, got {value[:80]!r}")
     return int(value)
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
 
+from dicomcloud.dicom.codecs import check_decoded_size
 from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 from dicomcloud.errors import InvalidInput, NotFound
 
@@ -87,14 +88,17 @@ def parse_window(text: str) -> Window:
     return Window(center, width, WINDOW_FUNCTIONS[function])
 
 
-def parse_viewport(text: str) -> Viewport:
-    """`vw,vh` or `vw,vh,sx,sy,sw,sh`; empty sx/sy mean 0, empty sw/sh the rest of the image."""
+def parse_viewport(text: str, max_side: int) -> Viewport:
+    """`vw,vh` or `vw,vh,sx,sy,sw,sh`; empty sx/sy mean 0, empty sw/sh the rest of the image. An output
+    wider or taller than `max_side` is refused: its pixels are what a request makes the archive allocate."""
     items = [item.strip() for item in text.split(",")]
     if len(items) not in (2, 6) or not all(item.lstrip("-").isdigit() for item in items[:2]):
         raise InvalidInput(f"viewport={text[:80]!r}: expected vw,vh[,sx,sy,sw,sh] integers")
     width, height = int(items[0]), int(items[1])
     if width < 1 or height < 1:
         raise InvalidInput(f"viewport={text[:80]!r}: vw and vh must be positive")
+    if width > max_side or height > max_side:
+        raise InvalidInput(f"viewport={text[:80]!r}: vw and vh may be at most {max_side}")
     if len(items) == 2:
         return Viewport(width, height)
     region = []
@@ -125,13 +129,16 @@ def _frames(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1) if "Rows" in ds else 0
 
 
-def render_frame(stream: BinaryIO, frame: int, options: RenderOptions) -> bytes:
+def render_frame(
+    stream: BinaryIO, frame: int, options: RenderOptions, *, max_decoded_bytes: int | None = None
+) -> bytes:
     """Frame `frame` (1-based) of the instance, rendered per `options`, as encoded image bytes."""
     stream.seek(0)
     ds = pydicom.dcmread(stream, stop_before_pixels=True)
     frames = _frames(ds)
     if not 1 <= frame <= frames:
         raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else "the instance is not an image")
+    check_decoded_size(ds, max_decoded_bytes)
     # Decoding from the stream seeks to Pixel Data in it, which a deflated object's bytes do not allow.
     stream.seek(0)
     deflated = ds.file_meta.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN

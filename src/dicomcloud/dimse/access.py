@@ -15,7 +15,6 @@ with other content only when its entry says `replace`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pynetdicom import evt
 from dicomcloud.config import DIMSE_OPERATIONS, DimsePeer, Settings
 from dicomcloud.errors import DicomCloudError, OperationRefused
 from dicomcloud.events import DimseRefusal
+from dicomcloud.networks import AddressSet
 from dicomcloud.ports.bus import Bus, Message
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ class AccessControl:
         self.reject_unknown_called_ae = dimse.reject_unknown_called_ae
         self.tenants = {ae_title(title): tenant for title, tenant in dimse.ae_tenants.items()}
         self.peers = {ae_title(title): peer for title, peer in dimse.peers.items()}
-        self._networks = {
-            title: [ipaddress.ip_network(host, strict=False) for host in peer.hosts]
-            for title, peer in self.peers.items()
-        }
+        self._hosts = {title: AddressSet(peer.hosts) for title, peer in self.peers.items()}
 
     def tenant_for(self, called_ae: str) -> str | None:
         """The tenant a called AE title names; None when it names none and unknown ones are refused."""
@@ -102,7 +99,7 @@ class AccessControl:
         peer = self.peers.get(calling)
         if peer is None:
             return Refusal(f"calling AE title {identity.calling_ae!r} is not a known peer", calling=True)
-        if not self._from_its_hosts(calling, identity.address):
+        if identity.address not in self._hosts[calling]:
             return Refusal(f"peer {calling!r} is not allowed from {identity.address}", calling=True)
         if peer.tls_common_name and identity.certificate_common_name != peer.tls_common_name:
             shown = identity.certificate_common_name or "no client certificate"
@@ -112,15 +109,6 @@ class AccessControl:
         if tenant is None or tenant not in allowed:
             return Refusal(f"peer {calling!r} may not reach the tenant of {identity.called_ae!r}", calling=False)
         return Admission(tenant, frozenset(peer.operations), peer.replace)
-
-    def _from_its_hosts(self, calling: str, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._networks[calling])
 
 
 def _tenants(peer: DimsePeer, default_tenant: str) -> set[str]:

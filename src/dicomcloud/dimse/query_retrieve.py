@@ -44,9 +44,10 @@ from dicomcloud.dicom.cfind import (
     query_retrieve_level,
     retrieve_query,
 )
+from dicomcloud.dicom.codecs import check_decoded_size
 from dicomcloud.dicom.uids import NATIVE_SYNTAXES, TransferSyntax
 from dicomcloud.dimse.access import Gate
-from dicomcloud.errors import DicomCloudError
+from dicomcloud.errors import CannotConvert, DicomCloudError
 from dicomcloud.ports.index import InstanceLocation
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,13 @@ class QueryRetrieveSCP:
                 return
             dataset = self.archive.retrieve.dataset(location)
             if accepted is not None and needs_decompression(location, accepted):
-                dataset.decompress(generate_instance_uid=False)
+                try:
+                    check_decoded_size(dataset, self.archive.settings.limits.max_decoded_frame_bytes)
+                except CannotConvert as exc:
+                    # Sent as stored, the peer's missing context fails this sub-operation alone.
+                    log.warning("C-GET of %s not decompressed: %s", location.sop_instance_uid, exc.message)
+                else:
+                    dataset.decompress(generate_instance_uid=False)
             yield STATUS_PENDING, dataset
 
     def _instances(self, tenant: str, identifier: Dataset, model: InformationModel) -> list[InstanceLocation]:

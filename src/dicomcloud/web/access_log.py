@@ -1,9 +1,11 @@
 """The access log: every wado-server request becomes one AccessLog event on the bus (`wado_access_log`).
 
-A pure ASGI middleware, outermost, so it sees the status and the bytes actually sent (after gzip)
-and the route template and path parameters the router matched. It records no header, ever: the
-user is the `sub` an authentication layer leaves in `request.state`, the client the connection's
-peer address. Publishing never touches the request: events go into a bounded buffer that a
+A pure ASGI middleware, outermost but for web/origin.py's, so it sees the status and the bytes actually
+sent (after gzip) and the route template and path parameters the router matched. It records no header,
+ever: the user is the `sub` an authentication layer leaves in `request.state`, the client the address
+web/origin.py decided (the peer, or what a trusted proxy forwarded). Each request is also one unit of
+work for the log: its repeated warnings are summarised in one line (logs.py `repeats_summarised`).
+Publishing never touches the request: events go into a bounded buffer that a
 background thread flushes to the bus; a bus failure is logged and the events kept for the next
 flush, the oldest dropped when the buffer is full.
 """
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.events import AccessLog
+from dicomcloud.logs import repeats_summarised
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.bus import Message as BusMessage
 from dicomcloud.runtime import Runtime
@@ -123,7 +126,8 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         response = ResponseFacts()
         try:
-            await self.app(scope, receive, response.watch(send))
+            with repeats_summarised(f"{scope['method']} {scope['path']}"):
+                await self.app(scope, receive, response.watch(send))
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             self.publisher.submit(self._event(scope, accessed_at, response.status, response.sent, duration_ms))
@@ -170,7 +174,7 @@ def route_template(path: str, params: dict[str, Any]) -> str:
 
 
 def install_access_log(app: FastAPI, runtime: Runtime) -> AccessLogPublisher:
-    """Add the middleware (call after every other middleware, so it is outermost) and its publisher."""
+    """Add the middleware and its publisher: after every middleware but the origin's, so it logs what was sent."""
     settings = runtime.settings
     publisher = AccessLogPublisher(
         runtime.bus, settings.warehouse.access_log_flush_seconds, settings.warehouse.access_log_max_queued

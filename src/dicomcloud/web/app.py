@@ -25,6 +25,8 @@ from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.web.context import use_default_tenant, use_path_tenant
 from dicomcloud.web.http_metrics import HttpMetricsMiddleware
+from dicomcloud.web.origin import TrustedOrigin
+from dicomcloud.web.response_headers import ResponseHeaders
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,18 @@ def create_app(archive: Archive) -> FastAPI:
     for handled in (DicomCloudError, HTTPException, RequestValidationError):
         app.add_exception_handler(handled, _error_response)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=NOT_GZIPPED)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=runtime.settings.http.cors_origins,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-        allow_headers=["*"],
-        expose_headers=EXPOSED_HEADERS,
-    )
+    if runtime.settings.http.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.settings.http.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(ResponseHeaders)
     app.add_middleware(HttpMetricsMiddleware)
-    install_access_log(app, runtime)  # last, so outermost: it sees what was actually sent
+    install_access_log(app, runtime)  # it sees what was actually sent
+    app.add_middleware(TrustedOrigin, settings=runtime.settings.http)  # outermost: everything sees its origin
     return app
 
 

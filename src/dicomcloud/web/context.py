@@ -1,4 +1,5 @@
-"""What a DICOMweb handler needs to know about its request: the archive, the tenant, the base URL.
+"""What a DICOMweb handler needs to know about its request: the archive, the tenant, the base URL
+(web/origin.py decided the origin it starts with; never the client's Host header).
 
 The tenant comes from the URL form that matched (`/dicom-web/…` is the default tenant,
 `/<tenant>/dicom-web/…` names one); a router-level dependency records it before any handler runs.
@@ -58,27 +59,9 @@ def use_path_tenant(request: Request, tenant: str = Path(description="Tenant id"
 
 
 def request_scope(request: Request) -> RequestScope:
-    """The request's scope; the tenant was set by the router's tenant dependency."""
-    archive: Archive = request.app.state.archive
-    public = archive.settings.http.public_url.rstrip("/")
-    return RequestScope(archive, request.state.tenant, (public or request_origin(request)) + request.state.prefix)
-
-
-def request_origin(request: Request) -> str:
-    """Scheme, host and port the client used, plus the ASGI root path; no trailing slash.
-
-    dicomweb-client sends `Host` without the port; on a direct connection (no proxy headers) the
-    port it connected to is put back, so the URLs handed out lead back here. Behind a proxy the
-    Host header stands, and `http.public_url` overrides all of it.
-    """
-    base = request.base_url
-    server = request.scope.get("server")
-    proxied = "x-forwarded-for" in request.headers or "x-forwarded-host" in request.headers
-    if base.port is None and server and not proxied:
-        port = int(server[1] or 0)
-        if port and port != {"https": 443, "http": 80}.get(base.scheme):
-            base = base.replace(port=port)
-    return str(base).rstrip("/")
+    """The request's scope; the tenant was set by the router's tenant dependency, the origin by web/origin.py."""
+    origin = str(request.base_url).rstrip("/")
+    return RequestScope(request.app.state.archive, request.state.tenant, origin + request.state.prefix)
 
 
 Scope = Annotated[RequestScope, Depends(request_scope)]

@@ -38,7 +38,7 @@ from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.web.context import Scope
 from dicomcloud.web.multipart import Part, new_boundary, write_multipart
 from dicomcloud.web.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
-from dicomcloud.web.wado import instance_at, parse_frame_list, series_instances
+from dicomcloud.web.wado import check_frame_list, instance_at, parse_frame_list, series_instances
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,11 @@ def rendering_options(
     request: Request, window: str | None = None, viewport: str | None = None, quality: str | None = None
 ) -> RenderOptions:
     """The `window`, `viewport` and `quality` query parameters and the Accept header, parsed once."""
+    limits = request.app.state.archive.settings.limits
     return RenderOptions(
         media_type=_rendered_media_type(request.headers.get("accept")),
         window=parse_window(window) if window is not None else None,
-        viewport=parse_viewport(viewport) if viewport is not None else None,
+        viewport=parse_viewport(viewport, limits.max_viewport) if viewport is not None else None,
         quality=parse_quality(quality) if quality is not None else None,
     )
 
@@ -141,10 +142,7 @@ def rendered_frames(
     retrieve = scope.archive.retrieve
     location = instance_at(scope, study, series, instance)
     numbers = parse_frame_list(frames)
-    count = _image(retrieve, location)
-    beyond = [n for n in numbers if n > count]
-    if beyond:
-        raise NotFound(f"frame {beyond[0]} is out of range 1-{count}")
+    check_frame_list(numbers, _image(retrieve, location))
     if len(numbers) == 1:
         return _single(retrieve, location, numbers[0], options)
     return _multipart(retrieve, ((location, number) for number in numbers), options)

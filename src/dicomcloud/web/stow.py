@@ -5,8 +5,9 @@ as it arrives, so memory stays flat whatever the body's size. Parts are stored t
 (archive/store.py `store_many`: parse each once, place all in one storage commit and one index
 transaction, one bus publish) only once the closing delimiter has arrived: a body that is cut,
 stalls past `http.body_timeout`, grows past `http.max_stow_bytes` or is malformed stores nothing and
-leaves no staged file, so a client can simply send it again. A 200 means every part is there: a
-retrieve, search or C-FIND sent after it finds them, on any server.
+leaves no staged file, so a client can simply send it again. So does a body that, after
+`http.body_rate_grace` seconds, has averaged less than `http.body_min_rate` bytes a second. A 200
+means every part is there: a retrieve, search or C-FIND sent after it finds them, on any server.
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; none stored -> 409,
 or 400 when every failure is a malformed object, 503 when every failure is the archive's own.
@@ -28,6 +29,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
 from dicomcloud.archive.store import Refused
+from dicomcloud.config import HttpSettings
 from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
 from dicomcloud.errors import DicomCloudError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from dicomcloud.events import StorageEvent
@@ -48,7 +50,7 @@ router = APIRouter(tags=["STOW-RS"])
 
 
 class RequestTimeout(InvalidInput):
-    """The request body stalled longer than `http.body_timeout`."""
+    """The request body stalled longer than `http.body_timeout`, or came slower than `http.body_min_rate`."""
 
     http_status = 408
 
@@ -80,7 +82,7 @@ async def store(scope: RequestScope, request: Request, study: str | None) -> Res
         raise PayloadTooLarge(f"the body declares {declared} bytes; the limit is {settings.max_stow_bytes}")
     spool = _Spool(scope.archive.runtime.storage)
     try:
-        await _receive(request, MultipartParser(boundary), spool, settings.max_stow_bytes, settings.body_timeout)
+        await _receive(request, MultipartParser(boundary), spool, settings)
     except BaseException:
         await to_thread.run_sync(spool.discard)
         raise
@@ -123,13 +125,14 @@ def _boundary(content_type: str | None) -> str:
     return boundary
 
 
-async def _receive(request: Request, parser: MultipartParser, spool: _Spool, limit: int, timeout: float) -> None:
+async def _receive(request: Request, parser: MultipartParser, spool: _Spool, settings: HttpSettings) -> None:
     """Feed the body to the parser and the spool, chunk by chunk, until the closing delimiter."""
     received = 0
     pending: list[PartEvent] = []
     pending_bytes = 0
+    limit = settings.max_stow_bytes
     try:
-        async with aclosing(_chunks(request, timeout)) as chunks:
+        async with aclosing(_chunks(request, settings)) as chunks:
             async for chunk in chunks:
                 received += len(chunk)
                 if received > limit:
@@ -143,9 +146,9 @@ async def _receive(request: Request, parser: MultipartParser, spool: _Spool, lim
             await to_thread.run_sync(spool.apply, pending)
     except ClientDisconnect:
         raise InvalidInput(f"the client disconnected after {received} bytes; nothing stored") from None
-    except TimeoutError:
-        log.warning("STOW body stalled for %.0f s after %d bytes; nothing stored", timeout, received)
-        raise RequestTimeout(f"the request body stalled for {timeout:.0f} s after {received} bytes") from None
+    except RequestTimeout as exc:
+        log.warning("STOW body: %s; nothing stored", exc.message)
+        raise
     try:
         parser.finish()
     except InvalidInput as exc:
@@ -153,15 +156,32 @@ async def _receive(request: Request, parser: MultipartParser, spool: _Spool, lim
         raise InvalidInput(f"truncated request: {exc.message}") from exc
 
 
-async def _chunks(request: Request, timeout: float) -> AsyncGenerator[bytes, None]:
-    """The request body; TimeoutError when no data arrives for `timeout` seconds."""
+async def _chunks(request: Request, settings: HttpSettings) -> AsyncGenerator[bytes, None]:
+    """The request body; RequestTimeout when no data arrives for `http.body_timeout` seconds, or when, after
+    `http.body_rate_grace` seconds, it has averaged less than `http.body_min_rate` bytes a second (a body
+    dripping a byte at a time would otherwise hold the request for ever)."""
+    start = anyio.current_time()
+    received = 0
     async with aclosing(request.stream()) as stream:
         while True:
-            with anyio.fail_after(timeout):
+            now = anyio.current_time()
+            stall_at = now + settings.body_timeout
+            slow_at = start + settings.body_rate_grace + received / settings.body_min_rate
+            with anyio.move_on_after(max(0.0, min(stall_at, slow_at) - now)) as waited:
                 try:
                     chunk = await anext(stream)
                 except StopAsyncIteration:
                     return
+            if waited.cancelled_caught:
+                if stall_at <= slow_at:
+                    stalled = f"{settings.body_timeout:.0f} s after {received} bytes"
+                    raise RequestTimeout(f"the request body stalled for {stalled}")
+                elapsed = anyio.current_time() - start
+                raise RequestTimeout(
+                    f"the request body arrived at {received / elapsed:.0f} bytes/s (the least is "
+                    f"{settings.body_min_rate}) after {received} bytes"
+                )
+            received += len(chunk)
             yield chunk
 
 

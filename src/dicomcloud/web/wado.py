@@ -268,6 +268,16 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
+def check_frame_list(numbers: list[int], count: int) -> None:
+    """A frame list names frames of the instance (404 otherwise), and no more of them than it has (400): a
+    list repeating one frame 20,000 times would make a response 20,000 frames long."""
+    beyond = [n for n in numbers if n > count]
+    if beyond:
+        raise NotFound(f"frame {beyond[0]} is out of range 1-{count}")
+    if len(numbers) > count:
+        raise InvalidInput(f"the frame list names {len(numbers)} frames; the instance has {count}")
+
+
 def _frame_form(part: MediaRange, stored: TransferSyntax) -> tuple[_FrameForm, str] | None:
     """The form and transfer syntax one acceptable part media range asks for, or None if unmet."""
     requested = part.transfer_syntax
@@ -326,9 +336,7 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
     if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
         form = _FrameForm.STORED
     part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
-    beyond = [n for n in numbers if n > frame_index.number_of_frames]
-    if beyond:
-        raise NotFound(f"frame {beyond[0]} is out of range 1-{frame_index.number_of_frames}")
+    check_frame_list(numbers, frame_index.number_of_frames)
 
     def frame(number: int) -> bytes:
         if form is _FrameForm.ENCODED:
