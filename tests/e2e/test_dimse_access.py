@@ -233,3 +233,59 @@ def test_every_refusal_is_in_the_warehouse(secured: Secured) -> None:
         ("MODALITY", "store"),
     }
     wait_until(lambda: expected <= refusals(secured.archive), 60, f"refusals {sorted(expected)} in the warehouse")
+
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def attempt(archive: Archive, calling: str, called: str, operation: str, study: Study) -> str:
+    """What the archive answers `calling` asking `called` for one operation on `study`: "rejected" (no
+    association), "refused" (0x0124) or "done"."""
+    contexts = {
+        "echo": Verification,
+        "store": CT_IMAGE_STORAGE,
+        "find": STUDY_ROOT_FIND,
+        "get": StudyRootQueryRetrieveInformationModelGet,
+    }
+    assoc = associate(archive, calling, called, contexts[operation])
+    if assoc.is_rejected:
+        return "rejected"
+    assert assoc.is_established
+    try:
+        identifier = pydicom.Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study.uid
+        if operation == "echo":
+            statuses = [int(assoc.send_c_echo().Status)]
+        elif operation == "store":
+            statuses = [int(assoc.send_c_store(pydicom.dcmread(study.files[0])).Status)]
+        elif operation == "find":
+            statuses = [int(status.Status) for status, _ in assoc.send_c_find(identifier, STUDY_ROOT_FIND) if status]
+        else:
+            responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+            statuses = [int(status.Status) for status, _ in responses if status]
+    finally:
+        assoc.release()
+    return "refused" if statuses[-1] == STATUS_NOT_AUTHORIZED else "done"
+
+
+@pytest.mark.parametrize("operation", ["echo", "store", "find", "get"])
+@pytest.mark.parametrize("calling", ["MODALITY", "READER_A", "ELSEWHERE", "STRANGER"])
+@pytest.mark.parametrize("called", ["AE_A", "AE_B"])
+def test_the_peer_operation_tenant_matrix(secured: Secured, calling: str, called: str, operation: str) -> None:
+    """Each listed peer does exactly what its entry allows, in exactly its tenants; nobody else does anything.
+    (C-GET is answered "done" when it ran: the peer proposed no storage role, so its sub-operations fail.)"""
+    peer = PEERS.get(calling)
+    tenant = {"AE_A": "tenant-a", "AE_B": "tenant-b"}[called]
+    if peer is None or calling == "ELSEWHERE" or tenant not in peer["tenants"]:
+        expected = "rejected"
+    else:
+        expected = "done" if operation in peer.get("operations", ["echo", "store", "find", "get"]) else "refused"
+    study = secured.a if called == "AE_A" else secured.b
+    assert attempt(secured.archive, calling, called, operation, study) == expected
+
+
+def test_the_startup_log_says_whether_access_control_is_on(secured: Secured, archive: Archive) -> None:
+    assert "access control on: 3 known peer(s)" in secured.archive.log_tail(10_000)
+    assert "access control off: any peer may associate" in archive.log_tail(10_000)
