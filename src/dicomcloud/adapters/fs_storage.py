@@ -12,26 +12,21 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 import shutil
 import stat
-import tempfile
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from dicomcloud.adapters import scratch
 from dicomcloud.errors import InvalidInput, ServiceUnavailable, StorageFailure
-from dicomcloud.ports.storage import ByteRange, ObjectMissing
+from dicomcloud.ports.storage import ByteRange, ObjectMissing, key_parts
 
 # What the OS says when a key names a folder or a path beneath an object: no object either way. (A
 # symlink where an object should be fails to open with ELOOP: a StorageFailure, it is never followed.)
 _NO_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
-SCRATCH_PREFIX = "dicomcloud-"
-SCRATCH_SUFFIX = ".part"
-KEY_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
 COPY_CHUNK = 1024 * 1024
 # A concurrent delete may prune a folder between our mkdir and our rename.
 RENAME_ATTEMPTS = 3
@@ -60,7 +55,7 @@ class FsStorage:
     def _path(self, key: str) -> Path:
         """The file of `key`, refused when it could lie outside the root: its components are checked, its folder
         resolved (once), and reads never follow a symlink in the last component (`_open`)."""
-        path = self.root.joinpath(*_parts(key))
+        path = self.root.joinpath(*key_parts(key))
         if not self._inside_root(path.parent):
             raise InvalidInput(f"storage key leaves its root: {key[:200]!r}")
         return path
@@ -71,14 +66,7 @@ class FsStorage:
     # -- writes ------------------------------------------------------------------------------------
 
     def stage(self) -> BinaryIO:
-        try:
-            fd, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, suffix=SCRATCH_SUFFIX, dir=self.staging)
-        except OSError as exc:
-            raise StorageFailure(f"cannot create a scratch file: {exc}") from exc
-        staged = os.fdopen(fd, "r+b")
-        # Named, so the stream knows where it is (commit renames it; pydicom's deferred reads reopen it by name).
-        staged.raw.name = name  # type: ignore[attr-defined]
-        return staged
+        return scratch.new_file(self.staging)
 
     def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
         sources: list[Path] = []
@@ -221,29 +209,8 @@ class FsStorage:
                 raise ServiceUnavailable(f"storage folder {folder} is missing or not writable")
 
     def sweep_staging(self, older_than_seconds: float) -> int:
-        """Remove scratch files a crash left behind (pynetdicom's received datasets included); how many."""
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        try:
-            with os.scandir(self.staging) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        Path(entry.path).unlink(missing_ok=True)
-                        removed += 1
-        except OSError as exc:
-            raise StorageFailure(f"cannot sweep {self.staging}: {exc}") from exc
-        return removed
-
-
-def _parts(key: str) -> list[str]:
-    """The components of a key, refusing empty keys, `.`/`..` and odd characters."""
-    if not isinstance(key, str) or not key:
-        raise InvalidInput("empty storage key")
-    parts = key.split("/")
-    for part in parts:
-        if part in (".", "..") or not KEY_COMPONENT.fullmatch(part):
-            raise InvalidInput(f"refused storage key: {key[:200]!r}")
-    return parts
+        """Remove scratch files a crash left behind; how many."""
+        return scratch.sweep(self.staging, older_than_seconds)
 
 
 def _no_follow(path: str, flags: int) -> int:

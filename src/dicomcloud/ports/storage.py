@@ -16,12 +16,26 @@ batch of them durable under their keys at once, so a batch costs about what one 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
-from dicomcloud.errors import NotFound
+from dicomcloud.errors import InvalidInput, NotFound
 
 ByteRange = tuple[int, int]  # (offset, length)
+KEY_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def key_parts(key: str) -> list[str]:
+    """The components of a key, refusing empty keys, `.`/`..` and odd characters: every adapter accepts
+    exactly these keys, and none of them can leave the adapter's root."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput("empty storage key")
+    parts = key.split("/")
+    for part in parts:
+        if part in (".", "..") or not KEY_COMPONENT.fullmatch(part):
+            raise InvalidInput(f"refused storage key: {key[:200]!r}")
+    return parts
 
 
 class ObjectMissing(NotFound):
