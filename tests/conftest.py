@@ -12,6 +12,7 @@ import pytest
 
 from dicomcloud.certs import write_pki
 from dicomcloud.stack.kafka import KafkaCluster, start_kafka
+from dicomcloud.stack.seaweedfs import SeaweedFS, start_seaweedfs
 from dicomcloud.stack.servers import Server, start_postgres, start_redis
 
 
@@ -45,6 +46,14 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     cluster = start_kafka(tmp_path_factory.mktemp("kafka"), brokers=1)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One `weed server` process (master, volume server, filer and S3 gateway): an S3 endpoint for contract tests."""
+    weed = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield weed
+    weed.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ stops uvicorn, then the workers finish their current batch and everything is clo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomcloud.config import Settings, load_settings
 from dicomcloud.errors import DicomCloudError, ServiceUnavailable
@@ -33,6 +34,7 @@ from dicomcloud.process import tune_service_process
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.ports.storage import Storage
     from dicomcloud.workers.loop import Batching, Handler
 
 log = logging.getLogger("dicomcloud")
@@ -42,6 +44,8 @@ READY_TIMEOUT = 60.0
 # Staged files older than this at a service's start are what a crash left behind.
 STAGING_SWEEP_AGE = 24 * 3600.0
 WORKER_JOIN_TIMEOUT = 30.0
+# Objects `storage migrate` uploads at once (one commit).
+MIGRATE_BATCH = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stats": "print the warehouse's statistics as tables",
         "certs": "create a CA (or reuse the folder's) and server and client certificates for DICOM TLS and HTTPS",
         "stack": "start or stop the local distributed stack: PostgreSQL, Redis, Kafka, Nginx and every service",
+        "storage": "copy the data folder's objects into the S3 bucket of the settings, resumable and verified",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -80,12 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
             sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
             sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
+        if name == "storage":
+            sub.add_argument("action", choices=("migrate",), help="migrate: copy every object, then verify each")
+            sub.add_argument("--to", choices=("s3",), required=True, help="where to: the bucket of storage.s3")
         if name == "stack":
             sub.add_argument("action", choices=("up", "down"), help="start (returns once all is ready) or stop")
             sub.add_argument("--dir", type=Path, default=Path(".stack"), help="the stack's folder (default: .stack)")
             sub.add_argument("--brokers", type=int, default=3, help="Kafka brokers (default: 3)")
             sub.add_argument("--consumers", type=int, default=2, help="wado-consumers in one group (default: 2)")
             sub.add_argument("--servers", type=int, default=2, help="wado-servers behind Nginx (default: 2)")
+            sub.add_argument(
+                "--storage",
+                choices=("fs", "s3"),
+                default="fs",
+                help="fs: one shared data folder (default); s3: SeaweedFS, each service with a private scratch folder",
+            )
         if name == "certs":
             from dicomcloud.certs import LEAF_DAYS
 
@@ -149,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stats": run_stats,
         "certs": run_certs,
         "stack": run_stack,
+        "storage": run_storage_migrate,
     }
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
@@ -238,11 +253,13 @@ def http_server(archive: Archive) -> Any:
 
 def receive_into_staging(archive: Archive) -> None:
     """Datasets pynetdicom receives for C-STORE land in the storage's staging folder (this process's temp
-    folder), so storing one is a rename, not a copy; what a crash left there a day ago is swept."""
+    folder), so storing one is a rename (files) or an upload from where it was written (S3), not a copy; what a
+    crash left there a day ago is swept."""
     from dicomcloud.adapters.fs_storage import FsStorage
+    from dicomcloud.adapters.s3_storage import S3Storage
 
     storage = archive.runtime.storage
-    if isinstance(storage, FsStorage):
+    if isinstance(storage, FsStorage | S3Storage):
         tempfile.tempdir = str(storage.staging)
         storage.sweep_staging(older_than_seconds=STAGING_SWEEP_AGE)
 
@@ -463,12 +480,13 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
 class Progress:
     """A one-line counter on a terminal; a line every 100 files otherwise (logs, CI)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, unit: str = "files", done: str = "stored", other: str = "failed") -> None:
         self.total = total
         self.tty = sys.stderr.isatty()
+        self.unit, self.done_word, self.other_word = unit, done, other
 
     def show(self, number: int, stored: int, failed: int) -> None:
-        text = f"{number}/{self.total} files, {stored} stored, {failed} failed"
+        text = f"{number}/{self.total} {self.unit}, {stored} {self.done_word}, {failed} {self.other_word}"
         if self.tty:
             sys.stderr.write("\r" + text)
             sys.stderr.flush()
@@ -509,10 +527,17 @@ def run_stats(settings: Settings, args: argparse.Namespace) -> int:
 def run_init(settings: Settings) -> int:
     """Opening the runtime creates the folders and every schema (the PostgreSQL index migrates as it opens);
     on Kafka, every topic is created up front with the configured partitions and replication, so no
-    service's first publish or subscribe creates one with whatever it happened to assume."""
+    service's first publish or subscribe creates one with whatever it happened to assume. On S3, the bucket
+    is created first (the runtime refuses a missing one)."""
     from dicomcloud.adapters.kafka_bus import KafkaBus
     from dicomcloud.runtime import Runtime
 
+    if settings.backends.storage == "s3":
+        from dicomcloud.adapters.s3_storage import create_bucket
+
+        s3 = settings.storage.s3
+        created = create_bucket(s3)
+        print(f"bucket {s3.bucket} at {s3.endpoint or 'AWS S3'}: {'created' if created else 'already there'}")
     runtime = Runtime.from_settings(settings)
     try:
         if isinstance(runtime.bus, KafkaBus):
@@ -538,6 +563,54 @@ def bus_topics() -> list[str]:
     return list(dict.fromkeys([*names, LOG_QUEUE, *dead_letters]))
 
 
+def run_storage_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy every object of the data folder's storage/ into the bucket under the same key, then read both back
+    and compare digests. Resumable: an object already in the bucket with the same size is not sent again (the
+    verification pass still compares its digest). Switch `backends.storage` to s3 once it reports no mismatch."""
+    from dicomcloud.adapters.fs_storage import FsStorage
+    from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
+
+    source = FsStorage(root=settings.data_path / "storage", staging=settings.data_path / "tmp")
+    create_bucket(settings.storage.s3)
+    target = S3Storage(settings.storage.s3, staging=settings.data_path / "tmp")
+    target.verify()
+    keys = source.list("")
+    progress = Progress(len(keys), "objects", "copied", "already there")
+    copied = present = 0
+    batch: list[str] = []
+    for number, key in enumerate(keys, 1):
+        if target.size(key) == source.size(key):
+            present += 1
+        else:
+            batch.append(key)
+        if len(batch) >= MIGRATE_BATCH or number == len(keys):
+            target.commit([(_staged_copy(source, target, key), key) for key in batch])
+            copied += len(batch)
+            batch = []
+        progress.show(number, copied, present)
+    progress.done()
+    mismatched = [key for key in keys if _digest(source, key) != _digest(target, key)]
+    for key in mismatched[:20]:
+        log.error("differs in the bucket: %s", key)
+    print(f"{len(keys)} objects: {copied} copied, {present} already there; verified, {len(mismatched)} differ")
+    return 0 if not mismatched else 1
+
+
+def _staged_copy(source: Storage, target: Storage, key: str) -> BinaryIO:
+    staged = target.stage()
+    with source.open(key) as stream:
+        shutil.copyfileobj(stream, staged, 1024 * 1024)
+    return staged
+
+
+def _digest(storage: Storage, key: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open(key) as stream:
+        while chunk := stream.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def run_stack(settings: Settings, args: argparse.Namespace) -> int:
     """`stack up` returns once every process is ready, printing where things are; `stack down` stops them."""
     from dicomcloud.stack import LocalStack, StackError
@@ -547,7 +620,9 @@ def run_stack(settings: Settings, args: argparse.Namespace) -> int:
             LocalStack.load(args.dir).down()
             print(f"stopped the stack in {args.dir}")
             return 0
-        stack = LocalStack.up(args.dir, brokers=args.brokers, consumers=args.consumers, servers=args.servers)
+        stack = LocalStack.up(
+            args.dir, brokers=args.brokers, consumers=args.consumers, servers=args.servers, storage=args.storage
+        )
     except StackError as exc:
         log.error("stack %s: %s", args.action, exc)
         return 1

@@ -33,13 +33,10 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        from dicomcloud.adapters.fs_storage import FsStorage
-
-        data = settings.data_path
-        data.mkdir(parents=True, exist_ok=True)
+        settings.data_path.mkdir(parents=True, exist_ok=True)
         return cls(
             settings=settings,
-            storage=FsStorage(root=data / "storage", staging=data / "tmp"),
+            storage=open_storage(settings),
             bus=open_bus(settings),
             index=open_index(settings),
             cache=open_cache(settings),
@@ -52,6 +49,24 @@ class Runtime:
             if self._warehouse is not None:
                 self._warehouse.close()
                 self._warehouse = None
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The data folder's `storage/`, or the S3 bucket (refused at once when it rejects the credentials or does
+    not exist). Either way, incoming objects are staged in the data folder's `tmp/`: on S3, a scratch folder of
+    this process only."""
+    data = settings.data_path
+    if settings.backends.storage == "fs":
+        from dicomcloud.adapters.fs_storage import FsStorage
+
+        return FsStorage(root=data / "storage", staging=data / "tmp")
+    if settings.backends.storage == "s3":
+        from dicomcloud.adapters.s3_storage import S3Storage
+
+        storage = S3Storage(settings.storage.s3, staging=data / "tmp")
+        storage.verify()
+        return storage
+    raise ValueError(f"unknown storage backend {settings.backends.storage!r} (fs or s3)")
 
 
 def open_bus(settings: Settings) -> Bus:

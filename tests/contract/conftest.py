@@ -22,6 +22,7 @@ from dicomcloud.adapters.kafka_bus import KafkaBus
 from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.postgres_index import PostgresIndex, migrate
 from dicomcloud.adapters.redis_cache import RedisCache
+from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
 from dicomcloud.adapters.sqlite_bus import SqliteBus
 from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.config import DorisSettings
@@ -31,6 +32,7 @@ from dicomcloud.ports.index import Index
 from dicomcloud.ports.storage import Storage
 from dicomcloud.ports.warehouse import Warehouse
 from dicomcloud.stack.kafka import KafkaCluster
+from dicomcloud.stack.seaweedfs import SeaweedFS
 from dicomcloud.stack.servers import Server
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -142,10 +144,24 @@ def _files_in(folder: Path) -> Callable[[], list[str]]:
     return lambda: sorted(entry.name for entry in folder.iterdir())
 
 
-@pytest.fixture(params=["fs"])
+# The bucket the S3 contract tests share; each test keeps its objects under a key prefix of its own.
+CONTRACT_BUCKET = "contract"
+
+
+@pytest.fixture(params=["fs", "s3"])
 def storage_target(request: pytest.FixtureRequest, tmp_path: Path) -> StorageTarget:
     data = tmp_path / "data"
+    if request.param == "s3":
+        return StorageTarget(s3_storage(request, data / "tmp"), _files_in(data / "tmp"))
     return StorageTarget(FsStorage(root=data / "storage", staging=data / "tmp"), _files_in(data / "tmp"))
+
+
+def s3_storage(request: pytest.FixtureRequest, staging: Path, **changes: Any) -> S3Storage:
+    """An S3Storage on the session's SeaweedFS, under a key prefix no other test uses."""
+    weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+    settings = weed.settings(CONTRACT_BUCKET, key_prefix=f"t{uuid.uuid4().hex[:12]}")
+    create_bucket(settings)
+    return S3Storage(dataclasses.replace(settings, **changes), staging)
 
 
 @pytest.fixture

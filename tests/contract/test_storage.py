@@ -1,25 +1,34 @@
 """The storage port's promises, run against every adapter (conftest.py `storage_target`): keys in, bytes out,
 atomic durable writes, one rule for a missing object, no key leaving the root, no scratch file left behind.
 
-Only the port is used above the line that starts the filesystem adapter's own promises, so an object
-store adapter (S3) joins by adding its param to the fixture.
+Only the port is used above the line that starts the filesystem adapter's own promises; the S3 adapter runs
+them on SeaweedFS's S3 gateway (the session's `weed server`), and its own promises (parts, big ranged reads,
+credentials, timeouts) follow the filesystem adapter's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import obstore
 import pytest
 
-from conftest import StorageTarget
+from conftest import CONTRACT_BUCKET, StorageTarget, s3_storage
 from dicomcloud.adapters.fs_storage import FsStorage
+from dicomcloud.adapters.s3_storage import S3Storage
+from dicomcloud.config import S3Settings
 from dicomcloud.errors import InvalidInput, NotFound, ServiceUnavailable, StorageFailure
 from dicomcloud.ports.storage import ObjectMissing, Storage
+from dicomcloud.stack.seaweedfs import SeaweedFS
+from dicomcloud.stack.servers import free_port
 
 SERIES = "default/1.2.840.1/1.2.840.1.2/"
 KEY = SERIES + "1.2.840.1.2.3.dcm"
@@ -421,3 +430,151 @@ def test_fs_storage_never_reads_an_object_that_is_a_symlink(fs: FsStorage, tmp_p
         fs.read_ranges("default/b.dcm", [(0, 6)])
     assert fs.size("default/b.dcm") is None
     assert fs.read("default/a.dcm") == b"object"
+
+
+# -- the S3 adapter's own promises, beyond the port (on the session's SeaweedFS) ------------------
+
+
+@pytest.fixture
+def s3(request: pytest.FixtureRequest, tmp_path: Path) -> S3Storage:
+    return s3_storage(request, tmp_path / "tmp")
+
+
+def test_s3_storage_uploads_a_large_object_in_parts_and_reads_it_back_whole(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    storage = s3_storage(request, tmp_path / "tmp", multipart_threshold=5 * 1024**2, multipart_chunk=5 * 1024**2)
+    data = os.urandom(13 * 1024**2)
+    put(storage, KEY, data)
+    etag = obstore.head(storage._store, KEY)["e_tag"] or ""
+    assert etag.strip('"').endswith("-3"), f"not a 3-part multipart upload: ETag {etag}"
+    assert storage.read(KEY) == data
+    assert storage.size(KEY) == len(data)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_s3_storage_reads_ranges_and_a_stream_of_a_big_object_without_reading_all_of_it(s3: S3Storage) -> None:
+    data = os.urandom(24 * 1024**2)
+    put(s3, KEY, data)
+    ranges = [(len(data) - 100, 100), (0, 132), (12 * 1024**2, 64 * 1024), (12 * 1024**2 + 70_000, 10)]
+    assert s3.read_ranges(KEY, ranges) == [data[o : o + n] for o, n in ranges]
+    with s3.open(KEY) as stream:
+        assert stream.seek(0, os.SEEK_END) == len(data)
+        stream.seek(20 * 1024**2)
+        buffer = bytearray(4 * 1024**2)
+        assert stream.readinto(buffer) == len(buffer)
+        assert buffer == data[20 * 1024**2 : 24 * 1024**2]
+        stream.seek(7)
+        assert stream.read(5) == data[7:12]
+
+
+def test_s3_storage_stream_fails_rather_than_mixing_an_object_replaced_while_it_is_read(s3: S3Storage) -> None:
+    put(s3, KEY, b"A" * (3 * 1024**2))
+    with s3.open(KEY) as stream:
+        assert stream.read(10) == b"A" * 10
+        s3.write(KEY, b"B" * (3 * 1024**2))
+        stream.seek(2 * 1024**2)
+        with pytest.raises(StorageFailure, match="replaced"):
+            stream.read(10)
+
+
+def test_s3_storage_uploads_a_file_received_into_its_scratch_folder_and_removes_it(s3: S3Storage) -> None:
+    """pynetdicom writes a C-STORE's dataset to the process's temp folder, which the SCP points at the scratch
+    folder: it is uploaded from there, not copied first, and gone once stored."""
+    received = s3.staging / "tmpreceived.dcm"
+    received.write_bytes(b"received dataset")
+    with received.open("rb") as stream:
+        s3.commit([(stream, "t/1.2/1.3/1.4.dcm")])
+    assert not received.exists()
+    assert s3.read("t/1.2/1.3/1.4.dcm") == b"received dataset"
+
+
+def test_s3_storage_uploads_a_stream_without_a_file_through_a_scratch_copy_it_then_removes(s3: S3Storage) -> None:
+    s3.commit([(io.BytesIO(b"in memory"), KEY)])
+    assert s3.read(KEY) == b"in memory"
+    assert list(s3.staging.iterdir()) == []
+
+
+def test_s3_storage_keeps_each_key_prefix_to_itself(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    first, second = s3_storage(request, tmp_path / "a"), s3_storage(request, tmp_path / "b")
+    put(first, KEY, b"first")
+    put(second, KEY, b"second")
+    assert (first.read(KEY), second.read(KEY)) == (b"first", b"second")
+    assert first.list("") == second.list("") == [KEY]
+    first.delete([KEY])
+    assert (first.size(KEY), second.read(KEY)) == (None, b"second")
+
+
+def test_s3_storage_refuses_wrong_credentials_with_a_clear_message(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    storage = s3_storage(request, tmp_path / "tmp", secret_access_key="not-the-secret")
+    with pytest.raises(StorageFailure, match="SignatureDoesNotMatch") as refused:
+        storage.verify()
+    assert "not-the-secret" not in refused.value.message
+    with pytest.raises(ServiceUnavailable):
+        storage.ping()
+    with pytest.raises(StorageFailure):
+        storage.write(KEY, b"x")
+
+
+def test_s3_storage_refuses_a_bucket_that_does_not_exist_and_names_the_command_that_creates_it(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    storage = S3Storage(seaweedfs.settings("no-such-bucket"), tmp_path / "tmp")
+    with pytest.raises(StorageFailure, match="dicomcloud init"):
+        storage.verify()
+
+
+def test_s3_storage_reads_credentials_from_an_aws_credentials_file(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    keys = seaweedfs.credentials
+    file = tmp_path / "credentials"
+    file.write_text(f"[archive]\naws_access_key_id = {keys.access_key}\naws_secret_access_key = {keys.secret_key}\n")
+    settings = dataclasses.replace(
+        seaweedfs.settings(CONTRACT_BUCKET, key_prefix="from-file"),
+        access_key_id="",
+        secret_access_key="",
+        credentials_file=str(file),
+        profile="archive",
+    )
+    storage = S3Storage(settings, tmp_path / "tmp")
+    storage.verify()
+    storage.write(KEY, b"x")
+    assert storage.read(KEY) == b"x"
+
+
+def test_s3_storage_fails_within_its_timeout_when_the_store_stops_answering_and_works_again_after(
+    request: pytest.FixtureRequest, seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    storage = s3_storage(request, tmp_path / "tmp", timeout=2.0, max_retries=1)
+    put(storage, KEY, b"before")
+    (server,) = seaweedfs.servers.values()
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageFailure):
+            put(storage, OTHER, b"while stopped")
+        with pytest.raises(StorageFailure):
+            storage.read(KEY)
+        with pytest.raises(ServiceUnavailable):
+            storage.ping()
+        assert time.monotonic() - started < 3 * 2 * 2.0 + 5
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert storage.read(KEY) == b"before"
+    put(storage, OTHER, b"after")
+    assert storage.read(OTHER) == b"after"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_s3_storage_is_down_as_a_storage_failure_when_nothing_listens(tmp_path: Path) -> None:
+    settings = S3Settings(
+        endpoint=f"http://127.0.0.1:{free_port()}", bucket="b", access_key_id="k", secret_access_key="s", timeout=2
+    )
+    storage = S3Storage(settings, tmp_path / "tmp")
+    storage.verify()  # a store that does not answer yet does not stop a service from starting
+    with pytest.raises(StorageFailure):
+        put(storage, KEY, b"x")
+    with pytest.raises(ServiceUnavailable):
+        storage.ping()
+    assert list((tmp_path / "tmp").iterdir()) == []

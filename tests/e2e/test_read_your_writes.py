@@ -1,8 +1,9 @@
 """An acknowledgement means "there": right after a STOW-RS 200 or a C-STORE success, with no sleep and no
 retry, the instance is retrieved by WADO-RS, listed in its series metadata and in QIDO-RS instances of
 its series, counted by QIDO-RS of its study, and found by C-FIND; right after a DELETE, it is gone from
-every one of those answers. Shown on the embedded archive (`dicomcloud up`) and on the distributed stack
-(two wado-servers behind Nginx, three Kafka brokers), there through Nginx and on each wado-server alike.
+every one of those answers. Shown on the embedded archive (`dicomcloud up`), on the distributed stack
+(two wado-servers behind Nginx, three Kafka brokers), there through Nginx and on each wado-server alike, and
+on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no two services share a folder.
 
 Real clients: dicomweb-client for DICOMweb, pynetdicom for C-STORE and C-FIND.
 """
@@ -72,11 +73,23 @@ def stack() -> Iterator[Target]:
         )
 
 
-@pytest.fixture(params=["embedded", "stack"])
+@pytest.fixture(scope="module")
+def s3_stack() -> Iterator[Target]:
+    """The stack with `--storage s3`: objects in SeaweedFS, each service with a private scratch folder."""
+    with full_stack("read-your-writes-s3", storage="s3", brokers=1) as local:
+        yield Target(
+            send=local.dicomweb,
+            reads=[local.dicomweb, *local.server_urls],
+            dimse=local.dimse,
+            ca_file=local.ca_file,
+        )
+
+
+@pytest.fixture(params=["embedded", "stack", "s3 stack"])
 def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "stack":
+    if request.param != "embedded":
         request.applymarker(pytest.mark.stack)
-    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+    return request.getfixturevalue(request.param.replace(" ", "_"))  # type: ignore[no-any-return]
 
 
 @pytest.fixture

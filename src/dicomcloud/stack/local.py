@@ -1,8 +1,11 @@
 """`dicomcloud stack up/down`: the distributed archive on one machine, on the real servers.
 
-PostgreSQL, Redis and a KRaft Kafka cluster start first (side by side), then `dicomcloud init` creates the
-topics and migrates the index, then every service runs as its own process: wado-storescp, N consumers in
-one group, the webworker, the transcoder and N wado-servers behind Nginx. Everything listens on 127.0.0.1
+PostgreSQL, Redis and a KRaft Kafka cluster start first (side by side; with `storage="s3"` also SeaweedFS:
+a master, two volume servers with replication 001, a filer and the S3 gateway), then `dicomcloud init` creates
+the topics, migrates the index (and creates the bucket), then every service runs as its own process:
+wado-storescp, N consumers in one group, the webworker, the transcoder and N wado-servers behind Nginx. On
+files the services share the stack's data folder; on S3 each one has a private scratch folder and there is no
+shared data folder, so no node can read another's disk. Everything listens on 127.0.0.1
 on free ports, runs in its own session (it outlives `stack up`; a terminal's Ctrl-C does not reach it) and
 keeps its data and logs under the stack's folder. `stack.json` there names every endpoint and process, so
 another process (`stack down`, a test) attaches with `LocalStack.load` and stops or restarts any one of
@@ -31,6 +34,8 @@ from typing import Any
 import dicomcloud
 from dicomcloud.certs import write_pki
 from dicomcloud.stack.kafka import KafkaCluster, KafkaNode, kafka_libs, registered_brokers, start_kafka
+from dicomcloud.stack.seaweedfs import S3_REGION, S3Credentials, start_seaweedfs
+from dicomcloud.stack.seaweedfs import healthy as weed_healthy
 from dicomcloud.stack.servers import (
     STOP_TIMEOUT,
     NginxSite,
@@ -57,8 +62,14 @@ ROOT_PATH = "/dicom-web"
 # Services import the whole package and connect to three servers before they are ready: slow on a busy machine.
 SERVICE_READY_TIMEOUT = 180.0
 # What `up` writes under the stack's folder: removed when a stopped stack's folder is reused.
-PARTS = ("postgres", "redis", "kafka", "nginx", "certs", "config", "data", "logs", STACK_FILE)
-INFRASTRUCTURE = ("postgres", "redis", "kafka", "nginx")
+PARTS = ("postgres", "redis", "kafka", "seaweedfs", "nginx", "certs", "config", "data", "scratch", "logs", STACK_FILE)
+INFRASTRUCTURE = ("postgres", "redis", "kafka", "seaweedfs", "nginx")
+STORAGES = ("fs", "s3")
+# The bucket of a stack on S3, and how many volume servers hold its objects (replication 001: two copies).
+BUCKET = "dicomcloud"
+VOLUME_SERVERS = 2
+WEED_STOP_ORDER = ("s3", "filer", "volume", "master")
+_S3_NOTE = {"fs": "", "s3": " and SeaweedFS (master, 2 volume servers, filer, S3 gateway)"}
 # Seconds a stopped process's parent gets to reap it before `kill` returns anyway.
 ZOMBIE_GRACE = 5.0
 # How each kind of process is asked to stop: PostgreSQL's "fast" shutdown; SIGTERM for the rest.
@@ -76,6 +87,8 @@ class Component:
     pid: int | None = None
     # The service's own settings (`DICOMCLOUD_*`) and import path, on top of the caller's environment.
     env: dict[str, str] = field(default_factory=dict)
+    # Where it runs (a weed process reads its config files from `.`); None: wherever the stack was started.
+    cwd: str | None = None
 
 
 @dataclass
@@ -91,32 +104,41 @@ class LocalStack:
     redis_url: str
     kafka_bootstrap: str
     components: dict[str, Component] = field(default_factory=dict)
+    # `fs`: the shared data folder's storage/; `s3`: the bucket `BUCKET` at `s3_endpoint` (SeaweedFS's S3 gateway).
+    storage: str = "fs"
+    s3_endpoint: str = ""
 
     # -- starting and attaching ------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, folder: Path, *, brokers: int = 3, consumers: int = 2, servers: int = 2) -> LocalStack:
-        """Start the whole stack in `folder` (installing missing Debian packages, fetching Kafka's jars);
-        returns once every process is ready.
+    def up(
+        cls, folder: Path, *, brokers: int = 3, consumers: int = 2, servers: int = 2, storage: str = "fs"
+    ) -> LocalStack:
+        """Start the whole stack in `folder` (installing missing Debian packages, fetching Kafka's jars, building
+        SeaweedFS for `storage="s3"`); returns once every process is ready.
 
         A folder holding a stopped stack is reused (its data is removed first); one with a running stack
         is refused. If anything fails to start, everything already started is stopped again."""
         if min(brokers, consumers, servers) < 1:
             raise StackError("a stack needs at least one broker, one consumer and one server")
+        if storage not in STORAGES:
+            raise StackError(f"unknown storage {storage!r} ({' or '.join(STORAGES)})")
         folder = folder.resolve()
         _clear(folder)
         install_missing()
-        for part in ("config", "logs", "data"):
+        for part in ("config", "logs", "data" if storage == "fs" else "scratch"):
             (folder / part).mkdir(parents=True, exist_ok=True)
         write_pki(folder / "certs", hosts=["localhost", HOST], clients=[])
-        log.info("starting PostgreSQL, Redis and %d Kafka brokers in %s", brokers, folder)
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        log.info("starting PostgreSQL, Redis, %d Kafka brokers%s in %s", brokers, _S3_NOTE[storage], folder)
+        with ThreadPoolExecutor(max_workers=4) as pool:
             futures: list[Future[Any]] = [
                 pool.submit(start_postgres, folder / "postgres"),
                 pool.submit(start_redis, folder / "redis"),
                 pool.submit(start_kafka, folder / "kafka", brokers),
             ]
-            pg, rd, cluster = _started(*futures)
+            if storage == "s3":
+                futures.append(pool.submit(start_seaweedfs, folder / "seaweedfs", VOLUME_SERVERS))
+            pg, rd, cluster, *weed = _started(*futures)
         https_port, dimse_port = free_port(), free_port()
         http_ports = [free_port() for _ in range(servers)]
         stack = cls(
@@ -128,6 +150,7 @@ class LocalStack:
             postgres_dsn=pg.url,
             redis_url=rd.url,
             kafka_bootstrap=cluster.bootstrap,
+            storage=storage,
         )
         stack.components["postgres"] = _recorded("postgres", pg, {"postgres": pg.port})
         stack.components["redis"] = _recorded("redis", rd, {"redis": rd.port})
@@ -135,9 +158,15 @@ class LocalStack:
             assert node.server is not None
             ports = {"broker": node.broker_port, "controller": node.controller_port}
             stack.components[f"kafka-{node.node_id}"] = _recorded("kafka", node.server, ports)
+        s3_credentials = None
+        for seaweedfs in weed:
+            stack.s3_endpoint, s3_credentials = seaweedfs.endpoint, seaweedfs.credentials
+            for name, server in seaweedfs.servers.items():
+                stack.components[name] = _recorded("seaweedfs", server, {"http": server.port})
+                stack.components[name].cwd = str(server.folder)
         try:
             stack._save()
-            stack._write_settings(brokers)
+            stack._write_settings(brokers, s3_credentials)
             log.info("creating the topics and the index schema (dicomcloud init)")
             stack._init()
             stack._start_nginx(https_port, http_ports)
@@ -167,6 +196,8 @@ class LocalStack:
             redis_url=data["redis"],
             kafka_bootstrap=data["kafka"],
             components={name: Component(**value) for name, value in data["services"].items()},
+            storage=data.get("storage", "fs"),
+            s3_endpoint=data.get("s3_endpoint", ""),
         )
 
     # -- the public handles ----------------------------------------------------------------------------
@@ -203,9 +234,12 @@ class LocalStack:
         self._wait_ready([name], SERVICE_READY_TIMEOUT)
 
     def down(self) -> None:
-        """Stop everything by pid: the services first, then Nginx, Kafka, Redis and PostgreSQL."""
+        """Stop everything by pid: the services first, then Nginx, Kafka, SeaweedFS, Redis and PostgreSQL."""
         order = [[n for n, c in self.components.items() if c.kind not in INFRASTRUCTURE]]
         order += [[n for n, c in self.components.items() if c.kind == kind] for kind in ("nginx", "kafka")]
+        # SeaweedFS from the gateway down to the master: stopped together, they wait ~20 s for the master.
+        weed = [n for n, c in self.components.items() if c.kind == "seaweedfs"]
+        order += [[n for n in weed if n.startswith(f"seaweedfs-{part}")] for part in WEED_STOP_ORDER]
         order += [["redis"], ["postgres"]]
         for names in order:
             self._stop([name for name in names if name in self.components], _stop_signal(self.components))
@@ -218,12 +252,13 @@ class LocalStack:
             f"DIMSE     {ae_title}@{host}:{port}",
             f"servers   {' '.join(self.server_urls)}",
             f"kafka     {self.kafka_bootstrap}",
+            *([f"s3        {self.s3_endpoint} bucket {BUCKET}"] if self.storage == "s3" else []),
             f"redis     {self.redis_url}",
             f"postgres  DSN in {self.folder / STACK_FILE}",
         ]
         for name, component in self.components.items():
             ports = " ".join(f"{kind}={number}" for kind, number in component.ports.items())
-            lines.append(f"{name:<12} pid {component.pid}  {ports}  log {component.log}")
+            lines.append(f"{name:<18} pid {component.pid}  {ports}  log {component.log}")
         return "\n".join(lines)
 
     # -- inside --------------------------------------------------------------------------------------
@@ -241,6 +276,7 @@ class LocalStack:
             "redis": lambda: redis_answers(self.redis_url),
             "kafka": lambda: registered_brokers(f"{HOST}:{ports['broker']}") > 0,
             "nginx": lambda: accepts(HOST, ports["https"]),
+            "seaweedfs": lambda: weed_healthy(ports["http"]),
         }
         return checks.get(component.kind, lambda: service_ready(ports["ops"]))
 
@@ -288,13 +324,21 @@ class LocalStack:
             if pending:
                 time.sleep(0.2)
 
-    def _settings(self, brokers: int) -> dict[str, Any]:
+    def _settings(self, brokers: int, s3_credentials: S3Credentials | None) -> dict[str, Any]:
         _, dimse_port, ae_title = self.dimse
+        storage: dict[str, Any] = {"data_dir": str(self.folder / "data")}
+        if s3_credentials is not None:
+            # No shared data folder: each process gets its own scratch folder (DICOMCLOUD_STORAGE__DATA_DIR).
+            storage = {"s3": {
+                "endpoint": self.s3_endpoint, "bucket": BUCKET, "region": S3_REGION,
+                "access_key_id": s3_credentials.access_key, "secret_access_key": s3_credentials.secret_key,
+            }}  # fmt: skip
         return {
             "http": {"host": HOST, "root_path": ROOT_PATH},
             "dimse": {"host": HOST, "port": dimse_port, "ae_title": ae_title},
-            "storage": {"data_dir": str(self.folder / "data")},
+            "storage": storage,
             "backends": {
+                "storage": self.storage,
                 "bus": "kafka",
                 "index": "postgres",
                 "cache": "redis",
@@ -310,17 +354,20 @@ class LocalStack:
             "ops": {"host": HOST},
         }
 
-    def _write_settings(self, brokers: int) -> None:
+    def _write_settings(self, brokers: int, s3_credentials: S3Credentials | None) -> None:
         path = self.folder / "config" / f"application.{ENV_NAME}.json"
-        _write_private(path, json.dumps(self._settings(brokers), indent=2) + "\n")
+        _write_private(path, json.dumps(self._settings(brokers, s3_credentials), indent=2) + "\n")
 
-    def _service_env(self, extra: dict[str, str]) -> dict[str, str]:
+    def _service_env(self, extra: dict[str, str], name: str) -> dict[str, str]:
+        """A service's environment: the stack's settings, and on S3 a scratch folder of its own."""
         package_root = str(Path(dicomcloud.__file__).resolve().parents[1])
         python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH", "")]))
+        scratch = {"DICOMCLOUD_STORAGE__DATA_DIR": str(self.folder / "scratch" / name)} if self.storage == "s3" else {}
         return {
             "DICOMCLOUD_ENV": ENV_NAME,
             "DICOMCLOUD_CONFIG_DIR": str(self.folder / "config"),
             "PYTHONPATH": python_path,
+            **scratch,
             **extra,
         }
 
@@ -330,7 +377,11 @@ class LocalStack:
         command = [sys.executable, "-m", "dicomcloud", "init", "--log-format", "json"]
         with output.open("ab") as out:
             result = subprocess.run(
-                command, env=_environment(self._service_env({})), stdout=out, stderr=subprocess.STDOUT, check=False
+                command,
+                env=_environment(self._service_env({}, "init")),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if result.returncode != 0:
             raise StackError(f"dicomcloud init failed ({result.returncode}); see {output}:\n{_tail(str(output))}")
@@ -365,7 +416,7 @@ class LocalStack:
                 ports=ports,
                 command=[sys.executable, "-m", "dicomcloud", kind, "--log-format", "json"],
                 log=str(self.folder / "logs" / f"{name}.log"),
-                env=self._service_env(env),
+                env=self._service_env(env, name),
             )
             component.pid = _spawn(component)
             self.components[name] = component
@@ -384,6 +435,8 @@ class LocalStack:
             "postgres": self.postgres_dsn,
             "redis": self.redis_url,
             "kafka": self.kafka_bootstrap,
+            "storage": self.storage,
+            "s3_endpoint": self.s3_endpoint,
             "services": {name: asdict(component) for name, component in self.components.items()},
         }
         _write_private(self.folder / STACK_FILE, json.dumps(data, indent=2) + "\n")
@@ -452,6 +505,7 @@ def _spawn(component: Component) -> int:
     with open(component.log, "ab") as out:
         process = subprocess.Popen(
             component.command,
+            cwd=component.cwd,
             env=_environment(component.env),
             stdout=out,
             stderr=subprocess.STDOUT,
