@@ -135,6 +135,43 @@ def test_json_accepts_are_served(client: TestClient, accept: str) -> None:
     assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 200
 
 
-def test_other_accepts_are_406(client: TestClient) -> None:
-    response = client.get("/dicom-web/studies", headers={"Accept": "application/dicom+xml"})
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/dicom+xml",
+        "toto",
+        "application/dicom+json; charset=ISO-8859-1",
+        "application/dicom+json; q=0, image/png",
+    ],
+)
+def test_accepts_with_nothing_acceptable_are_406(client: TestClient, accept: str) -> None:
+    response = client.get("/dicom-web/studies", headers={"Accept": accept})
     assert response.status_code == 406
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "toto, application/dicom+json",
+        "application/json",
+        "image/png, application/json;q=0.5",
+        "application/dicom+json; charset=utf-8",
+        "application/dicom+json; charset=ISO-8859-1, application/dicom+json; charset=UTF-8; q=0.2",
+    ],
+)
+def test_dicom_json_is_served_for_any_list_that_accepts_it(client: TestClient, accept: str) -> None:
+    response = client.get("/dicom-web/studies", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+
+
+@pytest.mark.parametrize("accept", ["application/dicom+json; q=high", 'application/dicom+json; x="open'])
+def test_an_accept_header_that_cannot_be_read_is_400(client: TestClient, accept: str) -> None:
+    assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 400
+
+
+def test_the_accept_query_parameter_is_read_instead_of_the_header(client: TestClient) -> None:
+    headers = {"Accept": "image/png"}
+    assert client.get("/dicom-web/studies", headers=headers).status_code == 406
+    response = client.get("/dicom-web/studies", params={"accept": "application/dicom+json"}, headers=headers)
+    assert response.status_code == 200

@@ -28,7 +28,7 @@ from dicomcloud.archive.search import Match
 from dicomcloud.dicom.dicomjson import KeywordEncoder, dumps
 from dicomcloud.dicom.query import QIDO_LEVEL_KEYWORDS, Level, Query, parse_qido
 from dicomcloud.web.context import RequestScope, Scope, path_uid
-from dicomcloud.web.negotiation import json_media_type
+from dicomcloud.web.negotiation import negotiate_json
 
 MAX_RESULTS = 10_000
 LIMIT_WARNING = (
@@ -78,7 +78,7 @@ def search_series_instances(request: Request, scope: Scope, study: str, series: 
 def search(
     scope: RequestScope, request: Request, level: Level, *, study: str | None = None, series: str | None = None
 ) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     params: dict[str, list[str]] = defaultdict(list)
     for name, value in request.query_params.multi_items():
         params[name].append(value)

@@ -31,7 +31,7 @@ from fastapi.responses import StreamingResponse
 from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
 from dicomcloud.dicom.dicomjson import parse_tag_path
-from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
+from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
 from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import Storage
@@ -40,8 +40,9 @@ from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, 
 from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
+    accept_of,
     format_media_type,
-    json_media_type,
+    negotiate_json,
     parse_accept,
 )
 
@@ -127,7 +128,7 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
 
 
 def _dicom_response(scope: RequestScope, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
-    ranges = parse_accept(request.headers.get("accept"))
+    ranges = parse_accept(accept_of(request))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
     stored = scope.archive.retrieve.stored(locations, target)
     storage = scope.archive.runtime.storage
@@ -201,7 +202,7 @@ def _pieces(storage: Storage, instance: StoredInstance, lead: bytes, tail: bytes
 
 @router.get("/studies/{study}/metadata", summary="Retrieve study metadata")
 def study_metadata(request: Request, scope: Scope, study: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     locations = series_instances(scope, study)
     bodies = []
     for study_uid, series in dict.fromkeys((loc.study_instance_uid, loc.series_instance_uid) for loc in locations):
@@ -215,7 +216,7 @@ def study_metadata(request: Request, scope: Scope, study: str) -> Response:
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
 def series_metadata(request: Request, scope: Scope, study: str, series: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
     doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study, series))
@@ -226,7 +227,7 @@ def series_metadata(request: Request, scope: Scope, study: str, series: str) -> 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
 def instance_metadata(request: Request, scope: Scope, study: str, series: str, instance: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
     sop = path_uid(instance, "SOPInstanceUID")
@@ -244,15 +245,6 @@ class _FrameForm(enum.Enum):
     STORED = "stored"  # as stored: compressed bitstreams, or native little endian
     UNCOMPRESSED = "uncompressed"  # native little endian, decoded if stored compressed
     ENCODED = "encoded"  # decoded, then encoded in another compressed transfer syntax
-
-
-# The syntax a frame media type means when no transfer-syntax is named (PS3.18 Table 8.7.3-5's
-# defaults), for the media types this archive can encode.
-_FRAME_DEFAULT_SYNTAX = {
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-}
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -296,7 +288,7 @@ def _frame_form(part: MediaRange, stored: TransferSyntax) -> tuple[_FrameForm, s
     compressed = stored_media not in (None, OCTET_STREAM)
     if compressed and part.matches(str(stored_media)) and requested in (None, "*", served_syntax):
         return _FrameForm.STORED, served_syntax
-    target = _FRAME_DEFAULT_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
+    target = DEFAULT_FRAME_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
     if target is None or target not in TRANSCODE_TARGETS:
         return None
     target_media = TransferSyntax(target).frame_media_type
@@ -332,7 +324,7 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
     stored = frame_index.transfer_syntax
     if stored.frame_media_type is None:
         raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
-    form, part_syntax = _select_frame_form(parse_accept(request.headers.get("accept")), stored)
+    form, part_syntax = _select_frame_form(parse_accept(accept_of(request)), stored)
     if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
         form = _FrameForm.STORED
     part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
@@ -374,7 +366,7 @@ def retrieve_bulkdata(
 ) -> Response:
     location = instance_at(scope, study, series, instance)
     parse_tag_path(tag_path)
-    _select_bulkdata(parse_accept(request.headers.get("accept")))
+    _select_bulkdata(parse_accept(accept_of(request)))
     value = scope.archive.retrieve.bulkdata(location, tag_path)
     url = scope.instance_url(location.study_instance_uid, location.series_instance_uid, location.sop_instance_uid)
     headers = {

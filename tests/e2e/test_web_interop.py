@@ -1,0 +1,74 @@
+"""How real DICOMweb clients negotiate, query and retrieve (issue 16): dicomweb-client (Python) against the archive."""
+
+from __future__ import annotations
+
+import httpx
+import pydicom
+import pytest
+
+from bench.synthetic import ct_series, multiframe, write_part10
+
+from .conftest import Archive
+from .dicom_clients import stow
+
+pytestmark = pytest.mark.e2e
+
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
+
+
+@pytest.fixture(scope="module")
+def study(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> list[pydicom.Dataset]:
+    """A CT series and a multi-frame image in one study."""
+    folder = tmp_path_factory.mktemp("interop")
+    datasets = list(ct_series(3, rows=32, columns=32, patient_id="INTEROP-16", patient_name="Interop^Web"))
+    mf = multiframe(3, rows=64, columns=64)
+    mf.StudyInstanceUID, mf.PatientID, mf.PatientName = datasets[0].StudyInstanceUID, "INTEROP-16", "Interop^Web"
+    datasets.append(mf)
+    parts = []
+    for i, ds in enumerate(datasets):
+        write_part10(ds, folder / f"{i}.dcm")
+        parts.append((folder / f"{i}.dcm").read_bytes())
+    assert stow(archive.dicomweb_url(), parts).status_code == 200
+    return datasets
+
+
+def test_dicomweb_client_negotiates_frames_and_instances(archive: Archive, study: list[pydicom.Dataset]) -> None:
+    client = archive.client()
+    mf = study[-1]
+    uids = (mf.StudyInstanceUID, mf.SeriesInstanceUID, mf.SOPInstanceUID)
+    (jls,) = client.retrieve_instance_frames(*uids, frame_numbers=[2], media_types=(("image/jls", JPEG_LS),))
+    assert jls[:2] == b"\xff\xd8"  # a JPEG-LS bitstream, encoded from the stored native frame
+    (native,) = client.retrieve_instance_frames(*uids, frame_numbers=[2])
+    assert native == mf.pixel_array[1].tobytes()
+    rle = client.retrieve_instance(*uids, media_types=(("application/dicom", RLE),))
+    assert rle.file_meta.TransferSyntaxUID == RLE
+    assert (rle.pixel_array == mf.pixel_array).all()
+    metadata = client.retrieve_series_metadata(mf.StudyInstanceUID, mf.SeriesInstanceUID)
+    assert metadata[0]["00080018"]["Value"] == [mf.SOPInstanceUID]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "toto, application/dicom+json",
+        "application/json",
+        "text/html, */*;q=0.1",
+        "application/dicom+json; charset=utf-8",
+    ],
+)
+def test_an_accept_list_is_read_as_ps3_18_says(archive: Archive, study: list[pydicom.Dataset], accept: str) -> None:
+    response = httpx.get(
+        f"{archive.dicomweb_url()}/studies", params={"PatientID": "INTEROP-16"}, headers={"Accept": accept}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    assert [s["0020000D"]["Value"] for s in response.json()] == [[study[0].StudyInstanceUID]]
+
+
+def test_nothing_acceptable_is_406_and_an_unreadable_header_400(archive: Archive, study: list[pydicom.Dataset]) -> None:
+    url = f"{archive.dicomweb_url()}/studies"
+    assert httpx.get(url, headers={"Accept": "toto, image/png"}).status_code == 406
+    assert httpx.get(url, headers={"Accept": "application/dicom+json; q=maybe"}).status_code == 400
+
+
