@@ -72,3 +72,26 @@ def test_nothing_acceptable_is_406_and_an_unreadable_header_400(archive: Archive
     assert httpx.get(url, headers={"Accept": "application/dicom+json; q=maybe"}).status_code == 400
 
 
+
+
+def test_dicomweb_client_includefields_beyond_the_defaults_and_vendor_parameters(
+    archive: Archive, study: list[pydicom.Dataset]
+) -> None:
+    client = archive.client()
+    ct = study[0]
+    instances = client.search_for_instances(
+        ct.StudyInstanceUID,
+        ct.SeriesInstanceUID,
+        fields=["PatientName", "StudyDate", "WindowWidth", "NoSuchAttribute"],
+        search_filters={"SOPInstanceUID": ct.SOPInstanceUID, "vendor-cache-buster": "1700000000"},
+    )
+    (found,) = instances
+    assert found["00100010"]["Value"] == [{"Alphabetic": "Interop^Web"}]
+    assert found["00080020"]["Value"] == [ct.StudyDate]
+    assert found["00281051"]["Value"] == [float(ct.WindowWidth)]
+    found_series = client.search_for_series(ct.StudyInstanceUID, fields=["PatientID"])
+    (series,) = [s for s in found_series if s["0020000E"]["Value"] == [ct.SeriesInstanceUID]]
+    assert series["00100020"]["Value"] == ["INTEROP-16"]
+    response = httpx.get(f"{archive.dicomweb_url()}/studies", params={"PatientID": "INTEROP-16", "orthanc": "x"})
+    assert response.status_code == 200
+    assert "orthanc" in response.headers["warning"]

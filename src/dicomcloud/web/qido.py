@@ -6,10 +6,13 @@ Decisions:
 - At most MAX_RESULTS matches are returned; when a request asks for more (or sets no limit and more
   exist) the response carries `Warning: 299` as PS3.18 8.3.4.4 describes, and the client pages
   with `offset`.
-- Matching keys the index cannot match are ignored and named in a `Warning: 299` (PS3.18 8.3.4.3).
+- Matching keys the index cannot match are ignored and named in a `Warning: 299` (PS3.18 8.3.4.3); so are
+  parameters that are no DICOM attribute and no PS3.18 parameter (vendor parameters), never a 400.
 - Each match holds the level's default attributes, the matching keys, the includefields and
-  RetrieveURL (0008,1190). At instance level, includefields the index does not keep (or `all`) are
-  taken from the instance's metadata entry, bulk data left out (archive/search.py, shared with C-FIND).
+  RetrieveURL (0008,1190); a series or instance match carries its study's (and patient's) attributes
+  when they are named. At instance level, includefields the index does not keep (or `all`), private tags
+  included, are taken from the instance's metadata entry, bulk data left out (archive/search.py, shared
+  with C-FIND). An includefield the archive cannot know for the level is left out, never an error.
 - Answers are kept for `backends.qido_cache_ttl` seconds in the cache port, keyed by tenant and the
   normalised request, and dropped as soon as the data they cover changes (archive/qido_cache.py).
 """
@@ -111,6 +114,9 @@ def _search(scope: RequestScope, query: Query) -> CachedResult:
         warnings.append(LIMIT_WARNING)
     if query.unsupported:
         warnings.append(f'299 dicomcloud "Not supported for matching, ignored: {", ".join(query.unsupported)}"')
+    if query.ignored:
+        names = ", ".join(name.replace('"', "'").replace("\\", "/") for name in query.ignored)
+        warnings.append(f'299 dicomcloud "Not a DICOM attribute nor a QIDO-RS parameter, ignored: {names}"')
     return CachedResult(dumps(_results(scope, query, matches[:limit])), ", ".join(warnings))
 
 
