@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import httpx
 import pydicom
 import pytest
+import requests
+from PIL import Image
 
 from bench.synthetic import ct_series, multiframe, write_part10
 
@@ -95,3 +99,28 @@ def test_dicomweb_client_includefields_beyond_the_defaults_and_vendor_parameters
     response = httpx.get(f"{archive.dicomweb_url()}/studies", params={"PatientID": "INTEROP-16", "orthanc": "x"})
     assert response.status_code == 200
     assert "orthanc" in response.headers["warning"]
+
+
+def test_a_legacy_wado_uri_client_gets_the_file_and_rendered_frames(
+    archive: Archive, study: list[pydicom.Dataset]
+) -> None:
+    """What a reporting tool written against WADO-URI does: requests builds the URL, pydicom reads the file."""
+    mf = study[-1]
+    base = (
+        f"{archive.base_url}/wado?requestType=WADO&studyUID={mf.StudyInstanceUID}"
+        f"&seriesUID={mf.SeriesInstanceUID}&objectUID={mf.SOPInstanceUID}"
+    )
+    response = requests.get(f"{base}&contentType=application%2Fdicom", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/dicom"
+    served = pydicom.dcmread(BytesIO(response.content))
+    assert served.SOPInstanceUID == mf.SOPInstanceUID
+    assert (served.pixel_array == mf.pixel_array).all()
+    as_rle = requests.get(f"{base}&contentType=application/dicom&transferSyntax={RLE}", timeout=30)
+    rle = pydicom.dcmread(BytesIO(as_rle.content))
+    assert rle.file_meta.TransferSyntaxUID == RLE
+    jpeg = requests.get(f"{base}&contentType=image/jpeg&frameNumber=2&rows=32&columns=32", timeout=30)
+    assert jpeg.status_code == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(BytesIO(jpeg.content)).size == (32, 32)
+    region = requests.get(f"{base}&region=0,0,0.5,0.5&windowCenter=100&windowWidth=200", timeout=30)
+    assert Image.open(BytesIO(region.content)).size == (32, 32)

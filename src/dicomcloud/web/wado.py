@@ -97,31 +97,33 @@ class _Packaging(enum.Enum):
     SINGLE = "single"
 
 
+def servable_syntax(stored: set[str], transfer_syntax: str | None) -> tuple[bool, str | None]:
+    """Whether instances stored in `stored` syntaxes can be served in `transfer_syntax` (None or `*`: as
+    stored), and the syntax to make them in (None: as stored)."""
+    if transfer_syntax in (None, "*") or stored == {transfer_syntax}:
+        return True, None
+    if transfer_syntax not in TRANSCODE_TARGETS:
+        return False, None
+    try:
+        for syntax in stored - {transfer_syntax}:
+            check_transcodable(syntax, transfer_syntax)
+    except CannotConvert:
+        return False, None
+    return True, transfer_syntax
+
+
 def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> tuple[_Packaging, str | None]:
     """How to package the instances, and the transfer syntax to serve them in (None: as stored)."""
-
-    def wanted(transfer_syntax: str | None) -> tuple[bool, str | None]:
-        if transfer_syntax in (None, "*") or stored == {transfer_syntax}:
-            return True, None
-        if transfer_syntax not in TRANSCODE_TARGETS:
-            return False, None
-        try:
-            for syntax in stored - {transfer_syntax}:
-                check_transcodable(syntax, transfer_syntax)
-        except CannotConvert:
-            return False, None
-        return True, transfer_syntax
-
     for media_range in ranges:
         if media_range.media_type in ("*/*", "multipart/*"):
             return _Packaging.MULTIPART, None
         if media_range.is_multipart_related:
             part = media_range.part_range()
-            fits, syntax = wanted(part.transfer_syntax)
+            fits, syntax = servable_syntax(stored, part.transfer_syntax)
             if part.matches(DICOM) and fits:
                 return _Packaging.MULTIPART, syntax
         elif single and media_range.matches(DICOM):
-            fits, syntax = wanted(media_range.transfer_syntax)
+            fits, syntax = servable_syntax(stored, media_range.transfer_syntax)
             if fits:
                 return _Packaging.SINGLE, syntax
     raise NotAcceptable(f"stored as {', '.join(sorted(stored))}; no acceptable transfer syntax can be made from it")
@@ -130,15 +132,10 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
 def _dicom_response(scope: RequestScope, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
     ranges = parse_accept(accept_of(request))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
+    if packaging is _Packaging.SINGLE:
+        return single_instance_response(scope, locations[0], target)
     stored = scope.archive.retrieve.stored(locations, target)
     storage = scope.archive.runtime.storage
-    if packaging is _Packaging.SINGLE:
-        instance = stored[0]
-        return StreamingResponse(
-            _pieces(storage, instance, instance.prefix, b""),
-            media_type=format_media_type(DICOM, transfer_syntax=instance.transfer_syntax),
-            headers={"Content-Length": str(instance.length)},
-        )
     boundary = new_boundary()
     heads = [part_head(boundary, _part_headers(instance)) for instance in stored]
     closing = close_delimiter(boundary)
@@ -147,6 +144,20 @@ def _dicom_response(scope: RequestScope, request: Request, locations: list[Insta
         _multipart_pieces(storage, stored, heads, closing),
         media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
         headers={"Content-Length": str(length + len(closing))},
+    )
+
+
+def single_instance_response(
+    scope: RequestScope, location: InstanceLocation, target: str | None, *, media_type_params: bool = True
+) -> Response:
+    """One instance as an application/dicom body, in `target` syntax (None: as stored). WADO-URI leaves the
+    transfer-syntax parameter out of its Content-Type (`media_type_params`; PS3.18 forbids it there)."""
+    (instance,) = scope.archive.retrieve.stored([location], target)
+    media_type = format_media_type(DICOM, transfer_syntax=instance.transfer_syntax) if media_type_params else DICOM
+    return StreamingResponse(
+        _pieces(scope.archive.runtime.storage, instance, instance.prefix, b""),
+        media_type=media_type,
+        headers={"Content-Length": str(instance.length)},
     )
 
 
