@@ -184,6 +184,7 @@ PATIENT_DATA_ROUTES = (
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered",
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/thumbnail",
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010",
+    "/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}",
     "/dicom-web/studies/1.2.3.4/metadata",  # an error names what was asked for: patient data too
     "/api/stats/most_read_studies",
 )
