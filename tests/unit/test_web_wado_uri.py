@@ -17,7 +17,7 @@ from bench.synthetic import ct_series, multiframe, new_uid
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import original_key
 
-pytest_plugins = ["test_web_app"]
+pytest_plugins = ["test_web_app", "test_web_wado"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 RLE = "1.2.840.10008.1.2.5"
@@ -40,17 +40,9 @@ def picture(data: bytes, fmt: str = "JPEG") -> Image.Image:
 
 
 @pytest.fixture
-def ct(client: TestClient, tmp_path: Path) -> pydicom.Dataset:
-    ds = next(ct_series(1, rows=32, columns=32))
-    stow_all(client, [ds], tmp_path)
-    return ds
-
-
-@pytest.fixture
-def rle_frames(client: TestClient, tmp_path: Path) -> pydicom.Dataset:
-    ds = multiframe(3, rows=16, columns=16, transfer_syntax=RLE)
-    stow_all(client, [ds], tmp_path)
-    return ds
+def ct(series: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """A stored 32 x 32 CT image (test_web_wado's series)."""
+    return series[0]
 
 
 def test_application_dicom_is_the_stored_explicit_little_endian_file(
@@ -63,12 +55,12 @@ def test_application_dicom_is_the_stored_explicit_little_endian_file(
     assert response.content == archive.runtime.storage.read(key)
 
 
-def test_application_dicom_defaults_to_explicit_little_endian(client: TestClient, rle_frames: pydicom.Dataset) -> None:
-    response = client.get("/wado", params=params(rle_frames, contentType="application/dicom"))
+def test_application_dicom_defaults_to_explicit_little_endian(client: TestClient, rle_mf: pydicom.Dataset) -> None:
+    response = client.get("/wado", params=params(rle_mf, contentType="application/dicom"))
     assert response.status_code == 200
     served = pydicom.dcmread(BytesIO(response.content))
     assert served.file_meta.TransferSyntaxUID == EXPLICIT_LE
-    assert np.array_equal(served.pixel_array, rle_frames.pixel_array)
+    assert np.array_equal(served.pixel_array, rle_mf.pixel_array)
 
 
 def test_transfer_syntax_names_the_syntax_served(client: TestClient, ct: pydicom.Dataset) -> None:
