@@ -39,6 +39,13 @@ def test_a_header_that_cannot_be_read_is_invalid_input(header: str) -> None:
         parse_accept(header)
 
 
+def test_a_refused_type_is_not_matched_by_a_wildcard() -> None:
+    wildcard, png = parse_accept("image/png;q=0, image/*;q=0.5, text/plain")[1], "image/png"
+    assert wildcard.media_type == "image/*"
+    assert not wildcard.matches(png) and wildcard.matches("image/jpeg")
+    assert MediaRange("image/*").matches(png)
+
+
 def test_wildcards_rank_by_quality_like_any_range() -> None:
     ranges = parse_accept("*/*;q=0.1, image/*;q=0.5, image/png")
     assert [r.media_type for r in ranges] == ["image/png", "image/*", "*/*"]

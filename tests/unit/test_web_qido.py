@@ -172,6 +172,7 @@ def test_json_accepts_are_served(client: TestClient, accept: str) -> None:
         ("toto", 406),
         ("application/dicom+json; charset=ISO-8859-1", 406),
         ("application/dicom+json; q=0, image/png", 406),
+        ("application/dicom+json; q=0, */*", 406),
     ],
 )
 def test_dicom_json_is_served_for_any_list_that_accepts_it_else_406(

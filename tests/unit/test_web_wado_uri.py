@@ -94,6 +94,8 @@ def test_content_type_chooses_among_what_is_offered(client: TestClient, ct: pydi
     by_header = client.get("/wado", params=params(ct), headers={"Accept": "application/dicom"})
     assert by_header.headers["content-type"] == "application/dicom"
     assert client.get("/wado", params=params(ct, contentType="image/gif")).status_code == 406
+    refused_jpeg = client.get("/wado", params=params(ct, contentType="image/jpeg;q=0, image/*"))
+    assert refused_jpeg.headers["content-type"] == "image/png"
 
 
 def test_frame_number_picks_the_frame(client: TestClient, tmp_path: Path) -> None:

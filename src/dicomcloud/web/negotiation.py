@@ -5,7 +5,8 @@ so a media type here is always its lowercased `type/subtype` plus its unquoted p
 
 How an Accept list is read (each route then takes the first range, in this order, that its resource
 can be served in; 406 only when there is none):
-- ranges are ordered by q-value, the client's order kept on ties; q=0 ranges are refusals and dropped;
+- ranges are ordered by q-value, the client's order kept on ties; a q=0 range is a refusal: dropped, and
+  the media type it names (`*/*, image/png;q=0`) no longer matched by the wildcards (RFC 9110 12.5.1);
 - an entry that is no media type at all (`toto`) is an unknown type and skipped, like a media type
   the resource does not have; 400 is only for a header that cannot be read (a parameter without a
   value, a q-value that is no number from 0 to 1, an unclosed quote);
@@ -17,7 +18,7 @@ can be served in; 406 only when there is none):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from starlette.requests import Request
 
@@ -36,6 +37,8 @@ class MediaRange:
     media_type: str
     params: dict[str, str] = field(default_factory=dict)
     q: float = 1.0
+    # Concrete media types the client refused (q=0), which this range, a wildcard, does not cover.
+    excluded: frozenset[str] = frozenset()
 
     @property
     def transfer_syntax(self) -> str | None:
@@ -65,10 +68,13 @@ class MediaRange:
 
     def matches(self, media_type: str) -> bool:
         """Whether this range (possibly `*/*` or `type/*`) covers a concrete media type."""
+        concrete = media_type.lower()
+        if concrete in self.excluded:
+            return False
         if self.media_type in ("*/*", "*"):
             return True
         major, _, minor = self.media_type.partition("/")
-        concrete_major, _, concrete_minor = media_type.lower().partition("/")
+        concrete_major, _, concrete_minor = concrete.partition("/")
         return major == concrete_major and minor in ("*", concrete_minor)
 
 
@@ -146,7 +152,8 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     items = [item for item in _split_outside_quotes(header, ",") if item.strip()]
     known = [item for item in items if _is_media_type(next(_split_outside_quotes(item, ";")).strip().lower())]
     ranges = [parse_media_type(item) for item in known]
-    accepted = [r for r in ranges if r.q > 0]
+    refused = frozenset(r.media_type for r in ranges if r.q == 0 and "*" not in r.media_type)
+    accepted = [replace(r, excluded=refused) if "*" in r.media_type else r for r in ranges if r.q > 0]
     return sorted(accepted, key=lambda r: -r.q)
 
 

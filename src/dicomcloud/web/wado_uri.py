@@ -6,9 +6,10 @@ tools still use. This module only reads the URI form; what is served is the WADO
 tenancy (`/wado` is the default tenant, `/{tenant}/wado` a named one).
 
 - Media type: the `contentType` parameter (the name older editions and clients use) or `accept` (the
-  current name), else the Accept header, read as an Accept list (web/negotiation.py). `*/*`, or none,
-  means image/jpeg for an image and application/dicom for anything else (PS3.18 9.2); `image/png` is
-  offered too; other rendered types (GIF, video, text) are not, so a list of only those is 406.
+  current name), else the Accept header, read as an Accept list (web/negotiation.py). An image is offered
+  in the rendered types dicom/render.py makes (image/jpeg, the default for `*/*` or no list, and
+  image/png) and as application/dicom; anything else only as application/dicom. A list naming none of
+  those (GIF, video, text) is 406.
 - application/dicom: `transferSyntax` names the syntax (406 when it cannot be made); without it the
   object comes in Explicit VR Little Endian (PS3.18 9.4.2.4), or as stored when its pixels cannot be
   decoded or are lossy (8.7.3.4 allows both). No rendering parameter may come with it (400).
@@ -37,7 +38,6 @@ from dicomcloud.web.negotiation import accept_of, parse_accept
 from dicomcloud.web.wado import instance_at, servable_syntax, single_instance_response
 
 DICOM = "application/dicom"
-JPEG = "image/jpeg"
 RENDERING_PARAMS = ("frameNumber", "windowCenter", "windowWidth", "rows", "columns", "region", "imageQuality")
 REFUSED_PARAMS = ("anonymize", "presentationUID", "presentationSeriesUID")
 ANNOTATION_WARNING = '299 dicomcloud "annotation is not supported; the image has no burnt-in text"'
@@ -94,12 +94,10 @@ def wado_uri(request: Request, scope: Scope) -> Response:
 
 
 def _media_type(accept: str | None, frames: int) -> str:
-    """The first acceptable of application/dicom and the rendered types (these for images only)."""
-    default = JPEG if frames else DICOM
-    offered = [DICOM, *RENDERED_MEDIA_TYPES] if frames else [DICOM]
+    """The first acceptable of the rendered types (for images only) and application/dicom; the default first,
+    so that `*/*` means it."""
+    offered = [*RENDERED_MEDIA_TYPES, DICOM] if frames else [DICOM]
     for media_range in parse_accept(accept):
-        if media_range.media_type in ("*/*", "*"):
-            return default
         for media_type in offered:
             if media_range.matches(media_type):
                 return media_type
