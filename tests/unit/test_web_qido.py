@@ -156,6 +156,14 @@ def test_a_vendor_query_parameter_is_ignored_with_a_warning(client: TestClient) 
     assert "NotAKeyword, _" in response.headers["warning"]
 
 
+def test_the_warning_names_ignored_parameters_as_a_header_can_carry_them(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies?caf%C3%A9=1&a%0D%0Ab=2&q%22%5C=3")
+    assert response.status_code == 200
+    assert 'ignored: a??b, caf?, q??"' in response.headers["warning"]
+    many = client.get("/dicom-web/studies", params={f"vendor{n:02}": "1" for n in range(25)})
+    assert many.headers["warning"].endswith('vendor09 and 15 more"')
+
+
 @pytest.mark.parametrize("accept", ["application/json", "application/*", "*/*", "application/dicom+json; q=0.5"])
 def test_json_accepts_are_served(client: TestClient, accept: str) -> None:
     assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 200

@@ -34,6 +34,8 @@ from dicomcloud.web.context import RequestScope, Scope, path_uid
 from dicomcloud.web.negotiation import negotiate_json
 
 MAX_RESULTS = 10_000
+# Ignored parameters a Warning names, at most (the rest are counted).
+MAX_NAMED = 10
 LIMIT_WARNING = (
     '299 dicomcloud "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -115,9 +117,16 @@ def _search(scope: RequestScope, query: Query) -> CachedResult:
     if query.unsupported:
         warnings.append(f'299 dicomcloud "Not supported for matching, ignored: {", ".join(query.unsupported)}"')
     if query.ignored:
-        names = ", ".join(name.replace('"', "'").replace("\\", "/") for name in query.ignored)
+        names = ", ".join(_header_safe(name) for name in query.ignored[:MAX_NAMED])
+        if len(query.ignored) > MAX_NAMED:
+            names += f" and {len(query.ignored) - MAX_NAMED} more"
         warnings.append(f'299 dicomcloud "Not a DICOM attribute nor a QIDO-RS parameter, ignored: {names}"')
     return CachedResult(dumps(_results(scope, query, matches[:limit])), ", ".join(warnings))
+
+
+def _header_safe(name: str) -> str:
+    """A client's parameter name as a header's quoted text can carry it: printable ASCII, no quote or backslash."""
+    return "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in name)
 
 
 def _wanted(query: Query, row: dict[str, Any]) -> list[str]:
