@@ -35,6 +35,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now (a server that is still starting answers nothing)."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class Archive:
     """One `dicomcloud up` process on loopback with its own data folder."""

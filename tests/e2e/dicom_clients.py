@@ -165,3 +165,22 @@ def multipart_parts(response: httpx.Response) -> list[bytes]:
         header_end = chunk.index(b"\r\n\r\n")
         parts.append(chunk[header_end + 4:])
     return parts
+
+
+RETRIEVE_URL = "00081190"
+
+
+def written_urls(client: httpx.Client, ds: pydicom.Dataset, raw: bytes) -> dict[str, str]:
+    """Each kind of URL the archive writes, as `client` (pointed at some way in) receives it."""
+    body, content_type = stow_body([raw])
+    stored = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    found = client.get("/dicom-web/instances", params={"SOPInstanceUID": ds.SOPInstanceUID}).json()
+    metadata = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata").json()
+    redirect = client.get("/dicom-web/studies/", follow_redirects=False)
+    return {
+        "STOW RetrieveURL": stored.json()[RETRIEVE_URL]["Value"][0],
+        "QIDO RetrieveURL": found[0][RETRIEVE_URL]["Value"][0],
+        "BulkDataURI": metadata[0]["7FE00010"]["BulkDataURI"],
+        "Location": redirect.headers["location"],
+    }

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from .conftest import free_port, wait_until
+from .conftest import answers, free_port, wait_until
 
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -47,15 +46,8 @@ def running_orthanc(folder: Path, config: dict[str, Any]) -> Iterator[Orthanc]:
     log = (folder / "orthanc.log").open("wb")
     process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/system", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(up, 60, "Orthanc to start")
+        wait_until(lambda: answers(f"{url}/system"), 60, "Orthanc to start")
         yield Orthanc(url, process)
     finally:
         process.terminate()

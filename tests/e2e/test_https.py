@@ -12,9 +12,11 @@ import httpx
 import pytest
 from pydicom.data import get_testdata_file
 
+from bench.synthetic import ct_series, write_part10
 from dicomcloud.stack.servers import NginxSite, start_nginx
 
 from .conftest import Archive, free_port
+from .dicom_clients import written_urls
 
 
 @dataclass
@@ -80,3 +82,14 @@ def test_dicom_tls_passes_through_to_the_scp_which_requires_a_client_certificate
     stored = storescu(proxy, *client, "+cf", ca)
     assert stored.returncode == 0, stored.stderr
     assert storescu(proxy, "+tla", "+cf", ca).returncode != 0
+
+
+def test_behind_the_shipped_nginx_every_url_names_its_https_origin(proxy: Proxy, tmp_path: Path) -> None:
+    """The client's Host header says evil.example; Nginx forwards its own name and port, which the archive trusts."""
+    ds = next(ct_series(1, rows=64, columns=64, patient_id="NGINX-URLS"))
+    write_part10(ds, tmp_path / "ct.dcm")
+    origin = f"https://localhost:{proxy.https_port}"
+    with httpx.Client(base_url=origin, verify=str(proxy.pki / "ca.pem"), headers={"Host": "evil.example"}) as client:
+        urls = written_urls(client, ds, (tmp_path / "ct.dcm").read_bytes())
+    for what, url in urls.items():
+        assert url.startswith(f"{origin}/dicom-web/studies"), what

@@ -72,3 +72,32 @@ def test_orthanc_retrieves_the_study_byte_for_byte(orthanc: Orthanc, peer_study:
         pydicom.dcmread(p).SOPInstanceUID for p in peer_study
     }
     assert received == expected
+
+
+def test_orthanc_sends_a_study_with_its_stow_client(
+    archive: Archive, orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Orthanc -> dicomcloud, the common migration path: Orthanc's STOW-RS client writes a 73-character
+    multipart boundary, which the archive reads like any other."""
+    folder = tmp_path_factory.mktemp("orthanc-stow")
+    datasets = list(ct_series(20, rows=32, columns=32, patient_id="ORTHANC-STOW", patient_name="Stow^Orthanc"))
+    originals = {}
+    for i, ds in enumerate(datasets):
+        path = folder / f"{i}.dcm"
+        write_part10(ds, path)
+        originals[str(ds.SOPInstanceUID)] = path.read_bytes()
+        uploaded = httpx.post(f"{orthanc.url}/instances", content=originals[str(ds.SOPInstanceUID)], timeout=30)
+        assert uploaded.status_code == 200, uploaded.text
+    study = uploaded.json()["ParentStudy"]
+
+    sent = httpx.post(f"{orthanc.url}/dicom-web/servers/archive/stow", json={"Resources": [study]}, timeout=300)
+
+    assert sent.status_code == 200, sent.text
+    study_uid = str(datasets[0].StudyInstanceUID)
+    client = archive.client()
+    assert len(client.search_for_instances(study_uid)) == 20
+    for ds in datasets:
+        path = f"/studies/{study_uid}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        response = httpx.get(archive.dicomweb_url() + path, headers={"Accept": "application/dicom"}, timeout=30)
+        assert response.status_code == 200
+        assert response.content == originals[str(ds.SOPInstanceUID)]

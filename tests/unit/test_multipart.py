@@ -160,7 +160,7 @@ def test_close_delimiter_right_away_is_zero_parts() -> None:
 
 def test_boundary_followed_by_garbage_is_rejected() -> None:
     raw = b"--" + BOUNDARY.encode() + b"X\r\n\r\nbody"
-    with pytest.raises(InvalidInput, match="neither CRLF"):
+    with pytest.raises(InvalidInput, match="neither a line end"):
         parse([raw])
 
 
@@ -188,7 +188,61 @@ def test_new_boundaries_are_valid_and_distinct() -> None:
     assert len(boundaries) == 100
 
 
-@pytest.mark.parametrize("boundary", ["", "a" * 71, "bad\x00char", "trailing "])
+@pytest.mark.parametrize("boundary", ["", "bad\x00char", "line\r\nend", "caf\u00e9"])
 def test_invalid_boundaries_are_rejected(boundary: str) -> None:
     with pytest.raises(InvalidInput):
         MultipartParser(boundary)
+
+
+# What real senders write beyond RFC 2046's letter, read as they mean it.
+
+ORTHANC_BOUNDARY = "x" * 73  # Orthanc 1.10's DICOMweb client sends 73 characters
+
+
+@pytest.mark.parametrize("boundary", [ORTHANC_BOUNDARY, "b" * 200, "trailing ", "with;semicolon\"quote", "a"])
+def test_a_boundary_of_any_length_or_printable_characters_is_read(boundary: str) -> None:
+    parts = sample_parts()
+    assert parse([encoded(parts, boundary)], boundary) == expected(parts)
+
+
+def test_lf_only_line_ends_are_read() -> None:
+    parts = sample_parts()
+    delimiter = b"--" + BOUNDARY.encode()
+    raw = b"".join(
+        delimiter + b"\n" + b"".join(f"{k}: {v}\n".encode() for k, v in headers.items()) + b"\n" + body + b"\n"
+        for headers, body in parts
+    ) + delimiter + b"--\n"
+    # Only the framing changed: a part's own bytes (CRLFs inside it included) arrive as sent.
+    assert parse([raw]) == expected(parts)
+    assert parse([raw[i : i + 1] for i in range(len(raw))]) == expected(parts)
+
+
+def test_lf_only_headers_and_mixed_line_ends_are_read() -> None:
+    raw = (
+        b"--" + BOUNDARY.encode() + b"\nContent-Type: a/b\nContent-Location: x\r\n\nbody\n--" + BOUNDARY.encode()
+        + b"\r\nContent-Type: c/d\r\n\r\nsecond\r\n--" + BOUNDARY.encode() + b"--"
+    )
+    first = ({"content-type": "a/b", "content-location": "x"}, b"body")
+    assert parse([raw]) == [first, ({"content-type": "c/d"}, b"second")]
+
+
+def test_lf_only_part_without_headers_has_empty_headers() -> None:
+    raw = b"--" + BOUNDARY.encode() + b"\n\nbody\n--" + BOUNDARY.encode() + b"--\n"
+    assert parse([raw]) == [({}, b"body")]
+
+
+def test_missing_final_line_end_is_complete() -> None:
+    raw = encoded(sample_parts()).removesuffix(b"\r\n")
+    assert raw.endswith(b"--")
+    assert parse([raw]) == expected(sample_parts())
+
+
+def test_a_body_whose_last_delimiter_is_not_closed_is_truncation() -> None:
+    raw = encoded(sample_parts()).removesuffix(b"--\r\n")
+    with pytest.raises(InvalidInput, match="without the closing delimiter"):
+        parse([raw])
+
+
+def test_a_preamble_with_lf_only_lines_is_skipped() -> None:
+    raw = b"preamble line\nanother\n--" + BOUNDARY.encode() + b"\n\nbody\n--" + BOUNDARY.encode() + b"--\nepilogue"
+    assert parse([raw]) == [({}, b"body")]

@@ -45,15 +45,24 @@ def test_lowercase_hex_tag_is_accepted() -> None:
     assert only(parse("study", {"0020000d": "1.2.3"})).keyword == "StudyInstanceUID"
 
 
-@pytest.mark.parametrize("name", ["PatientNam", "patientname", "Foo", "0010001", "_", "StudyDate.StudyTime"])
-def test_unknown_parameter_is_invalid_input(name: str) -> None:
-    with pytest.raises(InvalidInput, match=r"not a DICOM keyword or tag|not a sequence"):
-        parse("study", {name: "x"})
+@pytest.mark.parametrize("name", ["PatientNam", "patientname", "Foo", "0010001", "_", "StudyDate.StudyTime", "x..y"])
+def test_a_parameter_that_names_no_attribute_is_ignored_and_reported(name: str) -> None:
+    query = parse("study", {name: "x", "PatientID": "P1"})
+    assert query.ignored == (name,)
+    assert only(query).keyword == "PatientID"
 
 
-def test_tag_outside_the_dictionary_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="not in the DICOM dictionary"):
-        parse("study", {"00091001": "x"})
+def test_vendor_parameters_are_ignored_together() -> None:
+    query = parse("series", {"_": "1700000000", "orthanc-expand": "true", "StudyDate": ""})
+    assert query.ignored == ("_", "orthanc-expand")
+    assert query.conditions == () and "StudyDate" in query.includefields
+
+
+def test_a_tag_outside_the_dictionary_is_a_key_the_index_cannot_match() -> None:
+    query = parse("instance", {"00091001": "x", "includefield": "0009100a"})
+    assert query.unsupported == ("00091001",)
+    assert {"00091001", "0009100A"} <= query.includefields
+    assert query.ignored == ()
 
 
 def test_negotiation_parameters_are_left_to_the_http_layer() -> None:
@@ -106,9 +115,10 @@ def test_includefield_all() -> None:
     assert parse("study", {"includefield": "all"}).include_all
 
 
-def test_includefield_with_unknown_attribute_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="includefield"):
-        parse("study", {"includefield": "StudyDescription,Nonsense"})
+def test_an_includefield_that_names_no_attribute_is_ignored() -> None:
+    query = parse("study", {"includefield": "StudyDescription,Nonsense,StudyDate.StudyTime"})
+    assert query.includefields == {"StudyDescription"}
+    assert query.ignored == ()
 
 
 def test_matching_keys_are_returned_like_includefields() -> None:

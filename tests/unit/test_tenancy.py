@@ -114,6 +114,23 @@ def test_each_route_answers_its_own_tenant_with_the_right_token(client: TestClie
     assert refused == {}
 
 
+WADO_URI = {"requestType": "WADO", "studyUID": STUDY, "seriesUID": SERIES, "objectUID": SOP}
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", "image/jpeg"])
+def test_wado_uri_is_behind_the_same_tenancy_as_wado_rs(client: TestClient, issuer: Issuer, content_type: str) -> None:
+    params = {**WADO_URI, "contentType": content_type}
+    owner = bearer(issuer, scope="dicom.read", tenants=["tenant-b"])
+    other = bearer(issuer, scope="dicom.read", tenants=["tenant-a"])
+    no_read = bearer(issuer, scope="dicom.write", tenants=["tenant-b"])
+    assert client.get("/tenant-b/wado", params=params, headers=owner).status_code == 200
+    assert client.get("/tenant-b/wado", params=params).status_code == 401
+    assert client.get("/tenant-b/wado", params=params, headers=other).status_code == 403
+    assert client.get("/tenant-b/wado", params=params, headers=no_read).status_code == 403
+    assert client.get("/wado", params=params, headers=owner).status_code == 403  # /wado is the default tenant
+    assert client.get("/tenant-a/wado", params=params, headers=other).status_code == 404  # not in tenant A
+
+
 def test_the_public_routes_need_no_token(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
     assert client.get("/dashboard").status_code == 200

@@ -27,6 +27,30 @@ def test_quality_zero_is_refusal() -> None:
     assert [r.media_type for r in parse_accept("a/x;q=0, b/y")] == ["b/y"]
 
 
+def test_unknown_types_are_skipped_not_refused() -> None:
+    assert [r.media_type for r in parse_accept("toto, application/dicom+json")] == ["application/dicom+json"]
+    assert [r.media_type for r in parse_accept('text, "quoted", */*;q=0.1')] == ["*/*"]
+    assert parse_accept("toto") == []
+
+
+@pytest.mark.parametrize("header", ["a/b; noequals", "a/b;q=2", "a/b;q=x", 'multipart/related; type="a/b'])
+def test_a_header_that_cannot_be_read_is_invalid_input(header: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_accept(header)
+
+
+def test_a_refused_type_is_not_matched_by_a_wildcard() -> None:
+    wildcard, png = parse_accept("image/png;q=0, image/*;q=0.5, text/plain")[1], "image/png"
+    assert wildcard.media_type == "image/*"
+    assert not wildcard.matches(png) and wildcard.matches("image/jpeg")
+    assert MediaRange("image/*").matches(png)
+
+
+def test_wildcards_rank_by_quality_like_any_range() -> None:
+    ranges = parse_accept("*/*;q=0.1, image/*;q=0.5, image/png")
+    assert [r.media_type for r in ranges] == ["image/png", "image/*", "*/*"]
+
+
 def test_quoted_and_token_parameters_are_equivalent() -> None:
     quoted = parse_media_type('multipart/related; type="application/dicom"; transfer-syntax=*')
     token = parse_media_type("Multipart/Related;TYPE=application/dicom;transfer-syntax=*")

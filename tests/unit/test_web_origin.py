@@ -24,7 +24,11 @@ RETRIEVE_URL = "00081190"
 
 
 def seen(
-    client: tuple[str, int], server: tuple[str, int], headers: dict[str, str], **settings: Any
+    client: tuple[str, int],
+    server: tuple[str, int],
+    headers: dict[str, str],
+    path: str = "/dicom-web/studies",
+    **settings: Any,
 ) -> dict[str, Any]:
     """The scope the application sees once the middleware decided the origin."""
     received: dict[str, Any] = {}
@@ -37,7 +41,7 @@ def seen(
         "scheme": "http",
         "server": server,
         "client": client,
-        "path": "/dicom-web/studies",
+        "path": path,
         "root_path": "",
         "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
     }
@@ -76,6 +80,27 @@ def test_a_trusted_proxy_forwards_scheme_host_port_prefix_and_client() -> None:
     scope = seen(("127.0.0.1", 40000), ("127.0.0.1", 8080), headers)
     assert (scope["scheme"], host_of(scope), scope["root_path"]) == ("https", "pacs.example.org:8443", "/pacs")
     assert scope["client"] == ("198.51.100.9", 0)
+
+
+def test_a_prefix_or_scheme_forwarded_without_a_host_keeps_the_address_reached() -> None:
+    scope = seen(("127.0.0.1", 1), ("127.0.0.1", 8080), {"X-Forwarded-Prefix": "/pacs/"})
+    assert (scope["scheme"], host_of(scope), scope["root_path"]) == ("http", "127.0.0.1:8080", "/pacs")
+    assert scope["path"] == "/pacs/dicom-web/studies"
+    scope = seen(("127.0.0.1", 1), ("127.0.0.1", 80), {"X-Forwarded-Proto": "https"})
+    assert (scope["scheme"], host_of(scope)) == ("https", "127.0.0.1:80")
+    scope = seen(("127.0.0.1", 1), ("127.0.0.1", 8080), {"X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"})
+    assert (scope["scheme"], host_of(scope)) == ("https", "127.0.0.1")
+
+
+def test_a_prefix_the_proxy_left_in_the_path_is_not_added_twice() -> None:
+    scope = seen(("127.0.0.1", 1), ("127.0.0.1", 8080), {"X-Forwarded-Prefix": "/pacs"}, "/pacs/dicom-web/studies")
+    assert (scope["path"], scope["root_path"]) == ("/pacs/dicom-web/studies", "/pacs")
+
+
+@pytest.mark.parametrize("prefix", ["/pacs/../admin", "pacs", "/pa cs", "/pacs?x=1"])
+def test_a_malformed_prefix_is_ignored(prefix: str) -> None:
+    scope = seen(("127.0.0.1", 1), ("127.0.0.1", 8080), {"X-Forwarded-Prefix": prefix})
+    assert (scope["root_path"], scope["path"]) == ("", "/dicom-web/studies")
 
 
 def test_rfc_7239_forwarded_is_understood_and_the_nearest_proxy_wins() -> None:
@@ -149,6 +174,7 @@ PATIENT_DATA_ROUTES = (
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered",
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/thumbnail",
     "/dicom-web/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010",
+    "/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}",
     "/dicom-web/studies/1.2.3.4/metadata",  # an error names what was asked for: patient data too
     "/api/stats/most_read_studies",
 )

@@ -90,6 +90,31 @@ def test_instance_includefield_comes_from_the_series_document(client: TestClient
     assert found[0]["00180050"]["Value"] == [2.5]
 
 
+def test_includefield_names_parent_and_private_attributes_beyond_the_defaults(
+    client: TestClient, tmp_path: Path
+) -> None:
+    ds = next(ct_series(1, rows=8, columns=8, patient_id="QIDO-INC", patient_name="Include^Me"))
+    ds.StudyDescription = "Included study"
+    ds.private_block(0x0009, "ACME 1.0", create=True).add_new(0x01, "LO", "vendor value")
+    stow_all(client, [ds], tmp_path)
+    study = f"/dicom-web/studies/{ds.StudyInstanceUID}"
+    fields = "PatientName,StudyDescription,WindowCenter,00091001,Rows,Columns,NoSuchKeyword,1234567"
+    for url in (f"{study}/series/{ds.SeriesInstanceUID}/instances", f"{study}/instances", "/dicom-web/instances"):
+        (found,) = client.get(url, params={"includefield": fields, "PatientID": "QIDO-INC"}).json()
+        assert found["00100010"]["Value"] == [{"Alphabetic": "Include^Me"}], url  # patient, named
+        assert found["00081030"]["Value"] == ["Included study"], url  # study, named
+        assert found["00281050"]["Value"] == [40.0], url  # from the metadata entry
+        assert found["00091001"]["Value"] == ["vendor value"], url  # a private tag, by its tag
+        assert (found["00280010"]["Value"], found["00280011"]["Value"]) == ([8], [8]), url
+    (series,) = client.get(f"{study}/series", params={"includefield": "PatientName,StudyDescription"}).json()
+    assert series["00100010"]["Value"] == [{"Alphabetic": "Include^Me"}]
+    assert series["00081030"]["Value"] == ["Included study"]
+    response = client.get("/dicom-web/studies", params={"PatientID": "QIDO-INC", "includefield": "Rows,00091001"})
+    assert response.status_code == 200 and "warning" not in response.headers
+    (found_study,) = response.json()
+    assert "00280010" not in found_study and "00091001" not in found_study  # unknowable for a study: left out
+
+
 def test_instance_includefield_all_has_no_bulk_data(client: TestClient, three: list[pydicom.Dataset]) -> None:
     ds = three[0]
     url = f"/dicom-web/studies/{ds.StudyInstanceUID}/instances"
@@ -124,10 +149,19 @@ def test_a_key_the_index_cannot_match_is_named_in_a_warning(client: TestClient, 
     assert "SliceThickness" in response.headers["warning"]
 
 
-def test_a_bad_query_parameter_is_400(client: TestClient) -> None:
-    response = client.get("/dicom-web/studies", params={"NotAKeyword": "x"})
-    assert response.status_code == 400
-    assert "NotAKeyword" in response.json()["error"]
+def test_a_vendor_query_parameter_is_ignored_with_a_warning(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies", params={"NotAKeyword": "x", "_": "1700000000"})
+    assert response.status_code == 200
+    assert response.headers["warning"].startswith("299 ")
+    assert "NotAKeyword, _" in response.headers["warning"]
+
+
+def test_the_warning_names_ignored_parameters_as_a_header_can_carry_them(client: TestClient) -> None:
+    response = client.get("/dicom-web/studies?caf%C3%A9=1&a%0D%0Ab=2&q%22%5C=3")
+    assert response.status_code == 200
+    assert 'ignored: a??b, caf?, q??"' in response.headers["warning"]
+    many = client.get("/dicom-web/studies", params={f"vendor{n:02}": "1" for n in range(25)})
+    assert many.headers["warning"].endswith('vendor09 and 15 more"')
 
 
 @pytest.mark.parametrize("accept", ["application/json", "application/*", "*/*", "application/dicom+json; q=0.5"])
@@ -135,6 +169,36 @@ def test_json_accepts_are_served(client: TestClient, accept: str) -> None:
     assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 200
 
 
-def test_other_accepts_are_406(client: TestClient) -> None:
-    response = client.get("/dicom-web/studies", headers={"Accept": "application/dicom+xml"})
-    assert response.status_code == 406
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("toto, application/dicom+json", 200),
+        ("image/png, application/json;q=0.5", 200),
+        ("application/dicom+json; charset=utf-8", 200),
+        ("application/dicom+json; charset=ISO-8859-1, application/dicom+json; charset=UTF-8; q=0.2", 200),
+        ("application/dicom+xml", 406),
+        ("toto", 406),
+        ("application/dicom+json; charset=ISO-8859-1", 406),
+        ("application/dicom+json; q=0, image/png", 406),
+        ("application/dicom+json; q=0, */*", 406),
+    ],
+)
+def test_dicom_json_is_served_for_any_list_that_accepts_it_else_406(
+    client: TestClient, accept: str, status: int
+) -> None:
+    response = client.get("/dicom-web/studies", headers={"Accept": accept})
+    assert response.status_code == status
+    if status == 200:
+        assert response.headers["content-type"] == "application/dicom+json"
+
+
+@pytest.mark.parametrize("accept", ["application/dicom+json; q=high", 'application/dicom+json; x="open'])
+def test_an_accept_header_that_cannot_be_read_is_400(client: TestClient, accept: str) -> None:
+    assert client.get("/dicom-web/studies", headers={"Accept": accept}).status_code == 400
+
+
+def test_the_accept_query_parameter_is_read_instead_of_the_header(client: TestClient) -> None:
+    headers = {"Accept": "image/png"}
+    assert client.get("/dicom-web/studies", headers=headers).status_code == 406
+    response = client.get("/dicom-web/studies", params={"accept": "application/dicom+json"}, headers=headers)
+    assert response.status_code == 200

@@ -128,6 +128,59 @@ def test_a_part_without_content_type_is_taken_as_dicom(client: TestClient, tmp_p
     assert response.status_code == 200
 
 
+ORTHANC_BOUNDARY = "-" * 20 + "9f3b" * 13 + "x"  # 73 characters, as Orthanc 1.10's STOW client sends
+
+
+@pytest.mark.parametrize(
+    ("content_type", "part_type"),
+    [
+        (f'multipart/related; type="application/dicom"; boundary={ORTHANC_BOUNDARY}', "application/dicom"),
+        (f'multipart/related; type=application/dicom; boundary="{ORTHANC_BOUNDARY}"', "application/dicom"),
+        (f"multipart/related; boundary={ORTHANC_BOUNDARY}", "application/dicom"),
+        (
+            f'Multipart/Related; Boundary="{ORTHANC_BOUNDARY}"; Type="application/dicom; transfer-syntax=*"',
+            'application/dicom; transfer-syntax="1.2.840.10008.1.2.1"',
+        ),
+        (f"multipart/related; type=application/dicom; boundary={ORTHANC_BOUNDARY}", "Application/DICOM; charset=x"),
+    ],
+)
+def test_content_types_as_real_senders_write_them_are_stored(
+    client: TestClient, tmp_path: Path, content_type: str, part_type: str
+) -> None:
+    good = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+    delimiter = f"--{ORTHANC_BOUNDARY}".encode()
+    body = b"preamble\r\n" + delimiter + f"\r\nContent-Type: {part_type}\r\n\r\n".encode() + good
+    body += b"\r\n" + delimiter + b"--"
+    response = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+def test_a_body_with_lf_only_framing_is_stored_byte_exact(client: TestClient, archive: Archive, tmp_path: Path) -> None:
+    datasets = list(ct_series(2, rows=8, columns=8))
+    parts = [part10(ds, tmp_path) for ds in datasets]
+    body = b"".join(b"--b1\nContent-Type: application/dicom\n\n" + part + b"\n" for part in parts) + b"--b1--"
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": f"{DICOM_MULTIPART}; boundary=b1"}
+    )
+    assert response.status_code == 200, response.text
+    for ds, part in zip(datasets, parts, strict=True):
+        key = original_key("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        assert archive.runtime.storage.read(key) == part
+
+
+def test_a_body_without_the_close_delimiter_stores_nothing(
+    client: TestClient, archive: Archive, tmp_path: Path
+) -> None:
+    good = part10(next(ct_series(1, rows=8, columns=8)), tmp_path)
+    body = b"--b1\r\nContent-Type: application/dicom\r\n\r\n" + good + b"\r\n--b1\r\n"
+    response = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": f"{DICOM_MULTIPART}; boundary=b1"}
+    )
+    assert response.status_code == 400
+    assert "without the closing delimiter" in response.json()["error"]
+    assert archive.runtime.storage.list("") == []
+
+
 @pytest.mark.parametrize(
     "content_type",
     [None, "application/dicom", "application/json", 'multipart/related; type="application/dicom+json"; boundary=x'],

@@ -18,6 +18,8 @@ from bench.synthetic import ct_series, multiframe, new_uid
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import derived_key, entry_key, original_key
 from dicomcloud.archive.retrieve import StoredInstance
+from dicomcloud.dicom.codecs import TRANSCODE_TARGETS
+from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX
 from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.web import wado
 from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
@@ -349,6 +351,21 @@ def test_compressed_frames_in_their_own_media_type(client: TestClient, rle_mf: p
     assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": accept}).status_code == 200
     jpeg = 'multipart/related; type="image/jpeg"'
     assert client.get(f"{instance_url(rle_mf)}/frames/1", headers={"Accept": jpeg}).status_code == 406
+
+
+@pytest.mark.parametrize(("media_type", "default"), sorted(DEFAULT_FRAME_SYNTAX.items()))
+def test_a_frame_media_type_alone_means_its_default_syntax_when_the_codecs_make_it(
+    client: TestClient, wide_mf: pydicom.Dataset, media_type: str, default: str
+) -> None:
+    """PS3.18 Table 8.7.3-5's default of each frame media type, served whenever dicom/codecs.py can encode it."""
+    accept = f'toto, multipart/related; type="{media_type}"'
+    response = client.get(f"{instance_url(wide_mf)}/frames/1", headers={"Accept": accept})
+    if default in TRANSCODE_TARGETS:
+        assert response.status_code == 200
+        ((headers, _),) = multipart_bodies(response)
+        assert headers["content-type"] == f"{media_type}; transfer-syntax={default}"
+    else:
+        assert response.status_code == 406
 
 
 @pytest.mark.parametrize(

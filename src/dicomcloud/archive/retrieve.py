@@ -177,6 +177,12 @@ class Retrieve:
         with self.runtime.storage.open(location.file_path) as stream:
             return number_of_frames(stream)
 
+    def image_size(self, location: InstanceLocation) -> tuple[int, int]:
+        """(Columns, Rows) of the instance's image, from its header; (0, 0) when it is not an image."""
+        with self.runtime.storage.open(location.file_path) as stream:
+            header = dcmread(stream, stop_before_pixels=True, force=True, specific_tags=["Rows", "Columns"])
+        return int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0)
+
     def rendered_frames(self, locations: Sequence[InstanceLocation]) -> Iterator[tuple[InstanceLocation, int]]:
         """(instance, frame number) for every frame of the image instances among `locations`."""
         for location in locations:

@@ -9,6 +9,7 @@ document, without bulk data (PS3.18 10.6.3.3.1; a C-FIND response carries none e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.dicom.query import Query
 from dicomcloud.ports.index import SeriesKey
 from dicomcloud.runtime import Runtime
+
+# An attribute the dictionary does not name, as dicom/query.py keeps it: its tag's 8 hex digits.
+_PRIVATE_TAG = re.compile(r"[0-9A-F]{8}")
 
 
 @dataclass(frozen=True)
@@ -73,5 +77,8 @@ class Search:
 
 
 def _tag(keyword: str) -> str | None:
+    """The DICOM JSON key of a keyword or of a private tag (kept as its hex digits); None for a sequence path."""
+    if _PRIVATE_TAG.fullmatch(keyword):
+        return keyword
     tag = tag_for_keyword(keyword)
     return None if tag is None else f"{tag:08X}"

@@ -11,7 +11,11 @@ Decisions (also the conformance statement's matching section):
   `Query.unsupported` and the server answers with a `Warning: 299` header (web/qido.py),
   as PS3.18 allows. OHIF and dicomweb-client ignore the header, so their searches still succeed.
   An empty value for such a key is a request to return it, not a condition, so it warns nothing.
-  Names that are neither a special parameter nor a DICOM keyword or tag are rejected (400).
+  A tag outside the DICOM dictionary (a private attribute) is such a key too, named by its tag.
+- Names that are neither a PS3.18 parameter nor a DICOM keyword or tag (vendor parameters that clients
+  add, `_=1700000000` cache busters) are ignored, listed in `Query.ignored`, and named in a `Warning: 299`;
+  an includefield the archive cannot know is ignored without one (PS3.18 8.3.4.3 lets a server leave out
+  attributes it does not hold).
 - Study keys are accepted at series and instance level, series keys at instance level, whatever
   the scope of the URL (a relational superset of PS3.18 Table 10.6.1-5).
 - String matching is case-sensitive, as PS3.4 C.2.2.2.1 requires, except PN: person names match
@@ -70,6 +74,8 @@ class Query:
     fuzzy: bool = False
     # Matching keys given but not applied (not supported at this level): reported, never dropped silently.
     unsupported: tuple[str, ...] = ()
+    # Parameters that are neither a DICOM attribute nor a PS3.18 parameter: ignored, and reported.
+    ignored: tuple[str, ...] = ()
 
 
 LEVEL_DEPTH: dict[Level, int] = {"study": 0, "series": 1, "instance": 2}
@@ -147,14 +153,15 @@ def parse_qido(
     limit: int | None = None
     offset = 0
     fuzzy = False
+    ignored: list[str] = []
     for name, values in params.items():
         special = name.lower()
         if special == "includefield":
             for item in (part.strip() for value in values for part in value.split(",")):
                 if item == "all":
                     include_all = True
-                elif item:
-                    includefields.add(_attribute_path(item, "includefield"))
+                elif item and (path := attribute_path(item)) is not None:
+                    includefields.add(path)
         elif special == "limit":
             limit = _integer_param(name, values, minimum=1)
         elif special == "offset":
@@ -162,7 +169,11 @@ def parse_qido(
         elif special == "fuzzymatching":
             fuzzy = _boolean_param(name, values)
         elif special not in NEGOTIATION_PARAMS:
-            values_by_key.setdefault(_attribute_path(name, "query parameter"), []).extend(values)
+            path = attribute_path(name)
+            if path is None:
+                ignored.append(name[:64])
+            else:
+                values_by_key.setdefault(path, []).extend(values)
 
     conditions: list[Condition] = []
     unsupported: list[str] = []
@@ -188,6 +199,7 @@ def parse_qido(
         offset=offset,
         fuzzy=fuzzy,
         unsupported=tuple(sorted(unsupported)),
+        ignored=tuple(sorted(ignored)),
     )
 
 
@@ -247,24 +259,27 @@ def _scope(level: Level, study_uid: str | None, series_uid: str | None) -> tuple
     )
 
 
-def _attribute_path(name: str, what: str) -> str:
-    """A keyword, tag or dotted sequence path (`RequestAttributesSequence.RequestedProcedureID`) as keywords."""
-    parts = [_keyword(part, name, what) for part in name.split(".")]
-    for part in parts[:-1]:
-        if dictionary_VR(part) != "SQ":
-            raise InvalidInput(f"{what} {name!r}: {part} is not a sequence")
+def attribute_path(name: str) -> str | None:
+    """A keyword, tag or dotted sequence path (`RequestAttributesSequence.RequestedProcedureID`) as keywords;
+    a tag outside the dictionary stays its 8 hex digits (upper case). None when `name` names no attribute."""
+    parts = []
+    for index, part in enumerate(name.split(".")):
+        keyword = _keyword(part)
+        if keyword is None:
+            return None
+        # A sequence path goes through sequences (a private one cannot be told from its tag).
+        if index < name.count(".") and keyword != part.upper() and dictionary_VR(keyword) != "SQ":
+            return None
+        parts.append(keyword)
     return ".".join(parts)
 
 
-def _keyword(part: str, name: str, what: str) -> str:
+def _keyword(part: str) -> str | None:
+    if not part:
+        return None
     if _TAG.fullmatch(part):
-        keyword = str(keyword_for_tag(int(part, 16)))
-        if not keyword:
-            raise InvalidInput(f"{what} {name!r}: tag {part} is not in the DICOM dictionary")
-        return keyword
-    if tag_for_keyword(part) is None:
-        raise InvalidInput(f"unknown {what} {name!r}: not a DICOM keyword or tag")
-    return part
+        return str(keyword_for_tag(int(part, 16))) or part.upper()
+    return part if tag_for_keyword(part) is not None else None
 
 
 def _single_param(name: str, values: Sequence[str]) -> str:

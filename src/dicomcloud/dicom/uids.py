@@ -79,6 +79,17 @@ _COMPRESSED_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile
     "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile
 }
+# PS3.18 Table 8.7.3-5's defaults: the transfer syntax a frame media type means when none is named (the
+# lossless one of each family). Whether the archive can make it is dicom/codecs.py's to say.
+DEFAULT_FRAME_SYNTAX = {
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/jxl": "1.2.840.10008.1.2.4.110",
+}
 # Lossy transfer syntaxes (PS3.5 Section 8 and Annex A: "lossy" processes), video included.
 _LOSSY = frozenset(
     {

@@ -1,7 +1,8 @@
 """The DICOMweb HTTP service (wado-server): one FastAPI app per process, stateless across requests.
 
 Every DICOMweb route exists twice, built from one router: under `<root>` (default: /dicom-web) for
-the default tenant and under `/<tenant><root>` for a named one, so `/openapi.json` lists both.
+the default tenant and under `/<tenant><root>` for a named one, so `/openapi.json` lists both. WADO-URI
+is `/wado` and `/<tenant>/wado`, behind the same tenant and access dependencies.
 Errors are turned into responses here and nowhere else.
 """
 
@@ -20,7 +21,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from dicomcloud.archive.core import Archive
 from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
-from dicomcloud.web import dashboard, delete, qido, rendered, stats, stow, wado
+from dicomcloud.web import dashboard, delete, qido, rendered, stats, stow, wado, wado_uri
 from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.web.context import use_default_tenant, use_path_tenant
@@ -55,6 +56,8 @@ def create_app(archive: Archive) -> FastAPI:
     authorized = Depends(require_dicomweb_access)
     app.include_router(dicomweb, prefix=root, dependencies=[Depends(use_default_tenant), authorized])
     app.include_router(dicomweb, prefix="/{tenant}" + root, dependencies=[Depends(use_path_tenant), authorized])
+    app.include_router(wado_uri.router, dependencies=[Depends(use_default_tenant), authorized])
+    app.include_router(wado_uri.router, prefix="/{tenant}", dependencies=[Depends(use_path_tenant), authorized])
 
     app.include_router(stats.router, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)

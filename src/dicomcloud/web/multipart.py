@@ -3,6 +3,12 @@
 Neither side ever holds a whole body or a whole part: the writer yields headers and the chunks
 it is given; the parser is fed chunks and hands back part headers and body pieces as they become
 certain, keeping only a delimiter's length of lookahead.
+
+The writer sends strict RFC 2046 framing. The parser takes what real senders write (Postel): a
+boundary of any length (RFC 2046's 70 characters bind senders; Orthanc's DICOMweb client sends 73),
+lines ended by LF alone as well as CRLF, a preamble and an epilogue, transport padding, and no line
+end after the close delimiter. What is really broken stays refused: a body without the close
+delimiter, a delimiter followed by something else, a malformed or oversized part header.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from dataclasses import dataclass
 from dicomcloud.errors import InvalidInput
 
 CRLF = b"\r\n"
+LF = b"\n"
 MAX_HEADER_BYTES = 16 * 1024
-# RFC 2046: a boundary is 1 to 70 characters from a restricted set.
-_BOUNDARY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
+# A boundary is read as sent, of any length the request's headers can carry; it must be printable ASCII,
+# since a control character or a line end inside it could never be matched on a line of the body.
+_BOUNDARY_CHARS = frozenset(chr(code) for code in range(0x20, 0x7F))
 
 Part = tuple[Mapping[str, str], Iterable[bytes]]
 
@@ -28,7 +36,7 @@ def new_boundary() -> str:
 
 
 def validate_boundary(boundary: str) -> str:
-    if not 1 <= len(boundary) <= 70 or not set(boundary) <= _BOUNDARY_CHARS or boundary.endswith(" "):
+    if not boundary or not set(boundary) <= _BOUNDARY_CHARS:
         raise InvalidInput(f"invalid multipart boundary: {boundary[:80]!r}")
     return boundary
 
@@ -89,12 +97,13 @@ class _State(enum.Enum):
 class MultipartParser:
     """Incremental parser: `feed` chunks, act on the events, then `finish` to detect truncation.
 
-    The delimiter is CRLF "--" boundary; the body is read as if it began with CRLF so that a
+    The delimiter is LF "--" boundary, and a CR just before it belongs to it too (RFC 2046 writes
+    CRLF; some senders write LF alone). The body is read as if it began with CRLF so that a
     boundary on the very first line (no preamble) is found the same way as every later one.
     """
 
     def __init__(self, boundary: str, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
-        self._delimiter = CRLF + b"--" + validate_boundary(boundary).encode("ascii")
+        self._delimiter = LF + b"--" + validate_boundary(boundary).encode("ascii")
         self._buffer = bytearray(CRLF)
         self._state = _State.PREAMBLE
         self._max_header_bytes = max_header_bytes
@@ -140,7 +149,8 @@ class MultipartParser:
         in_body = self._state is _State.BODY
         index = self._buffer.find(self._delimiter)
         if index < 0:
-            keep = len(self._delimiter) - 1
+            # Kept back: a delimiter's start, and the CR that may precede it.
+            keep = len(self._delimiter)
             if len(self._buffer) > keep:
                 cut = len(self._buffer) - keep
                 if in_body:
@@ -148,8 +158,9 @@ class MultipartParser:
                 del self._buffer[:cut]
             return False
         if in_body:
-            if index:
-                events.append(PartData(bytes(self._buffer[:index])))
+            end = index - 1 if index and self._buffer[index - 1] == CRLF[0] else index
+            if end:
+                events.append(PartData(bytes(self._buffer[:end])))
             events.append(PartEnd())
             self._in_part = False
         del self._buffer[: index + len(self._delimiter)]
@@ -157,7 +168,7 @@ class MultipartParser:
         return True
 
     def _after_delimiter(self) -> bool:
-        """After a delimiter: "--" closes; otherwise optional padding then CRLF opens a part."""
+        """After a delimiter: "--" closes; otherwise optional padding then a line end opens a part."""
         if len(self._buffer) < 2:
             return False
         if self._buffer.startswith(b"--"):
@@ -168,20 +179,23 @@ class MultipartParser:
         while padding < len(self._buffer) and self._buffer[padding] in b" \t":
             padding += 1
         rest = self._buffer[padding:]
-        if len(rest) < 2:
+        line_end = _line_end(rest)
+        if line_end is None:
             return False
-        if not rest.startswith(CRLF):
-            raise InvalidInput("multipart boundary is followed by neither CRLF nor '--'")
-        del self._buffer[: padding + 2]
+        if not line_end:
+            raise InvalidInput("multipart boundary is followed by neither a line end nor '--'")
+        del self._buffer[: padding + line_end]
         self._state = _State.HEADERS
         return True
 
     def _headers(self, events: list[PartEvent]) -> bool:
-        if self._buffer.startswith(CRLF):
-            end, skip = 0, 2
+        """The header block ends at the first empty line (CRLF CRLF, LF LF, or a mix)."""
+        blank = _line_end(self._buffer)
+        if blank:
+            end, skip = 0, blank
         else:
-            end = self._buffer.find(CRLF + CRLF)
-            skip = 4
+            ends = [(found, len(mark)) for mark in (b"\n\r\n", b"\n\n") if (found := self._buffer.find(mark)) >= 0]
+            end, skip = min(ends) if ends else (-1, 0)
         if end < 0:
             if len(self._buffer) > self._max_header_bytes:
                 raise InvalidInput(f"multipart part headers longer than {self._max_header_bytes} bytes")
@@ -196,12 +210,21 @@ class MultipartParser:
         return True
 
 
+def _line_end(data: bytes | bytearray) -> int | None:
+    """The length of the line end `data` starts with (2 for CRLF, 1 for LF), 0 if none, None if too short to tell."""
+    if data.startswith(CRLF):
+        return 2
+    if data.startswith(LF):
+        return 1
+    return None if data in (b"", b"\r") else 0
+
+
 def _parse_headers(block: bytes) -> dict[str, str]:
     """Header fields of one part; folded lines (obsolete but legal in MIME) are unfolded."""
     headers: dict[str, str] = {}
-    text = block.decode("latin-1").replace("\r\n ", " ").replace("\r\n\t", " ")
-    for line in text.split("\r\n"):
-        if not line:
+    text = block.decode("latin-1").replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", " ")
+    for line in text.split("\n"):
+        if not line.strip():
             continue
         name, sep, value = line.partition(":")
         if not sep or not name.strip():

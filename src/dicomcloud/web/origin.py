@@ -6,13 +6,17 @@ built from
 1. `http.public_url`, when set;
 2. else, on a connection from a trusted proxy (`http.trusted_proxies`, loopback by default, so the shipped
    Nginx works unconfigured), what the proxy forwarded: RFC 7239 `Forwarded` (proto, host) or
-   `X-Forwarded-Proto`, `-Host`, `-Port` and `-Prefix`, the value the nearest proxy wrote (the last);
+   `X-Forwarded-Proto`, `-Host`, `-Port` and `-Prefix`, the value the nearest proxy wrote (the last); each
+   one on its own (a proxy may forward a prefix and no host), the rest from the address reached. RFC 7239
+   has no prefix parameter, so a path prefix only travels as `X-Forwarded-Prefix`;
 3. else the address and port the connection reached.
 
 A client's `Host` header is never believed: anyone can write any name there (`Host: evil.example`), and a
 URL built from it would send the next client to that name. The middleware rewrites the ASGI scope (scheme,
-server, the host header, root_path and, from a trusted proxy, the client address) before anything reads
-it, so Starlette's own URL building, the routes and the access log all see the decided values.
+server, the host header, root_path and path and, from a trusted proxy, the client address) before anything
+reads it, so Starlette's own URL building, the routes and the access log all see the decided values. A
+prefix goes into root_path, and into path unless the proxy left it there (the ASGI path includes root_path),
+so routes match either way and a redirect's Location keeps it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
 )
-_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)*")
+# A path prefix: segments of unreserved characters, no "." or ".." (a URL would resolve out of the prefix).
+_PREFIX = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)*")
 _FORWARDED_PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)\s*')
 
 
@@ -58,19 +63,33 @@ def reached_origin(scope: Scope) -> Origin:
     return Origin(scheme, host_and_port(str(host), int(port) if port else None, scheme))
 
 
-def forwarded_origin(headers: dict[str, str], reached: Origin) -> Origin | None:
-    """What a trusted proxy forwarded, or None when it forwarded no host."""
+def forwarded_origin(headers: dict[str, str], reached: Origin) -> Origin:
+    """The origin a trusted proxy forwarded; what it did not forward (or forwarded malformed) as reached."""
     forwarded = _last_forwarded_element(headers.get("forwarded", ""))
     scheme = forwarded.get("proto") or _last(headers.get("x-forwarded-proto", ""))
     host = forwarded.get("host") or _last(headers.get("x-forwarded-host", ""))
     port = _last(headers.get("x-forwarded-port", ""))
     prefix = _last(headers.get("x-forwarded-prefix", "")).rstrip("/")
     scheme = scheme.lower() if scheme.lower() in DEFAULT_PORTS else reached.scheme
+    prefix = prefix if _PREFIX.fullmatch(prefix) else ""
     if not host or not _HOST.fullmatch(host):
-        return None
+        if not port.isdigit():
+            return Origin(scheme, _reached_host_under(reached, scheme), prefix)
+        host = _without_port(reached.host)
     if port.isdigit() and ":" not in host.rpartition("]")[2]:
         host = host_and_port(host, int(port), scheme)
-    return Origin(scheme, host, prefix if _PREFIX.fullmatch(prefix) else "")
+    return Origin(scheme, host, prefix)
+
+
+def _without_port(host: str) -> str:
+    return host.rsplit(":", 1)[0] if ":" in host.rpartition("]")[2] else host
+
+
+def _reached_host_under(reached: Origin, scheme: str) -> str:
+    """The reached host[:port] named under `scheme`: a port left out as the reached scheme's default is shown."""
+    if scheme == reached.scheme or ":" in reached.host.rpartition("]")[2]:
+        return reached.host
+    return f"{reached.host}:{DEFAULT_PORTS[reached.scheme]}"
 
 
 def forwarded_client(headers: dict[str, str], trusted: AddressSet) -> str | None:
@@ -129,7 +148,7 @@ class TrustedOrigin:
         for name, value in scope.get("headers", []):
             key = name.decode("latin-1")
             headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
-        origin = self.public or (forwarded_origin(headers, reached) if from_proxy else None) or reached
+        origin = self.public or (forwarded_origin(headers, reached) if from_proxy else reached)
         rewritten = dict(scope)
         rewritten["scheme"] = origin.scheme
         rewritten["headers"] = [(b"host", origin.host.encode("latin-1"))] + [
@@ -137,6 +156,10 @@ class TrustedOrigin:
         ]
         if origin.prefix:
             rewritten["root_path"] = origin.prefix + scope.get("root_path", "")
+            path = scope.get("path", "")
+            if path != origin.prefix and not path.startswith(origin.prefix + "/"):
+                rewritten["path"] = origin.prefix + path
+                rewritten["raw_path"] = origin.prefix.encode("ascii") + scope.get("raw_path", path.encode())
         if from_proxy:
             address = forwarded_client(headers, self.trusted)
             if address:

@@ -6,10 +6,13 @@ Decisions:
 - At most MAX_RESULTS matches are returned; when a request asks for more (or sets no limit and more
   exist) the response carries `Warning: 299` as PS3.18 8.3.4.4 describes, and the client pages
   with `offset`.
-- Matching keys the index cannot match are ignored and named in a `Warning: 299` (PS3.18 8.3.4.3).
+- Matching keys the index cannot match are ignored and named in a `Warning: 299` (PS3.18 8.3.4.3); so are
+  parameters that are no DICOM attribute and no PS3.18 parameter (vendor parameters), never a 400.
 - Each match holds the level's default attributes, the matching keys, the includefields and
-  RetrieveURL (0008,1190). At instance level, includefields the index does not keep (or `all`) are
-  taken from the instance's metadata entry, bulk data left out (archive/search.py, shared with C-FIND).
+  RetrieveURL (0008,1190); a series or instance match carries its study's (and patient's) attributes
+  when they are named. At instance level, includefields the index does not keep (or `all`), private tags
+  included, are taken from the instance's metadata entry, bulk data left out (archive/search.py, shared
+  with C-FIND). An includefield the archive cannot know for the level is left out, never an error.
 - Answers are kept for `backends.qido_cache_ttl` seconds in the cache port, keyed by tenant and the
   normalised request, and dropped as soon as the data they cover changes (archive/qido_cache.py).
 """
@@ -28,9 +31,11 @@ from dicomcloud.archive.search import Match
 from dicomcloud.dicom.dicomjson import KeywordEncoder, dumps
 from dicomcloud.dicom.query import QIDO_LEVEL_KEYWORDS, Level, Query, parse_qido
 from dicomcloud.web.context import RequestScope, Scope, path_uid
-from dicomcloud.web.negotiation import json_media_type
+from dicomcloud.web.negotiation import negotiate_json
 
 MAX_RESULTS = 10_000
+# Ignored parameters a Warning names, at most (the rest are counted).
+MAX_NAMED = 10
 LIMIT_WARNING = (
     '299 dicomcloud "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -78,7 +83,7 @@ def search_series_instances(request: Request, scope: Scope, study: str, series: 
 def search(
     scope: RequestScope, request: Request, level: Level, *, study: str | None = None, series: str | None = None
 ) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     params: dict[str, list[str]] = defaultdict(list)
     for name, value in request.query_params.multi_items():
         params[name].append(value)
@@ -111,7 +116,17 @@ def _search(scope: RequestScope, query: Query) -> CachedResult:
         warnings.append(LIMIT_WARNING)
     if query.unsupported:
         warnings.append(f'299 dicomcloud "Not supported for matching, ignored: {", ".join(query.unsupported)}"')
+    if query.ignored:
+        names = ", ".join(_header_safe(name) for name in query.ignored[:MAX_NAMED])
+        if len(query.ignored) > MAX_NAMED:
+            names += f" and {len(query.ignored) - MAX_NAMED} more"
+        warnings.append(f'299 dicomcloud "Not a DICOM attribute nor a QIDO-RS parameter, ignored: {names}"')
     return CachedResult(dumps(_results(scope, query, matches[:limit])), ", ".join(warnings))
+
+
+def _header_safe(name: str) -> str:
+    """A client's parameter name as a header's quoted text can carry it: printable ASCII, no quote or backslash."""
+    return "".join(char if " " <= char <= "~" and char not in '"\\' else "?" for char in name)
 
 
 def _wanted(query: Query, row: dict[str, Any]) -> list[str]:

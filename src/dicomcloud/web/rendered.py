@@ -37,7 +37,7 @@ from dicomcloud.errors import NotAcceptable, NotFound
 from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.web.context import Scope
 from dicomcloud.web.multipart import Part, new_boundary, write_multipart
-from dicomcloud.web.negotiation import MULTIPART_RELATED, MediaRange, format_media_type, parse_accept
+from dicomcloud.web.negotiation import MULTIPART_RELATED, MediaRange, accept_of, format_media_type, parse_accept
 from dicomcloud.web.wado import check_frame_list, instance_at, parse_frame_list, series_instances
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def rendering_options(
     """The `window`, `viewport` and `quality` query parameters and the Accept header, parsed once."""
     limits = request.app.state.archive.settings.limits
     return RenderOptions(
-        media_type=_rendered_media_type(request.headers.get("accept")),
+        media_type=_rendered_media_type(accept_of(request)),
         window=parse_window(window) if window is not None else None,
         viewport=parse_viewport(viewport, limits.max_viewport) if viewport is not None else None,
         quality=parse_quality(quality) if quality is not None else None,

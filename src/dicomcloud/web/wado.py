@@ -31,7 +31,7 @@ from fastapi.responses import StreamingResponse
 from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
 from dicomcloud.dicom.dicomjson import parse_tag_path
-from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
+from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
 from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import Storage
@@ -40,8 +40,9 @@ from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, 
 from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
+    accept_of,
     format_media_type,
-    json_media_type,
+    negotiate_json,
     parse_accept,
 )
 
@@ -96,48 +97,45 @@ class _Packaging(enum.Enum):
     SINGLE = "single"
 
 
+def servable_syntax(stored: set[str], transfer_syntax: str | None) -> tuple[bool, str | None]:
+    """Whether instances stored in `stored` syntaxes can be served in `transfer_syntax` (None or `*`: as
+    stored), and the syntax to make them in (None: as stored)."""
+    if transfer_syntax in (None, "*") or stored == {transfer_syntax}:
+        return True, None
+    if transfer_syntax not in TRANSCODE_TARGETS:
+        return False, None
+    try:
+        for syntax in stored - {transfer_syntax}:
+            check_transcodable(syntax, transfer_syntax)
+    except CannotConvert:
+        return False, None
+    return True, transfer_syntax
+
+
 def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> tuple[_Packaging, str | None]:
     """How to package the instances, and the transfer syntax to serve them in (None: as stored)."""
-
-    def wanted(transfer_syntax: str | None) -> tuple[bool, str | None]:
-        if transfer_syntax in (None, "*") or stored == {transfer_syntax}:
-            return True, None
-        if transfer_syntax not in TRANSCODE_TARGETS:
-            return False, None
-        try:
-            for syntax in stored - {transfer_syntax}:
-                check_transcodable(syntax, transfer_syntax)
-        except CannotConvert:
-            return False, None
-        return True, transfer_syntax
-
     for media_range in ranges:
         if media_range.media_type in ("*/*", "multipart/*"):
             return _Packaging.MULTIPART, None
         if media_range.is_multipart_related:
             part = media_range.part_range()
-            fits, syntax = wanted(part.transfer_syntax)
+            fits, syntax = servable_syntax(stored, part.transfer_syntax)
             if part.matches(DICOM) and fits:
                 return _Packaging.MULTIPART, syntax
         elif single and media_range.matches(DICOM):
-            fits, syntax = wanted(media_range.transfer_syntax)
+            fits, syntax = servable_syntax(stored, media_range.transfer_syntax)
             if fits:
                 return _Packaging.SINGLE, syntax
     raise NotAcceptable(f"stored as {', '.join(sorted(stored))}; no acceptable transfer syntax can be made from it")
 
 
 def _dicom_response(scope: RequestScope, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
-    ranges = parse_accept(request.headers.get("accept"))
+    ranges = parse_accept(accept_of(request))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
+    if packaging is _Packaging.SINGLE:
+        return single_instance_response(scope, locations[0], target)
     stored = scope.archive.retrieve.stored(locations, target)
     storage = scope.archive.runtime.storage
-    if packaging is _Packaging.SINGLE:
-        instance = stored[0]
-        return StreamingResponse(
-            _pieces(storage, instance, instance.prefix, b""),
-            media_type=format_media_type(DICOM, transfer_syntax=instance.transfer_syntax),
-            headers={"Content-Length": str(instance.length)},
-        )
     boundary = new_boundary()
     heads = [part_head(boundary, _part_headers(instance)) for instance in stored]
     closing = close_delimiter(boundary)
@@ -146,6 +144,20 @@ def _dicom_response(scope: RequestScope, request: Request, locations: list[Insta
         _multipart_pieces(storage, stored, heads, closing),
         media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
         headers={"Content-Length": str(length + len(closing))},
+    )
+
+
+def single_instance_response(
+    scope: RequestScope, location: InstanceLocation, target: str | None, *, media_type_params: bool = True
+) -> Response:
+    """One instance as an application/dicom body, in `target` syntax (None: as stored). WADO-URI leaves the
+    transfer-syntax parameter out of its Content-Type (`media_type_params`; PS3.18 forbids it there)."""
+    (instance,) = scope.archive.retrieve.stored([location], target)
+    media_type = format_media_type(DICOM, transfer_syntax=instance.transfer_syntax) if media_type_params else DICOM
+    return StreamingResponse(
+        _pieces(scope.archive.runtime.storage, instance, instance.prefix, b""),
+        media_type=media_type,
+        headers={"Content-Length": str(instance.length)},
     )
 
 
@@ -201,7 +213,7 @@ def _pieces(storage: Storage, instance: StoredInstance, lead: bytes, tail: bytes
 
 @router.get("/studies/{study}/metadata", summary="Retrieve study metadata")
 def study_metadata(request: Request, scope: Scope, study: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     locations = series_instances(scope, study)
     bodies = []
     for study_uid, series in dict.fromkeys((loc.study_instance_uid, loc.series_instance_uid) for loc in locations):
@@ -215,7 +227,7 @@ def study_metadata(request: Request, scope: Scope, study: str) -> Response:
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
 def series_metadata(request: Request, scope: Scope, study: str, series: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
     doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study, series))
@@ -226,7 +238,7 @@ def series_metadata(request: Request, scope: Scope, study: str, series: str) -> 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
 def instance_metadata(request: Request, scope: Scope, study: str, series: str, instance: str) -> Response:
-    media_type = json_media_type(request.headers.get("accept"))
+    media_type = negotiate_json(request)
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
     sop = path_uid(instance, "SOPInstanceUID")
@@ -244,15 +256,6 @@ class _FrameForm(enum.Enum):
     STORED = "stored"  # as stored: compressed bitstreams, or native little endian
     UNCOMPRESSED = "uncompressed"  # native little endian, decoded if stored compressed
     ENCODED = "encoded"  # decoded, then encoded in another compressed transfer syntax
-
-
-# The syntax a frame media type means when no transfer-syntax is named (PS3.18 Table 8.7.3-5's
-# defaults), for the media types this archive can encode.
-_FRAME_DEFAULT_SYNTAX = {
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-}
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -296,7 +299,7 @@ def _frame_form(part: MediaRange, stored: TransferSyntax) -> tuple[_FrameForm, s
     compressed = stored_media not in (None, OCTET_STREAM)
     if compressed and part.matches(str(stored_media)) and requested in (None, "*", served_syntax):
         return _FrameForm.STORED, served_syntax
-    target = _FRAME_DEFAULT_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
+    target = DEFAULT_FRAME_SYNTAX.get(part.media_type) if requested in (None, "*") else requested
     if target is None or target not in TRANSCODE_TARGETS:
         return None
     target_media = TransferSyntax(target).frame_media_type
@@ -332,7 +335,7 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
     stored = frame_index.transfer_syntax
     if stored.frame_media_type is None:
         raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
-    form, part_syntax = _select_frame_form(parse_accept(request.headers.get("accept")), stored)
+    form, part_syntax = _select_frame_form(parse_accept(accept_of(request)), stored)
     if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
         form = _FrameForm.STORED
     part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
@@ -374,7 +377,7 @@ def retrieve_bulkdata(
 ) -> Response:
     location = instance_at(scope, study, series, instance)
     parse_tag_path(tag_path)
-    _select_bulkdata(parse_accept(request.headers.get("accept")))
+    _select_bulkdata(parse_accept(accept_of(request)))
     value = scope.archive.retrieve.bulkdata(location, tag_path)
     url = scope.instance_url(location.study_instance_uid, location.series_instance_uid, location.sop_instance_uid)
     headers = {
