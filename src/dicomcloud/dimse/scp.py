@@ -14,6 +14,9 @@ called AE title picks the tenant; with it, only known peers from their hosts ass
 otherwise, "calling AE title not recognised"), their tenant comes from their entry, and an operation
 they may not perform is refused with 0x0124 (a C-STORE that would replace an instance, with 0x0111).
 
+A refused C-STORE says why in its response's Error Comment (0000,0902), the reason the archive wrote
+(errors.py), cut to the 64 characters its VR (LO) holds; the log line keeps the whole text.
+
 Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
 storage SCP gets its C-STORE sub-operations on the same association.
 """
@@ -26,6 +29,7 @@ import threading
 from typing import Any
 
 from pydicom import uid as ts
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
@@ -82,6 +86,8 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
+# Error Comment is an LO: at most 64 characters.
+ERROR_COMMENT_LENGTH = 64
 # Responses that announce more to come; the operation is counted at its final response.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
@@ -186,13 +192,13 @@ class StoreSCP:
             return exc.dimse_status
         return STATUS_SUCCESS
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         peer = peer_identity(event)
         calling, called = peer.calling_ae, peer.called_ae
         try:
             admission = self.gate.operation(event, "store")
         except DicomCloudError as exc:
-            return exc.dimse_status
+            return refusal(exc)
         try:
             received = event.dataset_path.open("rb")
             stored = self.archive.store.store(
@@ -208,16 +214,27 @@ class StoreSCP:
                 self.gate.refused_store(event, admission.tenant, exc.dimse_status, exc.message)
             else:
                 log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
-            return exc.dimse_status
+            return refusal(exc)
         except DicomCloudError as exc:
             log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
-            return exc.dimse_status
+            return refusal(exc)
         except Exception:
             # pynetdicom would answer 0xC211 and keep going; we log the cause and say "failed".
             log.exception("C-STORE from %s failed", calling)
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+def refusal(exc: DicomCloudError) -> Dataset:
+    """A failure response's status fields: the error's status and its reason as Error Comment."""
+    status = Dataset()
+    status.Status = exc.dimse_status
+    reason = exc.reason
+    if len(reason) > ERROR_COMMENT_LENGTH:
+        reason = reason[: ERROR_COMMENT_LENGTH - 3].rsplit(" ", 1)[0] + "..."
+    status.ErrorComment = reason
+    return status
 
 
 def _count_response(event: evt.Event) -> None:
