@@ -3,7 +3,9 @@
 Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
 it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
 threads, the bus workers' and webworker's threads, and uvicorn in the main thread. SIGINT or SIGTERM
-stops uvicorn, then the workers finish their current batch and everything is closed.
+stops both listeners at once; uvicorn answers the requests it has, the SCP the requests it has (and
+refuses new ones on open associations, dimse/scp.py), then the workers finish their current batch, and
+only then are the bus and the index closed.
 """
 
 from __future__ import annotations
@@ -333,10 +335,20 @@ def run_up(settings: Settings) -> int:
     scp = StoreSCP(archive)
     server = http_server(archive)
 
-    def stop_http() -> None:
+    def stop_accepting() -> None:
         server.should_exit = True
+        scp.stop_accepting()
 
-    stop_on_signals(stop, stop_http)
+    uvicorn_handle_exit = server.handle_exit
+
+    def handle_exit(signum: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler while it serves (it drains its requests, then passes the signal on to
+        ours): the SCP stops accepting at the same moment."""
+        scp.stop_accepting()
+        uvicorn_handle_exit(signum, frame)
+
+    server.handle_exit = handle_exit
+    stop_on_signals(stop, stop_accepting)
     threads: list[threading.Thread] = []
     try:
         with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):

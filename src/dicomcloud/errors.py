@@ -104,6 +104,14 @@ class StorageFailure(DicomCloudError):
     failure_reason = 0xA700
 
 
+class ShuttingDown(DicomCloudError):
+    """A request that arrived after the service began to stop: nothing was done, so sending it again later is safe."""
+
+    http_status = 503
+    dimse_status = 0xA700  # Refused: out of resources (the status a sender retries)
+    failure_reason = 0xA700
+
+
 class AuthError(DicomCloudError):
     """A request without the right to what it asked; `challenge` is its `WWW-Authenticate` header."""
 

@@ -173,6 +173,24 @@ def test_a_refused_c_store_says_why_in_its_error_comment(
     assert scp.archive.runtime.index.get_instance("default", SOP) is None
 
 
+def test_once_stopping_a_c_store_on_an_open_association_is_refused_untouched_and_the_association_aborted(
+    start: Callable[..., StoreSCP],
+) -> None:
+    scp = start()
+    assoc = associate(scp)
+    assert assoc.is_established
+    assert int(assoc.send_c_store(ct_dataset(sop=SOP + ".1")).Status) == 0x0000
+    scp.stop_accepting()
+    status = assoc.send_c_store(ct_dataset(sop=SOP + ".2"))
+    assert int(status.Status) == 0xA700
+    assert "shutting down" in status.ErrorComment
+    scp.stop()
+    assoc.join(10)  # the requestor's thread ends once the A-ABORT arrived
+    assert assoc.is_aborted
+    assert scp.archive.runtime.index.get_instance("default", SOP + ".1") is not None
+    assert scp.archive.runtime.index.get_instance("default", SOP + ".2") is None
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_a_hostile_uid_gets_a_failure_status(start: Callable[..., StoreSCP]) -> None:
     scp = start()

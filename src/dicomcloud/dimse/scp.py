@@ -17,15 +17,24 @@ they may not perform is refused with 0x0124 (a C-STORE that would replace an ins
 A refused C-STORE says why in its response's Error Comment (0000,0902), the reason the archive wrote
 (errors.py), cut to the 64 characters its VR (LO) holds; the log line keeps the whole text.
 
+Stopping is graceful (`stop`, on SIGINT or SIGTERM): the listener closes, every request asked for from
+then on is refused untouched (0xA700 with "the archive is shutting down" as Error Comment; sending it again
+later is safe), the requests being answered finish and get their responses, and only then are the
+associations still open aborted and the archive closed behind them. An instance acknowledged before the
+stop is there after it; none is refused half-way with an internal error.
+
 Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
 storage SCP gets its C-STORE sub-operations on the same association.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import ssl
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydicom import uid as ts
@@ -81,6 +90,9 @@ TRANSFER_SYNTAXES = [
 ]
 
 MAX_ASSOCIATIONS = 64
+# How long a stop waits for the requests being answered, and then for the aborted associations to end.
+DRAIN_TIMEOUT = 60.0
+ABORT_TIMEOUT = 5.0
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling / called AE title not recognised.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
@@ -137,6 +149,8 @@ class StoreSCP:
         self.query_retrieve = QueryRetrieveSCP(archive, self.gate)
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
+        self._listening = False
+        self._in_flight = InFlight()
         self._stopped = threading.Event()
 
     def start(self, blocking: bool) -> None:
@@ -144,16 +158,16 @@ class StoreSCP:
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse = self.archive.settings.dimse
+        requests = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store), *self.query_retrieve.handlers]
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-            *self.query_retrieve.handlers,
+            *[(event, self._in_flight.counted(handler)) for event, handler in requests],
             (evt.EVT_DIMSE_SENT, _count_response),
         ]
         self._server = self.ae.start_server(
             (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
         )
+        self._listening = True
         log.info(
             "DIMSE SCP %s listening on %s:%d%s, %s",
             dimse.ae_title,
@@ -172,10 +186,29 @@ class StoreSCP:
         """The port actually bound (useful when the settings ask for port 0)."""
         return int(self._server.server_address[1]) if self._server else self.archive.settings.dimse.port
 
-    def stop(self) -> None:
-        if self._server is not None:
+    def stop_accepting(self) -> None:
+        """No new association (the listener closes) and no new request (the gate refuses it); returns at once."""
+        self.gate.closing.set()
+        if self._server is not None and self._listening:
+            self._listening = False
             self._server.shutdown()
-            self._server = None
+
+    def stop(self) -> None:
+        """Stop gracefully: accept nothing new, let the requests being answered finish, then abort the
+        associations still open. The archive may be closed once this returns."""
+        self.stop_accepting()
+        server, self._server = self._server, None
+        if server is not None:
+            if not self._in_flight.wait_idle(DRAIN_TIMEOUT):
+                log.warning("DIMSE requests still running %.0f s after the stop began", DRAIN_TIMEOUT)
+            # Only established ones: a connection that never asked to associate (a readiness probe) holds nothing.
+            associations = [assoc for assoc in server.active_associations if assoc.is_established]
+            for assoc in associations:
+                assoc.abort(block=False)
+            for assoc in associations:
+                assoc.join(ABORT_TIMEOUT)
+            if associations:
+                log.info("DIMSE: aborted %d idle association(s) on stopping", len(associations))
         self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -224,6 +257,45 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+class InFlight:
+    """The DIMSE requests being answered, so a stop waits for exactly them."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    @contextmanager
+    def _one(self) -> Iterator[None]:
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def counted(self, handler: Callable[[evt.Event], Any]) -> Callable[[evt.Event], Any]:
+        """`handler`, counted while it runs (a generator handler until its last response is taken)."""
+        if inspect.isgeneratorfunction(handler):
+
+            def responses(event: evt.Event) -> Iterator[Any]:
+                with self._one():
+                    yield from handler(event)
+
+            return responses
+
+        def answer(event: evt.Event) -> Any:
+            with self._one():
+                return handler(event)
+
+        return answer
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
 
 
 def refusal(exc: DicomCloudError) -> Dataset:
