@@ -28,13 +28,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomcloud.config import Settings, load_settings
-from dicomcloud.errors import DicomCloudError, ServiceUnavailable
+from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import tune_service_process
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
+    from dicomcloud.archive.migrate import Tally
     from dicomcloud.dimse.scp import StoreSCP
     from dicomcloud.ports.storage import Storage
     from dicomcloud.workers.loop import Batching, Handler
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "webworker": "write series metadata documents (wado-webworker)",
         "loader": "load metadata and logs from the bus into the warehouse",
         "transcoder": "derive copies of instances the viewer cannot decode",
-        "import": "store DICOM files or folders, as C-STORE would",
+        "import": "store DICOM files or folders, or a whole other archive (DICOMweb or DIMSE), as C-STORE would",
         "init": "create the data folders, the index schema and, on Kafka, the bus topics",
         "stats": "print the warehouse's statistics as tables",
         "certs": "create a CA (or reuse the folder's) and server and client certificates for DICOM TLS and HTTPS",
@@ -79,8 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--dimse-port", type=int, help="DIMSE port")
             sub.add_argument("--ae-title", help="the SCP's AE title")
         if name == "import":
-            sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+            sub.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="files or folders")
             sub.add_argument("--tenant", help="tenant to store into (default: the settings' tenant)")
+            source = sub.add_mutually_exclusive_group()
+            source.add_argument(
+                "--from-dicomweb", metavar="URL", help="pull every study of this DICOMweb server (QIDO-RS, WADO-RS)"
+            )
+            source.add_argument(
+                "--from-dimse", metavar="AE@HOST:PORT", help="pull every study of this PACS (C-FIND, C-GET)"
+            )
+            sub.add_argument(
+                "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
+            )
         if name == "stats":
             from dicomcloud.ports.warehouse import STATISTICS
 
@@ -463,6 +474,12 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
     from dicomcloud.archive.core import Archive
 
+    if args.from_dicomweb or args.from_dimse:
+        if args.paths:
+            raise InvalidInput("import either PATHs or from a peer (--from-dicomweb, --from-dimse), not both")
+        return run_migration(settings, args)
+    if not args.paths:
+        raise InvalidInput("import what? PATHs, --from-dicomweb URL or --from-dimse AE@HOST:PORT")
     files = list(iter_files(args.paths))
     archive = Archive.from_settings(settings)
     storage = archive.runtime.storage
@@ -487,6 +504,54 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
         archive.close()
     log.info("imported %d of %d files into tenant %s (%d failed)", stored, len(files), tenant, failed)
     return 0 if failed == 0 else 2
+
+
+def run_migration(settings: Settings, args: argparse.Namespace) -> int:
+    """Pull every study of a peer archive (archive/migrate.py) with a progress bar; a summary at the end.
+    Ctrl-C lets the fetches under way finish; running the command again fetches only what is missing."""
+    from dicomcloud.adapters.dicomweb_peer import DicomwebPeer
+    from dicomcloud.adapters.dimse_peer import DimsePeer
+    from dicomcloud.archive.core import Archive
+    from dicomcloud.archive.migrate import Migration
+    from dicomcloud.ports.peer import Peer
+
+    peer: Peer = (
+        DicomwebPeer(args.from_dicomweb)
+        if args.from_dicomweb
+        else DimsePeer(args.from_dimse, calling_ae=settings.dimse.ae_title, timeout=settings.dimse.network_timeout)
+    )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    archive = Archive.from_settings(settings)
+    bar = ProgressBar()
+    try:
+        outcome = Migration(archive, peer, args.tenant or settings.tenant, args.concurrency, bar.show, stop).run()
+    finally:
+        peer.close()
+        archive.close()
+    bar.done(outcome.tally.line())
+    print(outcome.summary(peer.name), flush=True)
+    return 0 if outcome.complete else 2
+
+
+class ProgressBar:
+    """One line redrawn on a terminal (at most ten times a second); otherwise (logs, CI) a line a second."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._shown = 0.0
+
+    def show(self, tally: Tally) -> None:
+        now = time.monotonic()
+        if now - self._shown < (0.1 if self.tty else 1.0):
+            return
+        self._shown = now
+        sys.stderr.write(("\r" if self.tty else "") + tally.line() + ("" if self.tty else "\n"))
+        sys.stderr.flush()
+
+    def done(self, line: str) -> None:
+        sys.stderr.write(("\r" if self.tty else "") + line + "\n")
+        sys.stderr.flush()
 
 
 class Progress:
