@@ -120,7 +120,5 @@ class DimsePeer:
 
 def _identifier(level: str, **keys: str) -> Dataset:
     identifier = Dataset()
-    identifier.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(identifier, keyword, value)
+    identifier.update({"QueryRetrieveLevel": level, **keys})
     return identifier
