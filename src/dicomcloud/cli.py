@@ -93,10 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
             )
         if name == "stats":
+            from dicomcloud.archive.stats import RANGES
             from dicomcloud.ports.warehouse import STATISTICS
 
             sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
             sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
+            sub.add_argument(
+                "--range", dest="range_name", choices=tuple(RANGES), default="all",
+                help="the period the logs' statistics count (default: all)",
+            )
             sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
         if name == "storage":
             sub.add_argument("action", choices=("migrate",), help="migrate: copy every object, then verify each")
@@ -581,21 +586,21 @@ def run_stats(settings: Settings, args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from dicomcloud.archive.stats import SUMMARY_PARTS, format_table
+    from dicomcloud.archive.stats import SUMMARY_PARTS, format_table, statistic
     from dicomcloud.runtime import open_warehouse
 
     names = [args.name] if args.name else list(SUMMARY_PARTS)
     if args.url:
         base = args.url.rstrip("/")
         for name in names:
-            query = urllib.parse.urlencode({"limit": args.limit})
+            query = urllib.parse.urlencode({"limit": args.limit, "range": args.range_name})
             with urllib.request.urlopen(f"{base}/api/stats/{name}?{query}", timeout=60) as response:
                 print(format_table(name, json.load(response)))
         return 0
     warehouse = open_warehouse(settings)
     try:
         for name in names:
-            print(format_table(name, warehouse.statistics(name, args.limit)))
+            print(format_table(name, statistic(warehouse, name, args.limit, args.range_name)))
     finally:
         warehouse.close()
     return 0

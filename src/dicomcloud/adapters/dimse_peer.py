@@ -120,5 +120,6 @@ class DimsePeer:
 
 def _identifier(level: str, **keys: str) -> Dataset:
     identifier = Dataset()
-    identifier.update({"QueryRetrieveLevel": level, **keys})
+    for keyword, value in {"QueryRetrieveLevel": level, **keys}.items():
+        setattr(identifier, keyword, value)
     return identifier
