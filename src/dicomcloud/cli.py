@@ -3,7 +3,9 @@
 Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
 it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
 threads, the bus workers' and webworker's threads, and uvicorn in the main thread. SIGINT or SIGTERM
-stops uvicorn, then the workers finish their current batch and everything is closed.
+stops both listeners at once; uvicorn answers the requests it has, the SCP the requests it has (and
+refuses new ones on open associations, dimse/scp.py), then the workers finish their current batch, and
+only then are the bus and the index closed.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomcloud.config import Settings, load_settings
-from dicomcloud.errors import DicomCloudError, ServiceUnavailable
+from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import tune_service_process
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
+    from dicomcloud.archive.migrate import Tally
     from dicomcloud.dimse.scp import StoreSCP
     from dicomcloud.ports.storage import Storage
     from dicomcloud.workers.loop import Batching, Handler
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "webworker": "write series metadata documents (wado-webworker)",
         "loader": "load metadata and logs from the bus into the warehouse",
         "transcoder": "derive copies of instances the viewer cannot decode",
-        "import": "store DICOM files or folders, as C-STORE would",
+        "import": "store DICOM files or folders, or a whole other archive (DICOMweb or DIMSE), as C-STORE would",
         "init": "create the data folders, the index schema and, on Kafka, the bus topics",
         "stats": "print the warehouse's statistics as tables",
         "certs": "create a CA (or reuse the folder's) and server and client certificates for DICOM TLS and HTTPS",
@@ -77,13 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--dimse-port", type=int, help="DIMSE port")
             sub.add_argument("--ae-title", help="the SCP's AE title")
         if name == "import":
-            sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+            sub.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="files or folders")
             sub.add_argument("--tenant", help="tenant to store into (default: the settings' tenant)")
+            source = sub.add_mutually_exclusive_group()
+            source.add_argument(
+                "--from-dicomweb", metavar="URL", help="pull every study of this DICOMweb server (QIDO-RS, WADO-RS)"
+            )
+            source.add_argument(
+                "--from-dimse", metavar="AE@HOST:PORT", help="pull every study of this PACS (C-FIND, C-GET)"
+            )
+            sub.add_argument(
+                "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
+            )
         if name == "stats":
+            from dicomcloud.archive.stats import RANGES
             from dicomcloud.ports.warehouse import STATISTICS
 
             sub.add_argument("name", nargs="?", choices=STATISTICS, help="one statistic (default: the summary)")
             sub.add_argument("--limit", type=int, default=20, help="rows per statistic (default: 20)")
+            sub.add_argument(
+                "--range", dest="range_name", choices=tuple(RANGES), default="all",
+                help="the period the logs' statistics count (default: all)",
+            )
             sub.add_argument("--url", help="ask a running archive at this base URL instead of opening the warehouse")
         if name == "storage":
             sub.add_argument("action", choices=("migrate",), help="migrate: copy every object, then verify each")
@@ -333,10 +351,20 @@ def run_up(settings: Settings) -> int:
     scp = StoreSCP(archive)
     server = http_server(archive)
 
-    def stop_http() -> None:
+    def stop_accepting() -> None:
         server.should_exit = True
+        scp.stop_accepting()
 
-    stop_on_signals(stop, stop_http)
+    uvicorn_handle_exit = server.handle_exit
+
+    def handle_exit(signum: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler while it serves (it drains its requests, then passes the signal on to
+        ours): the SCP stops accepting at the same moment."""
+        scp.stop_accepting()
+        uvicorn_handle_exit(signum, frame)
+
+    server.handle_exit = handle_exit
+    stop_on_signals(stop, stop_accepting)
     threads: list[threading.Thread] = []
     try:
         with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):
@@ -451,6 +479,12 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
     from dicomcloud.archive.core import Archive
 
+    if args.from_dicomweb or args.from_dimse:
+        if args.paths:
+            raise InvalidInput("import either PATHs or from a peer (--from-dicomweb, --from-dimse), not both")
+        return run_migration(settings, args)
+    if not args.paths:
+        raise InvalidInput("import what? PATHs, --from-dicomweb URL or --from-dimse AE@HOST:PORT")
     files = list(iter_files(args.paths))
     archive = Archive.from_settings(settings)
     storage = archive.runtime.storage
@@ -475,6 +509,54 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
         archive.close()
     log.info("imported %d of %d files into tenant %s (%d failed)", stored, len(files), tenant, failed)
     return 0 if failed == 0 else 2
+
+
+def run_migration(settings: Settings, args: argparse.Namespace) -> int:
+    """Pull every study of a peer archive (archive/migrate.py) with a progress bar; a summary at the end.
+    Ctrl-C lets the fetches under way finish; running the command again fetches only what is missing."""
+    from dicomcloud.adapters.dicomweb_peer import DicomwebPeer
+    from dicomcloud.adapters.dimse_peer import DimsePeer
+    from dicomcloud.archive.core import Archive
+    from dicomcloud.archive.migrate import Migration
+    from dicomcloud.ports.peer import Peer
+
+    peer: Peer = (
+        DicomwebPeer(args.from_dicomweb)
+        if args.from_dicomweb
+        else DimsePeer(args.from_dimse, calling_ae=settings.dimse.ae_title, timeout=settings.dimse.network_timeout)
+    )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    archive = Archive.from_settings(settings)
+    bar = ProgressBar()
+    try:
+        outcome = Migration(archive, peer, args.tenant or settings.tenant, args.concurrency, bar.show, stop).run()
+    finally:
+        peer.close()
+        archive.close()
+    bar.done(outcome.tally.line())
+    print(outcome.summary(peer.name), flush=True)
+    return 0 if outcome.complete else 2
+
+
+class ProgressBar:
+    """One line redrawn on a terminal (at most ten times a second); otherwise (logs, CI) a line a second."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._shown = 0.0
+
+    def show(self, tally: Tally) -> None:
+        now = time.monotonic()
+        if now - self._shown < (0.1 if self.tty else 1.0):
+            return
+        self._shown = now
+        sys.stderr.write(("\r" if self.tty else "") + tally.line() + ("" if self.tty else "\n"))
+        sys.stderr.flush()
+
+    def done(self, line: str) -> None:
+        sys.stderr.write(("\r" if self.tty else "") + line + "\n")
+        sys.stderr.flush()
 
 
 class Progress:
@@ -504,21 +586,21 @@ def run_stats(settings: Settings, args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from dicomcloud.archive.stats import SUMMARY_PARTS, format_table
+    from dicomcloud.archive.stats import SUMMARY_PARTS, format_table, statistic
     from dicomcloud.runtime import open_warehouse
 
     names = [args.name] if args.name else list(SUMMARY_PARTS)
     if args.url:
         base = args.url.rstrip("/")
         for name in names:
-            query = urllib.parse.urlencode({"limit": args.limit})
+            query = urllib.parse.urlencode({"limit": args.limit, "range": args.range_name})
             with urllib.request.urlopen(f"{base}/api/stats/{name}?{query}", timeout=60) as response:
                 print(format_table(name, json.load(response)))
         return 0
     warehouse = open_warehouse(settings)
     try:
         for name in names:
-            print(format_table(name, warehouse.statistics(name, args.limit)))
+            print(format_table(name, statistic(warehouse, name, args.limit, args.range_name)))
     finally:
         warehouse.close()
     return 0

@@ -1,8 +1,16 @@
-"""One small error hierarchy; each error knows its HTTP status and its DIMSE status.
+"""One small error hierarchy; each error knows its HTTP status, its DIMSE status and its reason.
 
 Services translate these in exactly one place each (the web app's exception handler,
 the SCP's C-STORE handler), so a new failure mode needs a new class here and nowhere else.
+The reason (`message`) is written once, where the failure is found (a truncated file is described
+by dicom/parse.py); each face only formats it: STOW-RS in a `Warning` header and the failed
+instance's Error Comment, C-STORE in the response's Error Comment (0000,0902).
 """
+
+import re
+
+# Anything outside printable ASCII: DICOM's default repertoire for a status text, and an HTTP header's safe set.
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
 class DicomCloudError(Exception):
@@ -15,6 +23,11 @@ class DicomCloudError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def reason(self) -> str:
+        """The message in printable ASCII, for a status text a person reads on the other side."""
+        return _NOT_PRINTABLE.sub("?", self.message).strip()
 
 
 class InvalidInput(DicomCloudError):
@@ -88,6 +101,14 @@ class StorageFailure(DicomCloudError):
 
     http_status = 503
     dimse_status = 0xA700  # Refused: out of resources
+    failure_reason = 0xA700
+
+
+class ShuttingDown(DicomCloudError):
+    """A request that arrived after the service began to stop: nothing was done, so sending it again later is safe."""
+
+    http_status = 503
+    dimse_status = 0xA700  # Refused: out of resources (the status a sender retries)
     failure_reason = 0xA700
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -51,22 +52,26 @@ def state_row(modality: str = "CT", updated: str = "2026-01-02T03:04:05.000+00:0
     return TABLES["dicom_state_meta"].row(event.row())
 
 
-def object_row(sop: str, calling_ae: str = "MODALITY1") -> dict[str, Any]:
+def object_row(
+    sop: str, calling_ae: str = "MODALITY1", received_at: str = "2026-01-02T03:04:05.123456+00:00"
+) -> dict[str, Any]:
     event = StorageEvent(
         tenant_id="default", transfer_syntax="1.2.840.10008.1.2.1", sop_instance_uid=sop,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2", study_instance_uid=STUDY, series_instance_uid=SERIES,
         patient_id="P1", file_name=f"{sop}.dcm", file_size=100, file_path=f"default/{STUDY}/{SERIES}/{sop}.dcm",
         sha256="0" * 64, source="dimse", calling_ae=calling_ae, called_ae="DICOMCLOUD",
-        received_at="2026-01-02T03:04:05.123456+00:00",
+        received_at=received_at,
     )
     return TABLES["dicom_object_meta"].row(event.row())
 
 
-def access_row(route: str, duration_ms: float, study: str = STUDY) -> dict[str, Any]:
+def access_row(
+    route: str, duration_ms: float, study: str = STUDY, *, status: int = 200, at: str = "2026-01-02T03:04:05+00:00"
+) -> dict[str, Any]:
     event = AccessLog(
-        accessed_at="2026-01-02T03:04:05+00:00", tenant_id="default", user_id="", client_address="127.0.0.1",
+        accessed_at=at, tenant_id="default", user_id="", client_address="127.0.0.1",
         method="GET", route=route, study_instance_uid=study, series_instance_uid="", sop_instance_uid="",
-        status=200, bytes_sent=1000, duration_ms=duration_ms,
+        status=status, bytes_sent=1000, duration_ms=duration_ms,
     )
     return TABLES["wado_access_log"].row(event.row())
 
@@ -178,17 +183,46 @@ def test_log_statistics_rank_senders_reads_endpoints_and_failures(warehouse: War
     warehouse.load(batch("wado_access_log", 3), [access_row("/slow", 90.0), access_row("/fast", 1.0),
                                                  access_row("/fast", 3.0, study="1.2.8.9")])
     warehouse.load(batch("transcode_failure", 2), [failure_row("1.2.8.1"), failure_row("1.2.8.2")])
+    warehouse.load(batch("dicom_state_meta"), [state_row("CT")])
     assert [r["calling_ae"] for r in warehouse.statistics("busiest_ae_titles")] == ["BUSY", "QUIET"]
     day = warehouse.statistics("received_per_day")[0]
     assert (day["received_date"], day["studies"], day["instances"], day["objects"]) == ("2026-01-02", 1, 3, 3)
+    hour = warehouse.statistics("received_per_hour")[0]
+    assert (hour["received_date"], hour["received_hour"], hour["instances"]) == ("2026-01-02", 3, 3)
     assert warehouse.statistics("most_read_studies")[0] == {
-        "tenant_id": "default", "study_instance_uid": STUDY, "read_count": 2, "bytes_sent": 2000
+        "tenant_id": "default", "study_instance_uid": STUDY, "patient_name": "Doe^Jane", "patient_id": None,
+        "study_description": None, "study_date": None, "read_count": 2, "bytes_sent": 2000,
     }
     slowest = warehouse.statistics("slowest_endpoints")
     assert [(r["route"], r["requests"], r["mean_ms"]) for r in slowest] == [("/slow", 1, 90.0), ("/fast", 2, 2.0)]
-    assert warehouse.statistics("transcode_failures") == [
-        {"transfer_syntax": "1.2.840.10008.1.2.4.50", "target_syntax": "1.2.840.10008.1.2.1", "failures": 2}
-    ]
+    (failures,) = warehouse.statistics("transcode_failures")
+    assert failures["failures"] == 2 and failures["reason"] == "decoder failed"
+    assert (failures["transfer_syntax"], failures["target_syntax"]) == ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1")
+    assert str(failures["last_failed_at"]).startswith("2026-01-02")
+
+
+def test_log_statistics_count_from_since_and_failed_requests_are_not_reads(warehouse: Warehouse) -> None:
+    old, new = "2026-01-02T03:04:05+00:00", "2026-03-01T10:00:00+00:00"
+    warehouse.load(batch("dicom_object_meta", 3), [
+        object_row("1.2.9.1", received_at=old), object_row("1.2.9.2", received_at=new),
+        object_row("1.2.9.3", received_at=new),
+    ])
+    warehouse.load(batch("wado_access_log", 4), [
+        access_row("/studies/{study}", 1.0, at=old), access_row("/studies/{study}", 1.0, at=new),
+        access_row("/studies/{study}", 1.0, study="1.2.404", status=404, at=new),
+        access_row("/studies/{study}", 1.0, study="1.2.500", status=500, at=new),
+    ])
+    since = datetime(2026, 2, 1)
+    received = warehouse.statistics("received", since=since)[0]
+    assert (received["instances"], received["bytes"]) == (2, 200)
+    assert str(received["first_received_at"]).startswith("2026-03-01")
+    assert warehouse.statistics("received")[0]["instances"] == 3
+    requests = warehouse.statistics("requests", since=since)
+    assert requests == [{"requests": 3, "reads": 1, "failed": 2, "bytes_sent": 3000}]
+    assert warehouse.statistics("requests")[0]["reads"] == 2
+    reads = warehouse.statistics("most_read_studies", since=since)
+    assert [(r["study_instance_uid"], r["read_count"]) for r in reads] == [(STUDY, 1)]
+    assert [r["instances"] for r in warehouse.statistics("received_per_day", since=since)] == [2]
 
 
 def test_dimse_refusals_are_counted_per_peer_address_and_operation(warehouse: Warehouse) -> None:

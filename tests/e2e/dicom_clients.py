@@ -30,11 +30,18 @@ STORESCU_PROPOSE = {
 
 
 def storescu(
-    port: int, called_ae: str, files: Sequence[Path], transfer_syntax: str, calling_ae: str = "TESTSCU"
+    port: int,
+    called_ae: str,
+    files: Sequence[Path],
+    transfer_syntax: str,
+    calling_ae: str = "TESTSCU",
+    debug: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Send files that share one transfer syntax with dcmtk, proposing only that syntax."""
+    """Send files that share one transfer syntax with dcmtk, proposing only that syntax; `debug` has storescu
+    print each response's status detail (Error Comment among them)."""
     command = [
-        "storescu", "-v", "-aet", calling_ae, "-aec", called_ae, "-R", STORESCU_PROPOSE[transfer_syntax],
+        "storescu", "-d" if debug else "-v", "-aet", calling_ae, "-aec", called_ae,
+        "-R", STORESCU_PROPOSE[transfer_syntax],
         "127.0.0.1", str(port), *map(str, files),
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

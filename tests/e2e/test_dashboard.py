@@ -1,4 +1,10 @@
-"""Done when: the dashboard renders in headless Chromium with non-empty charts whose numbers match the API."""
+"""Done when: the dashboard, in headless Chromium, draws its charts with the API's numbers in human units,
+names the most-read study by patient, description and date with a link to the viewer, changes its numbers
+with the period chosen, does not count a 404 as a read, and lists conversion failures with their reason.
+
+History older than the test (objects received and reads made ten days ago, a conversion failure) is loaded
+into the archive's warehouse while it is stopped, as the loader would have loaded it then.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,8 @@ import pytest
 from PIL import Image
 
 from bench.synthetic import ct_series, write_part10
+from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
+from dicomcloud.ports.warehouse import TABLES, Batch
 
 from .conftest import Archive, wait_until
 from .dicom_clients import stow
@@ -22,9 +31,15 @@ from .dicom_clients import stow
 pytestmark = pytest.mark.e2e
 
 INSTANCES = 4
+PATIENT_NAME, PATIENT_ID, DESCRIPTION = "Doe^Jane", "DASHBOARD", "CT chest for the dashboard"
+READS, OLD_READS, NOT_FOUND = 3, 5, 2
+OLD_OBJECTS, OLD_OBJECT_BYTES = 6, 2_000_000_000
+MISSING_STUDY = "1.2.826.0.1.404"
+FAILURE_REASON = "decoder failed: corrupt JPEG data"
 # The charts' bar colours (dashboard.py) and the least pixels of each a drawn chart shows.
 BAR_COLOURS = {"modalities": (54, 162, 235), "tenants": (255, 99, 132), "received": (75, 192, 192)}
 MIN_PIXELS = 500
+HUMAN_SIZE = r"\d+(\.\d+)? (B|KB|MB|GB|TB)"
 
 
 def chromium(*args: str) -> str:
@@ -37,34 +52,105 @@ def chromium(*args: str) -> str:
     return done.stdout
 
 
-def summary(archive: Archive) -> dict[str, Any]:
-    response = httpx.get(f"{archive.base_url}/api/stats/summary", timeout=30)
+def api(archive: Archive, name: str, **params: str) -> Any:
+    response = httpx.get(f"{archive.base_url}/api/stats/{name}", params=params, timeout=30)
     assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return response.json()
 
 
-def test_the_dashboard_draws_charts_with_the_apis_numbers(
+def text_of(dom: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert match, f"no #{element_id} in the page"
+    return match.group(1)
+
+
+def load_history(data: Path, study: str) -> None:
+    """Ten days ago: OLD_OBJECTS objects of another study received, OLD_READS reads of `study`; an hour ago,
+    a conversion failure."""
+    old = (datetime.now(UTC) - timedelta(days=10)).isoformat()
+    recent = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    objects = [
+        TABLES["dicom_object_meta"].row(
+            {"received_at": old, "tenant_id": "default", "study_instance_uid": "1.2.826.0.1.10",
+             "series_instance_uid": "1.2.826.0.1.10.1", "sop_instance_uid": f"1.2.826.0.1.10.1.{n}",
+             "file_size": OLD_OBJECT_BYTES, "source": "dimse"}
+        )
+        for n in range(OLD_OBJECTS)
+    ]
+    reads = [
+        TABLES["wado_access_log"].row(
+            {"accessed_at": old, "tenant_id": "default", "method": "GET", "route": "/studies/{study}/metadata",
+             "study_instance_uid": study, "status": 200, "bytes_sent": 1000}
+        )
+        for _ in range(OLD_READS)
+    ]
+    failure = TABLES["transcode_failure"].row(
+        {"failed_at": recent, "tenant_id": "default", "study_instance_uid": study, "sop_instance_uid": "1.2.826.0.1.9",
+         "transfer_syntax": "1.2.840.10008.1.2.4.50", "target_syntax": "1.2.840.10008.1.2.1",
+         "reason": FAILURE_REASON, "attempts": 3}
+    )
+    warehouse = DuckDBWarehouse(data / "warehouse.duckdb")
+    try:
+        warehouse.load(Batch("dicom_object_meta", "history", 0, 0, OLD_OBJECTS - 1), objects)
+        warehouse.load(Batch("wado_access_log", "history", 0, 0, OLD_READS - 1), reads)
+        warehouse.load(Batch("transcode_failure", "history", 0, 0, 0), [failure])
+    finally:
+        warehouse.close()
+
+
+def test_the_dashboard_shows_people_what_is_stored_read_and_failed_over_a_period(
     archive_factory: Callable[..., Archive], tmp_path: Path
 ) -> None:
     archive = archive_factory("dashboard", {"DICOMCLOUD_WAREHOUSE__BATCH_SECONDS": "0.2"})
     parts = []
-    for n, ds in enumerate(ct_series(INSTANCES, rows=32, columns=32, patient_id="DASHBOARD", seed=3)):
+    for n, ds in enumerate(ct_series(INSTANCES, rows=32, columns=32, patient_id=PATIENT_ID, seed=3)):
+        ds.PatientName, ds.StudyDescription, ds.StudyDate = PATIENT_NAME, DESCRIPTION, "20260314"
         write_part10(ds, tmp_path / f"{n}.dcm")
         parts.append((tmp_path / f"{n}.dcm").read_bytes())
+    study = ds.StudyInstanceUID
     assert stow(archive.dicomweb_url(), parts).status_code == 200
-    wait_until(lambda: summary(archive)["totals"]["instances"] == INSTANCES, 60, "the warehouse to be loaded")
-    wait_until(lambda: bool(httpx.get(f"{archive.base_url}/api/stats/received_per_day").json()), 60, "receive log")
-    totals = summary(archive)["totals"]
-    url = f"{archive.base_url}/dashboard"
+    for _ in range(READS):
+        assert httpx.get(f"{archive.dicomweb_url()}/studies/{study}/metadata", timeout=30).status_code == 200
+    for _ in range(NOT_FOUND):
+        assert httpx.get(f"{archive.dicomweb_url()}/studies/{MISSING_STUDY}/metadata", timeout=30).status_code == 404
+    wait_until(
+        lambda: api(archive, "requests")[0]["failed"] >= NOT_FOUND
+        and api(archive, "summary")["totals"]["instances"] == INSTANCES,
+        60,
+        "the warehouse to hold the instances and the requests",
+    )
+    archive.stop()
+    load_history(archive.data, study)
+    archive.start()
 
-    dom = chromium("--dump-dom", url)
-    assert 'data-ready="true"' in dom, re.findall(r'<p id="error">(.*?)</p>', dom)
-    for key in ("studies", "series", "instances", "bytes"):
-        assert re.search(rf'<b id="{key}">{totals[key]}</b>', dom), key
+    week, everything = api(archive, "summary", range="7d"), api(archive, "summary", range="all")
+    assert week["totals"] == everything["totals"]
+    assert (week["received"]["instances"], everything["received"]["instances"]) == (INSTANCES, INSTANCES + OLD_OBJECTS)
+    assert (week["requests"]["reads"], everything["requests"]["reads"]) == (READS, READS + OLD_READS)
+    assert week["requests"]["failed"] == NOT_FOUND
+    read_studies = {r["study_instance_uid"] for r in api(archive, "most_read_studies", range="all")}
+    assert read_studies == {study}, "a 404 on a study that does not exist is not a read of it"
+
+    url = f"{archive.base_url}/dashboard"
+    pages = {period: chromium("--dump-dom", f"{url}?range={period}") for period in ("7d", "all")}
+    for period, dom in pages.items():
+        assert 'data-ready="true"' in dom, (period, re.findall(r'<p id="error">(.*?)</p>', dom))
+        assert text_of(dom, "instances") == str(INSTANCES)
+        assert re.fullmatch(HUMAN_SIZE, text_of(dom, "size")), text_of(dom, "size")
+        assert re.fullmatch(HUMAN_SIZE + " per day", text_of(dom, "rate-size")), text_of(dom, "rate-size")
+        assert text_of(dom, "failed") == str(NOT_FOUND)
+        assert "Doe, Jane" in dom and DESCRIPTION in dom and "2026-03-14" in dom
+        assert f'href="/viewer/viewer?StudyInstanceUIDs={study}"' in dom
+        assert MISSING_STUDY not in dom
+        assert FAILURE_REASON in dom and "JPEG Baseline (Process 1)" in dom and "Explicit VR Little Endian" in dom
+    assert text_of(pages["7d"], "reads") == str(READS)
+    assert text_of(pages["all"], "reads") == str(READS + OLD_READS)
+    assert text_of(pages["7d"], "received-instances") == f"{INSTANCES} instances"
+    assert text_of(pages["all"], "received-instances") == f"{INSTANCES + OLD_OBJECTS} instances"
+    assert text_of(pages["all"], "received-size").endswith(" GB")
 
     shot = tmp_path / "dashboard.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1000", url)
+    chromium(f"--screenshot={shot}", "--window-size=1200,1300", f"{url}?range=all")
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     for chart, colour in BAR_COLOURS.items():
         drawn = int((np.abs(pixels - np.array(colour)).sum(axis=2) < 30).sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,13 +11,13 @@ import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive
-from .dicom_clients import multipart_parts, stow, stow_body
+from .dicom_clients import multipart_parts, storescu, stow, stow_body
 
 pytestmark = pytest.mark.e2e
 
@@ -112,6 +113,51 @@ def test_a_truncated_part10_file_is_refused(guarded: Archive) -> None:
     assert response.status_code in (400, 409)
     failed = response.json()["00081198"]["Value"][0]
     assert failed["00081197"]["Value"] == [0xC000]
+
+
+def cut_ct(path: Path, missing: int = 62) -> Path:
+    """A 32x32 CT (Pixel Data last, 2,048 bytes) with its last `missing` bytes cut off."""
+    write_part10(next(ct_series(1, rows=32, columns=32, patient_id="HOSTILE")), path)
+    path.write_bytes(path.read_bytes()[:-missing])
+    return path
+
+
+CUT_REASON = r"truncated file: element \(7FE0,0010\) at offset \d+ has length 2048, only 1986 bytes left"
+
+
+def test_stow_of_a_truncated_file_says_why_in_the_body_and_a_warning_header(guarded: Archive, tmp_path: Path) -> None:
+    response = stow(guarded.dicomweb_url(), [cut_ct(tmp_path / "cut.dcm").read_bytes()])
+    assert response.status_code == 400
+    (failed,) = response.json()["00081198"]["Value"]
+    reason = failed["00000902"]["Value"][0]
+    assert re.fullmatch(CUT_REASON, reason), reason
+    assert response.headers["Warning"] == f'299 dicomcloud "part 1 not stored: {reason}"'
+
+
+def test_c_store_of_a_truncated_file_says_why_in_its_error_comment(
+    guarded: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pynetdicom sends the file's bytes as they are, not a decoded and re-encoded whole.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", guarded.dimse_port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(cut_ct(tmp_path / "cut.dcm"))
+    finally:
+        assoc.release()
+    assert int(status.Status) == 0xC000
+    assert status.ErrorComment.startswith("truncated file: element (7FE0,0010) at offset ")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_storescu_shows_the_error_comment_of_a_refused_c_store(guarded: Archive, tmp_path: Path) -> None:
+    path = tmp_path / "hostile.dcm"
+    write_part10(hostile_dataset("1.2.abc", "SeriesInstanceUID"), path)
+    result = storescu(guarded.dimse_port, AE_TITLE, [path], "1.2.840.10008.1.2.1", calling_ae="HOSTILE", debug=True)
+    comment = r"\(0000,0902\) LO \[invalid SeriesInstanceUID: '1\.2\.abc'\] .*ErrorComment"
+    assert re.search(comment, result.stderr), result.stderr
 
 
 def test_a_non_dicom_part_is_refused(guarded: Archive) -> None:

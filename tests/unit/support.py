@@ -240,3 +240,12 @@ class Serving:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def truncated_ct(path: Path, study: str, series: str, sop: str, missing: int = 62) -> Path:
+    """A CT Part 10 file whose last `missing` bytes (of its Pixel Data) are cut off, as a broken copy leaves it."""
+    ds = ct_dataset(study, series, sop)
+    del ds[0xFFFCFFFC]  # CT_small's trailing padding: Pixel Data is then the last element
+    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(path.read_bytes()[:-missing])
+    return path

@@ -3,7 +3,6 @@ announced at once), a file that is not DICOM counted and named, never fatal."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from support import make_archive
 
 from bench.synthetic import ct_series, write_part10
-from dicomcloud.cli import run_import
+from dicomcloud.cli import build_parser, run_import
 from dicomcloud.config import load_settings
 from dicomcloud.dicom.query import parse_qido
 
@@ -30,7 +29,7 @@ def test_import_stores_every_dicom_file_under_a_folder_and_counts_the_rest(
     (folder / "notes.txt").write_text("not an image")
     data = tmp_path / "data"
     settings = load_settings(overrides={"storage": {"data_dir": str(data)}}, environ={})
-    args = argparse.Namespace(paths=[tmp_path / "incoming"], tenant=None)
+    args = build_parser().parse_args(["import", str(tmp_path / "incoming")])
     with caplog.at_level(logging.WARNING, logger="dicomcloud"):
         assert run_import(settings, args) == 2
     assert any("notes.txt" in message for message in caplog.messages)

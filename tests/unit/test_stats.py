@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,53 @@ def test_every_statistic_is_served_as_json_rows(client: TestClient) -> None:
         response = client.get(f"/api/stats/{name}", params={"limit": 5})
         assert response.status_code == 200, response.text
         assert isinstance(response.json(), list)
+
+
+def test_a_range_bounds_what_was_received_and_read_and_a_failed_request_is_not_a_read(
+    archive: Archive, client: TestClient
+) -> None:
+    now = datetime.now(UTC)
+    ago = {name: (now - age).isoformat() for name, age in (("hour", timedelta(hours=1)), ("days", timedelta(days=10)))}
+    objects = [
+        TABLES["dicom_object_meta"].row(
+            {"received_at": ago[when], "tenant_id": "default", "study_instance_uid": STUDY,
+             "series_instance_uid": SERIES, "sop_instance_uid": f"{SERIES}.{n}", "file_size": 1_500_000_000}
+        )
+        for n, when in enumerate(("hour", "days"))
+    ]
+    reads = [
+        TABLES["wado_access_log"].row(
+            {"accessed_at": ago[when], "tenant_id": "default", "method": "GET", "route": "/studies/{study}",
+             "study_instance_uid": study, "status": status}
+        )
+        for when, study, status in (("hour", STUDY, 200), ("hour", "1.2.404", 404), ("days", STUDY, 200))
+    ]
+    archive.runtime.warehouse.load(Batch("dicom_object_meta", "o", 0, 0, 1), objects)
+    archive.runtime.warehouse.load(Batch("wado_access_log", "a", 0, 0, 2), reads)
+
+    day = client.get("/api/stats/summary", params={"range": "24h"}).json()
+    assert (day["received"]["instances"], day["received"]["bytes_per_day"]) == (1, 1_500_000_000)
+    assert (day["requests"]["reads"], day["requests"]["failed"]) == (1, 1)
+    month = client.get("/api/stats/summary", params={"range": "30d"}).json()
+    assert (month["received"]["instances"], month["received"]["bytes_per_day"]) == (2, 100_000_000)
+    assert month["requests"]["reads"] == 2
+    assert month["totals"] == day["totals"]  # what is stored does not depend on the range
+    most_read = client.get("/api/stats/most_read_studies", params={"range": "24h"}).json()
+    assert [(r["study_instance_uid"], r["read_count"]) for r in most_read] == [(STUDY, 1)]
+    assert client.get("/api/stats/summary", params={"range": "1y"}).status_code == 400
+
+
+def test_a_transcode_failure_names_its_syntaxes(archive: Archive, client: TestClient) -> None:
+    failure = TABLES["transcode_failure"].row(
+        {"failed_at": datetime.now(UTC).isoformat(), "tenant_id": "default", "study_instance_uid": STUDY,
+         "sop_instance_uid": f"{SERIES}.1", "transfer_syntax": "1.2.840.10008.1.2.4.50",
+         "target_syntax": "1.2.840.10008.1.2.1", "reason": "cannot decode"}
+    )
+    archive.runtime.warehouse.load(Batch("transcode_failure", "f", 0, 0, 0), [failure])
+    (row,) = client.get("/api/stats/transcode_failures", params={"range": "7d"}).json()
+    assert (row["transfer_syntax_name"], row["target_syntax_name"], row["reason"]) == (
+        "JPEG Baseline (Process 1)", "Explicit VR Little Endian", "cannot decode"
+    )
 
 
 def test_an_unknown_statistic_is_not_found(client: TestClient) -> None:

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import support
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from support import FailingBus
 
@@ -152,6 +152,43 @@ def test_a_duplicate_refused_by_policy_gets_0111(start: Callable[..., StoreSCP])
     assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
     assert c_store(scp, ct_dataset(pixel=2)) == 0x0111
     assert c_store(scp, ct_dataset(pixel=1)) == 0x0000
+
+
+def test_a_refused_c_store_says_why_in_its_error_comment(
+    start: Callable[..., StoreSCP], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file's bytes as they are (pynetdicom would otherwise decode it and send a re-encoded whole).
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    scp = start()
+    broken = support.truncated_ct(tmp_path / "broken.dcm", STUDY, SERIES, SOP)
+    assoc = associate(scp)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(broken)
+    finally:
+        assoc.release()
+    assert int(status.Status) == 0xC000
+    assert status.ErrorComment.startswith("truncated file: element (7FE0,0010) at offset ")
+    assert len(status.ErrorComment) <= 64
+    assert scp.archive.runtime.index.get_instance("default", SOP) is None
+
+
+def test_once_stopping_a_c_store_on_an_open_association_is_refused_untouched_and_the_association_aborted(
+    start: Callable[..., StoreSCP],
+) -> None:
+    scp = start()
+    assoc = associate(scp)
+    assert assoc.is_established
+    assert int(assoc.send_c_store(ct_dataset(sop=SOP + ".1")).Status) == 0x0000
+    scp.stop_accepting()
+    status = assoc.send_c_store(ct_dataset(sop=SOP + ".2"))
+    assert int(status.Status) == 0xA700
+    assert "shutting down" in status.ErrorComment
+    scp.stop()
+    assoc.join(10)  # the requestor's thread ends once the A-ABORT arrived
+    assert assoc.is_aborted
+    assert scp.archive.runtime.index.get_instance("default", SOP + ".1") is not None
+    assert scp.archive.runtime.index.get_instance("default", SOP + ".2") is None
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

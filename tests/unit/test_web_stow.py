@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pydicom
@@ -15,11 +16,13 @@ from bench.synthetic import ct_series
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import original_key
 from dicomcloud.web.app import create_app
+from dicomcloud.web.stow import MAX_WARNINGS
 
 FAILED = "00081198"
 REFERENCED = "00081199"
 RETRIEVE_URL = "00081190"
 FAILURE_REASON = "00081197"
+ERROR_COMMENT = "00000902"
 REFERENCED_SOP_INSTANCE = "00081155"
 REFERENCED_SOP_CLASS = "00081150"
 
@@ -58,7 +61,35 @@ def test_some_failed_is_202_with_both_sequences(client: TestClient, tmp_path: Pa
     assert response.status_code == 202
     body = response.json()
     assert len(body[REFERENCED]["Value"]) == 1
-    assert body[FAILED]["Value"] == [{FAILURE_REASON: {"vr": "US", "Value": [0xC000]}}]
+    assert body[FAILED]["Value"] == [
+        {
+            ERROR_COMMENT: {"vr": "LO", "Value": ["not a DICOM Part 10 file"]},
+            FAILURE_REASON: {"vr": "US", "Value": [0xC000]},
+        }
+    ]
+    assert response.headers.get_list("Warning") == ['299 dicomcloud "part 2 not stored: not a DICOM Part 10 file"']
+
+
+def test_a_truncated_file_fails_with_its_reason_in_the_body_and_a_warning(
+    client: TestClient, tmp_path: Path
+) -> None:
+    broken = support.truncated_ct(tmp_path / "broken.dcm", "1.2.826.0.5.1", "1.2.826.0.5.1.1", "1.2.826.0.5.1.1.1")
+    response = stow(client, [broken.read_bytes()])
+    assert response.status_code == 400
+    (item,) = response.json()[FAILED]["Value"]
+    reason = item[ERROR_COMMENT]["Value"][0]
+    expected = r"truncated file: element \(7FE0,0010\) at offset \d+ has length 32768, only 32706 bytes left"
+    assert re.fullmatch(expected, reason)
+    assert response.headers["Warning"] == f'299 dicomcloud "part 1 not stored: {reason}"'
+
+
+def test_warnings_are_bounded_and_the_body_lists_every_failure(client: TestClient) -> None:
+    response = stow(client, [b"garbage"] * (MAX_WARNINGS + 5))
+    assert response.status_code == 400
+    assert len(response.json()[FAILED]["Value"]) == MAX_WARNINGS + 5
+    warnings = response.headers.get_list("Warning")
+    assert len(warnings) == MAX_WARNINGS
+    assert warnings[-1] == '299 dicomcloud "6 more not stored; the Failed SOP Sequence lists every reason"'
 
 
 def test_none_stored_for_bad_objects_is_400(client: TestClient) -> None:

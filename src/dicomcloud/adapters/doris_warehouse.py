@@ -158,9 +158,9 @@ class DorisWarehouse:
         value = rows[0]["last_offset"] if rows else None
         return -1 if value is None else int(value)
 
-    def statistics(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+    def statistics(self, name: str, limit: int = 20, since: datetime | None = None) -> list[dict[str, Any]]:
         # The statistics hold no parameters; doubling % keeps PyMySQL's formatting out of them.
-        return self._query(statistics_sql(name, limit).replace("%", "%%"))
+        return self._query(statistics_sql(name, limit, since).replace("%", "%%"))
 
     def count(self, table: str) -> int:
         if table not in TABLES:

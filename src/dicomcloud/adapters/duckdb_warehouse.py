@@ -156,8 +156,8 @@ class DuckDBWarehouse:
             ).fetchone()
         return -1 if row is None or row[0] is None else int(row[0])
 
-    def statistics(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
-        sql = statistics_sql(name, limit)
+    def statistics(self, name: str, limit: int = 20, since: datetime | None = None) -> list[dict[str, Any]]:
+        sql = statistics_sql(name, limit, since)
         with self._lock, self._errors():
             cursor = self._conn.execute(sql)
             names = [d[0] for d in cursor.description or ()]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pynetdicom import evt
 
 from dicomcloud.config import DIMSE_OPERATIONS, DimsePeer, Settings
-from dicomcloud.errors import DicomCloudError, OperationRefused
+from dicomcloud.errors import DicomCloudError, OperationRefused, ShuttingDown
 from dicomcloud.events import DimseRefusal
 from dicomcloud.networks import AddressSet
 from dicomcloud.ports.bus import Bus, Message
@@ -122,6 +123,8 @@ class Gate:
     def __init__(self, settings: Settings, bus: Bus) -> None:
         self.control = AccessControl(settings)
         self.bus = bus
+        # Set when the SCP begins to stop: every operation asked for from then on is refused, untouched.
+        self.closing = threading.Event()
 
     def association(self, event: evt.Event) -> Refusal | None:
         """Why an association must be rejected, or None to let it in."""
@@ -133,7 +136,10 @@ class Gate:
         return None
 
     def operation(self, event: evt.Event, operation: str) -> Admission:
-        """The association's admission, checked for `operation`; OperationRefused when it may not."""
+        """The association's admission, checked for `operation`; OperationRefused when it may not,
+        ShuttingDown once the SCP is stopping."""
+        if self.closing.is_set():
+            raise ShuttingDown("the archive is shutting down: nothing was done; send it again once it is back")
         identity = peer_identity(event)
         outcome = self.control.admit(identity)
         if isinstance(outcome, Refusal):

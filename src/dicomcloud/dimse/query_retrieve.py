@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -88,7 +88,7 @@ class QueryRetrieveSCP:
             ae.add_supported_context(sop_class, QR_TRANSFER_SYNTAXES)
 
     @property
-    def handlers(self) -> list[evt.EventHandlerType]:
+    def handlers(self) -> list[tuple[evt.EventType, Callable[[evt.Event], Any]]]:
         return [(evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get), (evt.EVT_C_MOVE, self._on_move)]
 
     def _on_find(self, event: evt.Event) -> Iterator[FindResult]:

@@ -14,18 +14,31 @@ called AE title picks the tenant; with it, only known peers from their hosts ass
 otherwise, "calling AE title not recognised"), their tenant comes from their entry, and an operation
 they may not perform is refused with 0x0124 (a C-STORE that would replace an instance, with 0x0111).
 
+A refused C-STORE says why in its response's Error Comment (0000,0902), the reason the archive wrote
+(errors.py), cut to the 64 characters its VR (LO) holds; the log line keeps the whole text.
+
+Stopping is graceful (`stop`, on SIGINT or SIGTERM): the listener closes, every request asked for from
+then on is refused untouched (0xA700 with "the archive is shutting down" as Error Comment; sending it again
+later is safe), the requests being answered finish and get their responses, and only then are the
+associations still open aborted and the archive closed behind them. An instance acknowledged before the
+stop is there after it; none is refused half-way with an internal error.
+
 Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
 storage SCP gets its C-STORE sub-operations on the same association.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import ssl
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydicom import uid as ts
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
@@ -77,11 +90,16 @@ TRANSFER_SYNTAXES = [
 ]
 
 MAX_ASSOCIATIONS = 64
+# How long a stop waits for the requests being answered, and then for the aborted associations to end.
+DRAIN_TIMEOUT = 60.0
+ABORT_TIMEOUT = 5.0
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling / called AE title not recognised.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
+# Error Comment is an LO: at most 64 characters.
+ERROR_COMMENT_LENGTH = 64
 # Responses that announce more to come; the operation is counted at its final response.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
@@ -131,6 +149,8 @@ class StoreSCP:
         self.query_retrieve = QueryRetrieveSCP(archive, self.gate)
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
+        self._listening = False
+        self._in_flight = InFlight()
         self._stopped = threading.Event()
 
     def start(self, blocking: bool) -> None:
@@ -138,16 +158,16 @@ class StoreSCP:
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse = self.archive.settings.dimse
+        requests = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store), *self.query_retrieve.handlers]
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-            *self.query_retrieve.handlers,
+            *[(event, self._in_flight.counted(handler)) for event, handler in requests],
             (evt.EVT_DIMSE_SENT, _count_response),
         ]
         self._server = self.ae.start_server(
             (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
         )
+        self._listening = True
         log.info(
             "DIMSE SCP %s listening on %s:%d%s, %s",
             dimse.ae_title,
@@ -166,10 +186,29 @@ class StoreSCP:
         """The port actually bound (useful when the settings ask for port 0)."""
         return int(self._server.server_address[1]) if self._server else self.archive.settings.dimse.port
 
-    def stop(self) -> None:
-        if self._server is not None:
+    def stop_accepting(self) -> None:
+        """No new association (the listener closes) and no new request (the gate refuses it); returns at once."""
+        self.gate.closing.set()
+        if self._server is not None and self._listening:
+            self._listening = False
             self._server.shutdown()
-            self._server = None
+
+    def stop(self) -> None:
+        """Stop gracefully: accept nothing new, let the requests being answered finish, then abort the
+        associations still open. The archive may be closed once this returns."""
+        self.stop_accepting()
+        server, self._server = self._server, None
+        if server is not None:
+            if not self._in_flight.wait_idle(DRAIN_TIMEOUT):
+                log.warning("DIMSE requests still running %.0f s after the stop began", DRAIN_TIMEOUT)
+            # Only established ones: a connection that never asked to associate (a readiness probe) holds nothing.
+            associations = [assoc for assoc in server.active_associations if assoc.is_established]
+            for assoc in associations:
+                assoc.abort(block=False)
+            for assoc in associations:
+                assoc.join(ABORT_TIMEOUT)
+            if associations:
+                log.info("DIMSE: aborted %d idle association(s) on stopping", len(associations))
         self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -186,13 +225,13 @@ class StoreSCP:
             return exc.dimse_status
         return STATUS_SUCCESS
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         peer = peer_identity(event)
         calling, called = peer.calling_ae, peer.called_ae
         try:
             admission = self.gate.operation(event, "store")
         except DicomCloudError as exc:
-            return exc.dimse_status
+            return refusal(exc)
         try:
             received = event.dataset_path.open("rb")
             stored = self.archive.store.store(
@@ -208,16 +247,66 @@ class StoreSCP:
                 self.gate.refused_store(event, admission.tenant, exc.dimse_status, exc.message)
             else:
                 log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
-            return exc.dimse_status
+            return refusal(exc)
         except DicomCloudError as exc:
             log.warning("C-STORE from %s refused with 0x%04X: %s", calling, exc.dimse_status, exc.message)
-            return exc.dimse_status
+            return refusal(exc)
         except Exception:
             # pynetdicom would answer 0xC211 and keep going; we log the cause and say "failed".
             log.exception("C-STORE from %s failed", calling)
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+class InFlight:
+    """The DIMSE requests being answered, so a stop waits for exactly them."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    @contextmanager
+    def _one(self) -> Iterator[None]:
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def counted(self, handler: Callable[[evt.Event], Any]) -> Callable[[evt.Event], Any]:
+        """`handler`, counted while it runs (a generator handler until its last response is taken)."""
+        if inspect.isgeneratorfunction(handler):
+
+            def responses(event: evt.Event) -> Iterator[Any]:
+                with self._one():
+                    yield from handler(event)
+
+            return responses
+
+        def answer(event: evt.Event) -> Any:
+            with self._one():
+                return handler(event)
+
+        return answer
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
+
+
+def refusal(exc: DicomCloudError) -> Dataset:
+    """A failure response's status fields: the error's status and its reason as Error Comment."""
+    status = Dataset()
+    status.Status = exc.dimse_status
+    reason = exc.reason
+    if len(reason) > ERROR_COMMENT_LENGTH:
+        reason = reason[: ERROR_COMMENT_LENGTH - 3].rsplit(" ", 1)[0] + "..."
+    status.ErrorComment = reason
+    return status
 
 
 def _count_response(event: evt.Event) -> None:

@@ -164,16 +164,20 @@ TABLES: dict[str, Table] = {
     for t in (DICOM_STATE_META, DICOM_IMAGE_META, DICOM_OBJECT_META, WADO_ACCESS_LOG, TRANSCODE_FAILURE, DIMSE_REFUSAL)
 }
 
+# The first four count what is stored now; the others what the logs hold since a moment (`since`).
 STATISTICS = (
     "totals",  # studies, series, instances and bytes stored
     "tenants",  # the same per tenant
     "modalities",  # the same per modality (the modality mix)
     "storage",  # per tenant and modality
+    "received",  # studies, instances and bytes received, and when the first and last arrived
     "received_per_day",  # studies, instances and bytes received per day
+    "received_per_hour",  # instances and bytes received per hour
     "busiest_ae_titles",  # DIMSE senders by objects received
-    "most_read_studies",  # WADO reads per study
+    "requests",  # DICOMweb requests: all, successful study reads, failed (4xx/5xx)
+    "most_read_studies",  # successful WADO reads per study, with its patient, description and date
     "slowest_endpoints",  # mean and max duration per route
-    "transcode_failures",  # failures per source and target syntax
+    "transcode_failures",  # failures per source and target syntax and reason
     "dimse_refusals",  # DIMSE associations and operations refused, per peer, address and operation
 )
 
@@ -210,8 +214,9 @@ class Warehouse(Protocol):
         """The highest offset of this topic partition already loaded; -1 if none."""
         ...
 
-    def statistics(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
-        """One of STATISTICS as rows of plain values; InvalidInput for an unknown name."""
+    def statistics(self, name: str, limit: int = 20, since: datetime | None = None) -> list[dict[str, Any]]:
+        """One of STATISTICS as rows of plain values, the log ones counting from `since` (naive UTC; None:
+        everything); InvalidInput for an unknown name."""
         ...
 
     def count(self, table: str) -> int:

@@ -18,9 +18,12 @@ def _warehouse(request: Request) -> Warehouse:
     return warehouse
 
 
-@router.get("/summary", summary="Studies, series, instances and bytes stored, per tenant and per modality")
-def summary(request: Request) -> dict[str, Any]:
-    return stats.summary(_warehouse(request))
+Range = Annotated[str, Query(alias="range", description="what the logs count: 24h, 7d, 30d or all")]
+
+
+@router.get("/summary", summary="What is stored, per tenant and modality; what was received and read in a range")
+def summary(request: Request, range_name: Range = "all") -> dict[str, Any]:
+    return stats.summary(_warehouse(request), range_name)
 
 
 @router.get("", summary="The statistics available")
@@ -30,8 +33,8 @@ def names() -> dict[str, list[str]]:
 
 @router.get("/{name}", summary="One statistic as rows")
 def statistic(
-    request: Request, name: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 20
+    request: Request, name: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 20, range_name: Range = "all"
 ) -> list[dict[str, Any]]:
     if name not in STATISTICS:
         raise NotFound(f"no statistic {name[:64]!r}; known: {', '.join(STATISTICS)}")
-    return _warehouse(request).statistics(name, limit)
+    return stats.statistic(_warehouse(request), name, limit, range_name)

@@ -13,6 +13,13 @@ Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; no
 or 400 when every failure is a malformed object, 503 when every failure is the archive's own.
 A part whose media type is not application/dicom fails like an unreadable object (0xC000);
 JSON+bulk data bodies (`type="application/dicom+json"`) are refused with 415.
+
+Why an instance failed, in words a person can act on ("truncated file: element (7FE0,0010) at offset
+1500 has length 8192, only 8130 bytes left"), is in the response twice: in each Failed SOP Sequence item
+as Error Comment (0000,0902) beside its Failure Reason code (the Store Instances Response Module has no
+text attribute of its own; this is the field DIMSE gives the same text), and as a `Warning` header
+(RFC 7234 5.5, warn-code 299 "miscellaneous persistent warning", as PS3.18 uses it), one per failed
+instance up to MAX_WARNINGS, for clients that show headers but not the body.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ DICOM = "application/dicom"
 SPOOL_BATCH = 2 * 1024 * 1024
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
+WARN_AGENT = "dicomcloud"
+# Warning headers per response at most (one per failed instance); the body lists every failure.
+MAX_WARNINGS = 10
 
 router = APIRouter(tags=["STOW-RS"])
 
@@ -104,7 +114,29 @@ async def store(scope: RequestScope, request: Request, study: str | None) -> Res
         )
     log.info("STOW %s: %d stored, %d failed", scope.tenant, len(stored), len(failed))
     body = dumps(_response_dataset(scope, study, stored, failed))
-    return Response(body, status_code=_status(stored, failed), media_type="application/dicom+json")
+    response = Response(body, status_code=_status(stored, failed), media_type="application/dicom+json")
+    for text in _warnings(outcomes):
+        response.headers.append("Warning", f'299 {WARN_AGENT} "{_quoted(text)}"')
+    return response
+
+
+def _warnings(outcomes: list[StorageEvent | Failure]) -> list[str]:
+    """One text per failed part, naming its instance when its header could be read (else its place in the
+    body, counted from 1); past MAX_WARNINGS, the rest counted."""
+    texts = [
+        f"{outcome.sop_instance_uid or f'part {number}'} not stored: {outcome.error.reason}"
+        for number, outcome in enumerate(outcomes, 1)
+        if isinstance(outcome, Failure)
+    ]
+    if len(texts) > MAX_WARNINGS:
+        more = len(texts) - MAX_WARNINGS + 1
+        texts = [*texts[: MAX_WARNINGS - 1], f"{more} more not stored; the Failed SOP Sequence lists every reason"]
+    return texts
+
+
+def _quoted(text: str) -> str:
+    """The inside of an RFC 7230 quoted-string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _boundary(content_type: str | None) -> str:
@@ -275,6 +307,7 @@ def _response_dataset(
             if failure.sop_instance_uid:
                 values["ReferencedSOPInstanceUID"] = failure.sop_instance_uid
             values["FailureReason"] = failure.error.failure_reason
+            values["ErrorComment"] = failure.error.reason
             items.append(keyword_values_to_json(values))
         dataset[FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": items}
     if stored:
