@@ -114,12 +114,15 @@ def test_its_searches_find_what_it_stored(archive: Archive, sent: Sent, tmp_path
     assert {i["00080018"]["Value"][0] for i in ct} == {str(ds.SOPInstanceUID) for ds in sent.ct}
 
 
-def test_its_study_metadata_describes_every_instance(archive: Archive, sent: Sent, tmp_path: Path) -> None:
+def test_its_study_and_series_metadata_describe_every_instance(archive: Archive, sent: Sent, tmp_path: Path) -> None:
     metadata = call(archive, tmp_path, "retrieveStudyMetadata", {"studyInstanceUID": sent.study})["json"]
     by_sop = {instance["00080018"]["Value"][0]: instance for instance in metadata}
     assert set(by_sop) == set(sent.files)
     assert by_sop[str(sent.native.SOPInstanceUID)]["00280008"]["Value"] == [4]
     assert by_sop[str(sent.jpeg_ls.SOPInstanceUID)]["00280008"]["Value"] == [3]
+    ct_series_uids = {"studyInstanceUID": sent.study, "seriesInstanceUID": str(sent.ct[0].SeriesInstanceUID)}
+    series = call(archive, tmp_path, "retrieveSeriesMetadata", ct_series_uids)["json"]
+    assert {instance["00080018"]["Value"][0] for instance in series} == {str(ds.SOPInstanceUID) for ds in sent.ct}
 
 
 def test_frames_as_it_asks_for_them_by_default_are_the_native_pixels(
