@@ -1,9 +1,10 @@
-"""Real clients as users run them: dcmtk's storescu and pynetdicom for C-STORE, dcmtk's findscu,
+"""Real clients as users run them: dcmtk's storescu, dcmsend and pynetdicom for C-STORE, dcmtk's findscu,
 getscu and movescu for query/retrieve, raw STOW-RS bodies."""
 
 from __future__ import annotations
 
 import secrets
+import struct
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,13 @@ def storescu(
         "-R", STORESCU_PROPOSE[transfer_syntax],
         "127.0.0.1", str(port), *map(str, files),
     ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def dcmsend(port: int, called_ae: str, files: Sequence[Path]) -> subprocess.CompletedProcess[str]:
+    """Send files with dcmtk's dcmsend as it is usually run: its own proposals (a context per SOP class and
+    file syntax, native fallbacks), conversion where the peer accepts another syntax, a summary at the end."""
+    command = ["dcmsend", "-v", "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -153,6 +161,13 @@ def stow(url: str, parts: Sequence[bytes], study_uid: str | None = None) -> http
         headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
         timeout=300,
     )
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The encoded dataset after the File Meta Information (its group length tells where that ends)."""
+    assert part10[128:132] == b"DICM" and part10[132:136] == b"\x02\x00\x00\x00"
+    (meta_length,) = struct.unpack("<I", part10[140:144])
+    return part10[144 + meta_length :]
 
 
 def multipart_parts(response: httpx.Response) -> list[bytes]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import struct
 import subprocess
 from collections.abc import Iterator
 from io import BytesIO
@@ -27,7 +26,7 @@ from dicomcloud.stack import LocalStack
 from dicomcloud.stack.local import INFRASTRUCTURE
 
 from .conftest import wait_until
-from .dicom_clients import multipart_parts, stow_body
+from .dicom_clients import dataset_bytes, multipart_parts, stow_body
 from .stack_support import DIMSE_TIMEOUT, STORED, Batch, Sender, full_stack, generate, http_client, store_statuses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1800)]
@@ -64,13 +63,6 @@ def bucket(stack: LocalStack) -> S3Storage:
     """The stack's bucket, opened with the settings its services read."""
     settings = json.loads((stack.folder / "config" / "application.stack.json").read_text())
     return S3Storage(S3Settings(**settings["storage"]["s3"]), stack.folder / "test-scratch")
-
-
-def dataset_bytes(part10: bytes) -> bytes:
-    """The encoded dataset after the File Meta Information (its group length tells where that ends)."""
-    assert part10[128:132] == b"DICM" and part10[132:136] == b"\x02\x00\x00\x00"
-    (meta_length,) = struct.unpack("<I", part10[140:144])
-    return part10[144 + meta_length :]
 
 
 def stow(client: httpx.Client, root: str, files: list[Path]) -> list[httpx.Response]:

@@ -21,7 +21,7 @@ from dicomcloud.adapters import fs_storage
 from dicomcloud.archive.core import Archive
 from dicomcloud.cli import receive_into_staging
 from dicomcloud.config import load_settings
-from dicomcloud.dimse.scp import StoreSCP
+from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, requestor_preferred
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
 
@@ -236,3 +236,53 @@ def test_a_received_dataset_is_renamed_into_place_when_the_process_receives_into
     assert copies == []
     stored = pydicom.dcmread(io.BytesIO(scp.archive.runtime.storage.read(f"default/{STUDY}/{SERIES}/{SOP}.dcm")))
     assert stored.SOPInstanceUID == SOP
+
+
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+IMPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
+
+
+def test_each_context_accepts_the_requestors_first_syntax_that_the_archive_supports(
+    start: Callable[..., StoreSCP],
+) -> None:
+    """As dcmsend proposes: one context per SOP class and file syntax, the file's syntax first, native fallbacks
+    after; the archive takes the file's own, so the sender need not decompress it (and a syntax the archive does
+    not support is passed over)."""
+    proposals = [
+        [EXPLICIT_LE, EXPLICIT_BE, IMPLICIT_LE],
+        [DEFLATED, EXPLICIT_LE, EXPLICIT_BE, IMPLICIT_LE],
+        [JPEG_LS, EXPLICIT_LE, EXPLICIT_BE, IMPLICIT_LE],
+        ["1.2.3.4.5.6", RLE, EXPLICIT_LE],
+        [EXPLICIT_BE, IMPLICIT_LE],
+    ]
+    ae = AE(ae_title="DCMSEND")
+    for syntaxes in proposals:
+        ae.add_requested_context(CT_IMAGE_STORAGE, syntaxes)
+    assoc = ae.associate("127.0.0.1", start().port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        accepted = [cx.transfer_syntax[0] for cx in sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id)]
+    finally:
+        assoc.release()
+    assert accepted == [EXPLICIT_LE, DEFLATED, JPEG_LS, RLE, EXPLICIT_BE]
+
+
+@pytest.mark.parametrize(
+    ("proposals", "first_choices"),
+    [
+        ([[JPEG_LS, EXPLICIT_LE]], [JPEG_LS]),
+        ([[EXPLICIT_LE, JPEG_LS]], [EXPLICIT_LE]),
+        # Proposals that disagree: the archive's own order decides between them, each still gets one it offered.
+        ([[JPEG_LS, EXPLICIT_LE], [EXPLICIT_LE, JPEG_LS]], [EXPLICIT_LE, EXPLICIT_LE]),
+        ([["1.2.3.4"]], []),
+    ],
+)
+def test_requestor_preferred_orders_the_supported_syntaxes(
+    proposals: list[list[str]], first_choices: list[str]
+) -> None:
+    order = requestor_preferred(TRANSFER_SYNTAXES, proposals)
+    assert sorted(order) == sorted(TRANSFER_SYNTAXES)
+    ours = [[syntax for syntax in order if syntax in proposal] for proposal in proposals]
+    assert [found[0] for found in ours if found] == first_choices

@@ -25,6 +25,10 @@ stop is there after it; none is refused half-way with an internal error.
 
 Storage contexts accept SCP/SCU role selection, so a C-GET requestor that proposes to be the
 storage SCP gets its C-STORE sub-operations on the same association.
+
+In each proposed context the requestor's first transfer syntax that the archive supports is accepted:
+a sender offering a compressed file's own syntax with native fallbacks (dcmsend, storescu) sends it
+as it is, and the archive stores what was sent rather than a copy the sender had to decompress.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import inspect
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from pydicom import uid as ts
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 
 from dicomcloud.archive.core import Archive
@@ -51,7 +57,8 @@ from dicomcloud.metrics import DIMSE_OPERATIONS
 
 log = logging.getLogger(__name__)
 
-# Everything we can store as received; the requestor's order of preference decides per context.
+# Everything we can store as received; the requestor's order of preference decides per context
+# (requestor_preferred), this order only between proposals that disagree.
 TRANSFER_SYNTAXES = [
     ts.ExplicitVRLittleEndian,
     ts.ImplicitVRLittleEndian,
@@ -130,6 +137,44 @@ def storage_sop_classes() -> list[str]:
     """Every storage SOP class pynetdicom knows, once each."""
     classes = [cx.abstract_syntax for cx in (*AllStoragePresentationContexts, *StoragePresentationContexts)]
     return [str(uid) for uid in dict.fromkeys(classes) if uid]
+
+
+def requestor_preferred(supported: Sequence[str], proposals: Iterable[Sequence[str]]) -> list[str]:
+    """`supported` reordered so that, in each proposal, the first syntax we support comes before the proposal's
+    other ones.
+
+    pynetdicom accepts, in a context, the first of the acceptor's syntaxes that the requestor proposes; with
+    this order that is the requestor's first choice. Proposals of one abstract syntax that disagree (one
+    prefers A to B, another B to A) are settled by `supported`'s own order.
+    """
+    after: dict[str, set[str]] = {syntax: set() for syntax in supported}
+    for proposal in proposals:
+        ours = list(dict.fromkeys(syntax for syntax in proposal if syntax in after))
+        if ours:
+            after[ours[0]].update(ours[1:])
+    waiting_on = {syntax: sum(syntax in later for later in after.values()) for syntax in supported}
+    remaining, order = list(supported), []
+    while remaining:
+        ready = next((syntax for syntax in remaining if waiting_on[syntax] == 0), remaining[0])
+        remaining.remove(ready)
+        order.append(ready)
+        for later in after[ready]:
+            waiting_on[later] -= 1
+    return order
+
+
+def prefer_requestor_syntaxes(assoc: Association) -> None:
+    """Reorder this association's copy of the supported contexts by what the requestor proposed (before
+    negotiation: at EVT_REQUESTED)."""
+    proposals: dict[str, list[list[str]]] = defaultdict(list)
+    for context in assoc.requestor.requested_contexts:
+        proposals[str(context.abstract_syntax)].append([str(syntax) for syntax in context.transfer_syntax])
+    for context in assoc.acceptor.supported_contexts:
+        if str(context.abstract_syntax) in proposals:
+            order: list[str | bytes | ts.UID] = [
+                *requestor_preferred(context.transfer_syntax, proposals[str(context.abstract_syntax)])
+            ]
+            context.transfer_syntax = order
 
 
 class StoreSCP:
@@ -217,6 +262,8 @@ class StoreSCP:
             event.assoc.acse.send_reject(*(REJECT_CALLING_AE if refusal.calling else REJECT_CALLED_AE))
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
             event.assoc.kill()
+            return
+        prefer_requestor_syntaxes(event.assoc)
 
     def _on_echo(self, event: evt.Event) -> int:
         try:
