@@ -95,7 +95,7 @@ def test_a_refused_object_keeps_its_place_and_the_others_are_stored(archive: Arc
     outcomes = store_many(archive, [first, junk(archive), last])
     assert isinstance(outcomes[0], StorageEvent) and isinstance(outcomes[2], StorageEvent)
     assert isinstance(outcomes[1], Refused) and isinstance(outcomes[1].error, InvalidInput)
-    assert outcomes[1].header is None
+    assert outcomes[1].identity.sop_instance_uid is None
     assert len(archive.runtime.index.list_instances("default", STUDY, SERIES)) == 2
     assert staging(archive) == []
 
@@ -108,7 +108,7 @@ def test_a_uid_sent_twice_in_one_batch_meets_its_first_copy(archive: Archive, tm
     assert isinstance(outcomes[0], StorageEvent)
     refused = outcomes[1]
     assert isinstance(refused, Refused) and isinstance(refused.error, DuplicateInstance)
-    assert refused.header is not None and refused.header.sop_instance_uid == sop
+    assert refused.identity.sop_instance_uid == sop
     stored = archive.runtime.storage.read(outcomes[0].file_path)
     assert hashlib.sha256(stored).hexdigest() == outcomes[0].sha256
     indexed = archive.runtime.index.get_instance("default", sop)

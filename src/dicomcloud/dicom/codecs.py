@@ -68,7 +68,7 @@ def decode_frame(stream: BinaryIO, number: int, *, max_decoded_bytes: int | None
     """Frame `number` (1-based) as Explicit VR Little Endian native bytes; see the module docstring."""
     header = _read_header(stream)
     check_decoded_size(header, max_decoded_bytes)
-    arr = _frame_array(stream, header, number)
+    arr = frame_array(stream, header, number)
     if header.get("BitsAllocated") == 1:
         return pack_bits(arr, pad=False)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -102,8 +102,9 @@ def _read_header(stream: BinaryIO) -> pydicom.Dataset:
         raise InvalidInput(f"unreadable DICOM header: {exc}") from exc
 
 
-def _frame_array(stream: BinaryIO, header: pydicom.Dataset, number: int) -> np.ndarray:
-    """Frame `number` decoded by pydicom's default processing (YBR as RGB, native byte order)."""
+def frame_array(stream: BinaryIO, header: pydicom.Dataset, number: int) -> np.ndarray:
+    """Frame `number` decoded by pydicom's default processing (YBR as RGB, native byte order); NotFound when out
+    of range, CannotConvert when no decoder reads it."""
     frames = _number_of_frames(header)
     if not 1 <= number <= frames:
         raise NotFound(f"frame {number} is out of range 1-{frames}")
@@ -211,7 +212,7 @@ def encode_frame(stream: BinaryIO, number: int, target_syntax: str, *, max_decod
     check_transcodable(source_syntax, target_syntax, header.get("LossyImageCompression") == "01")
     if target_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
         return decode_frame(stream, number, max_decoded_bytes=max_decoded_bytes)
-    arr = _frame_array(stream, header, number)
+    arr = frame_array(stream, header, number)
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     options = dict(_ENCODER_OPTIONS[target_syntax])
     options.pop("encoding_plugin", None)

@@ -47,6 +47,7 @@ from dicomcloud.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    MAX_UID_LENGTH,
     TransferSyntax,
     validate_uid,
 )
@@ -56,7 +57,9 @@ from dicomcloud.errors import InvalidInput
 DEFER_SIZE: Final = 4096
 # Deflated datasets are inflated to memory up to this size, then to a temporary file.
 _INFLATE_SPOOL: Final = 64 * 1024 * 1024
-_MAX_DEPTH: Final = 64
+# Sequences nested deeper than this are refused: real objects reach 100 levels, and every level costs stack
+# frames in the walk, in pydicom and in DICOM JSON.
+_MAX_DEPTH: Final = 128
 
 _ITEM: Final = 0xFFFEE000
 _ITEM_DELIMITER: Final = 0xFFFEE00D
@@ -78,6 +81,14 @@ _PYDICOM_ERRORS: Final = (InvalidDicomError, EOFError, OSError, ValueError, KeyE
 
 
 @dataclass(frozen=True)
+class Identity:
+    """The SOP Class and Instance UIDs of an object, as far as they can be read (a refusal names them)."""
+
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
 class InstanceHeader:
     sop_class_uid: str
     sop_instance_uid: str
@@ -85,6 +96,10 @@ class InstanceHeader:
     series_instance_uid: str
     transfer_syntax: TransferSyntax
     patient_id: str
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.sop_class_uid, self.sop_instance_uid)
 
 
 @dataclass(frozen=True)
@@ -403,6 +418,42 @@ def _header(ds: Dataset, transfer_syntax: TransferSyntax) -> InstanceHeader:
         transfer_syntax=transfer_syntax,
         patient_id=_text(ds, "PatientID"),
     )
+
+
+def _shown_uid(value: object) -> str | None:
+    """A UID value fit to be named in a response: printable ASCII, one value, at most 64 characters."""
+    text = str(value).strip("\x00 ") if isinstance(value, str) else ""
+    if not text or len(text) > MAX_UID_LENGTH or not text.isascii() or not text.isprintable() or "\\" in text:
+        return None
+    return text
+
+
+def read_identity(stream: BinaryIO) -> Identity:
+    """What a refused object says it is: its SOP Class and Instance UIDs read as leniently as pydicom can (with
+    force, no value above DEFER_SIZE loaded), else the Media Storage UIDs of its file meta; None where unreadable.
+    Only for naming the object in a refusal: nothing stored depends on it."""
+    with _quiet():
+        try:
+            stream.seek(0)
+            ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True, defer_size=DEFER_SIZE)
+        except Exception:  # whatever a hostile file makes pydicom raise, the answer is "unknown"
+            return Identity()
+        meta = getattr(ds, "file_meta", None) or Dataset()
+
+        def first(*found: tuple[Dataset, str]) -> str | None:
+            for dataset, keyword in found:
+                try:
+                    shown = _shown_uid(dataset.get(keyword))
+                except Exception:  # an unreadable value is an unknown one
+                    shown = None
+                if shown is not None:
+                    return shown
+            return None
+
+        return Identity(
+            first((ds, "SOPClassUID"), (meta, "MediaStorageSOPClassUID")),
+            first((ds, "SOPInstanceUID"), (meta, "MediaStorageSOPInstanceUID")),
+        )
 
 
 def indexed_values(metadata: dict[str, Any], header: InstanceHeader) -> dict[str, Any]:

@@ -21,10 +21,8 @@ import pydicom
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.pixels.utils import pixel_array
 
-from dicomcloud.dicom.codecs import check_decoded_size
-from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+from dicomcloud.dicom.codecs import check_decoded_size, frame_array
 from dicomcloud.errors import InvalidInput, NotFound
 
 JPEG = "image/jpeg"
@@ -139,11 +137,7 @@ def render_frame(
     if not 1 <= frame <= frames:
         raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else "the instance is not an image")
     check_decoded_size(ds, max_decoded_bytes)
-    # Decoding from the stream seeks to Pixel Data in it, which a deflated object's bytes do not allow.
-    stream.seek(0)
-    deflated = ds.file_meta.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    source = pydicom.dcmread(stream) if deflated else stream
-    arr = pixel_array(source, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
+    arr = frame_array(stream, ds, frame)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
     photometric = str(ds.PhotometricInterpretation)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         image = Image.fromarray(_grayscale(arr, ds, options.window, invert=photometric == "MONOCHROME1"), "L")

@@ -238,11 +238,7 @@ def _store_parts(
     for part in parts:
         outcome: StorageEvent | Refused | Failure = part if isinstance(part, Failure) else next(stored)
         if isinstance(outcome, Refused):
-            header = outcome.header
-            if header is None:
-                outcome = Failure(outcome.error)
-            else:
-                outcome = Failure(outcome.error, header.sop_class_uid, header.sop_instance_uid)
+            outcome = Failure(outcome.error, outcome.identity.sop_class_uid, outcome.identity.sop_instance_uid)
         outcomes.append(outcome)
     return outcomes
 
