@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import cast
 
-from pydicom.uid import UID
+from pydicom.uid import UID, AllTransferSyntaxes
 
 from dicomcloud.errors import InvalidUID
 
@@ -145,3 +145,17 @@ EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1")
 EXPLICIT_VR_BIG_ENDIAN = TransferSyntax("1.2.840.10008.1.2.2")
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1.99")
 NATIVE_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
+
+# Transfer syntaxes of PS3.6 Table A-1 that pydicom's AllTransferSyntaxes leaves out: the retired JPEG processes
+# (still sent: Extended 3 & 5, Spectral Selection 6-9, Full Progression 10-13, Lossless 15, the hierarchical ones),
+# JPIP, Encapsulated Uncompressed, JPEG XL and Deflated Image Frame Compression.
+_MORE_SYNTAXES = (
+    *(f"1.2.840.10008.1.2.4.{process}" for process in (52, 53, 54, 55, 56, *range(58, 67), 94, 95, 110, 111, 112)),
+    "1.2.840.10008.1.2.1.98",
+    "1.2.840.10008.1.2.8.1",
+)
+# Every transfer syntax of the standard whose objects are binary datasets, retired ones included: the archive
+# stores each as received and serves it as stored, decoded or not. The native ones come first.
+ACCEPTED_SYNTAXES: tuple[TransferSyntax, ...] = NATIVE_SYNTAXES + tuple(
+    TransferSyntax(uid) for uid in dict.fromkeys([*AllTransferSyntaxes, *_MORE_SYNTAXES]) if uid not in NATIVE_SYNTAXES
+)
