@@ -167,7 +167,7 @@ def test_acceptable_dicom_accepts_get_the_stored_files(
 
 
 def test_a_transfer_syntax_without_an_encoder_is_406(client: TestClient, series: list[pydicom.Dataset]) -> None:
-    accept = f"{DICOM_MULTIPART}; transfer-syntax=1.2.840.10008.1.2.4.50"
+    accept = f"{DICOM_MULTIPART}; transfer-syntax=1.2.840.10008.1.2.4.57"
     response = client.get(instance_url(series[0]), headers={"Accept": accept})
     assert response.status_code == 406
     assert EXPLICIT_LE in response.json()["error"]

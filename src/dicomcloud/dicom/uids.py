@@ -53,6 +53,8 @@ _COMPRESSED_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
     "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
     "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
+    # The retired JPEG processes (3-13, 15-29): JPEG bitstreams too, which PS3.18 no longer lists.
+    **{f"1.2.840.10008.1.2.4.{process}": "image/jpeg" for process in (52, 53, 54, 55, 56, *range(58, 67))},
     "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless (was image/x-dicom-rle before 2017)
     "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
@@ -88,6 +90,8 @@ _LOSSY = frozenset(
     {
         "1.2.840.10008.1.2.4.50",
         "1.2.840.10008.1.2.4.51",
+        # Retired DCT-based JPEG processes, non-hierarchical (3-13) and hierarchical (16-27).
+        *(f"1.2.840.10008.1.2.4.{process}" for process in (52, 53, 54, 55, 56, *range(59, 65))),
         "1.2.840.10008.1.2.4.81",
         "1.2.840.10008.1.2.4.91",
         "1.2.840.10008.1.2.4.93",
