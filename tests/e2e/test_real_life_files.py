@@ -175,3 +175,15 @@ def test_a_real_life_file_is_stored_exactly_or_refused_by_name(sent: Sent, path:
         assert rendered.status_code == 200, rendered.text
         image = Image.open(io.BytesIO(rendered.content))
         assert image.format == "PNG" and image.width > 0
+
+
+def test_a_frame_of_an_enhanced_multi_frame_object_renders_with_its_own_and_a_requested_window(sent: Sent) -> None:
+    (path,) = [p for p in FILES if p.name == "eCT_Supplemental.dcm"]
+    (stored,) = sent.responses[path].json()["00081199"]["Value"]
+    frame = f"{stored['00081190']['Value'][0]}/frames/2/rendered"
+    images = [
+        httpx.get(frame, params=params, headers={"Accept": "image/png"}, timeout=60)
+        for params in ({}, {"window": "40,400,linear"}, {"window": "40,400,sigmoid"})
+    ]
+    assert [response.status_code for response in images] == [200, 200, 200]
+    assert len({response.content for response in images}) == 3
