@@ -17,6 +17,12 @@ import httpx
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
+
+from bench.synthetic import new_uid
 
 from .conftest import Archive
 from .corpus import corpus_files
@@ -187,3 +193,82 @@ def test_a_frame_of_an_enhanced_multi_frame_object_renders_with_its_own_and_a_re
     ]
     assert [response.status_code for response in images] == [200, 200, 200]
     assert len({response.content for response in images}) == 3
+
+
+# Odd objects as bug reports describe them, made here since no package ships them.
+def _made(**raw: tuple[str, bytes]) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", new_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword, (vr, value) in raw.items():
+        tag = Tag(keyword)
+        ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)  # written as is: odd lengths stay
+    return ds
+
+
+def _nested(depth: int) -> Dataset:
+    ds = _made()
+    inner = Dataset()
+    inner.CodeValue = "LEAF"
+    for _ in range(depth):
+        outer = Dataset()
+        outer.ContentSequence = [inner]
+        inner = outer
+    ds.ContentSequence = inner.ContentSequence
+    return ds
+
+
+def _binary_values() -> Dataset:
+    ds = _made()
+    for keyword, vr, size in (("FilterLookupTableData", "OD", 16), ("DoublePointCoordinatesData", "OD", 4000),
+                              ("VectorGridData", "OF", 3000), ("PointCoordinatesData", "OF", 12),
+                              ("LongPrimitivePointIndexList", "OL", 2000), ("SelectorOVValue", "OV", 8),
+                              ("ExtendedOffsetTableLengths", "OV", 1600)):
+        ds[keyword] = DataElement(keyword, vr, bytes(range(256)) * (size // 256) + bytes(size % 256))
+    return ds
+
+
+def _private() -> Dataset:
+    ds = _made()
+    block = ds.private_block(0x0099, "ODD VENDOR", create=True)
+    block.add_new(0x01, "OB", b"\x01" * 5000)
+    block.add_new(0x02, "UN", b"\x02" * 3000)
+    block.add_new(0x03, "LO", "x" * 64)
+    ds.add_new(0x00991010, "UN", b"\xfe\xff")  # private element without a creator
+    return ds
+
+
+MADE: dict[str, Callable[[], Dataset]] = {
+    "sequences nested 100 deep": lambda: _nested(100),
+    "invalid UTF-8 and control characters in PN, backslashes in LO": lambda: _made(
+        SpecificCharacterSet=("CS", b"ISO_IR 192"), PatientName=("PN", b"\xff\xfe\x00X^Y\x1b="),
+        StudyDescription=("LO", b"a\\b\\c"),
+    ),
+    "an unknown character set": lambda: _made(
+        SpecificCharacterSet=("CS", b"ISO_IR 999 "), PatientName=("PN", b"M\xfcller")
+    ),
+    "odd value lengths": lambda: _made(Modality=("CS", b"O"), InstitutionName=("LO", b"abc")),
+    "a non-conformant SOP Instance UID": lambda: _made(SOPInstanceUID=("UI", b"dccc9599087131742838cc1162a630fe")),
+    "OD, OF, OL and OV values on both sides of the bulk data threshold": _binary_values,
+    "private tags with and without their creator, longer than the threshold": _private,
+}
+
+
+@pytest.mark.parametrize("name", MADE)
+def test_an_odd_made_object_is_stored_exactly_with_valid_metadata(
+    archive: Archive, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / "odd.dcm"
+    MADE[name]().save_as(path, enforce_file_format=True)
+    response = stow(archive.dicomweb_url(), [path.read_bytes()])
+    assert response.status_code == 200, response.text
+    (stored,) = response.json()["00081199"]["Value"]
+    instance_url = stored["00081190"]["Value"][0]
+    retrieved = httpx.get(instance_url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=60)
+    assert multipart_parts(retrieved) == [path.read_bytes()]
+    metadata = httpx.get(f"{instance_url}/metadata", timeout=60)
+    assert metadata.status_code == 200
+    (attributes,) = metadata.json()
+    check_dicom_json(attributes)
