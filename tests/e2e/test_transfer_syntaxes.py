@@ -1,5 +1,5 @@
-"""Every syntax in, every common syntax out, against `dicomcloud up`: retired JPEG processes arrive over C-STORE
-and come back as stored; an instance and a frame asked for in each syntax the archive encodes come back in it,
+"""Every syntax in, every common syntax out, against `dicomcloud up`: retired JPEG processes arrive over C-STORE,
+come back as stored and render; an instance and a frame asked for in each syntax the archive encodes come back in it,
 decoding (with pydicom, the test's own decoder) to the original pixels, or within the documented tolerance."""
 
 from __future__ import annotations
@@ -102,25 +102,27 @@ def test_a_frame_asked_for_in_a_syntax_comes_back_in_it(archive: Archive, source
     assert_close(pixels(source)[1], pixels(one_frame), syntax)
 
 
-def progressive_jpeg_object(syntax: str, folder: Path) -> Path:
-    """An 8-bit image whose frame is a progressive JPEG bitstream, labelled with a retired process's syntax."""
+def progressive_jpeg_object(syntax: str, folder: Path) -> tuple[Path, np.ndarray]:
+    """An 8-bit image whose frame is a progressive JPEG bitstream, labelled with a retired process's syntax, and
+    the pixels it was made from."""
     ds = multiframe(1, rows=64, columns=64)
     del ds.NumberOfFrames, ds.FrameIncrementPointer, ds.FrameTime
+    gray = pixels(ds)
     out = io.BytesIO()
-    Image.fromarray(pixels(ds)).save(out, "JPEG", progressive=True, quality=95)
+    Image.fromarray(gray).save(out, "JPEG", progressive=True, quality=95)
     ds.PixelData = encapsulate([out.getvalue()])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = UID(syntax)
     path = folder / f"{syntax}.dcm"
     write_part10(ds, path)
-    return path
+    return path, gray
 
 
 @pytest.mark.parametrize("syntax", [JPEG_SPECTRAL_SELECTION, JPEG_FULL_PROGRESSION])
 def test_a_retired_jpeg_process_is_stored_over_c_store_and_served_as_stored(
     archive: Archive, tmp_path: Path, syntax: str
 ) -> None:
-    path = progressive_jpeg_object(syntax, tmp_path)
+    path, gray = progressive_jpeg_object(syntax, tmp_path)
     assert pynetdicom_store(archive.dimse_port, "DICOMCLOUD", [path]) == [0]
     original = pydicom.dcmread(path)
     url = instance_url(archive, original)
@@ -133,3 +135,7 @@ def test_a_retired_jpeg_process_is_stored_over_c_store_and_served_as_stored(
     frame = httpx.get(f"{url}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'}, timeout=60)
     assert frame.status_code == 200, frame.text
     assert multipart_parts(frame) == [next(generate_frames(original.PixelData, number_of_frames=1))]
+    rendered = httpx.get(f"{url}/rendered", headers={"Accept": "image/png"}, timeout=60)
+    assert rendered.status_code == 200
+    shown = np.asarray(Image.open(io.BytesIO(rendered.content)), np.float64)
+    assert np.corrcoef(shown.ravel(), gray.ravel())[0, 1] > 0.99  # the image, windowed to its value range

@@ -1,5 +1,5 @@
 """The README's transfer syntax table says what the code does: every accepted syntax once, and whether each one
-is decoded (pydicom has a decoder for it) and encoded (a transcode target)."""
+is decoded (pydicom has a decoder for it, or libjpeg-turbo reads it) and encoded (a transcode target)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom.pixels.decoders.base import get_decoder
 
-from dicomcloud.dicom.codecs import TRANSCODE_TARGETS
+from dicomcloud.dicom.codecs import RETIRED_JPEG, TRANSCODE_TARGETS
 from dicomcloud.dicom.uids import ACCEPTED_SYNTAXES
 
 README = Path(__file__).parents[2] / "README.md"
@@ -29,6 +29,8 @@ def syntax_rows() -> dict[str, list[str]]:
 
 
 def decodes(uid: str) -> bool:
+    if uid in RETIRED_JPEG:
+        return True
     try:
         return bool(get_decoder(uid).is_available)
     except NotImplementedError:

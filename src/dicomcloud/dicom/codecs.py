@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -44,7 +45,7 @@ from typing import Any, BinaryIO
 import imagecodecs
 import numpy as np
 import pydicom
-from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.pixels.encoders.base import get_encoder
@@ -209,6 +210,8 @@ _TARGETS: dict[str, _Target] = {
 TRANSCODE_TARGETS = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, *_TARGETS})
 # Targets whose frames are the decoded pixels themselves.
 _UNCOMPRESSED_TARGETS = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
+# Retired JPEG processes libjpeg-turbo decodes: Extended 3 & 5, Spectral Selection 6-9, Full Progression 10-13.
+RETIRED_JPEG = frozenset(f"1.2.840.10008.1.2.4.{process}" for process in (52, 53, 54, 55, 56))
 # Photometric Interpretations that decode to RGB (module docstring).
 _DECODED_AS_RGB = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420"})
 
@@ -255,8 +258,8 @@ def _read_header(stream: BinaryIO) -> pydicom.Dataset:
 
 
 def frame_array(stream: BinaryIO, header: pydicom.Dataset, number: int) -> np.ndarray:
-    """Frame `number` decoded by pydicom's default processing (YBR as RGB, native byte order); NotFound when out
-    of range, CannotConvert when no decoder reads it."""
+    """Frame `number` decoded by pydicom's default processing (YBR as RGB, native byte order), or by libjpeg-turbo
+    for the retired JPEG processes; NotFound when out of range, CannotConvert when no decoder reads it."""
     frames = _number_of_frames(header)
     if not 1 <= number <= frames:
         raise NotFound(f"frame {number} is out of range 1-{frames}")
@@ -272,10 +275,34 @@ def frame_array(stream: BinaryIO, header: pydicom.Dataset, number: int) -> np.nd
     if arr is None:
         try:
             stream.seek(0)
-            arr = pixel_array(pydicom.dcmread(stream, force=True), index=number - 1)
+            ds = pydicom.dcmread(stream, force=True)
+            retired = transfer_syntax in RETIRED_JPEG
+            arr = _retired_jpeg_frame(ds, number) if retired else pixel_array(ds, index=number - 1)
         except _DECODE_ERRORS as exc:
             raise CannotConvert(f"cannot decode frame {number}: {exc}") from exc
     return arr
+
+
+def _retired_jpeg_frame(ds: pydicom.Dataset, number: int) -> np.ndarray:
+    """Frame `number` of a retired JPEG process (which pydicom has no decoder for) decoded by libjpeg-turbo, which
+    reads the extended, spectral selection and full progression processes, YCbCr as RGB."""
+    frames = _number_of_frames(ds)
+    bitstream = next(itertools.islice(generate_frames(ds.PixelData, number_of_frames=frames), number - 1, None))
+    try:
+        arr = np.asarray(imagecodecs.jpeg8_decode(bitstream))
+    except imagecodecs.Jpeg8Error as exc:
+        raise ValueError(f"libjpeg-turbo cannot decode it: {exc}") from exc
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    return arr.view(arr.dtype.str.replace("u", "i")) if signed else arr
+
+
+def _all_frames(ds: pydicom.Dataset) -> np.ndarray:
+    """Every frame, as `ds.pixel_array` gives them (one frame without the frame axis)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or meta.get("TransferSyntaxUID") not in RETIRED_JPEG:
+        return np.asarray(ds.pixel_array)
+    frames = [_retired_jpeg_frame(ds, number) for number in range(1, _number_of_frames(ds) + 1)]
+    return frames[0] if len(frames) == 1 else np.stack(frames)
 
 
 def _number_of_frames(header: pydicom.Dataset) -> int:
@@ -314,7 +341,7 @@ def transcode(stream: BinaryIO, target_syntax: str) -> bytes:
         raise InvalidInput("the instance has no Pixel Data to transcode")
     check_transcodable(source_syntax, target_syntax, ds.get("LossyImageCompression") == "01")
     try:
-        arr = ds.pixel_array
+        arr = _all_frames(ds)
     except _DECODE_ERRORS as exc:
         raise InvalidInput(f"cannot decode the pixels of {source_syntax}: {exc}") from exc
     fmt = FrameFormat.of(ds)
