@@ -39,7 +39,7 @@ import contextlib
 import io
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 import imagecodecs
@@ -83,7 +83,7 @@ class FrameFormat:
     bits_allocated: int
     bits_stored: int
     pixel_representation: int
-    photometric: str
+    photometric_interpretation: str
 
     @classmethod
     def of(cls, header: pydicom.Dataset) -> FrameFormat:
@@ -96,7 +96,7 @@ class FrameFormat:
             bits_allocated=bits_allocated,
             bits_stored=int(header.get("BitsStored") or bits_allocated),
             pixel_representation=int(header.get("PixelRepresentation") or 0),
-            photometric="RGB" if photometric in _DECODED_AS_RGB else photometric,
+            photometric_interpretation="RGB" if photometric in _DECODED_AS_RGB else photometric,
         )
 
 
@@ -104,22 +104,8 @@ def _pydicom_encoder(syntax: str, plugin: str = "", **options: Any) -> Callable[
     """An encoder of pydicom's (RLE in pure Python, JPEG-LS with pyjpegls, JPEG 2000 with pylibjpeg-openjpeg)."""
 
     def encode(frame: np.ndarray, fmt: FrameFormat) -> bytes:
-        return bytes(
-            get_encoder(syntax).encode(
-                frame,
-                encoding_plugin=plugin,
-                rows=fmt.rows,
-                columns=fmt.columns,
-                samples_per_pixel=fmt.samples_per_pixel,
-                bits_allocated=fmt.bits_allocated,
-                bits_stored=fmt.bits_stored,
-                pixel_representation=fmt.pixel_representation,
-                photometric_interpretation=fmt.photometric,
-                number_of_frames=1,
-                planar_configuration=0,
-                **options,
-            )
-        )
+        one_frame = {"number_of_frames": 1, "planar_configuration": 0, **asdict(fmt)}
+        return bytes(get_encoder(syntax).encode(frame, encoding_plugin=plugin, **one_frame, **options))
 
     return encode
 

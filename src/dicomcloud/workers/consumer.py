@@ -99,19 +99,20 @@ class StorageEventConsumer(Handler):
             return []
         targets = [] if event.transfer_syntax in policy.viewer_syntaxes else [policy.target_syntax]
         targets += [syntax for syntax in policy.derived_syntaxes if syntax != event.transfer_syntax]
-        return [
-            TranscodeRequest(
-                tenant_id=event.tenant_id,
-                study_instance_uid=event.study_instance_uid,
-                series_instance_uid=event.series_instance_uid,
-                sop_instance_uid=event.sop_instance_uid,
-                file_path=event.file_path,
-                sha256=event.sha256,
-                transfer_syntax=event.transfer_syntax,
-                target_syntax=target,
-            )
-            for target in dict.fromkeys(targets)
-        ]
+        return [self._transcode_request(event, target) for target in dict.fromkeys(targets)]
+
+    @staticmethod
+    def _transcode_request(event: StorageEvent, target_syntax: str) -> TranscodeRequest:
+        return TranscodeRequest(
+            tenant_id=event.tenant_id,
+            study_instance_uid=event.study_instance_uid,
+            series_instance_uid=event.series_instance_uid,
+            sop_instance_uid=event.sop_instance_uid,
+            file_path=event.file_path,
+            sha256=event.sha256,
+            transfer_syntax=event.transfer_syntax,
+            target_syntax=target_syntax,
+        )
 
 
 def _storage_event(raw: bytes) -> StorageEvent:
