@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import pydicom
 import pytest
 import support
+from pydicom.data import get_testdata_file
 from support import FailingBus
 
 from dicomcloud.archive.core import Archive
@@ -142,4 +145,26 @@ def test_a_received_file_outside_the_staging_folder_is_copied_and_left_in_place(
     assert archive.runtime.storage.read(outcomes[0].file_path) == data
     assert precious.read_bytes() == data
     assert unreadable.read_bytes() == b"keep me"
+    assert staging(archive) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("rtstruct.dcm", "1.2.840.10008.1.2"),
+        ("ExplVR_LitEndNoMeta.dcm", "1.2.840.10008.1.2.1"),
+        ("ExplVR_BigEndNoMeta.dcm", "1.2.840.10008.1.2.2"),
+    ],
+)
+def test_a_bare_dataset_is_stored_behind_the_part10_header_it_lacks(archive: Archive, name: str, syntax: str) -> None:
+    sent = (Path(str(get_testdata_file("CT_small.dcm"))).parent / name).read_bytes()
+    stream = archive.runtime.storage.stage()
+    stream.write(sent)
+    stream.flush()
+    (outcome,) = store_many(archive, [stream])
+    assert isinstance(outcome, StorageEvent), outcome
+    assert outcome.transfer_syntax == syntax
+    stored = archive.runtime.storage.read(outcome.file_path)
+    assert stored[128:132] == b"DICM" and stored.endswith(sent)
+    assert pydicom.dcmread(io.BytesIO(stored)).file_meta.MediaStorageSOPInstanceUID == outcome.sop_instance_uid
     assert staging(archive) == []

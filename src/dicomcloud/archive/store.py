@@ -30,6 +30,7 @@ only its events are missing) and is refused, so the sender sends it again and th
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from typing import BinaryIO
 from dicomcloud.archive.keys import derived_prefix, entry_key, original_key
 from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.archive.qido_cache import QidoCache
-from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, read_identity
+from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, part10_header, read_identity
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import Message
@@ -172,6 +173,7 @@ class Store:
         discarded)."""
         parsed: ParsedInstance | None = None
         try:
+            staged = self._as_part10(staged)
             parsed = parse_instance(staged, bulkdata_threshold=self.runtime.settings.storage.bulkdata_threshold)
             header = parsed.header
             if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
@@ -207,6 +209,25 @@ class Store:
             attributes=parsed.attributes,
         )
         return _Accepted(staged, parsed, event)
+
+    def _as_part10(self, staged: BinaryIO) -> BinaryIO:
+        """`staged`, or for a bare dataset a new staged file: the preamble and meta it lacks, then its bytes as sent
+        (dicom/parse.py `part10_header`). The original staged file is consumed either way."""
+        header = part10_header(staged)
+        if header is None:
+            return staged
+        wrapped = self.runtime.storage.stage()
+        try:
+            wrapped.write(header)
+            staged.seek(0)
+            shutil.copyfileobj(staged, wrapped)
+            wrapped.flush()
+        except BaseException:
+            self.runtime.storage.discard(wrapped)
+            raise
+        finally:
+            self.runtime.storage.discard(staged)
+        return wrapped
 
     def _store_prepared(
         self, tenant_id: str, prepared: Sequence[_Accepted | Refused], reject: bool
