@@ -102,6 +102,20 @@ def test_a_frame_asked_for_in_a_syntax_comes_back_in_it(archive: Archive, source
     assert_close(pixels(source)[1], pixels(one_frame), syntax)
 
 
+@pytest.mark.parametrize(
+    ("media_type", "default_syntax"),
+    [("image/jpeg", "1.2.840.10008.1.2.4.70"), ("image/jphc", "1.2.840.10008.1.2.4.201")],
+)
+def test_a_frame_asked_for_by_media_type_alone_comes_in_its_default_syntax(
+    archive: Archive, source: Dataset, media_type: str, default_syntax: str
+) -> None:
+    accept = f'multipart/related; type="{media_type}"'
+    response = httpx.get(f"{instance_url(archive, source)}/frames/1", headers={"Accept": accept}, timeout=60)
+    assert response.status_code == 200, response.text
+    part_head = response.content.split(b"\r\n\r\n", 1)[0].decode().lower()  # the first part's headers
+    assert f"transfer-syntax={default_syntax}" in part_head.replace('"', "")
+
+
 def progressive_jpeg_object(syntax: str, folder: Path) -> tuple[Path, np.ndarray]:
     """An 8-bit image whose frame is a progressive JPEG bitstream, labelled with a retired process's syntax, and
     the pixels it was made from."""

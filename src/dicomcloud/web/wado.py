@@ -249,9 +249,11 @@ class _FrameForm(enum.Enum):
 # The syntax a frame media type means when no transfer-syntax is named (PS3.18 Table 8.7.3-5's
 # defaults), for the media types this archive can encode.
 _FRAME_DEFAULT_SYNTAX = {
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
     "image/dicom-rle": "1.2.840.10008.1.2.5",
     "image/jls": "1.2.840.10008.1.2.4.80",
     "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
 }
 
 
