@@ -239,7 +239,7 @@ def test_missing_identifying_uid_is_refused(tmp_path: Path, keyword: str) -> Non
 
 @pytest.mark.parametrize(
     ("keyword", "value"),
-    [("StudyInstanceUID", "1.2.3/../../etc"), ("SeriesInstanceUID", "../x"), ("SOPInstanceUID", "1.2.3/x")],
+    [("StudyInstanceUID", "1.2.3/../../etc"), ("SeriesInstanceUID", "../x"), ("SOPInstanceUID", "1.2.3.a")],
 )
 def test_uid_that_could_leave_its_folder_is_refused(tmp_path: Path, keyword: str, value: str) -> None:
     path = synthetic_file(tmp_path, **{keyword: value})

@@ -1,9 +1,10 @@
 """UIDs, tenant ids and transfer syntaxes, validated once at the edge and trusted inside.
 
-A value that passes these checks can be joined into a storage key or a cache key: letters, digits, dots
-and hyphens for UIDs (never "..", a slash or a NUL), a short lowercase slug for tenants. A `TransferSyntax`
-knows its own facts (pydicom's `UID` knows the encoding; this adds what the archive decides on: how frames
-travel, whether the pixels are lossy, whether a dataset can be re-encoded into another syntax without its pixels).
+A value that passes these checks can be joined into a storage key or a cache key: digits and dots for UIDs, or
+one token of letters, digits and hyphens (never a dot then, a slash or a NUL), a short lowercase slug for
+tenants. A `TransferSyntax` knows its own facts (pydicom's `UID` knows the encoding; this adds what the archive
+decides on: how frames travel, whether the pixels are lossy, whether a dataset can be re-encoded into another
+syntax without its pixels).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pydicom.uid import UID, AllTransferSyntaxes
 
 from dicomcloud.errors import InvalidUID
 
-# Conformant UIDs are digits and dots (PS3.5 9.1); real objects also carry hex digests and GUID-like text.
-# Those are accepted when they are still safe as one key component: ASCII letters and digits
-# joined by single dots or hyphens, with at least one digit (so no UID is ever "series" or another fixed name).
-LENIENT_UID_PATTERN = re.compile(r"^(?=[^0-9]*[0-9])[0-9A-Za-z]+([.-][0-9A-Za-z]+)*$")
+# Conformant UIDs are digits and dots (PS3.5 9.1; leading zeros tolerated). Real objects also carry hex digests
+# and GUID-like text: one token of ASCII letters and digits, hyphens between, with a digit somewhere (so never
+# "series" or another fixed name), which is as safe as one key component; letters never mix with dots (no ".dcm").
+LENIENT_UID_PATTERN = re.compile(r"^([0-9]+(\.[0-9]+)*|(?=[^0-9]*[0-9])[0-9A-Za-z]+(-[0-9A-Za-z]+)*)$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_UID_LENGTH = 64
 
@@ -26,9 +27,9 @@ MAX_UID_LENGTH = 64
 def validate_uid(value: object, what: str = "UID") -> str:
     """Return the UID, or raise InvalidUID.
 
-    Leading zeros in a component and non-conformant UIDs made of letters, digits, single dots and hyphens are
-    tolerated (real modalities emit them), so this checks the lenient form; what matters for safety is that no
-    character can name another folder or key, and at most 64 characters.
+    Leading zeros in a component and non-conformant tokens of letters, digits and hyphens are tolerated (real
+    modalities emit them), so this checks the lenient form; what matters for safety is that no character can name
+    another folder or key, and at most 64 characters.
     """
     if not isinstance(value, str):
         raise InvalidUID(f"{what} must be a string")
