@@ -319,3 +319,17 @@ def test_every_pixel_layout_pydicom_decodes_renders(path: Path, media_type: str)
     rendered = render(path, frames_in(path), RenderOptions(media_type=media_type))  # the last frame
     image = decode(rendered, media_type.split("/")[1].upper())
     assert image.size == (header.Columns, header.Rows)
+
+
+def test_pixels_taller_than_wide_are_shown_in_the_patients_proportions(tmp_path: Path) -> None:
+    assert decode(render(ramp_file(tmp_path, PixelSpacing=[1.0, 0.5]), 1, RenderOptions()), "JPEG").size == (16, 32)
+    assert decode(render(ramp_file(tmp_path, PixelAspectRatio=[1, 2]), 1, RenderOptions()), "JPEG").size == (32, 16)
+    per_frame = ramp_file(
+        tmp_path,
+        NumberOfFrames=2,
+        PixelSpacing=[1.0, 1.0],
+        SharedFunctionalGroupsSequence=[item(PixelMeasuresSequence=[item(PixelSpacing=[1.0, 1.0])])],
+        PerFrameFunctionalGroupsSequence=[item(), item(PixelMeasuresSequence=[item(PixelSpacing=[3.0, 1.0])])],
+    )
+    assert decode(render(per_frame, 1, RenderOptions()), "JPEG").size == (16, 16)
+    assert decode(render(per_frame, 2, RenderOptions()), "JPEG").size == (16, 48)

@@ -4,7 +4,9 @@ The grayscale pipeline is PS3.4 N.2's: Modality LUT (Rescale Slope/Intercept or 
 Sequence), then the VOI transformation (the requested window, else the object's VOI LUT Sequence,
 else its first Window Center/Width, else the minimum and maximum of the modality values), then
 MONOCHROME1 inverted. An enhanced multi-frame object's rescale and window are the frame's own: its
-Pixel Value Transformation and Frame VOI LUT functional groups, per frame over shared (PS3.3 C.7.6.16).
+Pixel Value Transformation and Frame VOI LUT functional groups, per frame over shared (PS3.3 C.7.6.16). Pixels
+that are not square (Pixel Spacing, or the frame's Pixel Measures, else Pixel Aspect Ratio) are stretched to the
+patient's proportions, as a viewer shows them.
 Windows follow PS3.3 C.11.2.1.2-3 exactly (LINEAR, LINEAR_EXACT, SIGMOID). Colour objects come out as RGB:
 YBR converted by pydicom's decoder (which also undoes JPEG 2000's colour transforms), PALETTE COLOR looked up;
 a window does not apply to them. The source region and viewport come last, keeping the aspect ratio: the image
@@ -145,11 +147,12 @@ def render_frame(
     check_decoded_size(ds, max_decoded_bytes)
     arr = frame_array(stream, ds, frame)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
     photometric = str(ds.PhotometricInterpretation)
+    view = frame_attributes(ds, frame)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        view = frame_attributes(ds, frame)
         image = Image.fromarray(_grayscale(arr, view, options.window, invert=photometric == "MONOCHROME1"), "L")
     else:
         image = Image.fromarray(_color(arr, ds, photometric), "RGB")
+    image = _square_pixels(image, view)
     if options.viewport is not None:
         image = _apply_viewport(image, options.viewport)
     return _encode(image, options)
@@ -159,7 +162,10 @@ def render_frame(
 _FRAME_GROUPS: dict[str, tuple[str, ...]] = {
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
     "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
+    "PixelMeasuresSequence": ("PixelSpacing",),
 }
+# A pixel's height over its width beyond which the image is stretched to show it as a viewer does.
+_ASPECT_TOLERANCE = 1e-3
 
 
 def frame_attributes(ds: pydicom.Dataset, frame: int) -> pydicom.Dataset:
@@ -187,6 +193,22 @@ def frame_attributes(ds: pydicom.Dataset, frame: int) -> pydicom.Dataset:
                 if keyword in values[0]:
                     setattr(view, keyword, values[0][keyword].value)
     return view
+
+
+def _square_pixels(image: Image.Image, ds: pydicom.Dataset) -> Image.Image:
+    """The image in the patient's proportions: where pixels are not square (Pixel Spacing row\\column, else Pixel
+    Aspect Ratio vertical\\horizontal), it is stretched along the direction of the larger spacing, as viewers do."""
+    ratio = None
+    with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError):
+        if "PixelSpacing" in ds:
+            ratio = float(ds.PixelSpacing[0]) / float(ds.PixelSpacing[1])
+        elif "PixelAspectRatio" in ds:
+            ratio = float(ds.PixelAspectRatio[0]) / float(ds.PixelAspectRatio[1])
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0 or abs(ratio - 1) < _ASPECT_TOLERANCE:
+        return image
+    width, height = image.size
+    size = (width, round(height * ratio)) if ratio > 1 else (round(width / ratio), height)
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _grayscale(arr: NDArray[np.generic], ds: pydicom.Dataset, window: Window | None, invert: bool) -> NDArray[np.uint8]:
