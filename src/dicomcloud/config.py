@@ -286,6 +286,9 @@ class TranscodeSettings:
     # Explicit VR Little Endian: every viewer and toolkit decodes it with no codec, it is lossless
     # for whatever was decoded, and pydicom writes it without an encoder plugin that could fail.
     target_syntax: str = "1.2.840.10008.1.2.1"
+    # Every image instance also gets a copy in each of these syntaxes at ingest (any the archive encodes, e.g.
+    # HTJ2K "1.2.840.10008.1.2.4.202" for viewers that stream it), unless it is stored in that syntax already.
+    derived_syntaxes: list[str] = field(default_factory=list)
     # Attempts per instance before a TranscodeFailure is published.
     max_attempts: int = 3
 

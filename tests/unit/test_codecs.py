@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.pixels.utils import pack_bits
+from pydicom.uid import UID
 
 from dicomcloud.dicom.codecs import decode_frame
 from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, TransferSyntax
@@ -126,3 +130,20 @@ def test_native_frames_travel_as_explicit_little_endian() -> None:
     assert TransferSyntax("1.2.840.10008.1.2").frame_syntax == EXPLICIT_VR_LITTLE_ENDIAN
     assert TransferSyntax("1.2.840.10008.1.2.1.99").frame_syntax == EXPLICIT_VR_LITTLE_ENDIAN
     assert TransferSyntax("1.2.840.10008.1.2.4.50").frame_syntax == "1.2.840.10008.1.2.4.50"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55"])
+def test_a_retired_progressive_jpeg_frame_is_decoded(tmp_path: Path, syntax: str) -> None:
+    gray = (np.add.outer(np.arange(32), np.arange(32)) * 4).astype(np.uint8)
+    out = BytesIO()
+    Image.fromarray(gray).save(out, "JPEG", progressive=True, quality=100)
+    ds = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
+    ds.Rows = ds.Columns = 32
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([out.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    path = tmp_path / "progressive.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    decoded = np.frombuffer(_decode(path, 1), np.uint8).reshape(32, 32)
+    assert np.abs(decoded.astype(int) - gray).max() <= 2

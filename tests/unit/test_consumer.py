@@ -43,6 +43,7 @@ from dicomcloud.workers.loop import Batching, BusLoop, dead_letter_topic
 STUDY, SERIES = "1.2.826.0.2.1", "1.2.826.0.2.1.1"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
 DEAD_LETTERS = dead_letter_topic(StorageEventConsumer.group)
 MR_RLE = Path(str(get_testdata_file("MR_small_RLE.dcm")))
 
@@ -151,6 +152,29 @@ def test_a_transcode_request_is_published_only_for_an_instance_outside_the_viewe
     assert [(r.sop_instance_uid, r.file_path, r.sha256, r.transfer_syntax, r.target_syntax) for r in requests] == [
         (rle.sop_instance_uid, rle.file_path, rle.sha256, RLE_LOSSLESS, EXPLICIT_VR_LITTLE_ENDIAN)
     ]
+
+
+def test_each_derived_syntax_is_requested_for_an_image_not_stored_in_it(tmp_path: Path) -> None:
+    archive = support.make_archive(
+        tmp_path / "data",
+        workers={"consumer_poll_timeout": 0.05},
+        transcode={"viewer_syntaxes": [EXPLICIT_VR_LITTLE_ENDIAN], "derived_syntaxes": [HTJ2K_RPCL, RLE_LOSSLESS]},
+    )
+    try:
+        ct = store(archive, write_ct(tmp_path / "ct.dcm", f"{SERIES}.1"))
+        rle = store(archive, MR_RLE)
+        support.run_pending(archive, StorageEventConsumer(archive))
+        requests = [TranscodeRequest.from_bytes(raw) for raw in read_topic(archive, TRANSCODE_QUEUE)]
+    finally:
+        archive.close()
+    assert sorted((r.sop_instance_uid, r.target_syntax) for r in requests) == sorted(
+        [
+            (ct.sop_instance_uid, HTJ2K_RPCL),
+            (ct.sop_instance_uid, RLE_LOSSLESS),
+            (rle.sop_instance_uid, EXPLICIT_VR_LITTLE_ENDIAN),
+            (rle.sop_instance_uid, HTJ2K_RPCL),
+        ]
+    )
 
 
 def test_the_consumer_reads_no_stored_object(archive: Archive, tmp_path: Path) -> None:

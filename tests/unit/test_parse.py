@@ -13,12 +13,13 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from bench.synthetic import ct_series, write_part10
 from dicomcloud.dicom.attributes import extracted
-from dicomcloud.dicom.parse import InstanceHeader, ParsedInstance, parse_instance
+from dicomcloud.dicom.parse import Identity, InstanceHeader, ParsedInstance, parse_instance, read_identity
 from dicomcloud.dicom.seriesdoc import BASE_PLACEHOLDER
 from dicomcloud.dicom.uids import TransferSyntax
 from dicomcloud.errors import InvalidInput, InvalidUID
@@ -244,6 +245,54 @@ def test_uid_that_could_leave_its_folder_is_refused(tmp_path: Path, keyword: str
     path = synthetic_file(tmp_path, **{keyword: value})
     with pytest.raises(InvalidUID):
         parse(path)
+
+
+def test_a_non_conformant_uid_safe_as_a_key_is_accepted(tmp_path: Path) -> None:
+    digest = "dccc9599087131742838cc1162a630fea87ba9bf61ac09bfda90d4adfa5ddaed"
+    assert parse(synthetic_file(tmp_path, SOPInstanceUID=digest)).header.sop_instance_uid == digest
+
+
+def nested(depth: int) -> Dataset:
+    """A Content Sequence whose items nest `depth` levels deep."""
+    inner = Dataset()
+    inner.CodeValue = "LEAF"
+    for _ in range(depth - 1):
+        outer = Dataset()
+        outer.ContentSequence = [inner]
+        inner = outer
+    return inner
+
+
+def test_sequences_nested_a_hundred_deep_are_read(tmp_path: Path) -> None:
+    path = synthetic_file(tmp_path, ContentSequence=[nested(100)])
+    attribute = parse(path).entry.metadata["0040A730"]
+    for _ in range(100):
+        attribute = attribute["Value"][0].get("0040A730", attribute["Value"][0].get("00080100"))
+    assert attribute == {"vr": "SH", "Value": ["LEAF"]}
+
+
+def test_sequences_nested_past_the_limit_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        parse(synthetic_file(tmp_path, ContentSequence=[nested(200)]))
+
+
+@pytest.mark.parametrize(
+    ("name", "sop_class_uid", "sop_instance_uid"),
+    [
+        ("test_files/rtstruct.dcm", "1.2.840.10008.5.1.4.1.1.481.3", "1.2.826.0.1.3680043.8.498.2010020400001"),
+        ("test_files/JPEGLSNearLossless_08.dcm", "1.2.840.10008.5.1.4.1.1.7",
+         "1.2.826.0.1.3680043.8.498.86164008115771185238417434208295286685"),
+        ("test_files/MR_truncated.dcm", "1.2.840.10008.5.1.4.1.1.4", "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"),
+        ("test_files/dicomdirtests/DICOMDIR", "1.2.840.10008.1.3.10",
+         "1.2.276.0.7230010.3.1.4.0.31906.1359940846.78187"),
+        ("test_files/crayons.icc", None, None),
+    ],
+)
+def test_a_refused_object_is_named_as_far_as_it_can_be_read(
+    name: str, sop_class_uid: str | None, sop_instance_uid: str | None
+) -> None:
+    with (DATA / name).open("rb") as stream:
+        assert read_identity(stream) == Identity(sop_class_uid, sop_instance_uid)
 
 
 def test_pixel_data_is_not_loaded(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.data import get_testdata_file
+from test_codecs import DECODABLE
 
 from dicomcloud.config import LimitsSettings
 from dicomcloud.dicom.render import (
+    GIF,
     JPEG,
     PNG,
     RenderOptions,
@@ -221,7 +223,76 @@ def test_an_instance_that_is_not_an_image_has_no_frame_to_render() -> None:
         render(data_file("rtplan.dcm"), 1, RenderOptions())
 
 
-@pytest.mark.parametrize("text", ["40", "40,0", "a,b", "40,400,cubic", "40,400,linear,x", "nan,10"])
+def ramp_file(tmp_path: Path, **attributes: object) -> Path:
+    """A 16 x 16 MONOCHROME2 image whose stored values are 0..255, row by row, with `attributes` added."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", pydicom.uid.generate_uid()
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    frames = int(str(attributes.get("NumberOfFrames", 1)))
+    ds.PixelData = np.tile(np.arange(256, dtype="<u2"), frames).tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    path = tmp_path / f"ramp-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def item(**attributes: object) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        # C.11.2.1.2.1 LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5), clipped; width 1 thresholds at c - 0.5.
+        ("100.5,1,linear", np.where(np.arange(256) > 100, 255, 0)),
+        ("128,101,linear", np.clip(np.round(((np.arange(256) - 127.5) / 100 + 0.5) * 255), 0, 255)),
+        # C.11.2.1.3.2 LINEAR_EXACT: ((x - c) / w + 0.5), clipped.
+        ("128,100,linear-exact", np.clip(np.round(((np.arange(256) - 128) / 100 + 0.5) * 255), 0, 255)),
+        # C.11.2.1.3.1 SIGMOID: 1 / (1 + exp(-4 (x - c) / w)).
+        ("128,50,sigmoid", np.round(255 / (1 + np.exp(-4 * (np.arange(256) - 128) / 50)))),
+    ],
+)
+def test_windows_follow_ps3_3_exactly(tmp_path: Path, window: str, expected: NDArray[np.float64]) -> None:
+    gray = render_png(ramp_file(tmp_path), window=parse_window(window))
+    assert np.array_equal(gray.ravel(), expected.astype(np.int64))
+
+
+def test_each_frame_of_an_enhanced_object_has_its_own_rescale_and_window(tmp_path: Path) -> None:
+    shared = item(
+        PixelValueTransformationSequence=[item(RescaleSlope=1, RescaleIntercept=0, RescaleType="US")],
+        FrameVOILUTSequence=[item(WindowCenter=0, WindowWidth=10)],
+    )
+    second = item(
+        PixelValueTransformationSequence=[item(RescaleSlope=1, RescaleIntercept=1000, RescaleType="US")],
+        FrameVOILUTSequence=[item(WindowCenter=1300, WindowWidth=10, VOILUTFunction="LINEAR_EXACT")],
+    )
+    path = ramp_file(
+        tmp_path,
+        NumberOfFrames=2,
+        SharedFunctionalGroupsSequence=[shared],
+        PerFrameFunctionalGroupsSequence=[item(), second],
+    )
+    # Frame 1: shared rescale and window (everything above 5 white); frame 2: its own (1000..1255 below 1295).
+    assert (render_png(path, 1).ravel()[6:] == 255).all()
+    assert (render_png(path, 2) == 0).all()
+    # A requested window applies to each frame's own modality values.
+    window = parse_window("1128,100,linear-exact")
+    assert (render_png(path, 1, window=window) == 0).all()
+    plain = render_png(ramp_file(tmp_path), window=parse_window("128,100,linear-exact"))
+    assert np.array_equal(render_png(path, 2, window=window), plain)
+
+
+@pytest.mark.parametrize(
+    "text", ["40", "40,0", "a,b", "40,400,cubic", "40,400,linear,x", "nan,10", "40,0,linear-exact", "40,0,sigmoid"]
+)
 def test_malformed_window_is_invalid(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_window(text)
@@ -239,3 +310,26 @@ def test_malformed_or_oversized_viewport_is_invalid(text: str) -> None:
 def test_quality_outside_1_to_100_is_invalid(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_quality(text)
+
+
+@pytest.mark.parametrize("media_type", [JPEG, PNG, GIF])
+@pytest.mark.parametrize("path", DECODABLE, ids=lambda p: p.name)
+def test_every_pixel_layout_pydicom_decodes_renders(path: Path, media_type: str) -> None:
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    rendered = render(path, frames_in(path), RenderOptions(media_type=media_type))  # the last frame
+    image = decode(rendered, media_type.split("/")[1].upper())
+    assert image.size == (header.Columns, header.Rows)
+
+
+def test_pixels_taller_than_wide_are_shown_in_the_patients_proportions(tmp_path: Path) -> None:
+    assert decode(render(ramp_file(tmp_path, PixelSpacing=[1.0, 0.5]), 1, RenderOptions()), "JPEG").size == (16, 32)
+    assert decode(render(ramp_file(tmp_path, PixelAspectRatio=[1, 2]), 1, RenderOptions()), "JPEG").size == (32, 16)
+    per_frame = ramp_file(
+        tmp_path,
+        NumberOfFrames=2,
+        PixelSpacing=[1.0, 1.0],
+        SharedFunctionalGroupsSequence=[item(PixelMeasuresSequence=[item(PixelSpacing=[1.0, 1.0])])],
+        PerFrameFunctionalGroupsSequence=[item(), item(PixelMeasuresSequence=[item(PixelSpacing=[3.0, 1.0])])],
+    )
+    assert decode(render(per_frame, 1, RenderOptions()), "JPEG").size == (16, 16)
+    assert decode(render(per_frame, 2, RenderOptions()), "JPEG").size == (16, 48)

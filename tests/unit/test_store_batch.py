@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import pydicom
 import pytest
 import support
+from pydicom.data import get_testdata_file
 from support import FailingBus
 
 from dicomcloud.archive.core import Archive
@@ -95,7 +98,7 @@ def test_a_refused_object_keeps_its_place_and_the_others_are_stored(archive: Arc
     outcomes = store_many(archive, [first, junk(archive), last])
     assert isinstance(outcomes[0], StorageEvent) and isinstance(outcomes[2], StorageEvent)
     assert isinstance(outcomes[1], Refused) and isinstance(outcomes[1].error, InvalidInput)
-    assert outcomes[1].header is None
+    assert outcomes[1].identity.sop_instance_uid is None
     assert len(archive.runtime.index.list_instances("default", STUDY, SERIES)) == 2
     assert staging(archive) == []
 
@@ -108,7 +111,7 @@ def test_a_uid_sent_twice_in_one_batch_meets_its_first_copy(archive: Archive, tm
     assert isinstance(outcomes[0], StorageEvent)
     refused = outcomes[1]
     assert isinstance(refused, Refused) and isinstance(refused.error, DuplicateInstance)
-    assert refused.header is not None and refused.header.sop_instance_uid == sop
+    assert refused.identity.sop_instance_uid == sop
     stored = archive.runtime.storage.read(outcomes[0].file_path)
     assert hashlib.sha256(stored).hexdigest() == outcomes[0].sha256
     indexed = archive.runtime.index.get_instance("default", sop)
@@ -142,4 +145,26 @@ def test_a_received_file_outside_the_staging_folder_is_copied_and_left_in_place(
     assert archive.runtime.storage.read(outcomes[0].file_path) == data
     assert precious.read_bytes() == data
     assert unreadable.read_bytes() == b"keep me"
+    assert staging(archive) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("rtstruct.dcm", "1.2.840.10008.1.2"),
+        ("ExplVR_LitEndNoMeta.dcm", "1.2.840.10008.1.2.1"),
+        ("ExplVR_BigEndNoMeta.dcm", "1.2.840.10008.1.2.2"),
+    ],
+)
+def test_a_bare_dataset_is_stored_behind_the_part10_header_it_lacks(archive: Archive, name: str, syntax: str) -> None:
+    sent = (Path(str(get_testdata_file("CT_small.dcm"))).parent / name).read_bytes()
+    stream = archive.runtime.storage.stage()
+    stream.write(sent)
+    stream.flush()
+    (outcome,) = store_many(archive, [stream])
+    assert isinstance(outcome, StorageEvent), outcome
+    assert outcome.transfer_syntax == syntax
+    stored = archive.runtime.storage.read(outcome.file_path)
+    assert stored[128:132] == b"DICM" and stored.endswith(sent)
+    assert pydicom.dcmread(io.BytesIO(stored)).file_meta.MediaStorageSOPInstanceUID == outcome.sop_instance_uid
     assert staging(archive) == []

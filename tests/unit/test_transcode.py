@@ -11,12 +11,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from test_codecs import DECODABLE, TEST_FILES
 
 from dicomcloud.dicom.codecs import (
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
     JPEG_2000,
     JPEG_2000_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
     JPEG_LS_NEAR_LOSSLESS,
     RLE_LOSSLESS,
     TRANSCODE_TARGETS,
@@ -24,12 +30,13 @@ from dicomcloud.dicom.codecs import (
     encode_frame,
     transcode,
 )
+from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED
 from dicomcloud.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomcloud.errors import CannotConvert, InvalidInput
 
-# The documented tolerances of the lossy targets (dicom/codecs.py).
+# The documented tolerances of the lossy targets (dicom/codecs.py): least PSNR relative to the Bits Stored range.
 JPEG_LS_NEAR = 2
-JPEG_2000_MIN_PSNR = 40.0
+MIN_PSNR = {JPEG_2000: 40.0, HTJ2K: 40.0, JPEG_BASELINE: 30.0, JPEG_EXTENDED: 30.0}
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
@@ -58,10 +65,10 @@ def assert_within_tolerance(original: np.ndarray, converted: np.ndarray, target:
     assert original.shape == converted.shape
     if target == JPEG_LS_NEAR_LOSSLESS:
         assert np.abs(original.astype(np.int64) - converted.astype(np.int64)).max() <= JPEG_LS_NEAR
-    elif target == JPEG_2000:
+    elif target in MIN_PSNR:
         mse = np.mean((original.astype(np.float64) - converted.astype(np.float64)) ** 2)
         peak = float(2**bits_stored - 1)
-        assert mse == 0 or 10 * np.log10(peak**2 / mse) >= JPEG_2000_MIN_PSNR
+        assert mse == 0 or 10 * np.log10(peak**2 / mse) >= MIN_PSNR[target]
     else:
         assert np.array_equal(original, converted)
 
@@ -116,7 +123,7 @@ def test_lossy_pixels_may_be_decompressed() -> None:
 
 def test_a_target_without_encoder_cannot_be_converted() -> None:
     with pytest.raises(CannotConvert, match="no encoder"):
-        _transcode(TEST_FILES / "CT_small.dcm", "1.2.840.10008.1.2.4.50")
+        _transcode(TEST_FILES / "CT_small.dcm", "1.2.840.10008.1.2.4.57")
 
 
 def test_a_file_without_pixels_is_invalid_input() -> None:
@@ -149,18 +156,57 @@ FRAME_FILES = [
 ]
 
 
-@pytest.mark.parametrize("target", sorted(TRANSCODE_TARGETS - {EXPLICIT_VR_LITTLE_ENDIAN}))
+# The most Bits Stored of the lossy JPEG processes (baseline 8, extended 12).
+JPEG_LOSSY_BITS = {JPEG_BASELINE: 8, JPEG_EXTENDED: 12}
+
+
+@pytest.mark.parametrize("target", sorted(TRANSCODE_TARGETS - {EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED}))
 @pytest.mark.parametrize("name", FRAME_FILES)
 def test_frames_encoded_in_each_syntax_decode_to_the_original_pixels(name: str, target: str) -> None:
     path = TEST_FILES / name
     original = _read(path)
     frames = int(original.get("NumberOfFrames") or 1)
     expected = _pixels(original) if frames > 1 else _pixels(original)[np.newaxis]
+    if original.BitsStored > JPEG_LOSSY_BITS.get(target, 16):
+        with pytest.raises(CannotConvert, match="exceed this JPEG process"):
+            _encode_frame(path, 1, target)
+        return
     for number in range(1, frames + 1):
         decoded = _decode_bitstream(original, _encode_frame(path, number, target), target)
         assert_within_tolerance(expected[number - 1], decoded, target, int(original.BitsStored))
 
 
-def test_a_frame_in_explicit_little_endian_is_the_decoded_frame() -> None:
+@pytest.mark.parametrize("syntax", [EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED])
+def test_a_frame_in_an_uncompressed_syntax_is_the_decoded_frame(syntax: str) -> None:
     path = TEST_FILES / "MR_small_RLE.dcm"
-    assert _encode_frame(path, 1, EXPLICIT_VR_LITTLE_ENDIAN) == _pixels(_read(path)).astype("<i2").tobytes()
+    assert _encode_frame(path, 1, syntax) == _pixels(_read(path)).astype("<i2").tobytes()
+
+
+def test_a_lossy_target_records_lossy_compression_as_ps3_3_asks() -> None:
+    converted = _read(_transcode(TEST_FILES / "SC_rgb_rle.dcm", JPEG_BASELINE))
+    assert converted.LossyImageCompression == "01"
+    assert converted.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(converted.LossyImageCompressionRatio) > 1
+    assert converted.PhotometricInterpretation == "YBR_FULL_422"
+
+
+def test_lossy_compression_again_appends_to_the_history() -> None:
+    source = _read(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")
+    converted = _read(_transcode(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", HTJ2K))
+    before = source.get("LossyImageCompressionMethod")
+    methods = [] if before is None else list(before) if isinstance(before, MultiValue) else [before]
+    assert list(converted.LossyImageCompressionMethod) == [*methods, "ISO_15444_15"]
+    assert converted.LossyImageCompression == "01"
+
+
+def test_a_lossless_target_leaves_the_lossy_attributes_alone() -> None:
+    converted = _read(_transcode(TEST_FILES / "CT_small.dcm", HTJ2K_LOSSLESS))
+    assert "LossyImageCompressionMethod" not in converted
+    assert converted.get("LossyImageCompression") in (None, "00")
+
+
+def test_htj2k_rpcl_codestreams_have_rpcl_progression_and_a_tlm_marker() -> None:
+    codestream = _encode_frame(TEST_FILES / "CT_small.dcm", 1, HTJ2K_LOSSLESS_RPCL)
+    cod = codestream.index(b"\xff\x52")
+    assert codestream[cod + 5] == 2  # SGcod progression order: RPCL (ISO 15444-1 Table A.16)
+    assert b"\xff\x55" in codestream  # TLM

@@ -93,8 +93,14 @@ def test_malformed_parameters_are_bad_requests(client: TestClient, study: dict[s
 def test_an_unsupported_accept_is_406(client: TestClient, study: dict[str, pydicom.Dataset]) -> None:
     response = client.get(instance_url(study["ct"]) + "/rendered", headers={"Accept": "application/dicom"})
     assert response.status_code == 406
-    thumbnail = client.get(instance_url(study["ct"]) + "/thumbnail", headers={"Accept": "image/gif"})
+    thumbnail = client.get(instance_url(study["ct"]) + "/thumbnail", headers={"Accept": "image/webp"})
     assert thumbnail.status_code == 406
+
+
+def test_a_gif_is_rendered_when_asked(client: TestClient, study: dict[str, pydicom.Dataset]) -> None:
+    response = client.get(instance_url(study["ct"]) + "/rendered", headers={"Accept": "image/gif"})
+    assert response.headers["content-type"] == "image/gif"
+    assert Image.open(BytesIO(response.content)).format == "GIF"
 
 
 def test_an_unknown_instance_is_404(client: TestClient, study: dict[str, pydicom.Dataset]) -> None:

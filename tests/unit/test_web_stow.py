@@ -214,7 +214,7 @@ def test_a_body_without_the_close_delimiter_stores_nothing(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "application/dicom", "application/json", 'multipart/related; type="application/dicom+json"; boundary=x'],
+    [None, "application/dicom", "application/json", 'multipart/related; type="application/dicom+xml"; boundary=x'],
 )
 def test_a_body_that_is_not_multipart_dicom_is_415(client: TestClient, content_type: str | None) -> None:
     headers = {"Content-Type": content_type} if content_type else {}

@@ -30,15 +30,16 @@ only its events are missing) and is refused, so the sender sends it again and th
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 from dicomcloud.archive.keys import derived_prefix, entry_key, original_key
 from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.archive.qido_cache import QidoCache
-from dicomcloud.dicom.parse import InstanceHeader, ParsedInstance, parse_instance
+from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, part10_header, read_identity
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
 from dicomcloud.ports.bus import Message
@@ -50,10 +51,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Refused:
-    """An object `store_many` did not store: why, and its identity when its header could be read."""
+    """An object `store_many` did not store: why, and its SOP Class and Instance UIDs as far as they could be read
+    (an object refused as unreadable is still named when pydicom finds its UIDs)."""
 
     error: DicomCloudError
-    header: InstanceHeader | None = None
+    identity: Identity = field(default_factory=Identity)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Store:
         discarded)."""
         parsed: ParsedInstance | None = None
         try:
+            staged = self._as_part10(staged)
             parsed = parse_instance(staged, bulkdata_threshold=self.runtime.settings.storage.bulkdata_threshold)
             header = parsed.header
             if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
@@ -181,8 +184,9 @@ class Store:
                 tenant_id, header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
             )
         except DicomCloudError as exc:
+            identity = parsed.header.identity if parsed is not None else read_identity(staged)
             self.runtime.storage.discard(staged)
-            return Refused(exc, parsed.header if parsed is not None else None)
+            return Refused(exc, identity)
         except BaseException:
             self.runtime.storage.discard(staged)
             raise
@@ -205,6 +209,25 @@ class Store:
             attributes=parsed.attributes,
         )
         return _Accepted(staged, parsed, event)
+
+    def _as_part10(self, staged: BinaryIO) -> BinaryIO:
+        """`staged`, or for a bare dataset a new staged file: the preamble and meta it lacks, then its bytes as sent
+        (dicom/parse.py `part10_header`). The original staged file is consumed either way."""
+        header = part10_header(staged)
+        if header is None:
+            return staged
+        wrapped = self.runtime.storage.stage()
+        try:
+            wrapped.write(header)
+            staged.seek(0)
+            shutil.copyfileobj(staged, wrapped)
+            wrapped.flush()
+        except BaseException:
+            self.runtime.storage.discard(wrapped)
+            raise
+        finally:
+            self.runtime.storage.discard(staged)
+        return wrapped
 
     def _store_prepared(
         self, tenant_id: str, prepared: Sequence[_Accepted | Refused], reject: bool
@@ -230,7 +253,7 @@ class Store:
         try:
             placed = self._place(tenant_id, accepted, refused, reject)
         except DicomCloudError as exc:
-            return refused | {position: Refused(exc, a.parsed.header) for position, a in accepted}
+            return refused | {position: Refused(exc, a.parsed.header.identity) for position, a in accepted}
         if not placed:
             return refused
         changed = [p for p in placed if p.written]
@@ -242,7 +265,7 @@ class Store:
             self._publish([p.accepted.event for p in placed])
         except DicomCloudError as exc:
             self._withdraw(tenant_id, [p for p in changed if p.previous is None])
-            return refused | {p.position: Refused(exc, p.accepted.parsed.header) for p in placed}
+            return refused | {p.position: Refused(exc, p.accepted.parsed.header.identity) for p in placed}
         return refused
 
     def _leave_old_places(self, moved: list[_Placed]) -> None:
@@ -317,14 +340,14 @@ class Store:
             if reject:
                 return Refused(
                     DuplicateInstance(f"SOP Instance {event.sop_instance_uid} was sent twice with other content"),
-                    item.parsed.header,
+                    item.parsed.header.identity,
                 )
         elif previous is not None and previous.sha256 == event.sha256 and previous.file_path == item.key:
             return _Placed(position, item, previous, written=False)
         if previous is not None and reject:
             return Refused(
                 DuplicateInstance(f"SOP Instance {event.sop_instance_uid} is already stored with other content"),
-                item.parsed.header,
+                item.parsed.header.identity,
             )
         write.upsert(item.indexed())
         return _Placed(position, item, previous, written=True)

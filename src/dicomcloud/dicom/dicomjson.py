@@ -22,15 +22,18 @@ import functools
 import json
 import math
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from dicomcloud.errors import InvalidInput, NotFound
@@ -373,6 +376,39 @@ def json_to_dataset(obj: Mapping[str, Any], bulkdata_loader: Callable[[str], byt
         return Dataset.from_json(_restore_non_finite(obj), bulk_data_uri_handler=bulkdata_loader)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InvalidInput(f"invalid DICOM JSON: {exc}") from exc
+
+
+def json_identity(obj: Any) -> tuple[str | None, str | None]:
+    """The SOP Class and Instance UIDs a DICOM JSON object names, as far as it names them (a refusal reports them)."""
+
+    def first(tag: str) -> str | None:
+        attribute = obj.get(tag) if isinstance(obj, Mapping) else None
+        values = attribute.get("Value") if isinstance(attribute, Mapping) else None
+        value = values[0] if isinstance(values, list) and values else None
+        return value if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable() else None
+
+    return first("00080016"), first("00080018")
+
+
+def write_part10_from_json(obj: Mapping[str, Any], bulkdata_loader: Callable[[str], bytes], out: BinaryIO) -> None:
+    """The instance a STOW-RS metadata object describes as an Explicit VR Little Endian Part 10 file in `out`: every
+    value, InlineBinary or behind a BulkDataURI (`bulkdata_loader` fetches it), written with the bytes sent (DICOM
+    JSON binary values are little endian, as the file is). InvalidInput when the object cannot be an instance."""
+    if not isinstance(obj, Mapping):
+        raise InvalidInput("a DICOM JSON instance must be an object")
+    ds = json_to_dataset(obj, bulkdata_loader)
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if not ds.get(keyword):
+            raise InvalidInput(f"missing {keyword}")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    try:
+        dcmwrite(out, ds, enforce_file_format=True)
+    except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+        raise InvalidInput(f"the DICOM JSON cannot be written as DICOM: {exc}") from exc
+    out.flush()
 
 
 def bulk_value(ds: Dataset, path: str | Sequence[tuple[int, int | None]]) -> tuple[str, bytes]:

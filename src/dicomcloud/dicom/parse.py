@@ -12,10 +12,11 @@ never read into memory, and notes where the top-level Pixel Data value starts (t
 starts there). The object is walked through a read-only memory map (a buffered file costs system
 calls per element); only the pages the walk touches are read, and the hash reads the same map.
 
-Files without the 128-byte preamble and "DICM" are accepted only when they start directly
+Files without the 128-byte preamble and "DICM" are accepted when they start directly
 with a File Meta Information group (explicit VR little endian, group 0002): some
 modalities write that, and the meta still names the transfer syntax. A bare dataset with no
-file meta is refused.
+file meta (ACR-NEMA style, as old modalities write) is no Part 10 file, but `part10_header` gives
+the preamble and meta that make it one, its own bytes untouched (archive/store.py prepends them).
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ from typing import IO, Any, BinaryIO, Final, Literal, Protocol
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from dicomcloud.dicom.attributes import extracted
 from dicomcloud.dicom.dicomjson import dataset_to_json
@@ -46,7 +50,9 @@ from dicomcloud.dicom.seriesdoc import InstanceEntry, bulkdata_base
 from dicomcloud.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    MAX_UID_LENGTH,
     TransferSyntax,
     validate_uid,
 )
@@ -56,7 +62,9 @@ from dicomcloud.errors import InvalidInput
 DEFER_SIZE: Final = 4096
 # Deflated datasets are inflated to memory up to this size, then to a temporary file.
 _INFLATE_SPOOL: Final = 64 * 1024 * 1024
-_MAX_DEPTH: Final = 64
+# Sequences nested deeper than this are refused: real objects reach 100 levels, and every level costs stack
+# frames in the walk, in pydicom and in DICOM JSON.
+_MAX_DEPTH: Final = 128
 
 _ITEM: Final = 0xFFFEE000
 _ITEM_DELIMITER: Final = 0xFFFEE00D
@@ -78,6 +86,14 @@ _PYDICOM_ERRORS: Final = (InvalidDicomError, EOFError, OSError, ValueError, KeyE
 
 
 @dataclass(frozen=True)
+class Identity:
+    """The SOP Class and Instance UIDs of an object, as far as they can be read (a refusal names them)."""
+
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
 class InstanceHeader:
     sop_class_uid: str
     sop_instance_uid: str
@@ -85,6 +101,10 @@ class InstanceHeader:
     series_instance_uid: str
     transfer_syntax: TransferSyntax
     patient_id: str
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.sop_class_uid, self.sop_instance_uid)
 
 
 @dataclass(frozen=True)
@@ -403,6 +423,76 @@ def _header(ds: Dataset, transfer_syntax: TransferSyntax) -> InstanceHeader:
         transfer_syntax=transfer_syntax,
         patient_id=_text(ds, "PatientID"),
     )
+
+
+def _shown_uid(value: object) -> str | None:
+    """A UID value fit to be named in a response: printable ASCII, one value, at most 64 characters."""
+    text = str(value).strip("\x00 ") if isinstance(value, str) else ""
+    if not text or len(text) > MAX_UID_LENGTH or not text.isascii() or not text.isprintable() or "\\" in text:
+        return None
+    return text
+
+
+# The groups a bare dataset starts with (little or big endian): identifying and command-free.
+_BARE_DATASET_STARTS: Final = (b"\x08\x00", b"\x00\x08")
+
+
+def part10_header(stream: BinaryIO) -> bytes | None:
+    """The preamble, "DICM" and File Meta Information that make a bare dataset (one starting with group 0008, no
+    meta) a Part 10 file: its encoding as pydicom finds it, its SOP Class and Instance UIDs. None for anything
+    else (a Part 10 file, meta without preamble, or bytes pydicom cannot read as a dataset with those UIDs)."""
+    stream.seek(0)
+    head = stream.read(132)
+    if head[128:132] == b"DICM" or head[:2] not in _BARE_DATASET_STARTS:
+        return None
+    with _quiet():
+        try:
+            stream.seek(0)
+            ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True, defer_size=DEFER_SIZE)
+            implicit, little = ds.original_encoding
+            sop_class, sop_instance = _shown_uid(ds.get("SOPClassUID")), _shown_uid(ds.get("SOPInstanceUID"))
+        except Exception:  # not a dataset pydicom reads: no header makes it one
+            return None
+    if sop_class is None or sop_instance is None or (implicit and not little):
+        return None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = IMPLICIT_VR_LITTLE_ENDIAN if implicit else (
+        EXPLICIT_VR_LITTLE_ENDIAN if little else EXPLICIT_VR_BIG_ENDIAN
+    )
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return out.getvalue()
+
+
+def read_identity(stream: BinaryIO) -> Identity:
+    """What a refused object says it is: its SOP Class and Instance UIDs read as leniently as pydicom can (with
+    force, no value above DEFER_SIZE loaded), else the Media Storage UIDs of its file meta; None where unreadable.
+    Only for naming the object in a refusal: nothing stored depends on it."""
+    with _quiet():
+        try:
+            stream.seek(0)
+            ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True, defer_size=DEFER_SIZE)
+        except Exception:  # whatever a hostile file makes pydicom raise, the answer is "unknown"
+            return Identity()
+        meta = getattr(ds, "file_meta", None) or Dataset()
+
+        def first(*found: tuple[Dataset, str]) -> str | None:
+            for dataset, keyword in found:
+                try:
+                    shown = _shown_uid(dataset.get(keyword))
+                except Exception:  # an unreadable value is an unknown one
+                    shown = None
+                if shown is not None:
+                    return shown
+            return None
+
+        return Identity(
+            first((ds, "SOPClassUID"), (meta, "MediaStorageSOPClassUID")),
+            first((ds, "SOPInstanceUID"), (meta, "MediaStorageSOPInstanceUID")),
+        )
 
 
 def indexed_values(metadata: dict[str, Any], header: InstanceHeader) -> dict[str, Any]:

@@ -1,16 +1,21 @@
-"""Rendered images (PS3.18 8.3.5, 10.4.1.1.3): one frame of a stored instance as JPEG or PNG.
+"""Rendered images (PS3.18 8.3.5, 10.4.1.1.3): one frame of a stored instance as JPEG, PNG or GIF.
 
 The grayscale pipeline is PS3.4 N.2's: Modality LUT (Rescale Slope/Intercept or Modality LUT
 Sequence), then the VOI transformation (the requested window, else the object's VOI LUT Sequence,
 else its first Window Center/Width, else the minimum and maximum of the modality values), then
-MONOCHROME1 inverted. Colour objects come out as RGB: YBR converted by pydicom's decoder (which
-also undoes JPEG 2000's colour transforms), PALETTE COLOR looked up; a window does not apply to
-them. The source region and viewport come last, keeping the aspect ratio: the image is scaled to
-fit inside the viewport.
+MONOCHROME1 inverted. An enhanced multi-frame object's rescale and window are the frame's own: its
+Pixel Value Transformation and Frame VOI LUT functional groups, per frame over shared (PS3.3 C.7.6.16). Pixels
+that are not square (Pixel Spacing, or the frame's Pixel Measures, else Pixel Aspect Ratio) are stretched to the
+patient's proportions, as a viewer shows them.
+Windows follow PS3.3 C.11.2.1.2-3 exactly (LINEAR, LINEAR_EXACT, SIGMOID). Colour objects come out as RGB:
+YBR converted by pydicom's decoder (which also undoes JPEG 2000's colour transforms), PALETTE COLOR looked up;
+a window does not apply to them. The source region and viewport come last, keeping the aspect ratio: the image
+is scaled to fit inside the viewport.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,15 +26,14 @@ import pydicom
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.pixels.utils import pixel_array
 
-from dicomcloud.dicom.codecs import check_decoded_size
-from dicomcloud.dicom.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+from dicomcloud.dicom.codecs import check_decoded_size, frame_array
 from dicomcloud.errors import InvalidInput, NotFound
 
 JPEG = "image/jpeg"
 PNG = "image/png"
-RENDERED_MEDIA_TYPES = (JPEG, PNG)
+GIF = "image/gif"
+RENDERED_MEDIA_TYPES = (JPEG, PNG, GIF)
 DEFAULT_JPEG_QUALITY = 90
 THUMBNAIL_SIZE = 128
 # PS3.18 window functions -> PS3.3 C.11.2.1.3 VOI LUT Function values.
@@ -43,9 +47,11 @@ class Window:
     function: str = "LINEAR"  # a VOI LUT Function (0028,1056) value
 
     def __post_init__(self) -> None:
-        least = 1.0 if self.function == "LINEAR" else 0.0
-        if not math.isfinite(self.center) or not math.isfinite(self.width) or self.width < least:
-            raise InvalidInput(f"window width must be a number >= {least:g} for {self.function}, center finite")
+        # PS3.3 C.11.2.1.2.1: LINEAR needs a width of at least 1; C.11.2.1.3: LINEAR_EXACT and SIGMOID more than 0.
+        wide_enough = self.width >= 1 if self.function == "LINEAR" else self.width > 0
+        if not math.isfinite(self.center) or not math.isfinite(self.width) or not wide_enough:
+            least = ">= 1" if self.function == "LINEAR" else "> 0"
+            raise InvalidInput(f"window width must be a number {least} for {self.function}, center finite")
 
 
 @dataclass(frozen=True)
@@ -139,19 +145,70 @@ def render_frame(
     if not 1 <= frame <= frames:
         raise NotFound(f"frame {frame} is out of range 1-{frames}" if frames else "the instance is not an image")
     check_decoded_size(ds, max_decoded_bytes)
-    # Decoding from the stream seeks to Pixel Data in it, which a deflated object's bytes do not allow.
-    stream.seek(0)
-    deflated = ds.file_meta.TransferSyntaxUID == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    source = pydicom.dcmread(stream) if deflated else stream
-    arr = pixel_array(source, index=frame - 1)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
+    arr = frame_array(stream, ds, frame)  # YBR_FULL* comes out as RGB (pydicom's as_rgb)
     photometric = str(ds.PhotometricInterpretation)
+    view = frame_attributes(ds, frame)
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        image = Image.fromarray(_grayscale(arr, ds, options.window, invert=photometric == "MONOCHROME1"), "L")
+        image = Image.fromarray(_grayscale(arr, view, options.window, invert=photometric == "MONOCHROME1"), "L")
     else:
         image = Image.fromarray(_color(arr, ds, photometric), "RGB")
+    image = _square_pixels(image, view)
     if options.viewport is not None:
         image = _apply_viewport(image, options.viewport)
     return _encode(image, options)
+
+
+# Functional group sequences (PS3.3 C.7.6.16.2) whose attributes transform a frame's values, and those attributes.
+_FRAME_GROUPS: dict[str, tuple[str, ...]] = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
+    "PixelMeasuresSequence": ("PixelSpacing",),
+}
+# A pixel's height over its width beyond which the image is stretched to show it as a viewer does.
+_ASPECT_TOLERANCE = 1e-3
+
+
+def frame_attributes(ds: pydicom.Dataset, frame: int) -> pydicom.Dataset:
+    """`ds` as it applies to frame `frame` (1-based): the rescale and window of an enhanced object's Shared, then
+    this frame's Per-frame Functional Groups replace the top-level ones (a frame's own group wins)."""
+    groups = [ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")]
+    items = [
+        sequence[0 if position == 0 else frame - 1]
+        for position, sequence in enumerate(groups)
+        if sequence and len(sequence) >= (1 if position == 0 else frame)
+    ]
+    if not items:
+        return ds
+    view = ds.copy()
+    for item in items:
+        for sequence_keyword, keywords in _FRAME_GROUPS.items():
+            values = item.get(sequence_keyword)
+            if not values:
+                continue
+            if sequence_keyword == "FrameVOILUTSequence":
+                for keyword in keywords:  # one VOI description replaces another whole
+                    if keyword in view:
+                        delattr(view, keyword)
+            for keyword in keywords:
+                if keyword in values[0]:
+                    setattr(view, keyword, values[0][keyword].value)
+    return view
+
+
+def _square_pixels(image: Image.Image, ds: pydicom.Dataset) -> Image.Image:
+    """The image in the patient's proportions: where pixels are not square (Pixel Spacing row\\column, else Pixel
+    Aspect Ratio vertical\\horizontal), it is stretched along the direction of the larger spacing, as viewers do."""
+    ratio = None
+    with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError):
+        if "PixelSpacing" in ds:
+            ratio = float(ds.PixelSpacing[0]) / float(ds.PixelSpacing[1])
+        elif "PixelAspectRatio" in ds:
+            ratio = float(ds.PixelAspectRatio[0]) / float(ds.PixelAspectRatio[1])
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0 or abs(ratio - 1) < _ASPECT_TOLERANCE:
+        return image
+    width, height = image.size
+    size = (width, round(height * ratio)) if ratio > 1 else (round(width / ratio), height)
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _grayscale(arr: NDArray[np.generic], ds: pydicom.Dataset, window: Window | None, invert: bool) -> NDArray[np.uint8]:
@@ -176,8 +233,9 @@ def _default_window(values: NDArray[np.float64], ds: pydicom.Dataset) -> Window:
         center = ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter
         width = ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        if function in WINDOW_FUNCTIONS.values() and float(width) >= (1 if function == "LINEAR" else 0):
-            return Window(float(center), float(width), function)
+        if function in WINDOW_FUNCTIONS.values():
+            with contextlib.suppress(InvalidInput, TypeError, ValueError):  # a stored window no function takes
+                return Window(float(center), float(width), function)
     low, high = float(values.min()), float(values.max())
     return Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
 
@@ -188,9 +246,9 @@ def _window(values: NDArray[np.float64], window: Window) -> NDArray[np.float64]:
     if window.function == "SIGMOID":
         return np.asarray(1.0 / (1.0 + np.exp(-4.0 * (values - center) / width)))
     if window.function == "LINEAR_EXACT":
-        return np.asarray((values - center) / width + 0.5) if width > 0 else np.asarray(values > center, np.float64)
-    if width == 1:
-        return np.asarray(values >= center - 0.5, np.float64)
+        return np.asarray((values - center) / width + 0.5)
+    if width == 1:  # the formula's limit: everything above c - 0.5 is white
+        return np.asarray(values > center - 0.5, np.float64)
     return np.asarray((values - (center - 0.5)) / (width - 1) + 0.5)
 
 
@@ -235,6 +293,8 @@ def _encode(image: Image.Image, options: RenderOptions) -> bytes:
         image.save(out, "PNG")
     elif options.media_type == JPEG:
         image.save(out, "JPEG", quality=options.quality or DEFAULT_JPEG_QUALITY)
+    elif options.media_type == GIF:
+        image.save(out, "GIF")  # 256 grays exactly; colour is quantised to a 256-colour palette
     else:
         raise InvalidInput(f"cannot render as {options.media_type}; one of {', '.join(RENDERED_MEDIA_TYPES)}")
     return out.getvalue()

@@ -1,9 +1,10 @@
 """UIDs, tenant ids and transfer syntaxes, validated once at the edge and trusted inside.
 
-A value that passes these checks can be joined into a storage key or a cache key: digits and dots
-only for UIDs, a short lowercase slug for tenants. A `TransferSyntax` knows its own facts (pydicom's
-`UID` knows the encoding; this adds what the archive decides on: how frames travel, whether the
-pixels are lossy, whether a dataset can be re-encoded into another syntax without its pixels).
+A value that passes these checks can be joined into a storage key or a cache key: digits and dots for UIDs, or
+one token of letters, digits and hyphens (never a dot then, a slash or a NUL), a short lowercase slug for
+tenants. A `TransferSyntax` knows its own facts (pydicom's `UID` knows the encoding; this adds what the archive
+decides on: how frames travel, whether the pixels are lossy, whether a dataset can be re-encoded into another
+syntax without its pixels).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import re
 from typing import cast
 
-from pydicom.uid import UID
+from pydicom.uid import UID, AllTransferSyntaxes
 
 from dicomcloud.errors import InvalidUID
 
-LENIENT_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Conformant UIDs are digits and dots (PS3.5 9.1; leading zeros tolerated). Real objects also carry hex digests
+# and GUID-like text: one token of ASCII letters and digits, hyphens between, with a digit somewhere (so never
+# "series" or another fixed name), which is as safe as one key component; letters never mix with dots (no ".dcm").
+LENIENT_UID_PATTERN = re.compile(r"^([0-9]+(\.[0-9]+)*|(?=[^0-9]*[0-9])[0-9A-Za-z]+(-[0-9A-Za-z]+)*)$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_UID_LENGTH = 64
 
@@ -23,8 +27,9 @@ MAX_UID_LENGTH = 64
 def validate_uid(value: object, what: str = "UID") -> str:
     """Return the UID, or raise InvalidUID.
 
-    Leading zeros in a component are tolerated (real modalities emit them), so this checks
-    the lenient form; what matters for safety is digits and dots only, at most 64 characters.
+    Leading zeros in a component and non-conformant tokens of letters, digits and hyphens are tolerated (real
+    modalities emit them), so this checks the lenient form; what matters for safety is that no character can name
+    another folder or key, and at most 64 characters.
     """
     if not isinstance(value, str):
         raise InvalidUID(f"{what} must be a string")
@@ -49,6 +54,8 @@ _COMPRESSED_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.51": "image/jpeg",  # JPEG Extended (Process 2 & 4)
     "1.2.840.10008.1.2.4.57": "image/jpeg",  # JPEG Lossless, Non-Hierarchical (Process 14)
     "1.2.840.10008.1.2.4.70": "image/jpeg",  # JPEG Lossless, First-Order Prediction
+    # The retired JPEG processes (3-13, 15-29): JPEG bitstreams too, which PS3.18 no longer lists.
+    **{f"1.2.840.10008.1.2.4.{process}": "image/jpeg" for process in (52, 53, 54, 55, 56, *range(58, 67))},
     "1.2.840.10008.1.2.5": "image/dicom-rle",  # RLE Lossless (was image/x-dicom-rle before 2017)
     "1.2.840.10008.1.2.4.80": "image/jls",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81": "image/jls",  # JPEG-LS Near-Lossless
@@ -95,6 +102,8 @@ _LOSSY = frozenset(
     {
         "1.2.840.10008.1.2.4.50",
         "1.2.840.10008.1.2.4.51",
+        # Retired DCT-based JPEG processes, non-hierarchical (3-13) and hierarchical (16-27).
+        *(f"1.2.840.10008.1.2.4.{process}" for process in (52, 53, 54, 55, 56, *range(59, 65))),
         "1.2.840.10008.1.2.4.81",
         "1.2.840.10008.1.2.4.91",
         "1.2.840.10008.1.2.4.93",
@@ -152,3 +161,17 @@ EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1")
 EXPLICIT_VR_BIG_ENDIAN = TransferSyntax("1.2.840.10008.1.2.2")
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = TransferSyntax("1.2.840.10008.1.2.1.99")
 NATIVE_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN)
+
+# Transfer syntaxes of PS3.6 Table A-1 that pydicom's AllTransferSyntaxes leaves out: the retired JPEG processes
+# (still sent: Extended 3 & 5, Spectral Selection 6-9, Full Progression 10-13, Lossless 15, the hierarchical ones),
+# JPIP, Encapsulated Uncompressed, JPEG XL and Deflated Image Frame Compression.
+_MORE_SYNTAXES = (
+    *(f"1.2.840.10008.1.2.4.{process}" for process in (52, 53, 54, 55, 56, *range(58, 67), 94, 95, 110, 111, 112)),
+    "1.2.840.10008.1.2.1.98",
+    "1.2.840.10008.1.2.8.1",
+)
+# Every transfer syntax of the standard whose objects are binary datasets, retired ones included: the archive
+# stores each as received and serves it as stored, decoded or not. The native ones come first.
+ACCEPTED_SYNTAXES: tuple[TransferSyntax, ...] = NATIVE_SYNTAXES + tuple(
+    TransferSyntax(uid) for uid in dict.fromkeys([*AllTransferSyntaxes, *_MORE_SYNTAXES]) if uid not in NATIVE_SYNTAXES
+)

@@ -50,6 +50,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, StoragePrese
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.config import DimseSettings
+from dicomcloud.dicom.uids import ACCEPTED_SYNTAXES
 from dicomcloud.dimse.access import Gate, peer_identity
 from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP
 from dicomcloud.errors import DicomCloudError, DuplicateInstance
@@ -57,44 +58,9 @@ from dicomcloud.metrics import DIMSE_OPERATIONS
 
 log = logging.getLogger(__name__)
 
-# Everything we can store as received; the requestor's order of preference decides per context
+# Everything we can store as received (dicom/uids.py); the requestor's order of preference decides per context
 # (requestor_preferred), this order only between proposals that disagree.
-TRANSFER_SYNTAXES = [
-    ts.ExplicitVRLittleEndian,
-    ts.ImplicitVRLittleEndian,
-    ts.ExplicitVRBigEndian,
-    ts.DeflatedExplicitVRLittleEndian,
-    ts.RLELossless,
-    ts.JPEGBaseline8Bit,
-    ts.JPEGExtended12Bit,
-    ts.JPEGLossless,
-    ts.JPEGLosslessSV1,
-    ts.JPEGLSLossless,
-    ts.JPEGLSNearLossless,
-    ts.JPEG2000Lossless,
-    ts.JPEG2000,
-    ts.JPEG2000MCLossless,
-    ts.JPEG2000MC,
-    ts.HTJ2KLossless,
-    ts.HTJ2KLosslessRPCL,
-    ts.HTJ2K,
-    ts.MPEG2MPML,
-    ts.MPEG2MPMLF,
-    ts.MPEG2MPHL,
-    ts.MPEG2MPHLF,
-    ts.MPEG4HP41,
-    ts.MPEG4HP41F,
-    ts.MPEG4HP41BD,
-    ts.MPEG4HP41BDF,
-    ts.MPEG4HP422D,
-    ts.MPEG4HP422DF,
-    ts.MPEG4HP423D,
-    ts.MPEG4HP423DF,
-    ts.MPEG4HP42STEREO,
-    ts.MPEG4HP42STEREOF,
-    ts.HEVCMP51,
-    ts.HEVCM10P51,
-]
+TRANSFER_SYNTAXES = [str(syntax) for syntax in ACCEPTED_SYNTAXES]
 
 MAX_ASSOCIATIONS = 64
 # How long a stop waits for the requests being answered, and then for the aborted associations to end.

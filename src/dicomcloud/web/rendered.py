@@ -1,11 +1,10 @@
-"""WADO-RS rendered and thumbnail resources (PS3.18 10.4.1.1.3-4, 8.3.5): JPEG or PNG images.
+"""WADO-RS rendered and thumbnail resources (PS3.18 10.4.1.1.3-4, 8.3.5): JPEG, PNG or GIF images.
 
-- Media type: `image/jpeg` (the default, for `*/*` and `image/*`) or `image/png`, named bare or as
+- Media type: `image/jpeg` (the default, for `*/*` and `image/*`), `image/png` or `image/gif`, named bare or as
   the `type` of `multipart/related`; the resource decides the packaging, not the Accept header:
   one image for a single-frame instance, a single frame and a thumbnail; `multipart/related` with
   one part per frame for a multi-frame instance, a frame list, a series and a study (every frame
-  of every image instance, in index order; instances without pixels are left out). GIF is not
-  offered.
+  of every image instance, in index order; instances without pixels are left out).
 - Query parameters: `window`, `viewport`, `quality` (dicom/render.py parses and applies them);
   a malformed value is 400.
 - Thumbnail (PS3.18 10.4.3.3.4 leaves the choice to the server): one image, the middle frame of

@@ -11,8 +11,7 @@ means every part is there: a retrieve, search or C-FIND sent after it finds them
 
 Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; none stored -> 409,
 or 400 when every failure is a malformed object, 503 when every failure is the archive's own.
-A part whose media type is not application/dicom fails like an unreadable object (0xC000);
-JSON+bulk data bodies (`type="application/dicom+json"`) are refused with 415.
+A part whose media type is not application/dicom fails like an unreadable object (0xC000).
 
 Why an instance failed, in words a person can act on ("truncated file: element (7FE0,0010) at offset
 1500 has length 8192, only 8130 bytes left"), is in the response twice: in each Failed SOP Sequence item
@@ -20,10 +19,17 @@ as Error Comment (0000,0902) beside its Failure Reason code (the Store Instances
 text attribute of its own; this is the field DIMSE gives the same text), and as a `Warning` header
 (RFC 7234 5.5, warn-code 299 "miscellaneous persistent warning", as PS3.18 uses it), one per failed
 instance up to MAX_WARNINGS, for clients that show headers but not the body.
+
+Metadata and bulk data bodies (`type="application/dicom+json"`, PS3.18 10.5.1.2.2): each application/dicom+json
+part holds an instance or an array of them; every other part is bulk data, application/octet-stream, named by its
+Content-Location, which a BulkDataURI of the metadata gives. Each instance becomes an Explicit VR Little Endian
+Part 10 file with every value exactly as sent (dicom/dicomjson.py `write_part10_from_json`) and is stored as a
+received file is; one that cannot be (a BulkDataURI with no part, compressed bulk data) fails alone, named.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -37,7 +43,7 @@ from starlette.requests import ClientDisconnect
 
 from dicomcloud.archive.store import Refused
 from dicomcloud.config import HttpSettings
-from dicomcloud.dicom.dicomjson import dumps, keyword_values_to_json
+from dicomcloud.dicom.dicomjson import dumps, json_identity, keyword_values_to_json, write_part10_from_json
 from dicomcloud.errors import DicomCloudError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from dicomcloud.events import StorageEvent
 from dicomcloud.ports.storage import Storage
@@ -48,6 +54,8 @@ from dicomcloud.web.negotiation import parse_media_type
 log = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
 # Body bytes gathered per hop to the thread that writes them: a hop per 64 KB chunk cost more than the writes.
 SPOOL_BATCH = 2 * 1024 * 1024
 FAILED_SOP_SEQUENCE = "00081198"
@@ -85,19 +93,22 @@ class Failure:
 
 
 async def store(scope: RequestScope, request: Request, study: str | None) -> Response:
-    boundary = _boundary(request.headers.get("content-type"))
+    boundary, part_type = _boundary(request.headers.get("content-type"))
     settings = scope.archive.settings.http
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_stow_bytes:
         raise PayloadTooLarge(f"the body declares {declared} bytes; the limit is {settings.max_stow_bytes}")
-    spool = _Spool(scope.archive.runtime.storage)
+    storage = scope.archive.runtime.storage
+    spool: _Spool | _JsonSpool = _Spool(storage) if part_type == DICOM else _JsonSpool(storage)
     try:
         await _receive(request, MultipartParser(boundary), spool, settings)
+        if isinstance(spool, _JsonSpool):
+            await to_thread.run_sync(spool.write_instances)
     except BaseException:
         await to_thread.run_sync(spool.discard)
         raise
     if not spool.parts:
-        raise InvalidInput("the request holds no parts")
+        raise InvalidInput("the request holds no parts" if part_type == DICOM else "the request holds no metadata")
     try:
         outcomes = await to_thread.run_sync(_store_parts, scope, spool.parts, study)
     finally:
@@ -139,7 +150,9 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _boundary(content_type: str | None) -> str:
+def _boundary(content_type: str | None) -> tuple[str, str]:
+    """The body's boundary and the type of its parts: application/dicom, or application/dicom+json (metadata and
+    bulk data)."""
     if not content_type:
         raise UnsupportedMediaType('STOW-RS needs Content-Type: multipart/related; type="application/dicom"')
     try:
@@ -148,16 +161,21 @@ def _boundary(content_type: str | None) -> str:
         raise UnsupportedMediaType(exc.message) from exc
     if not media.is_multipart_related:
         raise UnsupportedMediaType(f'STOW-RS takes multipart/related; type="application/dicom", not {media.media_type}')
-    part_type = media.params.get("type")
-    if part_type is not None and parse_media_type(part_type).media_type != DICOM:
-        raise UnsupportedMediaType(f"STOW-RS parts of type {part_type} are not supported; send application/dicom")
+    declared_type = media.params.get("type")
+    part_type = DICOM if declared_type is None else parse_media_type(declared_type).media_type
+    if part_type not in (DICOM, DICOM_JSON):
+        raise UnsupportedMediaType(
+            f"STOW-RS parts of type {declared_type} are not supported; send application/dicom or application/dicom+json"
+        )
     boundary = media.params.get("boundary")
     if not boundary:
         raise InvalidInput("multipart/related Content-Type without a boundary")
-    return boundary
+    return boundary, part_type
 
 
-async def _receive(request: Request, parser: MultipartParser, spool: _Spool, settings: HttpSettings) -> None:
+async def _receive(
+    request: Request, parser: MultipartParser, spool: _Spool | _JsonSpool, settings: HttpSettings
+) -> None:
     """Feed the body to the parser and the spool, chunk by chunk, until the closing delimiter."""
     received = 0
     pending: list[PartEvent] = []
@@ -259,6 +277,89 @@ class _Spool:
         self.parts.clear()
 
 
+class _JsonSpool:
+    """Gathers the metadata parts of a JSON+bulk data body in memory (the body's size is bounded) and writes each
+    bulk data part to its own staged file; then writes each described instance as a staged Part 10 file."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.parts: list[BinaryIO | Failure] = []
+        self._metadata: list[bytearray] = []
+        self._bulk: dict[str, tuple[BinaryIO, str]] = {}  # Content-Location -> staged bytes, media type
+        self._current: bytearray | BinaryIO | None = None
+
+    def apply(self, events: list[PartEvent]) -> None:
+        for event in events:
+            if isinstance(event, PartStart):
+                self._start(event.headers)
+            elif isinstance(event, PartData):
+                if isinstance(self._current, bytearray):
+                    self._current.extend(event.data)
+                elif self._current is not None:
+                    self._current.write(event.data)
+            else:
+                self._current = None
+
+    def _start(self, headers: dict[str, str]) -> None:
+        content_type = headers.get("content-type") or DICOM_JSON
+        try:
+            media_type = parse_media_type(content_type).media_type
+        except InvalidInput:
+            media_type = content_type
+        if media_type == DICOM_JSON:
+            self._current = bytearray()
+            self._metadata.append(self._current)
+            return
+        location = headers.get("content-location")
+        if not location:
+            raise InvalidInput(f"a bulk data part ({media_type[:80]}) without Content-Location")
+        staged = self.storage.stage()
+        self._bulk[location] = (staged, media_type)
+        self._current = staged
+
+    def write_instances(self) -> None:
+        """Each instance of the metadata as a staged Part 10 file, or the Failure of the one that cannot be."""
+        for raw in self._metadata:
+            try:
+                document = json.loads(bytes(raw))
+            except (ValueError, UnicodeDecodeError) as exc:
+                self.parts.append(Failure(InvalidInput(f"a metadata part is not JSON: {exc}")))
+                continue
+            for instance in document if isinstance(document, list) else [document]:
+                self.parts.append(self._instance(instance))
+
+    def _instance(self, instance: Any) -> BinaryIO | Failure:
+        staged = self.storage.stage()
+        try:
+            write_part10_from_json(instance, self._bulk_value, staged)
+        except DicomCloudError as exc:
+            self.storage.discard(staged)
+            return Failure(exc, *json_identity(instance))
+        return staged
+
+    def _bulk_value(self, uri: str) -> bytes:
+        found = self._bulk.get(uri)
+        if found is None:
+            raise InvalidInput(f"no bulk data part has Content-Location {uri[:200]}")
+        staged, media_type = found
+        if media_type != OCTET_STREAM:
+            raise InvalidInput(f"bulk data of type {media_type[:80]} is not taken; send it as {OCTET_STREAM}")
+        staged.flush()
+        staged.seek(0)
+        return staged.read()
+
+    def discard(self) -> None:
+        """Drop every staged file the store did not consume: bulk data always, instances when not stored."""
+        self._current = None
+        for staged, _ in self._bulk.values():
+            self.storage.discard(staged)
+        self._bulk.clear()
+        for part in self.parts:
+            if not isinstance(part, Failure):
+                self.storage.discard(part)
+        self.parts.clear()
+
+
 def _store_parts(
     scope: RequestScope, parts: list[BinaryIO | Failure], study: str | None
 ) -> list[StorageEvent | Failure]:
@@ -270,11 +371,7 @@ def _store_parts(
     for part in parts:
         outcome: StorageEvent | Refused | Failure = part if isinstance(part, Failure) else next(stored)
         if isinstance(outcome, Refused):
-            header = outcome.header
-            if header is None:
-                outcome = Failure(outcome.error)
-            else:
-                outcome = Failure(outcome.error, header.sop_class_uid, header.sop_instance_uid)
+            outcome = Failure(outcome.error, outcome.identity.sop_class_uid, outcome.identity.sop_instance_uid)
         outcomes.append(outcome)
     return outcomes
 

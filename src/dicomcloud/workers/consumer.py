@@ -3,7 +3,8 @@
 The store (archive/store.py) indexed each instance before acknowledging it; this worker derives what
 follows from the event alone, since what ingest read travels with it: a `DicomImageMeta` and a
 `DicomStateMeta` (with the series' count) for the warehouse loader, and a `TranscodeRequest` for an
-instance stored in a syntax outside `transcode.viewer_syntaxes`. It never reads a stored object.
+instance stored in a syntax outside `transcode.viewer_syntaxes` (and for each of `transcode.derived_syntaxes`).
+It never reads a stored object.
 
 An event whose instance the index no longer holds as the event describes it (deleted or replaced
 since) is skipped: the later event speaks for it, so a replayed or reordered older event never brings
@@ -74,8 +75,7 @@ class StorageEventConsumer(Handler):
                 updated_at=event.received_at,
             )
             outcome.messages.append(Message(DICOM_IMAGE_QUEUE, image.key, image.to_bytes()))
-            request = self._transcode_request(event)
-            if request is not None:
+            for request in self._transcode_requests(event):
                 outcome.messages.append(Message(TRANSCODE_QUEUE, request.key, request.to_bytes()))
             latest[current.series_key] = event
         for key, event in latest.items():
@@ -91,11 +91,18 @@ class StorageEventConsumer(Handler):
             outcome.messages.append(Message(DICOM_STATE_QUEUE, state.key, state.to_bytes()))
         return outcome
 
-    def _transcode_request(self, event: StorageEvent) -> TranscodeRequest | None:
-        """A request for the viewer's copy when the stored syntax is one the viewer cannot decode."""
+    def _transcode_requests(self, event: StorageEvent) -> list[TranscodeRequest]:
+        """Requests for the viewer's copy when the stored syntax is one the viewer cannot decode, and for a copy in
+        each of `transcode.derived_syntaxes` the image is not stored in."""
         policy = self.archive.settings.transcode
-        if event.attributes.get("Rows") is None or event.transfer_syntax in policy.viewer_syntaxes:
-            return None
+        if event.attributes.get("Rows") is None:
+            return []
+        targets = [] if event.transfer_syntax in policy.viewer_syntaxes else [policy.target_syntax]
+        targets += [syntax for syntax in policy.derived_syntaxes if syntax != event.transfer_syntax]
+        return [self._transcode_request(event, target) for target in dict.fromkeys(targets)]
+
+    @staticmethod
+    def _transcode_request(event: StorageEvent, target_syntax: str) -> TranscodeRequest:
         return TranscodeRequest(
             tenant_id=event.tenant_id,
             study_instance_uid=event.study_instance_uid,
@@ -104,7 +111,7 @@ class StorageEventConsumer(Handler):
             file_path=event.file_path,
             sha256=event.sha256,
             transfer_syntax=event.transfer_syntax,
-            target_syntax=policy.target_syntax,
+            target_syntax=target_syntax,
         )
 
 

@@ -1,0 +1,48 @@
+"""The README's transfer syntax table says what the code does: every accepted syntax once, and whether each one
+is decoded (pydicom has a decoder for it, or libjpeg-turbo reads it) and encoded (a transcode target)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydicom.pixels.decoders.base import get_decoder
+
+from dicomcloud.dicom.codecs import RETIRED_JPEG, TRANSCODE_TARGETS
+from dicomcloud.dicom.uids import ACCEPTED_SYNTAXES
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def syntax_rows() -> dict[str, list[str]]:
+    """Each UID of the Transfer syntaxes table with its row's Accepted, Served as stored, Decoded, Encoded cells."""
+    section = README.read_text().split("\n## Transfer syntaxes\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != 6 or not cells[1].startswith("`"):
+            continue
+        for uid in re.findall(r"`([0-9.]+)`", cells[1]):
+            assert uid not in rows, f"{uid} is listed twice"
+            rows[uid] = [cell.split()[0] for cell in cells[2:]]
+    return rows
+
+
+def decodes(uid: str) -> bool:
+    if uid in RETIRED_JPEG:
+        return True
+    try:
+        return bool(get_decoder(uid).is_available)
+    except NotImplementedError:
+        return False
+
+
+def test_the_table_lists_every_accepted_syntax_and_no_other() -> None:
+    assert set(syntax_rows()) == {str(uid) for uid in ACCEPTED_SYNTAXES}
+
+
+def test_the_table_says_which_syntaxes_are_decoded_and_encoded() -> None:
+    for uid, (accepted, as_stored, decoded, encoded) in syntax_rows().items():
+        assert (accepted, as_stored) == ("yes", "yes"), uid
+        assert decoded == ("yes" if decodes(uid) else "no"), uid
+        assert encoded == ("yes" if uid in TRANSCODE_TARGETS else "no"), uid
