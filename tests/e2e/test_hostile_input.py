@@ -131,7 +131,8 @@ def test_stow_of_a_truncated_file_says_why_in_the_body_and_a_warning_header(guar
     (failed,) = response.json()["00081198"]["Value"]
     reason = failed["00000902"]["Value"][0]
     assert re.fullmatch(CUT_REASON, reason), reason
-    assert response.headers["Warning"] == f'299 dicomcloud "part 1 not stored: {reason}"'
+    sop_uid = failed["00081155"]["Value"][0]
+    assert response.headers["Warning"] == f'299 dicomcloud "{sop_uid} not stored: {reason}"'
 
 
 def test_c_store_of_a_truncated_file_says_why_in_its_error_comment(

@@ -80,7 +80,8 @@ def test_a_truncated_file_fails_with_its_reason_in_the_body_and_a_warning(
     reason = item[ERROR_COMMENT]["Value"][0]
     expected = r"truncated file: element \(7FE0,0010\) at offset \d+ has length 32768, only 32706 bytes left"
     assert re.fullmatch(expected, reason)
-    assert response.headers["Warning"] == f'299 dicomcloud "part 1 not stored: {reason}"'
+    assert item[REFERENCED_SOP_INSTANCE]["Value"] == ["1.2.826.0.5.1.1.1"]
+    assert response.headers["Warning"] == f'299 dicomcloud "1.2.826.0.5.1.1.1 not stored: {reason}"'
 
 
 def test_warnings_are_bounded_and_the_body_lists_every_failure(client: TestClient) -> None:

@@ -7,9 +7,9 @@ tenancy (`/wado` is the default tenant, `/{tenant}/wado` a named one).
 
 - Media type: the `contentType` parameter (the name older editions and clients use) or `accept` (the
   current name), else the Accept header, read as an Accept list (web/negotiation.py). An image is offered
-  in the rendered types dicom/render.py makes (image/jpeg, the default for `*/*` or no list, and
-  image/png) and as application/dicom; anything else only as application/dicom. A list naming none of
-  those (GIF, video, text) is 406.
+  in the rendered types dicom/render.py makes (image/jpeg, the default for `*/*` or no list, image/png
+  and image/gif) and as application/dicom; anything else only as application/dicom. A list naming none of
+  those (video, text) is 406.
 - application/dicom: `transferSyntax` names the syntax (406 when it cannot be made); without it the
   object comes in Explicit VR Little Endian (PS3.18 9.4.2.4), or as stored when its pixels cannot be
   decoded or are lossy (8.7.3.4 allows both). No rendering parameter may come with it (400).
