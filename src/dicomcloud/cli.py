@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "--from-dimse", metavar="AE@HOST:PORT", help="pull every study of this PACS (C-FIND, C-GET)"
             )
             sub.add_argument(
+                "--move-port", type=int, metavar="PORT",
+                help="with --from-dimse: retrieve by C-MOVE to a storage SCP this command runs on PORT (at the"
+                " settings' DIMSE host, as their AE title, which the PACS must know) instead of C-GET",
+            )
+            sub.add_argument(
                 "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
             )
         if name == "stats":
@@ -479,6 +484,8 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
     from dicomcloud.archive.core import Archive
 
+    if args.move_port and not args.from_dimse:
+        raise InvalidInput("--move-port is how instances come from a --from-dimse PACS; there is none")
     if args.from_dicomweb or args.from_dimse:
         if args.paths:
             raise InvalidInput("import either PATHs or from a peer (--from-dicomweb, --from-dimse), not both")
@@ -523,7 +530,12 @@ def run_migration(settings: Settings, args: argparse.Namespace) -> int:
     peer: Peer = (
         DicomwebPeer(args.from_dicomweb)
         if args.from_dicomweb
-        else DimsePeer(args.from_dimse, calling_ae=settings.dimse.ae_title, timeout=settings.dimse.network_timeout)
+        else DimsePeer(
+            args.from_dimse,
+            calling_ae=settings.dimse.ae_title,
+            timeout=settings.dimse.network_timeout,
+            move_to=(settings.dimse.host, args.move_port) if args.move_port else None,
+        )
     )
     stop = threading.Event()
     stop_on_signals(stop)

@@ -1,8 +1,8 @@
 """Done when: `dicomcloud import` pulls a whole archive from Orthanc (Debian's, with its DICOMweb plugin), over
-DICOMweb (QIDO-RS, WADO-RS) and over DIMSE (C-FIND, C-GET): every instance arrives byte for byte (over DIMSE,
-which carries no File Meta Information, its dataset byte for byte) in the transfer syntax Orthanc stores it in;
-an import interrupted half-way and run again fetches only what is missing; the progress bar shows counts and
-rate, and the summary says each study was verified.
+DICOMweb (QIDO-RS, WADO-RS) and over DIMSE (C-FIND, then C-GET or C-MOVE to a storage SCP the import runs): every
+instance arrives byte for byte (over DIMSE, which carries no File Meta Information, its dataset byte for byte) in
+the transfer syntax Orthanc stores it in; an import interrupted half-way and run again fetches only what is
+missing; the progress bar shows counts and rate, and the summary says each study was verified.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STUDIES = 3
 PER_STUDY = 50
 ORTHANC_AE = "ORTHANC"
+AE_TITLE = "DICOMCLOUD"  # the import's own, from the default settings
 PROGRESS = re.compile(r"studies \d+/\d+, instances (\d+)/(\d+) \((\d+) fetched, (\d+) already here, (\d+) failed\),"
                       r" [\d.]+ [KMGT]?B, ([\d.]+) instances/s, [\d.]+ [KMGT]?B/s, ETA ")
 
@@ -40,6 +41,7 @@ PROGRESS = re.compile(r"studies \d+/\d+, instances (\d+)/(\d+) \((\d+) fetched, 
 class Peer:
     orthanc: Orthanc
     dimse_port: int
+    move_port: int  # where Orthanc sends our AE title's C-MOVEs
     files: dict[str, bytes]  # SOP Instance UID -> the file as sent to Orthanc
 
 
@@ -47,7 +49,7 @@ class Peer:
 def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     """Orthanc holding three studies of uncompressed CTs, the last with a JPEG Baseline instance too."""
     folder = tmp_path_factory.mktemp("orthanc-peer")
-    dimse_port = free_port()
+    dimse_port, move_port = free_port(), free_port()
     config = {
         "DicomWeb": {"Enable": True},
         "DicomServerEnabled": True,
@@ -56,6 +58,7 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
         "DicomAlwaysAllowFind": True,
         "DicomAlwaysAllowGet": True,
         "DicomAlwaysAllowEcho": True,
+        "DicomModalities": {"dicomcloud": [AE_TITLE, "127.0.0.1", move_port]},
     }
     files: dict[str, bytes] = {}
     with running_orthanc(folder, config) as orthanc:
@@ -70,7 +73,7 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
         files[jpeg.SOPInstanceUID] = (folder / "jpeg.dcm").read_bytes()
         for raw in files.values():
             assert httpx.post(f"{orthanc.url}/instances", content=raw, timeout=30).status_code == 200
-        yield Peer(orthanc, dimse_port, files)
+        yield Peer(orthanc, dimse_port, move_port, files)
 
 
 def dicomcloud_import(data: Path, *source: str) -> subprocess.Popen[str]:
@@ -136,9 +139,14 @@ def test_import_from_dicomweb_is_byte_exact_and_an_interrupted_one_resumes_with_
     assert [uid for uid, raw in peer.files.items() if here[uid].read_bytes() != raw] == []
 
 
-def test_import_from_a_dimse_pacs_by_c_get_keeps_every_dataset_byte_for_byte(peer: Peer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+def test_import_from_a_dimse_pacs_keeps_every_dataset_byte_for_byte_and_a_rerun_fetches_nothing(
+    peer: Peer, tmp_path: Path, retrieve: str
+) -> None:
     data = tmp_path / "data"
-    source = ("--from-dimse", f"{ORTHANC_AE}@127.0.0.1:{peer.dimse_port}", "--concurrency", "4")
+    source = ["--from-dimse", f"{ORTHANC_AE}@127.0.0.1:{peer.dimse_port}", "--concurrency", "4"]
+    if retrieve == "c-move":
+        source += ["--move-port", str(peer.move_port)]
     code, output = finish(dicomcloud_import(data, *source))
     assert code == 0, output[-3000:]
     assert summary_counts(output) == (len(peer.files), 0, 0)
