@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from dicomcloud.config import Settings, load_settings
+from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
 from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
             )
             source.add_argument(
                 "--from-dimse", metavar="AE@HOST:PORT", help="pull every study of this PACS (C-FIND, C-GET)"
+            )
+            sub.add_argument(
+                "--token-file", type=Path, metavar="PATH",
+                help="with --from-dicomweb: the bearer token the peer wants, read from PATH (or from the"
+                f" {TOKEN_VARIABLE} variable); never logged",
+            )
+            sub.add_argument(
+                "--basic-auth-file", type=Path, metavar="PATH",
+                help="with --from-dicomweb: USER:PASSWORD for the peer's HTTP basic authentication, read from PATH",
             )
             sub.add_argument(
                 "--move-port", type=int, metavar="PORT",
@@ -484,6 +493,8 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
     from dicomcloud.archive.core import Archive
 
+    if (args.token_file or args.basic_auth_file) and not args.from_dicomweb:
+        raise InvalidInput("--token-file and --basic-auth-file are for a --from-dicomweb peer; there is none")
     if args.move_port and not args.from_dimse:
         raise InvalidInput("--move-port is how instances come from a --from-dimse PACS; there is none")
     if args.from_dicomweb or args.from_dimse:
@@ -528,7 +539,7 @@ def run_migration(settings: Settings, args: argparse.Namespace) -> int:
     from dicomcloud.ports.peer import Peer
 
     peer: Peer = (
-        DicomwebPeer(args.from_dicomweb)
+        DicomwebPeer(args.from_dicomweb, *dicomweb_credentials(args))
         if args.from_dicomweb
         else DimsePeer(
             args.from_dimse,
@@ -549,6 +560,21 @@ def run_migration(settings: Settings, args: argparse.Namespace) -> int:
     bar.done(outcome.tally.line())
     print(outcome.summary(peer.name), flush=True)
     return 0 if outcome.complete else 2
+
+
+def dicomweb_credentials(args: argparse.Namespace) -> tuple[str, tuple[str, str] | None]:
+    """The DICOMweb peer's bearer token and basic authentication, from files or the environment, so neither
+    is on a command line where `ps` shows it."""
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_VARIABLE, "").strip()
+    basic = None
+    if args.basic_auth_file:
+        user, colon, password = args.basic_auth_file.read_text().strip().partition(":")
+        if not colon:
+            raise InvalidInput(f"{args.basic_auth_file} should hold USER:PASSWORD")
+        basic = (user, password)
+    if token and basic:
+        raise InvalidInput("a DICOMweb peer gets a bearer token or basic authentication, not both")
+    return token, basic
 
 
 class ProgressBar:

@@ -13,18 +13,20 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
+from dicomweb_client import DICOMwebClient
 from pydicom.data import get_testdata_file
+from tests.unit.oidc import AUDIENCE, rsa_key, serve_issuer
 
 from bench.synthetic import ct_series, write_part10
 
-from .conftest import free_port
+from .conftest import Archive, free_port
 from .orthanc import Orthanc, running_orthanc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -76,9 +78,11 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
         yield Peer(orthanc, dimse_port, move_port, files)
 
 
-def dicomcloud_import(data: Path, *source: str) -> subprocess.Popen[str]:
+def dicomcloud_import(data: Path, *source: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "dicomcloud", "import", "--data", str(data), *source]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -162,3 +166,58 @@ def test_import_from_a_dimse_pacs_keeps_every_dataset_byte_for_byte_and_a_rerun_
     code, output = finish(dicomcloud_import(data, *source))
     assert code == 0, output[-3000:]
     assert summary_counts(output) == (0, len(peer.files), 0), output[-3000:]
+
+
+def test_import_from_a_dicomweb_peer_behind_oidc_sends_the_token_from_a_file_or_the_environment(
+    archive_factory: Callable[..., Archive], tmp_path: Path
+) -> None:
+    with serve_issuer([rsa_key("peer-key")]) as issuer:
+        auth = {"DICOMCLOUD_AUTH__ENABLED": "true", "DICOMCLOUD_AUTH__ISSUER": issuer.url}
+        source = archive_factory("oidc-peer", env={**auth, "DICOMCLOUD_AUTH__AUDIENCE": AUDIENCE})
+        token = issuer.token()  # tenant-a, read and write
+        url = source.dicomweb_url("tenant-a")
+        sent = list(ct_series(3, rows=64, columns=64, patient_id="OIDC", seed=7))
+        DICOMwebClient(url=url, headers={"Authorization": f"Bearer {token}"}).store_instances(sent)
+        there = stored(source.data)
+        assert len(there) == len(sent)
+
+        code, output = finish(dicomcloud_import(tmp_path / "without", "--from-dicomweb", url))
+        assert code != 0 and "answered 401" in output and "--token-file" in output, output[-3000:]
+
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        runs = {
+            "file": dicomcloud_import(tmp_path / "file", "--from-dicomweb", url, "--token-file", str(token_file)),
+            "variable": dicomcloud_import(
+                tmp_path / "variable", "--from-dicomweb", url, env={"DICOMCLOUD_IMPORT_TOKEN": token}
+            ),
+        }
+        for name, run in runs.items():
+            code, output = finish(run)
+            assert code == 0, output[-3000:]
+            assert summary_counts(output) == (len(sent), 0, 0), output[-3000:]
+            assert token not in output
+            here = stored(tmp_path / name)
+            assert sorted(here) == sorted(there)
+            assert all(pydicom.dcmread(here[uid]) == pydicom.dcmread(there[uid], force=True) for uid in there)
+
+
+def test_import_from_an_orthanc_with_basic_authentication_reads_user_and_password_from_a_file(
+    tmp_path: Path,
+) -> None:
+    files = {}
+    (tmp_path / "orthanc").mkdir()
+    with running_orthanc(tmp_path / "orthanc", {"DicomWeb": {"Enable": True}}, ("alice", "s3cret")) as orthanc:
+        for ds in ct_series(2, rows=64, columns=64, patient_id="BASIC", seed=11):
+            write_part10(ds, tmp_path / "upload.dcm")
+            files[ds.SOPInstanceUID] = (tmp_path / "upload.dcm").read_bytes()
+            sent = httpx.post(f"{orthanc.url}/instances", content=files[ds.SOPInstanceUID], auth=("alice", "s3cret"))
+            assert sent.status_code == 200
+        credentials = tmp_path / "credentials"
+        credentials.write_text("alice:s3cret\n")
+        source = ("--from-dicomweb", f"{orthanc.url}/dicom-web", "--basic-auth-file", str(credentials))
+        code, output = finish(dicomcloud_import(tmp_path / "data", *source))
+    assert code == 0, output[-3000:]
+    assert "s3cret" not in output
+    here = stored(tmp_path / "data")
+    assert {uid: path.read_bytes() for uid, path in here.items()} == files
