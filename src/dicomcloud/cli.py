@@ -477,7 +477,25 @@ def run_transcoder(settings: Settings) -> int:
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
-    """Files named, and files under folders named, in a stable order; hidden entries skipped."""
+    """Files named, and files under folders named, in a stable order, each once; hidden entries skipped.
+    A DICOMDIR stands for the files it references (dicom/media.py), not for itself."""
+    from dicomcloud.dicom.media import DICOMDIR, referenced_files
+
+    seen: set[Path] = set()
+    for found in _walk(paths):
+        files = [found]
+        if found.name == DICOMDIR:
+            try:
+                files = referenced_files(found)
+            except InvalidInput as exc:
+                log.warning("%s; tried as an instance", exc.message)
+        for path in files:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                yield path
+
+
+def _walk(paths: Sequence[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             for folder, subfolders, files in os.walk(path):
