@@ -22,7 +22,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, refusal, storage_sop_classes
+from dicomcloud.dimse.refusal import refusal
+from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, storage_sop_classes
 from dicomcloud.errors import OperationRefused, StorageFailure
 from dicomcloud.ports.peer import RemoteInstance
 
