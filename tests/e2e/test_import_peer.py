@@ -101,7 +101,7 @@ def dataset_bytes(raw: bytes) -> bytes:
 
 
 def summary_counts(output: str) -> tuple[int, int, int]:
-    match = re.search(r"instances: (\d+) fetched .*?, (\d+) already here, (\d+) failed", output)
+    match = re.search(r"instances?: (\d+) fetched .*?, (\d+) already here, (\d+) failed", output)
     assert match, output[-3000:]
     fetched, present, failed = map(int, match.groups())
     return fetched, present, failed
