@@ -92,9 +92,7 @@ class DimsePeer:
         def on_store(event: evt.Event) -> int:
             nonlocal sent
             sent += 1
-            with Path(event.dataset_path).open("rb") as source:
-                shutil.copyfileobj(source, into, 1024 * 1024)
-            return SUCCESS
+            return _write_received(event, into)
 
         contexts = [build_context(STUDY_ROOT_GET)]
         contexts += [build_context(instance.sop_class_uid, syntax) for syntax in TRANSFER_SYNTAXES]
@@ -171,6 +169,7 @@ class MoveReceiver:
     def __init__(self, ae_title: str, address: tuple[str, int], timeout: float) -> None:
         self._waiting: dict[str, tuple[BinaryIO, list[int]]] = {}
         self._lock = threading.Lock()
+        _config.STORE_RECV_CHUNKED_DATASET = True  # as for C-GET: what is written is what the PACS sent
         ae = AE(ae_title=ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
         ae.require_called_aet = True
@@ -205,6 +204,11 @@ class MoveReceiver:
             return refusal(OperationRefused(f"this import did not ask for {uid}"))
         into, received = waiting
         received[0] += 1
-        with Path(event.dataset_path).open("rb") as source:
-            shutil.copyfileobj(source, into, 1024 * 1024)
-        return SUCCESS
+        return _write_received(event, into)
+
+
+def _write_received(event: evt.Event, into: BinaryIO) -> int:
+    """Copy a received C-STORE's file (File Meta Information and the dataset as sent) into `into`."""
+    with Path(event.dataset_path).open("rb") as source:
+        shutil.copyfileobj(source, into, 1024 * 1024)
+    return SUCCESS
