@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from dicomcloud.config import Settings, load_settings
+from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
 from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
             source.add_argument(
                 "--from-dimse", metavar="AE@HOST:PORT", help="pull every study of this PACS (C-FIND, C-GET)"
+            )
+            sub.add_argument(
+                "--token-file", type=Path, metavar="PATH",
+                help="with --from-dicomweb: the bearer token the peer wants, read from PATH (or from the"
+                f" {TOKEN_VARIABLE} variable); never logged",
+            )
+            sub.add_argument(
+                "--basic-auth-file", type=Path, metavar="PATH",
+                help="with --from-dicomweb: USER:PASSWORD for the peer's HTTP basic authentication, read from PATH",
+            )
+            sub.add_argument(
+                "--move-port", type=int, metavar="PORT",
+                help="with --from-dimse: retrieve by C-MOVE to a storage SCP this command runs on PORT (at the"
+                " settings' DIMSE host, as their AE title, which the PACS must know) instead of C-GET",
             )
             sub.add_argument(
                 "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
@@ -463,7 +477,25 @@ def run_transcoder(settings: Settings) -> int:
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
-    """Files named, and files under folders named, in a stable order; hidden entries skipped."""
+    """Files named, and files under folders named, in a stable order, each once; hidden entries skipped.
+    A DICOMDIR stands for the files it references (dicom/media.py), not for itself."""
+    from dicomcloud.dicom.media import DICOMDIR, referenced_files
+
+    seen: set[Path] = set()
+    for found in _walk(paths):
+        files = [found]
+        if found.name == DICOMDIR:
+            try:
+                files = referenced_files(found)
+            except InvalidInput as exc:
+                log.warning("%s; tried as an instance", exc.message)
+        for path in files:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                yield path
+
+
+def _walk(paths: Sequence[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             for folder, subfolders, files in os.walk(path):
@@ -479,6 +511,10 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
     from dicomcloud.archive.core import Archive
 
+    if (args.token_file or args.basic_auth_file) and not args.from_dicomweb:
+        raise InvalidInput("--token-file and --basic-auth-file are for a --from-dicomweb peer; there is none")
+    if args.move_port and not args.from_dimse:
+        raise InvalidInput("--move-port is how instances come from a --from-dimse PACS; there is none")
     if args.from_dicomweb or args.from_dimse:
         if args.paths:
             raise InvalidInput("import either PATHs or from a peer (--from-dicomweb, --from-dimse), not both")
@@ -521,9 +557,14 @@ def run_migration(settings: Settings, args: argparse.Namespace) -> int:
     from dicomcloud.ports.peer import Peer
 
     peer: Peer = (
-        DicomwebPeer(args.from_dicomweb)
+        DicomwebPeer(args.from_dicomweb, *dicomweb_credentials(args))
         if args.from_dicomweb
-        else DimsePeer(args.from_dimse, calling_ae=settings.dimse.ae_title, timeout=settings.dimse.network_timeout)
+        else DimsePeer(
+            args.from_dimse,
+            calling_ae=settings.dimse.ae_title,
+            timeout=settings.dimse.network_timeout,
+            move_to=(settings.dimse.host, args.move_port) if args.move_port else None,
+        )
     )
     stop = threading.Event()
     stop_on_signals(stop)
@@ -537,6 +578,21 @@ def run_migration(settings: Settings, args: argparse.Namespace) -> int:
     bar.done(outcome.tally.line())
     print(outcome.summary(peer.name), flush=True)
     return 0 if outcome.complete else 2
+
+
+def dicomweb_credentials(args: argparse.Namespace) -> tuple[str, tuple[str, str] | None]:
+    """The DICOMweb peer's bearer token and basic authentication, from files or the environment, so neither
+    is on a command line where `ps` shows it."""
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_VARIABLE, "").strip()
+    basic = None
+    if args.basic_auth_file:
+        user, colon, password = args.basic_auth_file.read_text().strip().partition(":")
+        if not colon:
+            raise InvalidInput(f"{args.basic_auth_file} should hold USER:PASSWORD")
+        basic = (user, password)
+    if token and basic:
+        raise InvalidInput("a DICOMweb peer gets a bearer token or basic authentication, not both")
+    return token, basic
 
 
 class ProgressBar:

@@ -20,8 +20,10 @@ from typing import Any, Literal
 from dicomcloud.networks import AddressSet
 
 ENV_PREFIX = "DICOMCLOUD_"
-# Variables with our prefix that are not settings: the file choice, and the CLI's --log-format default.
-NOT_SETTINGS = frozenset({ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR", ENV_PREFIX + "LOG_FORMAT"})
+# The bearer token `dicomcloud import --from-dicomweb` sends when no --token-file is given.
+TOKEN_VARIABLE = ENV_PREFIX + "IMPORT_TOKEN"
+# Variables with our prefix that are not settings: the file choice, the CLI's --log-format default, the token.
+NOT_SETTINGS = frozenset({ENV_PREFIX + "ENV", ENV_PREFIX + "CONFIG_DIR", ENV_PREFIX + "LOG_FORMAT", TOKEN_VARIABLE})
 SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn", "secret_access_key"})
 
 

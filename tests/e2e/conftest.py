@@ -35,10 +35,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def answers(url: str) -> bool:
+def answers(url: str, auth: tuple[str, str] | None = None) -> bool:
     """Whether `url` answers 200 now (a server that is still starting answers nothing)."""
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, auth=auth).status_code == 200
     except httpx.HTTPError:
         return False
 

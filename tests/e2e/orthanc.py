@@ -25,8 +25,11 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(folder: Path, config: dict[str, Any]) -> Iterator[Orthanc]:
-    """Orthanc with its DICOMweb plugin, HTTP on a free port, `config` on top of the defaults."""
+def running_orthanc(
+    folder: Path, config: dict[str, Any], basic_auth: tuple[str, str] | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc with its DICOMweb plugin, HTTP on a free port, `config` on top of the defaults; with
+    `basic_auth`, its HTTP API wants that user and password."""
     if shutil.which("Orthanc") is None or not ORTHANC_PLUGINS.exists():
         pytest.fail("Orthanc and its DICOMweb plugin must be installed (./dev test installs them)")
     http_port = free_port()
@@ -38,7 +41,8 @@ def running_orthanc(folder: Path, config: dict[str, Any]) -> Iterator[Orthanc]:
         "DicomPort": free_port(),
         "DicomServerEnabled": False,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": basic_auth is not None,
+        "RegisteredUsers": dict([basic_auth] if basic_auth else []),
         "Plugins": [str(ORTHANC_PLUGINS)],
         **config,
     }
@@ -47,7 +51,7 @@ def running_orthanc(folder: Path, config: dict[str, Any]) -> Iterator[Orthanc]:
     process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        wait_until(lambda: answers(f"{url}/system"), 60, "Orthanc to start")
+        wait_until(lambda: answers(f"{url}/system", basic_auth), 60, "Orthanc to start")
         yield Orthanc(url, process)
     finally:
         process.terminate()

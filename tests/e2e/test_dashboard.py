@@ -148,6 +148,14 @@ def test_the_dashboard_shows_people_what_is_stored_read_and_failed_over_a_period
     assert text_of(pages["7d"], "received-instances") == f"{INSTANCES} instances"
     assert text_of(pages["all"], "received-instances") == f"{INSTANCES + OLD_OBJECTS} instances"
     assert text_of(pages["all"], "received-size").endswith(" GB")
+    # Nouns agree with their numbers: the period's one study, then two; the rate in either form.
+    assert (text_of(pages["7d"], "received-studies"), text_of(pages["all"], "received-studies")) == (
+        "1 study", "2 studies"
+    )
+    for dom in pages.values():
+        rate = text_of(dom, "rate-instances")
+        number = rate.split(" ")[0]
+        assert rate == f"{number} {'instance' if number == '1' else 'instances'} per day", rate
 
     shot = tmp_path / "dashboard.png"
     chromium(f"--screenshot={shot}", "--window-size=1200,1300", f"{url}?range=all")

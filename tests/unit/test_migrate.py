@@ -56,6 +56,8 @@ def test_a_run_counts_each_instance_once_and_reports_what_it_could_not_fetch(tmp
         again = Migration(archive, MemoryPeer(files, set()), "default", 2, lambda t: None, threading.Event()).run()
         assert (again.tally.fetched, again.tally.present) == (1, 3)
         assert again.complete
+        assert "import from memory: 1 study, 4 instances: 1 fetched" in again.summary("memory")
+        assert "verified: 1 of 1 study holds here every instance the peer has" in again.summary("memory")
     finally:
         archive.close()
     assert any("instances/s" in line and "ETA" in line for line in tallies)

@@ -124,7 +124,9 @@ def test_c_get_never_reaches_another_tenants_study(scp: QueryRetrieveSCP) -> Non
 
 def test_c_get_without_the_level_unique_key_fails_with_a900(scp: QueryRetrieveSCP) -> None:
     event = FakeEvent("RAD", STUDY_ROOT_GET, identifier("SERIES", StudyInstanceUID=RADIOLOGY_STUDY))
-    assert list(scp._on_get(event)) == [1, (0xA900, None)]  # type: ignore[arg-type]
+    count, (status, found) = list(scp._on_get(event))  # type: ignore[arg-type]
+    assert (count, status.Status, found) == (1, 0xA900, None)
+    assert "SeriesInstanceUID" in status.ErrorComment
 
 
 def test_c_move_to_an_unknown_destination_yields_no_address(scp: QueryRetrieveSCP) -> None:

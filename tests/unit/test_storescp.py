@@ -30,6 +30,8 @@ STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
@@ -286,3 +288,34 @@ def test_requestor_preferred_orders_the_supported_syntaxes(
     assert sorted(order) == sorted(TRANSFER_SYNTAXES)
     ours = [[syntax for syntax in order if syntax in proposal] for proposal in proposals]
     assert [found[0] for found in ours if found] == first_choices
+
+
+@pytest.mark.parametrize("operation", ["C-FIND", "C-GET", "C-MOVE"])
+def test_a_refused_query_or_retrieve_says_why_in_its_error_comment(
+    start: Callable[..., StoreSCP], operation: str
+) -> None:
+    # A C-MOVE is answered only once its destination is associated with (pynetdicom), so there is one.
+    destination = AE(ae_title="DEST")
+    destination.add_supported_context(VERIFICATION)
+    server = destination.start_server(("127.0.0.1", 0), block=False)
+    scp = start({"move_destinations": {"DEST": {"host": "127.0.0.1", "port": server.server_address[1]}}})
+    no_level = Dataset()
+    no_level.StudyInstanceUID = STUDY
+    ae = AE(ae_title="TESTSCU")
+    for model in (STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE):
+        ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        responses = {
+            "C-FIND": lambda: assoc.send_c_find(no_level, STUDY_ROOT_FIND),
+            "C-GET": lambda: assoc.send_c_get(no_level, STUDY_ROOT_GET),
+            "C-MOVE": lambda: assoc.send_c_move(no_level, "DEST", STUDY_ROOT_MOVE),
+        }[operation]()
+        statuses = [status for status, _ in responses]
+    finally:
+        assoc.release()
+        server.shutdown()
+    assert len(statuses) == 1
+    assert int(statuses[0].Status) == 0xA900
+    assert statuses[0].ErrorComment.startswith("Query/Retrieve Level '(missing)' is not one of")

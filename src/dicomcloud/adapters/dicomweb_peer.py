@@ -19,10 +19,11 @@ STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS_UID = "0020000D", "0020000E", "0008001
 
 
 class DicomwebPeer:
-    def __init__(self, url: str, token: str = "", timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str = "", basic: tuple[str, str] | None = None, timeout: float = 60.0) -> None:
+        """`token`: an OAuth2 bearer token; `basic`: a user and password (HTTP basic authentication)."""
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(headers=headers, timeout=timeout, follow_redirects=False)
+        self._client = httpx.Client(headers=headers, auth=basic, timeout=timeout, follow_redirects=False)
 
     @property
     def name(self) -> str:
@@ -79,6 +80,11 @@ class DicomwebPeer:
             response = self._client.get(self.url + path, params=params, headers={"Accept": "application/dicom+json"})
             if response.status_code == 204:
                 break
+            if response.status_code in (401, 403):
+                raise StorageFailure(
+                    f"QIDO-RS {path} answered {response.status_code}: the peer wants credentials it accepts"
+                    " (--token-file or --basic-auth-file)"
+                )
             if response.status_code != 200:
                 raise StorageFailure(f"QIDO-RS {path} answered {response.status_code}: {response.text[:200]}")
             before = len(matches)

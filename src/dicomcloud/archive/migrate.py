@@ -34,6 +34,11 @@ def human_size(size: float) -> str:
     return f"{size:.0f} {UNITS[unit]}" if unit == 0 or size >= 100 else f"{size:.3g} {UNITS[unit]}"
 
 
+def counted(number: int, one: str, many: str) -> str:
+    """A number with its noun agreeing: 1 study, 3 studies."""
+    return f"{number} {one if number == 1 else many}"
+
+
 @dataclass
 class Tally:
     """Where an import stands; `line` is the progress bar's text."""
@@ -84,12 +89,14 @@ class Outcome:
     def summary(self, peer: str) -> str:
         t = self.tally
         elapsed = time.monotonic() - t.started
+        studies, instances = counted(t.studies, "study", "studies"), counted(t.instances, "instance", "instances")
+        verified = len(self.checks)
         lines = [
-            f"{'interrupted: ' if self.interrupted else ''}import from {peer}: {t.studies} studies, {t.instances}"
-            f" instances: {t.fetched} fetched ({human_size(t.bytes)} in {elapsed:.1f} s), {t.present} already here,"
+            f"{'interrupted: ' if self.interrupted else ''}import from {peer}: {studies}, {instances}:"
+            f" {t.fetched} fetched ({human_size(t.bytes)} in {elapsed:.1f} s), {t.present} already here,"
             f" {t.failed} failed",
-            f"verified: {sum(c.complete for c in self.checks)} of {len(self.checks)} studies hold here every instance"
-            " the peer has",
+            f"verified: {sum(c.complete for c in self.checks)} of {counted(verified, 'study', 'studies')}"
+            f" {'holds' if verified == 1 else 'hold'} here every instance the peer has",
         ]
         short = [c for c in self.checks if not c.complete]
         lines += [f"  study {c.study_instance_uid}: {c.there} there, {c.here} here" for c in short]

@@ -20,7 +20,8 @@ reads the instances (archive/retrieve.py, the same selection as WADO-RS).
 - An identifier that names no level or lacks its unique keys fails with 0xA900 after the C-MOVE
   destination is known (pynetdicom asks for the destination first).
 - A C-MOVE destination comes from `dimse.move_destinations` (AE title -> host, port, TLS);
-  any other Move Destination is refused with 0xA801.
+  any other Move Destination is refused with 0xA801 (pynetdicom sends that one, without Error Comment).
+- A refusal says why in Error Comment (0000,0902), as C-STORE's does (dimse/refusal.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dicomcloud.dicom.cfind import (
 from dicomcloud.dicom.codecs import check_decoded_size
 from dicomcloud.dicom.uids import NATIVE_SYNTAXES, TransferSyntax
 from dicomcloud.dimse.access import Gate
+from dicomcloud.dimse.refusal import refusal
 from dicomcloud.errors import CannotConvert, DicomCloudError
 from dicomcloud.ports.index import InstanceLocation
 
@@ -71,7 +73,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
 
-FindResult = tuple[int, Dataset | None]
+# A status (a Dataset when it carries an Error Comment) and an identifier.
+FindResult = tuple[int | Dataset, Dataset | None]
 
 
 class QueryRetrieveSCP:
@@ -102,7 +105,7 @@ class QueryRetrieveSCP:
             matches = self.archive.search.find(tenant, find_query(identifier, model), wanted)
         except DicomCloudError as exc:
             log.warning("C-FIND to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
-            yield exc.dimse_status, None
+            yield refusal(exc), None
             return
         rows = [_values(match.values, match.extra) for match in matches]
         if qr_level == "PATIENT":
@@ -122,7 +125,7 @@ class QueryRetrieveSCP:
         except DicomCloudError as exc:
             log.warning("C-GET to %s refused with 0x%04X: %s", called, exc.dimse_status, exc.message)
             yield 1
-            yield exc.dimse_status, None
+            yield refusal(exc), None
             return
         # Contexts we may send C-STOREs on: those the requestor took the storage SCP role for.
         accepted = {
@@ -149,7 +152,7 @@ class QueryRetrieveSCP:
             # pynetdicom reports a status only after associating with the destination.
             yield destination.host, destination.port, {**options, "contexts": [build_context(VERIFICATION_SOP_CLASS)]}
             yield 1
-            yield exc.dimse_status, None
+            yield refusal(exc), None
             return
         yield destination.host, destination.port, {**options, "contexts": move_contexts(instances)}
         yield len(instances)

@@ -15,7 +15,7 @@ otherwise, "calling AE title not recognised"), their tenant comes from their ent
 they may not perform is refused with 0x0124 (a C-STORE that would replace an instance, with 0x0111).
 
 A refused C-STORE says why in its response's Error Comment (0000,0902), the reason the archive wrote
-(errors.py), cut to the 64 characters its VR (LO) holds; the log line keeps the whole text.
+(errors.py), as dimse/refusal.py puts it.
 
 Stopping is graceful (`stop`, on SIGINT or SIGTERM): the listener closes, every request asked for from
 then on is refused untouched (0xA700 with "the archive is shutting down" as Error Comment; sending it again
@@ -53,6 +53,7 @@ from dicomcloud.config import DimseSettings
 from dicomcloud.dicom.uids import ACCEPTED_SYNTAXES
 from dicomcloud.dimse.access import Gate, peer_identity
 from dicomcloud.dimse.query_retrieve import VERIFICATION_SOP_CLASS, QueryRetrieveSCP
+from dicomcloud.dimse.refusal import refusal
 from dicomcloud.errors import DicomCloudError, DuplicateInstance
 from dicomcloud.metrics import DIMSE_OPERATIONS
 
@@ -71,8 +72,6 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
 STATUS_PROCESSING_FAILURE = 0xC000
-# Error Comment is an LO: at most 64 characters.
-ERROR_COMMENT_LENGTH = 64
 # Responses that announce more to come; the operation is counted at its final response.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
@@ -223,19 +222,19 @@ class StoreSCP:
         self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
-        refusal = self.gate.association(event)
-        if refusal is not None:
-            event.assoc.acse.send_reject(*(REJECT_CALLING_AE if refusal.calling else REJECT_CALLED_AE))
+        rejection = self.gate.association(event)
+        if rejection is not None:
+            event.assoc.acse.send_reject(*(REJECT_CALLING_AE if rejection.calling else REJECT_CALLED_AE))
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
             event.assoc.kill()
             return
         prefer_requestor_syntaxes(event.assoc)
 
-    def _on_echo(self, event: evt.Event) -> int:
+    def _on_echo(self, event: evt.Event) -> int | Dataset:
         try:
             self.gate.operation(event, "echo")
         except DicomCloudError as exc:
-            return exc.dimse_status
+            return refusal(exc)
         return STATUS_SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
@@ -309,17 +308,6 @@ class InFlight:
     def wait_idle(self, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: self._count == 0, timeout)
-
-
-def refusal(exc: DicomCloudError) -> Dataset:
-    """A failure response's status fields: the error's status and its reason as Error Comment."""
-    status = Dataset()
-    status.Status = exc.dimse_status
-    reason = exc.reason
-    if len(reason) > ERROR_COMMENT_LENGTH:
-        reason = reason[: ERROR_COMMENT_LENGTH - 3].rsplit(" ", 1)[0] + "..."
-    status.ErrorComment = reason
-    return status
 
 
 def _count_response(event: evt.Event) -> None:

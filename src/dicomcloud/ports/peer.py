@@ -1,7 +1,7 @@
 """Another archive to import from: what it holds, listed, and each instance, fetched as stored.
 
 `dicomcloud import --from …` (archive/migrate.py) works against this port; a DICOMweb server
-(QIDO-RS and WADO-RS, adapters/dicomweb_peer.py) and a DIMSE PACS (C-FIND and C-GET,
+(QIDO-RS and WADO-RS, adapters/dicomweb_peer.py) and a DIMSE PACS (C-FIND, then C-GET or C-MOVE,
 adapters/dimse_peer.py) implement it. `fetch` may be called from several threads at once.
 """
 

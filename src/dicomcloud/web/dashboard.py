@@ -117,6 +117,8 @@ function size(bytes) {
   return value.toFixed(digits) + " " + UNITS[unit];
 }
 const count = (n) => Number(n || 0).toLocaleString("en-US", { maximumFractionDigits: 1 });
+// "1 study", "0 studies", "1.5 instances": the noun agrees with the number as shown.
+const counted = (n, one, many) => { const shown = count(n); return shown + " " + (shown === "1" ? one : many); };
 const dicomDate = (d) => (d && /^\\d{8}$/.test(d) ? d.slice(0, 4) + "-" + d.slice(4, 6) + "-" + d.slice(6) : d || "");
 function personName(value) {
   const [family, ...given] = (value || "").split("=")[0].split("^");
@@ -155,11 +157,11 @@ async function main() {
   for (const key of ["studies", "series", "instances"]) show(key, count(summary.totals[key]));
   show("size", size(summary.totals.bytes));
   const received = summary.received;
-  show("received-instances", count(received.instances) + " instances");
-  show("received-studies", count(received.studies) + " studies");
+  show("received-instances", counted(received.instances, "instance", "instances"));
+  show("received-studies", counted(received.studies, "study", "studies"));
   show("received-size", size(received.bytes));
   show("rate-size", size(received.bytes_per_day) + " per day");
-  show("rate-instances", count(received.instances_per_day) + " instances per day");
+  show("rate-instances", counted(received.instances_per_day, "instance", "instances") + " per day");
   show("reads", count(summary.requests.reads));
   show("failed", count(summary.requests.failed));
   for (const r of reads) {
