@@ -3,7 +3,8 @@
 Negotiation (PS3.18 8.7), in the client's order of preference:
 - Instances: `multipart/related; type="application/dicom"` with no transfer-syntax or `*` gets
   the files as stored, as do `*/*` and `multipart/*`; a bare `application/dicom` is accepted for a
-  single instance (one body, not multipart). A named transfer syntax gets, per instance, the stored
+  single instance (one body, not multipart); `application/zip` gets them as stored in one ZIP
+  (PS3.18 Supplement 211, web/zip_payload.py). A named transfer syntax gets, per instance, the stored
   file if it has that syntax, else its derived copy, made now (archive/retrieve.py `derived`) if
   it does not exist yet, and kept for the next request. 406 when no encoder makes that syntax or the
   pixels are lossy and the syntax lossless (dicom/codecs.py).
@@ -44,6 +45,7 @@ from dicomcloud.web.negotiation import (
     json_media_type,
     parse_accept,
 )
+from dicomcloud.web.zip_payload import ZIP, zip_pieces
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ def retrieve_instance(request: Request, scope: Scope, study: str, series: str, i
 class _Packaging(enum.Enum):
     MULTIPART = "multipart"
     SINGLE = "single"
+    ZIP = "zip"
 
 
 def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -> tuple[_Packaging, str | None]:
@@ -114,6 +117,8 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
     for media_range in ranges:
         if media_range.media_type in ("*/*", "multipart/*"):
             return _Packaging.MULTIPART, None
+        if media_range.media_type == ZIP:
+            return _Packaging.ZIP, None
         if media_range.is_multipart_related:
             part = media_range.part_range()
             fits, syntax = wanted(part.transfer_syntax)
@@ -127,10 +132,16 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
 
 
 def _dicom_response(scope: RequestScope, request: Request, locations: list[InstanceLocation], single: bool) -> Response:
-    ranges = parse_accept(request.headers.get("accept"))
+    # A link cannot set Accept: PS3.18 8.3.3.1's `accept` query parameter names the media types instead.
+    ranges = parse_accept(request.query_params.get("accept") or request.headers.get("accept"))
     packaging, target = _dicom_packaging(ranges, {loc.transfer_syntax for loc in locations}, single)
     stored = scope.archive.retrieve.stored(locations, target)
     storage = scope.archive.runtime.storage
+    if packaging is _Packaging.ZIP:
+        disposition = f'attachment; filename="{locations[0].study_instance_uid}.zip"'
+        return StreamingResponse(
+            zip_pieces(storage, stored), media_type=ZIP, headers={"Content-Disposition": disposition}
+        )
     if packaging is _Packaging.SINGLE:
         instance = stored[0]
         return StreamingResponse(
