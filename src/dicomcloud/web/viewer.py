@@ -66,11 +66,11 @@ def viewer_file(request: Request, path: str) -> Response:
 
 @router.get("/{tenant}" + VIEWER_PATH + "/{path:path}")
 def tenant_viewer_file(request: Request, tenant: str, path: str) -> Response:
-    """A tenant's viewer: its own config and router base; every other file comes from `/viewer/`."""
+    """A tenant's viewer: its own config and router base; its page loads everything else from `/viewer/`."""
     tenant = validate_tenant(tenant)
     if path == "app-config.js":
         return _app_config(request, tenant)
-    return _index(request, tenant)
+    return _served(request, path, tenant)
 
 
 def _prefix(request: Request) -> str:
@@ -157,15 +157,15 @@ def _app_config(request: Request, tenant: str | None) -> Response:
     }
     auth = settings.auth
     if auth.enabled and auth.viewer_client_id:
+        # OHIF makes its callback and silent-refresh URLs under the router base (`…/viewer/callback`).
         scopes = ["openid", auth.read_scope, auth.write_scope, auth.delete_scope]
-        deployment["oidc"] = [{
-            "authority": auth.issuer,
-            "client_id": auth.viewer_client_id,
-            "redirect_uri": f"{origin}{tenant_path}{VIEWER_PATH}/callback",
-            "silent_redirect_uri": f"{origin}{VIEWER_PATH}/silent-refresh.html",
-            "post_logout_redirect_uri": f"{origin}/",
-            "response_type": "code",
-            "scope": " ".join(scopes),
-        }]  # fmt: skip
+        deployment["oidc"] = [
+            {
+                "authority": auth.issuer,
+                "client_id": auth.viewer_client_id,
+                "response_type": "code",
+                "scope": " ".join(scopes),
+            }
+        ]
     text = f"window.dicomcloud = {json.dumps(deployment)};\n" + OHIF_APP_CONFIG.read_text()
     return Response(text, media_type=MEDIA_TYPES[".js"], headers={"Cache-Control": "no-store"})
