@@ -21,11 +21,13 @@ async function main() {
   page.on('pageerror', error => errors.push(`${error.name}: ${error.message}`));
   // Requests the archive refused or failed: what the viewer asks for that we do not serve.
   // Frames fetched for the study on screen: the image drawn is this study's, from the archive.
-  // Requests for anything but the viewer's own files and the archive's DICOMweb: none may reach a wado-server.
+  // Requests over the network for anything but the viewer's own files and the archive's DICOMweb (blob: and
+  // data: URLs are the page's own memory): none may reach a wado-server.
   const strays = [];
   page.on('request', request => {
-    const { pathname } = new URL(request.url());
-    if (!pathname.startsWith('/viewer/') && !pathname.startsWith('/dicom-web/')) {
+    const { pathname, protocol } = new URL(request.url());
+    const network = protocol === 'http:' || protocol === 'https:';
+    if (network && !pathname.startsWith('/viewer/') && !pathname.startsWith('/dicom-web/')) {
       strays.push(`${request.method()} ${request.url()}`);
     }
   });

@@ -144,7 +144,7 @@ def test_a_study_downloads_from_the_home_page_as_a_zip_of_the_stored_files(
 
 def test_a_study_deleted_from_the_home_page_is_gone(session: dict[str, Any], viewer_archive: Archive) -> None:
     report = session["reports"]["delete"]
-    assert report["offered"] and report["gone"], report
+    assert report["listed"] and report["offered"] and report["gone"], report
     assert session["deleted"] not in study_uids(viewer_archive)
     assert httpx.get(f"{viewer_archive.dicomweb_url()}/studies/{session['deleted']}/metadata").status_code == 404
 
@@ -179,20 +179,36 @@ def secured(archive_factory: Callable[..., Archive], issuer: Issuer) -> Archive:
     return archive_factory("viewer-oidc", env)
 
 
+def store_with_token(archive: Archive, folder: Path, patient: str, token: str) -> str:
+    study, paths = part10_files(folder / "study", 2, patient)
+    body, content_type = stow_body([path.read_bytes() for path in paths])
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    stored = httpx.post(f"{archive.dicomweb_url()}/studies", content=body, headers=headers, timeout=60)
+    assert stored.status_code == 200, stored.text
+    return study
+
+
 def test_with_auth_the_viewer_shows_nothing_without_a_token_and_the_study_with_one(
     secured: Archive, issuer: Issuer, tmp_path: Path
 ) -> None:
     token = issuer.token(tenants=["default"])
-    study, paths = part10_files(tmp_path / "study", 2, "Secured^Study")
-    body, content_type = stow_body([path.read_bytes() for path in paths])
-    headers = {"Authorization": f"Bearer {token}"}
-    stored = httpx.post(
-        f"{secured.dicomweb_url()}/studies", content=body, headers={**headers, "Content-Type": content_type}
-    )
-    assert stored.status_code == 200, stored.text
+    study = store_with_token(secured, tmp_path, "Secured^Study", token)
     steps = [{"do": "open", "uid": study, "timeoutMs": 20_000}, {"do": "open", "uid": study, "token": token}]
     without, with_token = drive("viewer_home.cjs", {"base": secured.base_url, "shots": str(tmp_path), "steps": steps})
     assert without["spread"] == 0 and without["frames"] == 0, without
     assert any(refusal.startswith("401 ") for refusal in without["refused"]), without
     assert with_token["frames"] > 0 and with_token["spread"] > 1, with_token
     assert with_token["refused"] == []
+
+
+def test_with_auth_the_home_page_offers_delete_only_to_a_token_that_grants_it(
+    secured: Archive, issuer: Issuer, tmp_path: Path
+) -> None:
+    deleter = issuer.token(tenants=["default"])
+    study = store_with_token(secured, tmp_path, "Secured^Delete", deleter)
+    reader = issuer.token(scope="dicom.read", tenants=["default"])
+    steps = [{"do": "delete", "uid": study, "token": reader}, {"do": "delete", "uid": study, "token": deleter}]
+    as_reader, as_deleter = drive("viewer_home.cjs", {"base": secured.base_url, "shots": str(tmp_path), "steps": steps})
+    assert as_reader["listed"] and not as_reader["offered"], as_reader
+    assert as_deleter["listed"] and as_deleter["offered"] and as_deleter["gone"], as_deleter
+    assert study not in study_uids(secured, {"Authorization": f"Bearer {deleter}"})

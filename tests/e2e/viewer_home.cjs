@@ -98,17 +98,21 @@ async function main() {
       await download.saveAs(step.to);
       return { name: download.suggestedFilename(), failure: await download.failure() };
     },
-    // The home page's Delete of a study (the confirmation accepted); its row leaves the list.
+    // The home page's Delete of a study (the confirmation accepted); its row leaves the list. A `token` is
+    // handed to the page in its fragment, as a person's link would.
     async delete(step) {
-      await page.goto(`${job.base}/`);
+      await page.goto('about:blank'); // a new fragment on the same page would not load it again
+      await page.goto(`${job.base}/${step.token ? `#token=${encodeURIComponent(step.token)}` : ''}`);
       await page.waitForSelector('body[data-ready]', { timeout: job.timeoutMs });
       const row = page.locator(`tr[data-uid="${step.uid}"]`);
-      const offered = (await row.locator('button.delete').count()) > 0;
+      const listed = (await row.count()) > 0;
+      const offered = listed && (await row.locator('button.delete').count()) > 0;
+      let gone = false;
       if (offered) {
         await row.locator('button.delete').click();
+        gone = await row.waitFor({ state: 'detached', timeout: job.timeoutMs }).then(() => true, () => false);
       }
-      const gone = await row.waitFor({ state: 'detached', timeout: job.timeoutMs }).then(() => true, () => false);
-      return { offered, gone, error: await page.innerText('#error') };
+      return { listed, offered, gone, error: await page.innerText('#error') };
     },
     // The API docs: Swagger UI drawn from the archive's own files, the API's title on the page.
     async docs() {

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import support
 from fastapi.testclient import TestClient
+from oidc import AUDIENCE, rsa_key, serve_issuer
 from test_web_app import make_archive, stow_all
 
 from bench.synthetic import ct_series
@@ -210,3 +211,19 @@ def test_the_api_docs_load_nothing_from_another_site(client: TestClient) -> None
     assert "https://" not in page.text and "http://" not in page.text
     assert client.get("/docs/swagger-ui/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/docs/swagger-ui/package.json").status_code == 404
+
+
+def test_with_auth_the_home_page_offers_only_what_the_token_allows(tmp_path: Path) -> None:
+    with serve_issuer([rsa_key("home")]) as issuer:
+        auth = {"enabled": True, "issuer": issuer.url, "audience": AUDIENCE}
+        archive = support.make_archive(tmp_path / "data", auth=auth)
+        with TestClient(create_app(archive)) as client:
+            assert client.get("/").status_code == 200  # the page itself; its data needs the token
+            assert client.get("/api/access").status_code == 401
+            reader = {"Authorization": f"Bearer {issuer.token(scope='dicom.read', tenants=['default'])}"}
+            assert client.get("/api/access", headers=reader).json() == {"read": True, "write": False, "delete": False}
+            everything = {"Authorization": f"Bearer {issuer.token(tenants=['default'])}"}
+            assert client.get("/api/access", headers=everything).json() == {"read": True, "write": True, "delete": True}
+            elsewhere = client.get("/api/access", params={"tenant": "tenant-b"}, headers=everything).json()
+            assert elsewhere == {"read": False, "write": False, "delete": False}
+        archive.close()

@@ -116,7 +116,7 @@ function action(row, element, handler) {
   if (handler) {
     element.addEventListener("click", (event) => {
       event.preventDefault();
-      handler().catch((e) => { document.getElementById("error").textContent = e.message; });
+      handler().catch(failed);
     });
   }
 }
@@ -149,11 +149,11 @@ async function main() {
     }
   }
 }
-main().then(() => { document.body.dataset.ready = "true"; })
-      .catch((e) => {
-        document.getElementById("error").textContent = e.message;
-        document.body.dataset.ready = "error";
-      });
+function failed(error) {
+  document.getElementById("error").textContent = error.message;
+  return "error";
+}
+main().then(() => "true", failed).then((state) => { document.body.dataset.ready = state; });
 </script>
 </body>
 </html>
