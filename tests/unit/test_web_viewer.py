@@ -85,7 +85,16 @@ def test_a_file_is_revalidated_not_fetched_again(viewer_client: TestClient) -> N
 
 
 @pytest.mark.parametrize(
-    "path", ["/viewer/../secret.txt", "/viewer/%2e%2e/secret.txt", "/viewer/assets/..%2f..%2fsecret.txt"]
+    "path",
+    [
+        "/viewer/../secret.txt",
+        "/viewer/%2e%2e/secret.txt",
+        "/viewer/assets/..%2f..%2fsecret.txt",
+        "/viewer/%00.js",
+        "/viewer/" + "a" * 5000,
+        "/viewer/" + "a" * 300 + ".js",
+        "/tenant-a/viewer/..%2fsecret.txt",
+    ],
 )
 def test_nothing_outside_the_viewers_folder_is_served(viewer_client: TestClient, path: str) -> None:
     response = viewer_client.get(path)

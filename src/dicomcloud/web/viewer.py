@@ -87,15 +87,25 @@ def _dist(request: Request) -> Path:
 
 
 def _served(request: Request, path: str, tenant: str | None) -> Response:
-    dist = _dist(request)
-    file = (dist / path).resolve()
-    if not path or not file.is_relative_to(dist) or not file.is_file():
+    file = _file_in(_dist(request), path)
+    if file is None:
         if "." in path.rpartition("/")[2]:
             raise NotFound(f"no file {path[:200]!r} in the viewer")
         return _index(request, tenant)
     if file.name == "index.html":
         return _index(request, tenant)
     return _file(request, file, _prefix(request))
+
+
+def _file_in(dist: Path, path: str) -> Path | None:
+    """The file `path` names inside `dist`; None when it names none there (outside it, missing, no valid name)."""
+    if not path or "\0" in path:
+        return None
+    try:
+        file = (dist / path).resolve()
+        return file if file.is_relative_to(dist) and file.is_file() else None
+    except OSError:  # a name too long for the filesystem, say
+        return None
 
 
 def _index(request: Request, tenant: str | None) -> Response:
