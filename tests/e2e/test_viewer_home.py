@@ -1,8 +1,9 @@
 """`dicomcloud up` alone (no Nginx) is an archive a person can use from a browser: its home page leads to the
 OHIF study list, a study uploaded through the viewer's Upload is listed and drawn, a study downloads from the
 home page as a ZIP of the stored files, and one deleted there is gone. With auth on, the viewer shows nothing
-without a token and the study with one: the token is handed to the viewer in its URL (`?token=`, OHIF's own
-way of taking a bearer token), since the test identity provider has no login page to drive headless.
+without a token and the study with one, both ways it gets one: through its own OIDC sign-in (authorization code
+with PKCE) against the test issuer on loopback, whose authorization endpoint approves or refuses at once (no
+login form to fill in), and as a bearer token handed to it in its URL (`?token=`).
 The browser resolves no name but the archive's loopback address, and every page (home, viewer, /docs) renders
 from the archive's own files: no CDN.
 
@@ -212,3 +213,35 @@ def test_with_auth_the_home_page_offers_delete_only_to_a_token_that_grants_it(
     assert as_reader["listed"] and not as_reader["offered"], as_reader
     assert as_deleter["listed"] and as_deleter["offered"] and as_deleter["gone"], as_deleter
     assert study not in study_uids(secured, {"Authorization": f"Bearer {deleter}"})
+
+
+@pytest.fixture(scope="module")
+def signing_in(archive_factory: Callable[..., Archive], issuer: Issuer) -> Archive:
+    """An archive whose viewer signs in with the issuer itself (auth.viewer_client_id)."""
+    env = {
+        "DICOMCLOUD_AUTH__ENABLED": "true",
+        "DICOMCLOUD_AUTH__ISSUER": issuer.url,
+        "DICOMCLOUD_AUTH__AUDIENCE": "dicomcloud",
+        "DICOMCLOUD_AUTH__VIEWER_CLIENT_ID": "dicomcloud-viewer",
+    }
+    return archive_factory("viewer-oidc-sign-in", env)
+
+
+def test_with_the_viewers_own_sign_in_it_shows_nothing_until_the_issuer_signs_the_user_in(
+    signing_in: Archive, issuer: Issuer, tmp_path: Path
+) -> None:
+    study = store_with_token(signing_in, tmp_path, "Signed^In", issuer.token(tenants=["default"]))
+    issuer.login_claims = {"tenants": ["default"]}
+    job = {"base": signing_in.base_url, "shots": str(tmp_path)}
+    try:
+        issuer.approve = False
+        (refused,) = drive("viewer_home.cjs", {**job, "steps": [{"do": "open", "uid": study, "timeoutMs": 20_000}]})
+        issuer.approve = True
+        logins = issuer.logins
+        (signed_in,) = drive("viewer_home.cjs", {**job, "steps": [{"do": "open", "uid": study}]})
+    finally:
+        issuer.approve, issuer.login_claims = True, {}
+    assert refused["frames"] == 0 and refused["spread"] == 0, refused
+    assert issuer.logins == logins + 1
+    assert signed_in["frames"] > 0 and signed_in["spread"] > 1, signed_in
+    assert signed_in["refused"] == []

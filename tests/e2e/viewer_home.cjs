@@ -48,13 +48,13 @@ async function main() {
   });
 
   const steps = {
-    // The home page, then its one link to the viewer's study list.
-    async home() {
+    // The home page, then its one link to the viewer's study list (through the viewer's sign-in when it has one).
+    async home(step) {
       await page.goto(`${job.base}/`);
       await page.waitForSelector('body[data-ready]', { timeout: job.timeoutMs });
       await page.click('#study-list');
       const upload = page.getByRole('button', { name: 'Upload' });
-      const reached = await upload.waitFor({ timeout: job.timeoutMs }).then(() => true, () => false);
+      const reached = await upload.waitFor({ timeout: step.timeoutMs || job.timeoutMs }).then(() => true, () => false);
       await dismissBanner(page);
       await page.screenshot({ path: `${job.shots}/study-list.png` });
       return { reached, url: page.url(), text: await page.innerText('body') };

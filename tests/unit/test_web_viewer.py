@@ -148,6 +148,7 @@ def test_with_auth_and_a_viewer_client_the_viewer_signs_in_with_the_issuer(tmp_p
         config = client.get("/viewer/app-config.js").text
     archive.close()
     assert '"authority": "http://127.0.0.1:1/realms/test"' in config and '"client_id": "ohif"' in config
+    assert '"post_logout_redirect_uri": "/signed-out"' in config  # not the router base, which is a viewer route
     assert '"response_type": "code"' in config and '"scope": "openid dicom.read dicom.write dicom.delete"' in config
 
 

@@ -168,7 +168,9 @@ def _app_config(request: Request, tenant: str | None) -> Response:
     }
     auth = settings.auth
     if auth.enabled and auth.viewer_client_id:
-        # OHIF makes its callback and silent-refresh URLs under the router base (`…/viewer/callback`).
+        # OHIF makes its callback and silent-refresh URLs under the router base (`…/viewer/callback`) and mounts a
+        # sign-out route at the sign-out redirect's full path: its default (the router base) would take the
+        # viewer's own `/viewer/viewer` route, so it is a path of its own.
         scopes = ["openid", auth.read_scope, auth.write_scope, auth.delete_scope]
         deployment["oidc"] = [
             {
@@ -176,6 +178,7 @@ def _app_config(request: Request, tenant: str | None) -> Response:
                 "client_id": auth.viewer_client_id,
                 "response_type": "code",
                 "scope": " ".join(scopes),
+                "post_logout_redirect_uri": "/signed-out",
             }
         ]
     text = f"window.dicomcloud = {json.dumps(deployment)};\n" + OHIF_APP_CONFIG.read_text()
