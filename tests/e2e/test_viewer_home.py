@@ -26,7 +26,7 @@ import pytest
 
 from bench.synthetic import ct_series, write_part10
 from dicomcloud.stack.servers import OHIF_DIST
-from unit.oidc import Issuer, rsa_key, serve_issuer
+from unit.oidc import AUDIENCE, Issuer, rsa_key, serve_issuer
 
 from .conftest import Archive
 from .dicom_clients import stow, stow_body
@@ -170,14 +170,17 @@ def issuer() -> Iterator[Issuer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def secured(archive_factory: Callable[..., Archive], issuer: Issuer) -> Archive:
-    env = {
+def auth_env(issuer: Issuer) -> dict[str, str]:
+    return {
         "DICOMCLOUD_AUTH__ENABLED": "true",
         "DICOMCLOUD_AUTH__ISSUER": issuer.url,
-        "DICOMCLOUD_AUTH__AUDIENCE": "dicomcloud",
+        "DICOMCLOUD_AUTH__AUDIENCE": AUDIENCE,
     }
-    return archive_factory("viewer-oidc", env)
+
+
+@pytest.fixture(scope="module")
+def secured(archive_factory: Callable[..., Archive], issuer: Issuer) -> Archive:
+    return archive_factory("viewer-oidc", auth_env(issuer))
 
 
 def store_with_token(archive: Archive, folder: Path, patient: str, token: str) -> str:
@@ -218,13 +221,7 @@ def test_with_auth_the_home_page_offers_delete_only_to_a_token_that_grants_it(
 @pytest.fixture(scope="module")
 def signing_in(archive_factory: Callable[..., Archive], issuer: Issuer) -> Archive:
     """An archive whose viewer signs in with the issuer itself (auth.viewer_client_id)."""
-    env = {
-        "DICOMCLOUD_AUTH__ENABLED": "true",
-        "DICOMCLOUD_AUTH__ISSUER": issuer.url,
-        "DICOMCLOUD_AUTH__AUDIENCE": "dicomcloud",
-        "DICOMCLOUD_AUTH__VIEWER_CLIENT_ID": "dicomcloud-viewer",
-    }
-    return archive_factory("viewer-oidc-sign-in", env)
+    return archive_factory("viewer-oidc-sign-in", {**auth_env(issuer), "DICOMCLOUD_AUTH__VIEWER_CLIENT_ID": "viewer"})
 
 
 def test_with_the_viewers_own_sign_in_it_shows_nothing_until_the_issuer_signs_the_user_in(
