@@ -114,7 +114,7 @@ def _index(request: Request, tenant: str | None) -> Response:
     config_path = f"{prefix}/{tenant}{VIEWER_PATH}" if tenant else f"{prefix}{VIEWER_PATH}"
     text = (_dist(request) / "index.html").read_text().replace('src="/app-config.js"', "src=APP_CONFIG")
     body = _rewrite(text, ".html", prefix).replace("src=APP_CONFIG", f'src="{config_path}/app-config.js"')
-    return _bytes_response(request, body.encode(), MEDIA_TYPES[".html"])
+    return _bytes_response(request, _tagged(body.encode()), MEDIA_TYPES[".html"])
 
 
 def _file(request: Request, file: Path, prefix: str) -> Response:
@@ -130,11 +130,11 @@ def _file(request: Request, file: Path, prefix: str) -> Response:
 
 
 @functools.lru_cache(maxsize=REWRITTEN_FILES)
-def _rewritten(file: Path, version: int, prefix: str) -> bytes | None:
-    """The file with its root-relative URLs under the viewer's path, or None when it has none."""
+def _rewritten(file: Path, version: int, prefix: str) -> tuple[bytes, str] | None:
+    """The file with its root-relative URLs under the viewer's path and its ETag, or None when it has none."""
     text = file.read_bytes().decode("utf-8", errors="surrogateescape")
     changed = _rewrite(text, file.suffix, prefix)
-    return None if changed == text else changed.encode("utf-8", errors="surrogateescape")
+    return None if changed == text else _tagged(changed.encode("utf-8", errors="surrogateescape"))
 
 
 def _rewrite(text: str, suffix: str, prefix: str) -> str:
@@ -149,8 +149,12 @@ def _rewrite(text: str, suffix: str, prefix: str) -> str:
     return text.replace('__webpack_require__.p = "/"', f'__webpack_require__.p = "{base}"')
 
 
-def _bytes_response(request: Request, body: bytes, media_type: str) -> Response:
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def _tagged(body: bytes) -> tuple[bytes, str]:
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _bytes_response(request: Request, tagged: tuple[bytes, str], media_type: str) -> Response:
+    body, etag = tagged
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={**VIEWER_HEADERS, "ETag": etag})
     return Response(body, media_type=media_type, headers={**VIEWER_HEADERS, "ETag": etag})
