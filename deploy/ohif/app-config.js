@@ -3,12 +3,16 @@
 // in place of its dist/app-config.js. The viewer and the archive share one origin behind Nginx, so the
 // DICOMweb root is this page's own origin: no CORS, and the same file serves every host name.
 // A tenant's archive is at `<origin>/<tenant>/dicom-web`: change DICOMWEB_ROOT for a single-tenant viewer.
-const DICOMWEB_ROOT = `${window.location.origin}/dicom-web`;
+// A wado-server serving the viewer itself (src/dicomcloud/web/viewer.py) sets `window.dicomcloud` in front of
+// this file: its DICOMweb root and router base for the request's tenant, and its OIDC client when auth is on.
+const DEPLOYMENT = window.dicomcloud || {};
+const DICOMWEB_ROOT = DEPLOYMENT.dicomwebRoot || `${window.location.origin}/dicom-web`;
 
 window.config = {
   name: 'dicomcloud',
   // Must match the Nginx location (and the PUBLIC_URL Nginx writes into the viewer's pages and bundles).
-  routerBasename: '/viewer',
+  routerBasename: DEPLOYMENT.routerBasename || '/viewer',
+  ...(DEPLOYMENT.oidc ? { oidc: DEPLOYMENT.oidc } : {}),
   extensions: [],
   modes: [],
   customizationService: {},
@@ -55,6 +59,8 @@ window.config = {
           enabled: true,
         },
         omitQuotationForMultipartRequest: true,
+        // The study list's Upload sends files with STOW-RS to the same root.
+        dicomUploadEnabled: true,
       },
     },
   ],

@@ -393,7 +393,8 @@ def run_up(settings: Settings) -> int:
                 if wait_listening(endpoints, stop, lambda: bool(server.started)):
                     line = (
                         f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
-                        f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}"
+                        f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}, "
+                        f"home page and viewer at http://{http.host}:{http.port}/"
                     )
                     log.info("%s", line)
                     print(line, flush=True)

@@ -52,6 +52,8 @@ class HttpSettings:
     public_url: str = ""
     # Addresses or networks (CIDR) of proxies whose Forwarded / X-Forwarded-* headers are believed.
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # The prebuilt OHIF viewer served at /viewer/ (@ohif/app's dist/); empty: the one ./dev fetched into the cache.
+    viewer_dist: str = ""
 
     def __post_init__(self) -> None:
         AddressSet(self.trusted_proxies)  # fail at start on an entry that is no address or network
@@ -322,6 +324,9 @@ class AuthSettings:
     # Claim (dotted path) listing the tenants a token may reach.
     tenants_claim: str = "tenants"
     realm: str = "dicomcloud"
+    # The issuer's client id of the OHIF viewer at /viewer/ (a public client, authorization code with PKCE);
+    # empty: the viewer has no login of its own and takes a token from its URL (`?token=`).
+    viewer_client_id: str = ""
 
 
 @dataclass

@@ -2,40 +2,15 @@
 // study in turn. One browser, one page. The job is JSON in argv[2]:
 //   {"base": "https://host:port", "chromium": "/usr/bin/chromium", "shots": "/dir", "timeoutMs": 120000,
 //    "studies": [{"name": "ct", "uid": "1.2.3"}]}
-// It prints one JSON line for the study list and one per study; playwright-core comes from NODE_PATH.
+// It prints one JSON line for the study list, one per study and one of the requests that went elsewhere than
+// /viewer/ and /dicom-web/; playwright-core comes from NODE_PATH.
 'use strict';
-const { chromium } = require('playwright-core');
+const { dismissBanner, drawnSpread, launch } = require('./browser.cjs');
 
 const job = JSON.parse(process.argv[2]);
 
-// Standard deviation of the viewport canvas' luminance: 0 while nothing is drawn.
-function canvasSpread() {
-  const canvas = document.querySelector('canvas.cornerstone-canvas');
-  if (!canvas || !canvas.width || !canvas.height) {
-    return 0;
-  }
-  const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
-  let sum = 0;
-  let squares = 0;
-  const step = 4 * 7;
-  let n = 0;
-  for (let i = 0; i < data.length; i += step) {
-    const value = (data[i] + data[i + 1] + data[i + 2]) / 3;
-    sum += value;
-    squares += value * value;
-    n += 1;
-  }
-  const mean = sum / n;
-  return Math.sqrt(Math.max(0, squares / n - mean * mean));
-}
-
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: job.chromium,
-    headless: true,
-    // No GPU here: WebGL on SwiftShader, as Cornerstone3D needs WebGL.
-    args: ['--use-angle=swiftshader', '--enable-unsafe-swiftshader', '--no-sandbox'],
-  });
+  const browser = await launch(job.chromium);
   const page = await browser.newPage({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
   let errors = [];
   page.on('console', message => {
@@ -46,6 +21,16 @@ async function main() {
   page.on('pageerror', error => errors.push(`${error.name}: ${error.message}`));
   // Requests the archive refused or failed: what the viewer asks for that we do not serve.
   // Frames fetched for the study on screen: the image drawn is this study's, from the archive.
+  // Requests over the network for anything but the viewer's own files and the archive's DICOMweb (blob: and
+  // data: URLs are the page's own memory): none may reach a wado-server.
+  const strays = [];
+  page.on('request', request => {
+    const { pathname, protocol } = new URL(request.url());
+    const network = protocol === 'http:' || protocol === 'https:';
+    if (network && !pathname.startsWith('/viewer/') && !pathname.startsWith('/dicom-web/')) {
+      strays.push(`${request.method()} ${request.url()}`);
+    }
+  });
   let refused = [];
   let frames = 0;
   let current = '';
@@ -65,10 +50,7 @@ async function main() {
     .first()
     .waitFor({ timeout: job.timeoutMs })
     .then(() => true, () => false);
-  const dismiss = page.getByRole('button', { name: 'Confirm and hide' });
-  if (await dismiss.isVisible()) {
-    await dismiss.click();
-  }
+  await dismissBanner(page);
   await page.screenshot({ path: `${job.shots}/study-list.png` });
   console.log(JSON.stringify({ kind: 'list', listed, text: await page.innerText('body'), errors, refused }));
 
@@ -78,18 +60,13 @@ async function main() {
     frames = 0;
     current = study.uid;
     await page.goto(`${job.base}/viewer/viewer?StudyInstanceUIDs=${study.uid}`);
-    let spread = 0;
-    try {
-      await page.waitForFunction(canvasSpread, null, { timeout: job.timeoutMs, polling: 500 });
-      spread = await page.evaluate(canvasSpread);
-    } catch (error) {
-      errors.push(`no image drawn: ${error.message.split('\n')[0]}`);
-    }
+    const spread = await drawnSpread(page, job.timeoutMs, errors);
     const shot = `${job.shots}/${study.name}.png`;
     const canvas = page.locator('canvas.cornerstone-canvas').first();
     await ((await canvas.count()) ? canvas.screenshot({ path: shot }) : page.screenshot({ path: shot }));
     console.log(JSON.stringify({ kind: 'study', name: study.name, uid: study.uid, spread, frames, shot, errors, refused }));
   }
+  console.log(JSON.stringify({ kind: 'strays', strays }));
   await browser.close();
 }
 

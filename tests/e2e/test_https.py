@@ -64,10 +64,10 @@ def test_https_with_the_issued_certificate_serves_the_api(proxy: Proxy) -> None:
         assert studies.headers["strict-transport-security"].startswith("max-age=")
 
 
-def test_plain_http_redirects_to_https(proxy: Proxy) -> None:
+def test_plain_http_redirects_to_https_on_its_port(proxy: Proxy) -> None:
     response = httpx.get(f"http://localhost:{proxy.http_port}/dicom-web/studies", follow_redirects=False)
     assert response.status_code == 301
-    assert response.headers["location"].startswith("https://localhost")
+    assert response.headers["location"] == f"https://localhost:{proxy.https_port}/dicom-web/studies"
 
 
 def storescu(proxy: Proxy, *tls: str) -> subprocess.CompletedProcess[str]:

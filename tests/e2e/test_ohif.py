@@ -1,5 +1,6 @@
 """OHIF, served by the shipped Nginx config in front of `dicomcloud up`, lists the studies and displays a study of
-every transfer-syntax group of pydicom's test files and a generated 200-slice CT series in headless Chromium.
+every transfer-syntax group of pydicom's test files and a generated 200-slice CT series in headless Chromium;
+none of the viewer's own requests goes past Nginx to the archive.
 
 The browser is driven by ohif_viewer.cjs (playwright-core from the npm cache, Debian's chromium); this side
 stores the studies, starts Nginx, and inspects what the driver reports and the screenshots it took.
@@ -109,7 +110,8 @@ def viewer(
 
 @pytest.fixture(scope="module")
 def browsed(viewer: Viewer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Run the browser once over the study list and every study; its reports by name ("list" for the list)."""
+    """Run the browser once over the study list and every study; its reports by name ("list" for the list,
+    "strays" for the requests that went elsewhere than the viewer's files and DICOMweb)."""
     shots = tmp_path_factory.mktemp("screenshots")
     job = {
         "base": viewer.base,
@@ -124,7 +126,7 @@ def browsed(viewer: Viewer, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     )
     assert done.returncode == 0, done.stderr
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {report.get("name", "list"): report for report in reports}
+    return {report.get("name", report["kind"]): report for report in reports}
 
 
 def test_the_study_list_shows_every_stored_study(browsed: dict[str, dict[str, Any]], viewer: Viewer) -> None:
@@ -148,6 +150,11 @@ def test_each_study_is_displayed_without_a_decode_error(browsed: dict[str, dict[
     assert report["frames"] > 0, f"no frame of the study was fetched: {report}"
     assert report["spread"] > 1, f"the viewport stayed blank: {report}"
     assert image_spread(Path(report["shot"])) > 1, f"the screenshot is blank: {report['shot']}"
+
+
+def test_the_viewers_own_files_never_reach_a_wado_server(browsed: dict[str, dict[str, Any]]) -> None:
+    """Nginx serves everything under /viewer/ itself (no proxy_pass there); the viewer asks for nothing else."""
+    assert browsed["strays"]["strays"] == []
 
 
 @pytest.mark.parametrize("name", ["list", *PYDICOM_FILES, "ct-200-slices"])

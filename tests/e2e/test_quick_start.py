@@ -1,4 +1,5 @@
-"""The README's run command works on a fresh clone: it installs what it needs and serves."""
+"""The README's run command works on a fresh clone: it installs what it needs and serves, home page and viewer
+included."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def test_readme_run_command_starts_the_archive_from_a_fresh_clone(tmp_path: Path
         echo = subprocess.run(["echoscu", "-aec", "DICOMCLOUD", "127.0.0.1", str(dimse_port)], check=False)
         assert echo.returncode == 0
         assert (tmp_path / "data").is_dir()
+        for page in ("/", "/viewer/", "/docs"):  # what a person opens first: ./dev up fetched the viewer and docs
+            assert httpx.get(f"http://127.0.0.1:{http_port}{page}", timeout=10).status_code == 200, page
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import ssl
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
-from dicomcloud.stack.servers import NGINX_TEMPLATES, NginxSite, StackError, render_nginx
+from dicomcloud.stack.servers import NGINX_TEMPLATES, NginxSite, StackError, free_port, render_nginx, start_nginx
 
 UPSTREAMS = ["127.0.0.1:18081", "127.0.0.1:18082"]
 
@@ -74,3 +76,30 @@ def test_a_template_variable_left_unset_is_an_error(pki: Path, tmp_path: Path) -
     (templates / "nginx.conf.template").write_text(text + "# ${SOMETHING_NEW}\n")
     with pytest.raises(StackError, match="SOMETHING_NEW"):
         render_nginx(site(pki, tmp_path), templates)
+
+
+def test_plain_http_redirects_to_the_https_port_and_the_redirect_arrives(pki: Path, tmp_path: Path) -> None:
+    https_port, http_port = free_port(), free_port()
+    running = NginxSite(
+        https_listen=f"127.0.0.1:{https_port}",
+        http_listen=f"127.0.0.1:{http_port}",
+        cert_file=pki / "server.pem",
+        key_file=pki / "server.key",
+        upstreams=UPSTREAMS,
+        run_dir=tmp_path,
+    )
+    nginx = start_nginx(running)
+    try:
+        redirect = httpx.get(f"http://127.0.0.1:{http_port}/dicom-web/studies?limit=1", follow_redirects=False)
+        location = f"https://localhost:{https_port}/dicom-web/studies?limit=1"
+        assert redirect.status_code == 301 and redirect.headers["location"] == location
+        arrived = httpx.get(location, verify=ssl.create_default_context(cafile=pki / "ca.pem"))
+        assert "strict-transport-security" in arrived.headers  # answered by this Nginx over TLS
+    finally:
+        nginx.stop()
+
+
+def test_the_viewers_files_are_served_by_nginx_never_passed_to_a_wado_server(pki: Path, tmp_path: Path) -> None:
+    config = render_nginx(site(pki, tmp_path))
+    viewer = config[config.index("location /viewer/ {") : config.index("location / {")]
+    assert "alias " in viewer and "proxy_pass" not in viewer

@@ -23,7 +23,8 @@ from dicomcloud.web.app import create_app
 
 ALL_RIGHTS = "dicom.read dicom.write dicom.delete"
 # Routes that serve no archive data and so stay open.
-PUBLIC = {"/health", "/ready", "/metrics", "/dashboard", "/dashboard/chart.js"}
+# /api/access answers any valid token with what it allows on a tenant (all false there): no data.
+PUBLIC = {"/health", "/ready", "/metrics", "/dashboard", "/dashboard/chart.js", "/api/access"}
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.1"
 PARAMS = {"study": STUDY, "series": SERIES, "instance": SOP, "frames": "1", "tag_path": "7FE00010", "name": "summary"}
 

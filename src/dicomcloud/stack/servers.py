@@ -351,6 +351,7 @@ def render_nginx(site: NginxSite, templates: Path = NGINX_TEMPLATES) -> str:
         raise StackError("Nginx needs at least one wado-server upstream")
     values = {
         "HTTPS_LISTEN": site.https_listen,
+        "HTTPS_PORT": site.https_listen.rpartition(":")[2],
         "HTTP_LISTEN": site.http_listen,
         "SERVER_NAME": site.server_name,
         "CERT_FILE": str(site.cert_file),

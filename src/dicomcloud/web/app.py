@@ -21,7 +21,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from dicomcloud.archive.core import Archive
 from dicomcloud.errors import AuthError, DicomCloudError
 from dicomcloud.ops import HEALTH_BODY, metrics_text, readiness, runtime_checks
-from dicomcloud.web import dashboard, delete, qido, rendered, stats, stow, wado, wado_uri
+from dicomcloud.web import api_docs, dashboard, delete, home, qido, rendered, stats, stow, viewer, wado, wado_uri
 from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.web.context import use_default_tenant, use_path_tenant
@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 # Headers a browser viewer (OHIF) must be allowed to read on cross-origin responses.
 EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Content-Encoding", "Location", "Warning"]
 # Multipart, DICOM and pixel data gain little from gzip and cost CPU per byte; JSON gains a lot.
-NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "multipart/*", "application/dicom", "application/octet-stream")
+NOT_GZIPPED = (
+    *DEFAULT_EXCLUDED_CONTENT_TYPES,
+    "multipart/*",
+    "application/dicom",
+    "application/octet-stream",
+    "application/zip",
+)
 GZIP_MINIMUM_SIZE = 1024
 # A response sent before the request body was read (a stalled, oversized or unauthorized
 # upload) must close the connection, or the unread body would be taken as the next request.
@@ -44,7 +50,7 @@ CLOSE_AFTER = frozenset({401, 403, 408, 413})
 def create_app(archive: Archive) -> FastAPI:
     """The DICOMweb app over `archive`: routes translate requests into the archive's operations."""
     runtime = archive.runtime
-    app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0")
+    app = FastAPI(title="dicomcloud DICOMweb", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.auth = open_authenticator(runtime.settings.auth, runtime.cache)
     app.state.archive = archive
 
@@ -61,6 +67,8 @@ def create_app(archive: Archive) -> FastAPI:
 
     app.include_router(stats.router, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)
+    for public in (home, viewer, api_docs):  # pages and their files; the data they show goes through the routes above
+        app.include_router(public.router)
 
     @app.get("/health", tags=["Service"], summary="Liveness")
     def health() -> dict[str, str]:

@@ -252,6 +252,14 @@ class Authenticator:
             )
         return principal
 
+    def granted(self, request: Request, tenant: str) -> frozenset[Access]:
+        """What the request's token may do on `tenant`: for pages that offer only the actions that will work."""
+        principal = self.principal(_bearer(request.headers.get("authorization"), self.settings.realm))
+        request.state.sub = principal.subject
+        if tenant not in principal.tenants:
+            return frozenset()
+        return frozenset(access for access, scope in self._scopes.items() if scope in principal.scopes)
+
     def principal(self, token: str) -> Principal:
         claims = self.verify(token)
         scopes: frozenset[str] = frozenset()

@@ -3,7 +3,8 @@
 Negotiation (PS3.18 8.7), in the client's order of preference:
 - Instances: `multipart/related; type="application/dicom"` with no transfer-syntax or `*` gets
   the files as stored, as do `*/*` and `multipart/*`; a bare `application/dicom` is accepted for a
-  single instance (one body, not multipart). A named transfer syntax gets, per instance, the stored
+  single instance (one body, not multipart); `application/zip` gets them as stored in one ZIP
+  (PS3.18 Supplement 211, web/zip_payload.py). A named transfer syntax gets, per instance, the stored
   file if it has that syntax, else its derived copy, made now (archive/retrieve.py `derived`) if
   it does not exist yet, and kept for the next request. 406 when no encoder makes that syntax or the
   pixels are lossy and the syntax lossless (dicom/codecs.py).
@@ -45,6 +46,7 @@ from dicomcloud.web.negotiation import (
     negotiate_json,
     parse_accept,
 )
+from dicomcloud.web.zip_payload import ZIP, zip_pieces
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def retrieve_instance(request: Request, scope: Scope, study: str, series: str, i
 class _Packaging(enum.Enum):
     MULTIPART = "multipart"
     SINGLE = "single"
+    ZIP = "zip"
 
 
 def servable_syntax(stored: set[str], transfer_syntax: str | None) -> tuple[bool, str | None]:
@@ -117,6 +120,8 @@ def _dicom_packaging(ranges: list[MediaRange], stored: set[str], single: bool) -
     for media_range in ranges:
         if media_range.media_type in ("*/*", "multipart/*"):
             return _Packaging.MULTIPART, None
+        if media_range.media_type == ZIP:
+            return _Packaging.ZIP, None
         if media_range.is_multipart_related:
             part = media_range.part_range()
             fits, syntax = servable_syntax(stored, part.transfer_syntax)
@@ -136,6 +141,11 @@ def _dicom_response(scope: RequestScope, request: Request, locations: list[Insta
         return single_instance_response(scope, locations[0], target)
     stored = scope.archive.retrieve.stored(locations, target)
     storage = scope.archive.runtime.storage
+    if packaging is _Packaging.ZIP:
+        disposition = f'attachment; filename="{locations[0].study_instance_uid}.zip"'
+        return StreamingResponse(
+            zip_pieces(storage, stored), media_type=ZIP, headers={"Content-Disposition": disposition}
+        )
     boundary = new_boundary()
     heads = [part_head(boundary, _part_headers(instance)) for instance in stored]
     closing = close_delimiter(boundary)
