@@ -1,5 +1,6 @@
-"""The README's transfer syntax table says what the code does: every accepted syntax once, and whether each one
-is decoded (pydicom has a decoder for it, or libjpeg-turbo reads it) and encoded (a transcode target)."""
+"""The README says what the code does and stands on its own: its transfer syntax table lists every accepted syntax
+once, and whether each one is decoded (pydicom has a decoder for it, or libjpeg-turbo reads it) and encoded (a
+transcode target); every file it links or shows is in the repository."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def test_the_table_says_which_syntaxes_are_decoded_and_encoded() -> None:
         assert (accepted, as_stored) == ("yes", "yes"), uid
         assert decoded == ("yes" if decodes(uid) else "no"), uid
         assert encoded == ("yes" if uid in TRANSCODE_TARGETS else "no"), uid
+
+
+def test_every_file_the_readme_links_or_shows_is_in_the_repository() -> None:
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#]+)\)", text)
+    local = [target for target in targets if "://" not in target]
+    assert "docs/viewer.png" in local and "docs/dashboard.png" in local
+    for target in local:
+        path = (README.parent / target).resolve()
+        assert path.is_relative_to(README.parent) and path.exists(), target
