@@ -102,8 +102,10 @@ class CountingStorage:
     def stage(self) -> BinaryIO:
         return self.inner.stage()
 
-    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
-        self.inner.commit(placements)
+    def commit(
+        self, placements: Sequence[tuple[BinaryIO, str]], derivable: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self.inner.commit(placements, derivable)
 
     def discard(self, staged: BinaryIO) -> None:
         self.inner.discard(staged)

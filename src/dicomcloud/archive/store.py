@@ -2,7 +2,8 @@
 
 The rule is the design's first one: an acknowledgement means "there". `Store.store_many` reports an
 instance stored only after
-  1. its original is durable under its final key (archive/keys.py) and its metadata entry is written,
+  1. its original is durable under its final key (archive/keys.py) and its metadata entry is written (one
+     storage batch for both: an object store puts them all at once),
   2. the index holds it: patient, study, series and instance rows with their counts, in one transaction,
   3. its events are on the bus (`storage_queue`, `log_queue`),
 so a WADO-RS, QIDO-RS or C-FIND answered after the acknowledgement, by any server, finds it. The bus
@@ -286,12 +287,14 @@ class Store:
                     if outcome.written:
                         written.append(outcome)
                 new_keys = [p.accepted.key for p in written if p.previous is None or p.moved_from is not None]
-                storage.commit([(p.accepted.staged, p.accepted.key) for p in written])
+                storage.commit(
+                    [(p.accepted.staged, p.accepted.key) for p in written],
+                    [(entry_key(p.accepted.key), p.accepted.parsed.entry.to_bytes()) for p in written],
+                )
                 for p in written:
                     if p.previous is not None and p.moved_from is None:
                         # Copies made from the bytes just replaced must not outlive them.
                         storage.delete(storage.list(derived_prefix(p.accepted.key)))
-                    storage.write(entry_key(p.accepted.key), p.accepted.parsed.entry.to_bytes(), durable=False)
         except BaseException:
             if new_keys:
                 self._remove_quietly([k for key in new_keys for k in (key, entry_key(key))])
