@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # Object bytes per socket write: a typical instance is one piece, framing included.
 PIECE_SIZE = 4 * 1024 * 1024
 # Instances of a multi-instance answer read ahead of the one being sent (one piece each at most).
-READ_AHEAD = 4
+READ_AHEAD = 8
 # Threads reading ahead, shared by every response of the process.
 READ_AHEAD_THREADS = 16
 DICOM = "application/dicom"
