@@ -104,6 +104,7 @@ class CountingStorage:
     def __init__(self, inner: Storage, reads: builtins.list[tuple[str, str]] | None = None) -> None:
         self.inner = inner
         self.reads: builtins.list[tuple[str, str]] = [] if reads is None else reads
+        self.remote = inner.remote
 
     def stage(self) -> BinaryIO:
         return self.inner.stage()

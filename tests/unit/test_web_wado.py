@@ -129,6 +129,7 @@ def test_a_file_that_changes_size_while_sent_aborts_the_response(
 def test_a_series_longer_than_the_read_ahead_is_every_file_in_order(
     client: TestClient, archive: Archive, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(archive.runtime.storage, "remote", True)  # read ahead as from an object store
     monkeypatch.setattr(wado, "READ_AHEAD", 1)
     monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
@@ -141,6 +142,7 @@ def test_a_series_response_abandoned_part_way_closes_every_stream_it_read_ahead(
     retrieve = archive.retrieve
     stored = retrieve.stored(retrieve.instances("default", series[0].StudyInstanceUID), None)
     storage = CountingStorage(archive.runtime.storage)
+    storage.remote = True  # read ahead as from an object store
     opened: list[BufferedReader] = []
     every_one_opening = threading.Barrier(len(stored), timeout=30)  # none is cancelled before it starts
 
@@ -160,12 +162,13 @@ def test_a_series_response_abandoned_part_way_closes_every_stream_it_read_ahead(
         time.sleep(0.01)
 
 
-def test_instances_are_sized_and_framed_without_reading_any_object(
+def test_instances_on_an_object_store_are_sized_and_framed_without_reading_any_object(
     archive: Archive, series: list[pydicom.Dataset]
 ) -> None:
-    """Whether an original has its preamble is in its metadata entry: a retrieve sends its first byte after
-    reading only the series document, never the objects themselves."""
+    """On an object store, whether an original has its preamble comes from its metadata entry: a retrieve sends its
+    first byte after reading only the series document, never the objects themselves."""
     counting_archive, storage = counted(archive)
+    storage.remote = True
     locations = counting_archive.retrieve.instances("default", series[0].StudyInstanceUID)
     stored = counting_archive.retrieve.stored(locations, None)
     assert [instance.prefix for instance in stored] == [b""] * len(series)

@@ -40,6 +40,8 @@ SYNC_THREADS = 16
 class FsStorage:
     """Implements `ports.storage.Storage` on local folders."""
 
+    remote = False
+
     def __init__(self, root: Path, staging: Path) -> None:
         try:
             for folder in (root, staging):

@@ -149,6 +149,8 @@ def create_bucket(settings: S3Settings) -> bool:
 class S3Storage:
     """Implements `ports.storage.Storage` on an S3 bucket, staging incoming objects in `staging`."""
 
+    remote = True
+
     def __init__(self, settings: S3Settings, staging: Path) -> None:
         try:
             Path(staging).mkdir(parents=True, exist_ok=True)

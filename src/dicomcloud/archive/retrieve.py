@@ -93,14 +93,16 @@ class Retrieve:
     def stored(self, locations: Sequence[InstanceLocation], target_syntax: str | None) -> list[StoredInstance]:
         """Each instance's object, or its copy in `target_syntax` (made now if missing); NotFound if none is there.
 
-        Whether an original has its preamble comes from its metadata entry (in the series document at hand),
-        so no object is read before the answer starts; only an entry older than that fact sends a read.
+        Whether an original has its preamble: on an object store, from its metadata entry (in the series
+        document), so no object is read before the answer starts (only an entry older than that fact sends a
+        read); on local files, from the 4 bytes that tell, cheaper than bringing a large series' document in.
         """
         documents: dict[SeriesKey, SeriesDocument | None] = {}
         found = []
         for location in locations:
             if location.series_key not in documents:
-                documents[location.series_key] = self.metadata.document(location.series_key)
+                remote = self.runtime.storage.remote
+                documents[location.series_key] = self.metadata.document(location.series_key) if remote else None
             doc = documents[location.series_key]
             entry = doc.instances.get(location.sop_instance_uid) if doc is not None else None
             try:

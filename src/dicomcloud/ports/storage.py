@@ -45,6 +45,10 @@ class ObjectMissing(NotFound):
 
 
 class Storage(Protocol):
+    # Whether every read waits for a network round trip (an object store) rather than a local disk: readers of
+    # many objects then keep several in flight and learn what they can from metadata instead of reading objects.
+    remote: bool
+
     def stage(self) -> BinaryIO:
         """A new, empty scratch file open for writing and reading, not yet under any key."""
         ...

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 # Object bytes per socket write: a typical instance is one piece, framing included.
 PIECE_SIZE = 4 * 1024 * 1024
-# Instances of a multi-instance answer read ahead of the one being sent (one piece each at most).
+# Instances of a multi-instance answer read ahead of the one being sent from an object store (one piece each
+# at most): SeaweedFS here served 155 MB/s to one GET at a time, 260 MB/s to 4 and 350 MB/s to 8.
 READ_AHEAD = 8
 # Threads reading ahead, shared by every response of the process.
 READ_AHEAD_THREADS = 16
@@ -171,10 +172,16 @@ def _multipart_pieces(
 ) -> Iterator[memoryview | bytes]:
     """The multipart body: each instance's head, object and CRLF as one piece when it fits.
 
-    The next READ_AHEAD instances are opened and their first pieces read while one is sent, so an object
-    store's latency is paid for several at once; what waits is at most READ_AHEAD first pieces (and their
-    streams' buffers), whatever the instances' sizes: the rest of a big instance is read as it is sent.
+    From an object store, the next READ_AHEAD instances are opened and their first pieces read while one is
+    sent, so its latency is paid for several at once; what waits is at most READ_AHEAD first pieces (and their
+    streams' buffers), whatever the instances' sizes: the rest of a big instance is read as it is sent. From
+    local files (no round trip to hide) one is read after the other in the responding thread.
     """
+    if not storage.remote:
+        for head, instance in zip(heads, stored, strict=True):
+            yield from _pieces(storage, instance, head + instance.prefix, CRLF)
+        yield closing
+        return
     upcoming = zip(heads, stored, strict=True)
     pending: deque[Future[_Opened]] = deque()
 
