@@ -1,8 +1,10 @@
-"""`python -m bench [--quick] [--stack] [--out DIR]`: run the side-by-side benchmark, print the table, write JSON."""
+"""`python -m bench [--quick] [--stack | --s3] [--out DIR]`: run the side-by-side benchmark, print the table, write
+JSON."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -23,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stack", action="store_true", help="bench the distributed stack (dicomcloud stack up) instead of `up`"
     )
+    parser.add_argument(
+        "--s3", action="store_true",
+        help="`dicomcloud up` on S3 (a SeaweedFS started for the run) against the same on the local filesystem",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
     parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -39,14 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)
     only = {name.strip() for name in args.only.split(",") if name.strip()} if args.only else None
     try:
-        bench = Bench(QUICK if args.quick else FULL, work, stack=args.stack, only=only)
+        sizes = QUICK if args.quick else FULL
+        if args.s3:  # no QIDO at scale in this comparison: no index studies to load twice
+            sizes = dataclasses.replace(sizes, index_studies=0)
+        bench = Bench(sizes, work, stack=args.stack, s3=args.s3, only=only)
         result = bench.run()
     except BenchError as exc:
         logging.getLogger("bench").error("%s (work folder kept: %s)", exc, work)
         return 1
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    result["conditions"]["mode"] = "quick" if args.quick else "full"
+    result["conditions"]["mode"] = ("quick" if args.quick else "full") + (" s3" if args.s3 else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     text = table(list(bench.ops.values()), bench.results_count)

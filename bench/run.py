@@ -1,5 +1,8 @@
 """The bench run: generate, start both archives, load the same data, time each operation on both.
 
+Two comparisons: dicomcloud against Orthanc (OPERATIONS), or, with `s3`, `dicomcloud up` on S3 (a SeaweedFS
+started for the run) against the same archive on the local filesystem (S3_OPERATIONS, issue 17's targets).
+
 Repeated HTTP samples are taken in rounds that alternate between the servers, so a burst of load from
 elsewhere on the machine does not fall on one server only.
 """
@@ -17,8 +20,8 @@ from typing import Any
 import httpx
 
 from bench.measure import curl, metadata_while_writing, stream_with_rss, timed_ingest, wait_queryable
-from bench.report import SERVERS, Goal, Measured, Operation, Target, Unit
-from bench.servers import BenchError, Dicomcloud, DicomcloudStack, Orthanc, Server
+from bench.report import S3_SERVERS, Goal, Measured, Operation, Target, Unit
+from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
 
 log = logging.getLogger("bench")
@@ -61,26 +64,53 @@ OPERATIONS = [
               Unit.MEGABYTES, Target(Goal.RSS_PEAK_BELOW_MB, 300)),
 ]
 
+# The same archive on S3 against on the local filesystem: what an object store may cost.
+S3_OPERATIONS = [
+    Operation("cstore_ingest", "storescu sends both CT series of one study (one association), until QIDO counts all",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
+    Operation("stow_rs", "STOW-RS of one study's CT instances in one multipart request",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
+    Operation("frame_single", "frame 1 of a 512x512 16-bit CT instance (octet-stream, transfer-syntax=*)",
+              Unit.REQUESTS, Target(Goal.MEDIAN_WITHIN_MS, 2), S3_SERVERS),
+    Operation("frame_multiframe", "middle frame of a multi-frame instance (octet-stream, transfer-syntax=*)",
+              Unit.REQUESTS, Target(Goal.MEDIAN_WITHIN_MS, 2), S3_SERVERS),
+    Operation("instance_retrieve", "one CT instance as multipart application/dicom",
+              Unit.MEGABYTES, Target(Goal.NONE), S3_SERVERS),
+    Operation("series_retrieve", "the big series as multipart application/dicom",
+              Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
+    Operation("study_stream_rss", "the whole study streamed while sampling the server's VmRSS",
+              Unit.MEGABYTES, Target(Goal.RSS_GROWTH_BELOW_MB, 100), S3_SERVERS),
+]
 
-def new_operations() -> dict[str, Operation]:
-    return {op.name: Operation(op.name, op.description, op.unit, op.target) for op in OPERATIONS}
+
+def new_operations(s3: bool = False) -> dict[str, Operation]:
+    return {
+        op.name: Operation(op.name, op.description, op.unit, op.target, op.servers)
+        for op in (S3_OPERATIONS if s3 else OPERATIONS)
+    }
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, work: Path, *, stack: bool = False, only: set[str] | None = None) -> None:
+    def __init__(
+        self, sizes: Sizes, work: Path, *, stack: bool = False, s3: bool = False, only: set[str] | None = None
+    ) -> None:
+        if stack and s3:
+            raise BenchError("--s3 compares `dicomcloud up` on S3 and on the filesystem; it takes no --stack")
         self.sizes = sizes
         self.work_root = work
         self.stack = stack
-        self.ops = new_operations()
+        self.s3 = s3
+        self.ops = new_operations(s3)
         unknown = (only or set()) - set(self.ops)
         if unknown:
             raise BenchError(f"unknown operation(s): {', '.join(sorted(unknown))}")
         self.only = only
-        ours = DicomcloudStack if stack else Dicomcloud
-        self.servers: dict[str, Server] = {
-            "dicomcloud": ours(work / "dicomcloud"),
-            "orthanc": Orthanc(work / "orthanc"),
-        }
+        self.servers: dict[str, Server]
+        if s3:
+            self.servers = {"s3": DicomcloudOnS3(work / "dicomcloud-s3"), "fs": Dicomcloud(work / "dicomcloud-fs")}
+        else:
+            ours = DicomcloudStack if stack else Dicomcloud
+            self.servers = {"dicomcloud": ours(work / "dicomcloud"), "orthanc": Orthanc(work / "orthanc")}
         self.results_count: dict[str, dict[str, int]] = {}
 
     def run(self) -> dict[str, Any]:
@@ -94,7 +124,8 @@ class Bench:
         try:
             for server in self.servers.values():
                 server.start()
-            conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
+            if "orthanc" in self.servers:
+                conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
             self.ingest(workload)
             if self.wanted("metadata_while_writing", "metadata_complete_after_write"):
                 self.writing(workload)
@@ -119,8 +150,8 @@ class Bench:
         }
 
     def wanted(self, *names: str) -> bool:
-        """Whether any of these operations is to be measured (all are without --only)."""
-        return self.only is None or bool(self.only & set(names))
+        """Whether any of these operations is to be measured (all of the run's are without --only)."""
+        return bool(set(names) & set(self.ops) & (self.only if self.only is not None else set(self.ops)))
 
     def ingest(self, work: Workload) -> None:
         op = self.ops["cstore_ingest"]
@@ -147,13 +178,14 @@ class Bench:
         for name, server in self.servers.items():
             log.info("loading the rest of the study and %d index studies into %s", self.sizes.index_studies, name)
             server.load(work.extra_dir)
-            server.load(work.index_dir)
             wait_queryable(server, work.study_uid, work.study_count)
-            wait_queryable(server, work.index_last_study_uid, 1)
+            if self.sizes.index_studies:
+                server.load(work.index_dir)
+                wait_queryable(server, work.index_last_study_uid, 1)
             server.wait_idle()
 
     def stow(self, work: Workload) -> None:
-        answered, queryable = self.ops["stow_rs"], self.ops["stow_rs_queryable"]
+        answered, queryable = self.ops["stow_rs"], self.ops.get("stow_rs_queryable")
         headers = {"Content-Type": STOW_CONTENT_TYPE, **DICOM_JSON}
         log.info("STOW-RS: %d requests of %d instances per server", len(work.stow_bodies), self.sizes.stow_instances)
         for body, study_uid in zip(work.stow_bodies, work.stow_study_uids, strict=True):
@@ -163,6 +195,8 @@ class Bench:
                 wait_queryable(server, study_uid, self.sizes.stow_instances)
                 until_queryable = time.perf_counter() - started
                 for op, seconds in ((answered, sample.seconds), (queryable, until_queryable)):
+                    if op is None:
+                        continue
                     measured = op.results[name]
                     measured.seconds.append(seconds)
                     measured.size, measured.items = body.stat().st_size, self.sizes.stow_instances
@@ -254,6 +288,7 @@ class Bench:
             "orthanc": output("Orthanc", "--version"),
             "curl": output("curl", "--version"),
             "storescu": output("storescu", "--version"),
-            "servers": list(SERVERS),
+            "servers": list(self.servers),
             "dicomcloud_mode": "stack (Kafka, PostgreSQL, Redis, Nginx)" if self.stack else "embedded (dicomcloud up)",
+            "storage": "S3 (SeaweedFS weed server -s3, loopback) against the local filesystem" if self.s3 else "fs",
         }

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from dicomcloud.adapters.s3_storage import create_bucket
+from dicomcloud.errors import StorageFailure
 from dicomcloud.stack import LocalStack, StackError
+from dicomcloud.stack.seaweedfs import SeaweedFS, start_seaweedfs
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 START_TIMEOUT = 120.0
@@ -233,6 +236,51 @@ class Dicomcloud(Server):
             done = subprocess.run([*command, str(folder)], stdout=log, stderr=subprocess.STDOUT, env=self.environment())
         if done.returncode != 0:
             raise BenchError(f"dicomcloud import failed ({done.returncode}); see {self.folder}/import.log")
+
+
+class DicomcloudOnS3(Dicomcloud):
+    """`dicomcloud up` with its objects in a bucket of SeaweedFS (one `weed server -s3` on loopback, started with
+    the archive and stopped after it): everything else as `Dicomcloud`, so the two differ by storage only."""
+
+    BUCKET = "bench"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.weed: SeaweedFS | None = None
+
+    def environment(self) -> dict[str, str]:
+        if self.weed is None:
+            raise BenchError("SeaweedFS is not running")
+        settings = self.weed.settings(self.BUCKET)
+        return {
+            **super().environment(),
+            "DICOMCLOUD_BACKENDS__STORAGE": "s3",
+            "DICOMCLOUD_STORAGE__S3__ENDPOINT": settings.endpoint,
+            "DICOMCLOUD_STORAGE__S3__BUCKET": settings.bucket,
+            "DICOMCLOUD_STORAGE__S3__REGION": settings.region,
+            "DICOMCLOUD_STORAGE__S3__ACCESS_KEY_ID": settings.access_key_id,
+            "DICOMCLOUD_STORAGE__S3__SECRET_ACCESS_KEY": settings.secret_access_key,
+        }
+
+    def start(self) -> None:
+        if self.weed is None:
+            try:
+                self.weed = start_seaweedfs(self.folder / "seaweedfs")
+                create_bucket(self.weed.settings(self.BUCKET))
+            except (StackError, StorageFailure) as exc:
+                raise BenchError(f"SeaweedFS did not start: {exc}") from exc
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.weed is not None:
+            self.weed.stop()
+            self.weed = None
+
+    def restart(self) -> None:
+        """The archive only: the bucket keeps its objects."""
+        super().stop()
+        super().start()
 
 
 class DicomcloudStack(Dicomcloud):

@@ -189,6 +189,10 @@ class StorageSettings:
     duplicate_policy: Literal["replace", "reject"] = "replace"
     # Binary values longer than this become BulkDataURI in DICOM JSON; shorter ones InlineBinary.
     bulkdata_threshold: int = 1024
+    # Where new objects go (archive/keys.py): `uids`, <TenantID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm; `hashed`,
+    # <TenantID>/<YYYY>/<MM>/<DD>/<SeaHash of each UID>/..., for object stores that partition by key prefix. One
+    # per archive: recorded in storage at first start, and a later change is refused at start.
+    key_layout: Literal["uids", "hashed"] = "uids"
     s3: S3Settings = field(default_factory=S3Settings)
 
 

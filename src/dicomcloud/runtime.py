@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from dicomcloud.archive.keys import KeyLayout, settled_layout
 from dicomcloud.config import Settings
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.cache import Cache
@@ -20,6 +21,8 @@ class Runtime:
     bus: Bus
     index: Index
     cache: Cache
+    # Where new objects go: the setting, once checked against what the storage recorded (archive/keys.py).
+    layout: KeyLayout = KeyLayout.UIDS
     _warehouse: Warehouse | None = field(default=None, init=False, repr=False)
     _warehouse_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -34,12 +37,14 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         settings.data_path.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(settings)
         return cls(
             settings=settings,
-            storage=open_storage(settings),
+            storage=storage,
             bus=open_bus(settings),
             index=open_index(settings),
             cache=open_cache(settings),
+            layout=settled_layout(storage, settings.storage.key_layout),
         )
 
     def close(self) -> None:

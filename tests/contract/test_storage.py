@@ -76,6 +76,24 @@ def test_commit_places_a_batch_of_objects_each_under_its_key(storage: Storage) -
     assert storage.list(SERIES) == sorted(keys)
 
 
+def test_commit_writes_the_derivable_objects_of_the_batch_beside_the_staged_ones(storage_target: StorageTarget) -> None:
+    storage = storage_target.storage
+    entries = [(SERIES + f"1.2.840.1.2.{n}.json", f"entry {n}".encode()) for n in range(3)]
+    storage.commit([(staged(storage, b"original"), KEY)], entries)
+    assert storage.read(KEY) == b"original"
+    assert [storage.read(key) for key, _ in entries] == [data for _, data in entries]
+    storage.commit([], [(entries[0][0], b"replaced")])
+    assert storage.read(entries[0][0]) == b"replaced"
+    assert storage_target.scratch_files() == []
+
+
+def test_a_derivable_object_with_a_refused_key_fails_the_batch(storage_target: StorageTarget) -> None:
+    storage = storage_target.storage
+    with pytest.raises(InvalidInput):
+        storage.commit([(staged(storage, b"good"), KEY)], [("../outside.json", b"x")])
+    assert storage_target.scratch_files() == []
+
+
 def test_commit_consumes_the_staged_files_and_leaves_no_scratch_file(storage_target: StorageTarget) -> None:
     storage = storage_target.storage
     streams = [staged(storage, b"one"), staged(storage, b"two")]

@@ -79,3 +79,36 @@ def test_quick_bench_servers_return_the_same_search_results(quick_results: dict[
     assert counts
     for name, by_server in counts.items():  # type: ignore[attr-defined]
         assert by_server["dicomcloud"] == by_server["orthanc"] > 0, name
+
+
+# What `--s3` compares (issue 17's targets): the same archive on S3 and on the local filesystem.
+S3_TARGETS = {
+    "cstore_ingest": "thrpt >= 0.7x",
+    "stow_rs": "thrpt >= 0.7x",
+    "frame_single": "p50 <= +2 ms",
+    "frame_multiframe": "p50 <= +2 ms",
+    "instance_retrieve": "-",
+    "series_retrieve": "thrpt >= 0.7x",
+    "study_stream_rss": "RSS +< 100 MB",
+}
+
+
+def test_quick_s3_bench_prints_the_s3_to_filesystem_ratios_next_to_the_targets(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    out = tmp_path_factory.mktemp("bench-s3-out")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--s3", "--out", str(out), "--work", str(out / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=540, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    operations = {op["name"]: op for op in results["operations"]}
+    assert {name: op["target"]["text"] for name, op in operations.items()} == S3_TARGETS
+    for name, op in operations.items():
+        assert set(op["servers"]) == {"s3", "fs"}, name
+        assert all(_number(op["servers"][server]["median_s"]) for server in ("s3", "fs")), name
+        assert _number(op["ratio"]), name
+    header, _, *rows = done.stdout.strip().splitlines()
+    assert "ratio s3/fs" in header and "target" in header
+    assert {row.split("|")[0].strip() for row in rows if "|" in row} == set(S3_TARGETS)

@@ -1,7 +1,7 @@
 """The archive's processes on a SeaweedFS bucket (the session's `weed server`): a service refuses to start on
-credentials the store rejects, and `dicomcloud storage migrate --to s3` copies an archive on the filesystem into
+credentials the store rejects, `dicomcloud storage migrate --to s3` copies an archive on the filesystem into
 the bucket, resumable, every object verified by digest, after which the same archive serves its instances from
-the bucket."""
+the bucket; the hashed key layout is recorded in the bucket like on a filesystem."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
+from dicomcloud.archive.keys import LAYOUT_MARKER, uid_hash
 from dicomcloud.config import S3Settings
 from dicomcloud.stack.seaweedfs import SeaweedFS
 
@@ -99,3 +101,26 @@ def test_storage_migrate_copies_every_object_resumes_where_it_stopped_and_the_ar
         assert bucket.read(original) in response.content
     finally:
         archive.stop()
+
+
+def test_the_hashed_layout_on_s3_places_objects_under_hashed_keys_and_a_changed_setting_is_refused(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    settings = seaweedfs.settings("hashed", key_prefix=f"h{uuid.uuid4().hex[:8]}")
+    create_bucket(settings)
+    env = {"DICOMCLOUD_BACKENDS__STORAGE": "s3", **s3_environment(settings)}
+    path = get_testdata_file("CT_small.dcm")
+    imported = dicomcloud(
+        "import", "--data", str(tmp_path), str(path), env={**env, "DICOMCLOUD_STORAGE__KEY_LAYOUT": "hashed"}
+    )
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    ds = pydicom.dcmread(path)
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    original = f"default/{ds.StudyDate[:4]}/{ds.StudyDate[4:6]}/{ds.StudyDate[6:]}/" + "/".join(map(uid_hash, uids))
+    bucket = S3Storage(settings, tmp_path / "scratch")
+    assert bucket.read(original + ".dcm") == Path(path).read_bytes()
+    assert LAYOUT_MARKER in bucket.list("")
+
+    refused = dicomcloud("server", "--data", str(tmp_path), env=env)
+    assert refused.returncode == 1
+    assert "keeps its objects in the 'hashed' key layout" in refused.stderr

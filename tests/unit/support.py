@@ -18,6 +18,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from dicomcloud.archive.core import Archive
+from dicomcloud.archive.keys import LAYOUT_MARKER
 from dicomcloud.cli import http_server
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
@@ -45,6 +46,11 @@ def make_archive(data: Path, **sections: dict[str, Any]) -> Archive:
     """An archive on `data`, with settings sections overlaid, e.g. `storage={"duplicate_policy": "reject"}`."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
     return Archive.from_settings(load_settings(overrides={"storage": storage, **sections}, environ={}))
+
+
+def stored_keys(archive: Archive) -> list[str]:
+    """Every object in the archive's storage but the record of its key layout (archive/keys.py LAYOUT_MARKER)."""
+    return [key for key in archive.runtime.storage.list("") if key != LAYOUT_MARKER]
 
 
 def staged(archive: Archive, source: Path) -> BinaryIO:
@@ -98,12 +104,15 @@ class CountingStorage:
     def __init__(self, inner: Storage, reads: builtins.list[tuple[str, str]] | None = None) -> None:
         self.inner = inner
         self.reads: builtins.list[tuple[str, str]] = [] if reads is None else reads
+        self.remote = inner.remote
 
     def stage(self) -> BinaryIO:
         return self.inner.stage()
 
-    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
-        self.inner.commit(placements)
+    def commit(
+        self, placements: Sequence[tuple[BinaryIO, str]], derivable: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self.inner.commit(placements, derivable)
 
     def discard(self, staged: BinaryIO) -> None:
         self.inner.discard(staged)

@@ -221,6 +221,7 @@ def test_file_starting_with_file_meta_but_no_preamble_is_read(tmp_path: Path) ->
     assert parsed.header == reference.header
     assert parsed.attributes == reference.attributes
     assert parsed.entry.metadata == reference.entry.metadata
+    assert (parsed.entry.has_preamble, reference.entry.has_preamble) == (False, True)
 
 
 def test_non_dicom_file_is_refused(tmp_path: Path) -> None:

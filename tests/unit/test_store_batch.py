@@ -125,7 +125,7 @@ def test_a_bus_failure_refuses_the_whole_batch_and_leaves_no_object_and_no_index
     broken = Archive(dataclasses.replace(archive.runtime, bus=FailingBus(archive)))
     outcomes = store_many(broken, staged(archive, tmp_path, [f"{SERIES}.1", f"{SERIES}.2"]))
     assert all(isinstance(o, Refused) and isinstance(o.error, StorageFailure) for o in outcomes)
-    assert [p for p in (archive.settings.data_path / "storage").rglob("*") if p.is_file()] == []
+    assert support.stored_keys(archive) == []
     assert archive.runtime.index.list_instances("default", STUDY) == []
     assert staging(archive) == []
 

@@ -15,10 +15,11 @@ import support
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from support import FailingBus
+from support import FailingBus, stored_keys
 
 from dicomcloud.adapters import fs_storage
 from dicomcloud.archive.core import Archive
+from dicomcloud.archive.keys import LAYOUT_MARKER
 from dicomcloud.cli import receive_into_staging
 from dicomcloud.config import load_settings
 from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, requestor_preferred
@@ -143,8 +144,7 @@ def test_an_unknown_called_ae_title_maps_to_the_default_tenant_when_lenient(star
 def test_c_store_answers_a_failure_status_when_the_store_fails(start: Callable[..., StoreSCP]) -> None:
     scp = start(bus=FailingBus)
     assert c_store(scp, ct_dataset()) == StorageFailure.dimse_status
-    stored = [p for p in (scp.archive.settings.data_path / "storage").rglob("*") if p.is_file()]
-    assert stored == []
+    assert stored_keys(scp.archive) == []
     assert scp.archive.runtime.index.get_instance("default", SOP) is None
 
 
@@ -199,7 +199,8 @@ def test_a_hostile_uid_gets_a_failure_status(start: Callable[..., StoreSCP]) -> 
     ds = ct_dataset()
     ds.SeriesInstanceUID = "1.2.3/../../../etc"
     assert c_store(scp, ds) in (0xA900, 0xC000)
-    assert [p for p in (scp.archive.settings.data_path / "storage").rglob("*") if p.is_file()] == []
+    root = scp.archive.settings.data_path / "storage"
+    assert [p for p in root.rglob("*") if p.is_file() and p != root / LAYOUT_MARKER] == []
 
 
 def c_find(scp: StoreSCP, identifier: Dataset) -> list[tuple[int, Dataset | None]]:

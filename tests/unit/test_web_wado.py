@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from io import BytesIO
+import dataclasses
+import threading
+import time
+from io import BufferedReader, BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
+from support import CountingStorage, counted, stored_keys
 from test_web_app import DICOM_MULTIPART, multipart_bodies, part10, stow, stow_all
 
 from bench.synthetic import ct_series, multiframe, new_uid
@@ -124,6 +128,75 @@ def test_a_file_that_changes_size_while_sent_aborts_the_response(
     assert "changed size while being sent; response aborted" in caplog.text
 
 
+def test_a_series_longer_than_the_read_ahead_is_every_file_in_order(
+    client: TestClient, archive: Archive, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive.runtime.storage, "remote", True)  # read ahead as from an object store
+    monkeypatch.setattr(wado, "READ_AHEAD", 1)
+    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
+    assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
+
+
+def test_a_series_response_abandoned_part_way_closes_every_stream_it_read_ahead(
+    archive: Archive, series: list[pydicom.Dataset]
+) -> None:
+    retrieve = archive.retrieve
+    stored = retrieve.stored(retrieve.instances("default", series[0].StudyInstanceUID), None)
+    storage = CountingStorage(archive.runtime.storage)
+    storage.remote = True  # read ahead as from an object store
+    opened: list[BufferedReader] = []
+    every_one_opening = threading.Barrier(len(stored), timeout=30)  # none is cancelled before it starts
+
+    def open_and_keep(key: str) -> BufferedReader:
+        handle = archive.runtime.storage.open(key)
+        opened.append(handle)
+        every_one_opening.wait()
+        return handle
+
+    storage.open = open_and_keep  # type: ignore[method-assign]
+    pieces = wado._multipart_pieces(storage, stored, [b"--head\r\n"] * len(stored), b"--end--")
+    next(pieces)
+    pieces.close()
+    deadline = time.monotonic() + 30
+    while not (len(opened) == len(stored) and all(handle.closed for handle in opened)):
+        assert time.monotonic() < deadline, f"{sum(not h.closed for h in opened)} of {len(opened)} streams open"
+        time.sleep(0.01)
+
+
+def test_instances_on_an_object_store_are_sized_and_framed_without_reading_any_object(
+    archive: Archive, series: list[pydicom.Dataset]
+) -> None:
+    """On an object store, whether an original has its preamble comes from its metadata entry: a retrieve sends its
+    first byte after reading only the series document, never the objects themselves."""
+    counting_archive, storage = counted(archive)
+    storage.remote = True
+    locations = counting_archive.retrieve.instances("default", series[0].StudyInstanceUID)
+    stored = counting_archive.retrieve.stored(locations, None)
+    assert [instance.prefix for instance in stored] == [b""] * len(series)
+    assert storage.originals_read() == []
+
+
+def stow_without_preamble(client: TestClient, tmp_path: Path) -> tuple[pydicom.Dataset, bytes]:
+    """An instance sent as some senders do: its file meta group first, no preamble, no DICM."""
+    ds = next(ct_series(1, rows=8, columns=8))
+    without_preamble = part10(ds, tmp_path)[128:].removeprefix(b"DICM")
+    assert stow(client, [without_preamble]).status_code == 200
+    return ds, without_preamble
+
+
+def test_an_entry_from_before_the_preamble_was_recorded_has_the_original_tell(
+    client: TestClient, archive: Archive, tmp_path: Path
+) -> None:
+    ds, _ = stow_without_preamble(client, tmp_path)
+    location = archive.retrieve.instance("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    entry = archive.metadata.entry(location)
+    assert entry is not None and entry.has_preamble is False
+    older = dataclasses.replace(entry, has_preamble=None)
+    instance = archive.retrieve._stored(location, None, older)
+    assert instance.prefix == b"\0" * 128 + b"DICM"
+
+
 def test_a_series_and_an_instance_are_served(client: TestClient, series: list[pydicom.Dataset]) -> None:
     ds = series[1]
     whole = client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}")
@@ -187,9 +260,7 @@ def test_bare_application_dicom_gets_the_single_file(
 def test_a_file_stored_without_preamble_is_served_as_complete_part10(
     client: TestClient, archive: Archive, tmp_path: Path
 ) -> None:
-    ds = next(ct_series(1, rows=8, columns=8))
-    without_preamble = part10(ds, tmp_path)[128:].removeprefix(b"DICM")
-    assert stow(client, [without_preamble]).status_code == 200
+    ds, without_preamble = stow_without_preamble(client, tmp_path)
     assert stored_bytes(archive, ds) == without_preamble
     for accept in (DICOM_MULTIPART, "application/dicom"):
         response = client.get(instance_url(ds), headers={"Accept": accept})
@@ -476,7 +547,7 @@ def test_deleting_a_study_forgets_it(client: TestClient, archive: Archive, serie
     assert client.delete(f"/dicom-web/studies/{study}").status_code == 204
     assert client.get("/dicom-web/studies").json() == []
     assert client.get(f"/dicom-web/studies/{study}/metadata").status_code == 404
-    assert archive.runtime.storage.list("") == []
+    assert stored_keys(archive) == []
     assert client.delete(f"/dicom-web/studies/{study}").status_code == 404
 
 

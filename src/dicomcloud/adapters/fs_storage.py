@@ -40,6 +40,8 @@ SYNC_THREADS = 16
 class FsStorage:
     """Implements `ports.storage.Storage` on local folders."""
 
+    remote = False
+
     def __init__(self, root: Path, staging: Path) -> None:
         try:
             for folder in (root, staging):
@@ -68,11 +70,15 @@ class FsStorage:
     def stage(self) -> BinaryIO:
         return scratch.new_file(self.staging)
 
-    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+    def commit(
+        self, placements: Sequence[tuple[BinaryIO, str]], derivable: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         sources: list[Path] = []
         try:
             try:
                 targets = [self._path(key) for _, key in placements]
+                for key, _ in derivable:
+                    self._path(key)
             except InvalidInput:
                 for staged, _ in placements:
                     self.discard(staged)
@@ -89,6 +95,8 @@ class FsStorage:
         finally:
             for source in sources:
                 _discard(source)
+        for key, data in derivable:
+            self.write(key, data, durable=False)
 
     def _staged_file(self, staged: BinaryIO) -> Path:
         """The file to rename into place: the staged file itself when it is in `staging`, else a copy there."""

@@ -7,7 +7,8 @@ PUT 5.8 against 7.5-8 ms, a 16-thread PUT batch 330-380 objects/s against 280, l
 17-30 ms; boto3 only won a whole 64 MB GET (900 against 770 MB/s), which the archive never does.
 
 - Incoming objects are staged in a local scratch folder of this process (`staging`), then `commit` uploads a
-  batch concurrently (in parts above `multipart_threshold`) and removes the scratch files. A PUT is atomic:
+  batch concurrently (in parts above `multipart_threshold`), the small objects that go with it (metadata
+  entries) among them, and removes the scratch files. A PUT is atomic:
   a reader sees the old object or the new one, and the object is durable (replicated, on SeaweedFS) once the
   store answered, so commit is durable and visible on return.
 - `open` GETs the object's first megabyte (a small object whole) and is then a buffered stream over ranged GETs,
@@ -148,6 +149,8 @@ def create_bucket(settings: S3Settings) -> bool:
 class S3Storage:
     """Implements `ports.storage.Storage` on an S3 bucket, staging incoming objects in `staging`."""
 
+    remote = True
+
     def __init__(self, settings: S3Settings, staging: Path) -> None:
         try:
             Path(staging).mkdir(parents=True, exist_ok=True)
@@ -181,13 +184,17 @@ class S3Storage:
     def stage(self) -> BinaryIO:
         return scratch.new_file(self.staging)
 
-    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+    def commit(
+        self, placements: Sequence[tuple[BinaryIO, str]], derivable: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Every object of the batch, staged files and `derivable` alike, uploaded at once."""
         sources: list[Path] = []
         try:
-            for _, key in placements:
+            for key in [key for _, key in placements] + [key for key, _ in derivable]:
                 key_parts(key)
             sources = [self._source(staged) for staged, _ in placements]
-            uploads = list(zip(sources, (key for _, key in placements), strict=True))
+            uploads: list[tuple[Path | bytes, str]] = list(zip(sources, (key for _, key in placements), strict=True))
+            uploads += [(data, key) for key, data in derivable]
             if len(uploads) == 1:
                 self._upload(*uploads[0])
             else:
@@ -215,11 +222,13 @@ class S3Storage:
         staged.close()
         return Path(copy.name)
 
-    def _upload(self, source: Path, key: str) -> None:
+    def _upload(self, source: Path | bytes, key: str) -> None:
+        """One object from a file (in parts when it is large) or from memory."""
         settings = self.settings
         with self._failing("store", key):
-            size = source.stat().st_size
-            if size > settings.multipart_threshold:
+            if isinstance(source, bytes):
+                obstore.put(self._store, key, source, use_multipart=False)
+            elif source.stat().st_size > settings.multipart_threshold:
                 obstore.put(
                     self._store, key, source, use_multipart=True,
                     chunk_size=settings.multipart_chunk, max_concurrency=settings.part_concurrency,

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dicomcloud.archive.keys import document_key, entry_key
+from dicomcloud.archive.keys import entry_key
 from dicomcloud.dicom.parse import parse_instance
 from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument
 from dicomcloud.errors import InvalidInput
@@ -163,7 +163,7 @@ class SeriesMetadata:
                 self.forget(key)
                 return None
             raw = doc.to_bytes()
-            self.runtime.storage.write(document_key(key), raw)
+            self.runtime.storage.write(self.runtime.layout.document_key(key), raw)
             cache = self.runtime.cache
             if cache.shared:
                 # For the other processes; this one keeps the parsed document.
@@ -178,7 +178,7 @@ class SeriesMetadata:
     def forget(self, key: SeriesKey) -> None:
         """Drop a series' document everywhere (its series is gone)."""
         self._parsed.forget(key)
-        self.runtime.storage.delete([document_key(key)])
+        self.runtime.storage.delete([self.runtime.layout.document_key(key)])
 
     def _shared(self, key: SeriesKey, version: int) -> SeriesDocument | None:
         """The document of exactly `version` another process put in the shared cache."""
@@ -190,10 +190,10 @@ class SeriesMetadata:
 
     def _stored(self, key: SeriesKey) -> SeriesDocument | None:
         try:
-            raw = self.runtime.storage.read(document_key(key))
+            raw = self.runtime.storage.read(self.runtime.layout.document_key(key))
         except ObjectMissing:
             return None
-        return _parse(raw, document_key(key))
+        return _parse(raw, self.runtime.layout.document_key(key))
 
     def _compose(self, key: SeriesKey, version: int, base: SeriesDocument | None) -> SeriesDocument | None:
         """The document of `version`: the index's instances, each with its entry from `base` when unchanged.
@@ -213,7 +213,8 @@ class SeriesMetadata:
                 read += 1
             if entry is not None:
                 entries[location.sop_instance_uid] = entry
-        log.debug("composed %s v%d: %d instances, %d entries read", document_key(key), version, len(entries), read)
+        where = self.runtime.layout.document_key(key)
+        log.debug("composed %s v%d: %d instances, %d entries read", where, version, len(entries), read)
         return SeriesDocument(key.tenant_id, key.study_instance_uid, key.series_instance_uid, version, entries)
 
     def entry(self, location: InstanceLocation) -> InstanceEntry | None:

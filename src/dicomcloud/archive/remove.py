@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from dicomcloud.archive.keys import copy_prefix_of, derived_prefix, entry_key, series_prefix
+from dicomcloud.archive.keys import copy_prefix_of, derived_prefix, entry_key
 from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.archive.qido_cache import QidoCache
 from dicomcloud.errors import NotFound
@@ -40,8 +40,10 @@ class Remove:
             by_series.setdefault(location.series_key, []).append(location)
         storage = self.runtime.storage
         for key, locations in by_series.items():
-            # One listing per series finds the derived copies of every removed instance in it.
-            listed = storage.list(series_prefix(key.tenant_id, key.study_instance_uid, key.series_instance_uid))
+            # One listing per folder of originals (a series' one, in either layout, unless its study date
+            # changed) finds the derived copies of every removed instance in it.
+            folders = dict.fromkeys(location.file_path.rpartition("/")[0] + "/" for location in locations)
+            listed = [name for folder in folders for name in storage.list(folder)]
             copies = {derived_prefix(location.file_path) for location in locations}
             keys = [key for location in locations for key in (location.file_path, entry_key(location.file_path))]
             keys += [name for name in listed if copy_prefix_of(name) in copies]

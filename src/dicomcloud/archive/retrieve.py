@@ -25,8 +25,9 @@ from dicomcloud.dicom.codecs import decode_frame, encode_frame, transcode
 from dicomcloud.dicom.frames import FrameIndex, check_frame_numbers, read_bulkdata, unindexed_frames
 from dicomcloud.dicom.query import Query
 from dicomcloud.dicom.render import RenderOptions, number_of_frames, render_frame
+from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument
 from dicomcloud.errors import NotFound, StorageFailure
-from dicomcloud.ports.index import InstanceLocation
+from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import ObjectMissing
 from dicomcloud.runtime import Runtime
 
@@ -90,24 +91,45 @@ class Retrieve:
     # -- whole instances -----------------------------------------------------------------------------
 
     def stored(self, locations: Sequence[InstanceLocation], target_syntax: str | None) -> list[StoredInstance]:
-        """Each instance's object, or its copy in `target_syntax` (made now if missing); NotFound if none is there."""
+        """Each instance's object, or its copy in `target_syntax` (made now if missing); NotFound if none is there.
+
+        Whether an original has its preamble: on an object store, from its metadata entry (in the series
+        document), so no object is read before the answer starts (only an entry older than that fact sends a
+        read); on local files, from the 4 bytes that tell, cheaper than bringing a large series' document in.
+        """
+        documents: dict[SeriesKey, SeriesDocument | None] = {}
         found = []
         for location in locations:
+            if location.series_key not in documents:
+                remote = self.runtime.storage.remote
+                documents[location.series_key] = self.metadata.document(location.series_key) if remote else None
+            doc = documents[location.series_key]
+            entry = doc.instances.get(location.sop_instance_uid) if doc is not None else None
             try:
-                found.append(self._stored(location, target_syntax))
+                found.append(self._stored(location, target_syntax, entry))
             except ObjectMissing:
                 log.error("instance %s is indexed but its object is missing", location.sop_instance_uid)
         if not found:
             raise NotFound("the instances' objects are not in storage")
         return found
 
-    def _stored(self, location: InstanceLocation, target_syntax: str | None) -> StoredInstance:
+    def _stored(
+        self, location: InstanceLocation, target_syntax: str | None, entry: InstanceEntry | None
+    ) -> StoredInstance:
         key, syntax, size = location.file_path, location.transfer_syntax, location.file_size
         if target_syntax is not None and target_syntax != syntax:
-            key, syntax = self.derived(location, target_syntax), target_syntax
-            size = self.runtime.storage.size(key) or 0
-        head = self.runtime.storage.read_ranges(key, [(128, 4)])[0] if size >= len(PART10_PREFIX) else b""
-        return StoredInstance(key, syntax, size, b"" if head == b"DICM" else PART10_PREFIX)
+            # A copy is the transcoder's complete PS3.10 file (dicom/codecs.py writes the preamble).
+            key = self.derived(location, target_syntax)
+            copy_size = self.runtime.storage.size(key)
+            if copy_size is None:
+                raise ObjectMissing(f"no object {key}")
+            return StoredInstance(key, target_syntax, copy_size, b"")
+        if entry is not None and entry.sha256 == location.sha256 and entry.has_preamble is not None:
+            has_preamble = entry.has_preamble
+        else:
+            head = self.runtime.storage.read_ranges(key, [(128, 4)])[0] if size >= len(PART10_PREFIX) else b""
+            has_preamble = head == b"DICM"
+        return StoredInstance(key, syntax, size, b"" if has_preamble else PART10_PREFIX)
 
     def derived(self, location: InstanceLocation, target_syntax: str) -> str:
         """The key of the instance's copy in `target_syntax`, made now when there is none.

@@ -2,7 +2,8 @@
 
 The rule is the design's first one: an acknowledgement means "there". `Store.store_many` reports an
 instance stored only after
-  1. its original is durable under its final key (archive/keys.py) and its metadata entry is written,
+  1. its original is durable under its final key (the archive's layout, archive/keys.py) and its metadata
+     entry is written (one storage batch for both: an object store puts them all at once),
   2. the index holds it: patient, study, series and instance rows with their counts, in one transaction,
   3. its events are on the bus (`storage_queue`, `log_queue`),
 so a WADO-RS, QIDO-RS or C-FIND answered after the acknowledgement, by any server, finds it. The bus
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from dicomcloud.archive.keys import derived_prefix, entry_key, original_key
+from dicomcloud.archive.keys import derived_prefix, entry_key
 from dicomcloud.archive.metadata import SeriesMetadata
 from dicomcloud.archive.qido_cache import QidoCache
 from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, part10_header, read_identity
@@ -180,8 +181,12 @@ class Store:
                 raise Conflict(
                     f"StudyInstanceUID {header.study_instance_uid} does not match the request's {expected_study_uid}"
                 )
-            key = original_key(
-                tenant_id, header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+            key = self.runtime.layout.original_key(
+                tenant_id,
+                header.study_instance_uid,
+                header.series_instance_uid,
+                header.sop_instance_uid,
+                parsed.attributes.get("StudyDate") or "",
             )
         except DicomCloudError as exc:
             identity = parsed.header.identity if parsed is not None else read_identity(staged)
@@ -309,12 +314,14 @@ class Store:
                     if outcome.written:
                         written.append(outcome)
                 new_keys = [p.accepted.key for p in written if p.previous is None or p.moved_from is not None]
-                storage.commit([(p.accepted.staged, p.accepted.key) for p in written])
+                storage.commit(
+                    [(p.accepted.staged, p.accepted.key) for p in written],
+                    [(entry_key(p.accepted.key), p.accepted.parsed.entry.to_bytes()) for p in written],
+                )
                 for p in written:
                     if p.previous is not None and p.moved_from is None:
                         # Copies made from the bytes just replaced must not outlive them.
                         storage.delete(storage.list(derived_prefix(p.accepted.key)))
-                    storage.write(entry_key(p.accepted.key), p.accepted.parsed.entry.to_bytes(), durable=False)
         except BaseException:
             if new_keys:
                 self._remove_quietly([k for key in new_keys for k in (key, entry_key(key))])

@@ -573,5 +573,6 @@ def parse_instance(stream: BinaryIO, *, bulkdata_threshold: int = 1024) -> Parse
         sha256=checked.sha256,
         metadata=metadata,
         frame_index=frame_index,
+        has_preamble=checked.has_preamble,
     )
     return ParsedInstance(header, attributes, entry)

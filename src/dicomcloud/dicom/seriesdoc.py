@@ -30,6 +30,9 @@ class InstanceEntry:
     sha256: str  # of the original the entry was made from
     metadata: dict[str, Any]  # DICOM JSON with BulkDataURIs under BASE_PLACEHOLDER
     frame_index: FrameIndex | None  # None when the instance has no pixel data
+    # Whether the original starts with the 128-byte preamble and "DICM" (WADO-RS then sends it as it is, else
+    # behind a made-up preamble); None in entries written before ingest recorded it: the original tells.
+    has_preamble: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class InstanceEntry:
             "instance_number": self.instance_number,
             "file_size": self.file_size,
             "sha256": self.sha256,
+            "has_preamble": self.has_preamble,
             "frame_index": None if self.frame_index is None else self.frame_index.to_dict(),
             "metadata": self.metadata,
         }
@@ -45,6 +49,7 @@ class InstanceEntry:
     def from_dict(cls, data: dict[str, Any]) -> InstanceEntry:
         frame_index = data["frame_index"]
         number = data["instance_number"]
+        has_preamble = data.get("has_preamble")
         return cls(
             sop_instance_uid=str(data["sop_instance_uid"]),
             instance_number=None if number is None else int(number),
@@ -52,6 +57,7 @@ class InstanceEntry:
             sha256=str(data["sha256"]),
             metadata=dict(data["metadata"]),
             frame_index=None if frame_index is None else FrameIndex.from_dict(frame_index),
+            has_preamble=None if has_preamble is None else bool(has_preamble),
         )
 
     def to_bytes(self) -> bytes:

@@ -10,7 +10,9 @@ One rule for a missing object: reading it (`open`, `read`, `read_ranges`) raises
 
 Writes replace atomically: a reader sees the old object or the new one, never a mix. Incoming
 objects are first staged (`stage`: a scratch file the adapter can take over), then `commit` makes a
-batch of them durable under their keys at once, so a batch costs about what one object costs.
+batch of them durable under their keys at once, so a batch costs about what one object costs; small
+objects that go with them (metadata entries) ride in the same batch (`commit`'s `derivable`), so an
+object store puts them all concurrently instead of one after another.
 """
 
 from __future__ import annotations
@@ -43,15 +45,23 @@ class ObjectMissing(NotFound):
 
 
 class Storage(Protocol):
+    # Whether every read waits for a network round trip (an object store) rather than a local disk: readers of
+    # many objects then keep several in flight and learn what they can from metadata instead of reading objects.
+    remote: bool
+
     def stage(self) -> BinaryIO:
         """A new, empty scratch file open for writing and reading, not yet under any key."""
         ...
 
-    def commit(self, placements: Sequence[tuple[BinaryIO, str]]) -> None:
+    def commit(
+        self, placements: Sequence[tuple[BinaryIO, str]], derivable: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         """Store each staged file under its key (replacing what is there); all durable on return.
 
         A staged file may also be any open regular file: the adapter moves it when it can and copies
         it otherwise. The files are consumed either way; on a failure nothing is guaranteed placed.
+        `derivable` are (key, bytes) of small objects written with the batch as `write(..., durable=False)`
+        writes them: whole, visible on return, possibly lost by a crash of the machine.
         """
         ...
 

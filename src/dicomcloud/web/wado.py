@@ -23,8 +23,13 @@ The handlers translate requests and responses; what is read, and from where, is 
 from __future__ import annotations
 
 import enum
+import io
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -52,10 +57,16 @@ log = logging.getLogger(__name__)
 
 # Object bytes per socket write: a typical instance is one piece, framing included.
 PIECE_SIZE = 4 * 1024 * 1024
+# Instances of a multi-instance answer read ahead of the one being sent from an object store (one piece each
+# at most): SeaweedFS here served 155 MB/s to one GET at a time, 260 MB/s to 4 and 350 MB/s to 8.
+READ_AHEAD = 8
+# Threads reading ahead, shared by every response of the process.
+READ_AHEAD_THREADS = 16
 DICOM = "application/dicom"
 MAX_FRAMES_PER_REQUEST = 100_000
 
 router = APIRouter(tags=["WADO-RS"])
+_READERS = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="wado-read-ahead")
 
 
 def series_instances(scope: RequestScope, study: str, series: str | None = None) -> list[InstanceLocation]:
@@ -181,40 +192,96 @@ def _part_headers(instance: StoredInstance) -> dict[str, str]:
 def _multipart_pieces(
     storage: Storage, stored: list[StoredInstance], heads: list[bytes], closing: bytes
 ) -> Iterator[memoryview | bytes]:
-    """The multipart body: each instance's head, object and CRLF as one piece when it fits."""
-    for head, instance in zip(heads, stored, strict=True):
-        yield from _pieces(storage, instance, head + instance.prefix, CRLF)
-    yield closing
+    """The multipart body: each instance's head, object and CRLF as one piece when it fits.
+
+    From an object store, the next READ_AHEAD instances are opened and their first pieces read while one is
+    sent, so its latency is paid for several at once; what waits is at most READ_AHEAD first pieces (and their
+    streams' buffers), whatever the instances' sizes: the rest of a big instance is read as it is sent. From
+    local files (no round trip to hide) one is read after the other in the responding thread.
+    """
+    if not storage.remote:
+        for head, instance in zip(heads, stored, strict=True):
+            yield from _pieces(storage, instance, head + instance.prefix, CRLF)
+        yield closing
+        return
+    upcoming = zip(heads, stored, strict=True)
+    pending: deque[Future[_Opened]] = deque()
+
+    def read_ahead() -> None:
+        for head, instance in islice(upcoming, READ_AHEAD + 1 - len(pending)):
+            pending.append(_READERS.submit(_open_first_piece, storage, instance, head + instance.prefix, CRLF))
+
+    try:
+        read_ahead()
+        while pending:
+            opened = pending.popleft().result()
+            read_ahead()
+            with opened.handle:
+                yield opened.first
+                yield from opened.rest
+        yield closing
+    finally:
+        for future in pending:  # a response abandoned part way: nothing read ahead stays open
+            future.cancel()
+            future.add_done_callback(_close_opened)
+
+
+@dataclass
+class _Opened:
+    """An instance being sent: its open stream, its first piece read, the generator of the others."""
+
+    handle: io.BufferedReader
+    first: memoryview
+    rest: Iterator[memoryview]
+
+
+def _open_first_piece(storage: Storage, instance: StoredInstance, lead: bytes, tail: bytes) -> _Opened:
+    handle = storage.open(instance.key)
+    try:
+        pieces = _read_pieces(handle, instance, lead, tail)
+        return _Opened(handle, next(pieces), pieces)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _close_opened(future: Future[_Opened]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().handle.close()
 
 
 def _pieces(storage: Storage, instance: StoredInstance, lead: bytes, tail: bytes) -> Iterator[memoryview]:
+    with storage.open(instance.key) as handle:
+        yield from _read_pieces(handle, instance, lead, tail)
+
+
+def _read_pieces(handle: io.BufferedReader, instance: StoredInstance, lead: bytes, tail: bytes) -> Iterator[memoryview]:
     """`lead`, the object and `tail` in pieces of at most PIECE_SIZE object bytes.
 
     Each piece is one read into one fresh buffer that already holds the framing around it, and
     one write to the socket: the response's Content-Length was announced from the sizes, so an
     object that changed since is an error that aborts the response, never a wrong body.
     """
-    with storage.open(instance.key) as handle:
-        remaining = instance.size
-        while True:
-            take = min(remaining, PIECE_SIZE)
-            remaining -= take
-            ending = tail if not remaining else b""
-            piece = bytearray(len(lead) + take + len(ending))
-            piece[: len(lead)] = lead
-            view = memoryview(piece)
-            filled = len(lead)
-            while filled < len(lead) + take:
-                read = handle.readinto(view[filled : len(lead) + take])
-                if not read:
-                    log.error("%s changed size while being sent; response aborted", instance.key)
-                    raise StorageFailure(f"{instance.key} changed while being sent")
-                filled += read
-            view[filled:] = ending
-            yield view
-            if not remaining:
-                return
-            lead = b""
+    remaining = instance.size
+    while True:
+        take = min(remaining, PIECE_SIZE)
+        remaining -= take
+        ending = tail if not remaining else b""
+        piece = bytearray(len(lead) + take + len(ending))
+        piece[: len(lead)] = lead
+        view = memoryview(piece)
+        filled = len(lead)
+        while filled < len(lead) + take:
+            read = handle.readinto(view[filled : len(lead) + take])
+            if not read:
+                log.error("%s changed size while being sent; response aborted", instance.key)
+                raise StorageFailure(f"{instance.key} changed while being sent")
+            filled += read
+        view[filled:] = ending
+        yield view
+        if not remaining:
+            return
+        lead = b""
 
 
 # ---------------------------------------------------------------------------------------------

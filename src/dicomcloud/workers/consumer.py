@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 
 from dicomcloud.archive.core import Archive
-from dicomcloud.archive.keys import original_key
+from dicomcloud.archive.keys import KeyLayout
 from dicomcloud.errors import InvalidInput
 from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
@@ -55,7 +55,7 @@ class StorageEventConsumer(Handler):
         index = self.archive.runtime.index
         for record in records:
             try:
-                event = _storage_event(record.value)
+                event = _storage_event(record.value, self.archive.runtime.layout)
             except InvalidInput as exc:
                 outcome.poisoned.append(Poisoned(record, exc))
                 continue
@@ -115,7 +115,7 @@ class StorageEventConsumer(Handler):
         )
 
 
-def _storage_event(raw: bytes) -> StorageEvent:
+def _storage_event(raw: bytes, layout: KeyLayout) -> StorageEvent:
     """The event in a record, checked: InvalidInput (poison) when it is not one or its path lies."""
     try:
         event = StorageEvent.from_bytes(raw)
@@ -126,8 +126,12 @@ def _storage_event(raw: bytes) -> StorageEvent:
             raise InvalidInput(f"not a StorageEvent: {name} is not a string")
     if not isinstance(event.attributes, dict):
         raise InvalidInput("not a StorageEvent: Attributes is not an object")
-    expected = original_key(
-        event.tenant_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid
+    expected = layout.original_key(
+        event.tenant_id,
+        event.study_instance_uid,
+        event.series_instance_uid,
+        event.sop_instance_uid,
+        event.attributes.get("StudyDate") or "",
     )
     if event.file_path != expected:
         raise InvalidInput(f"FilePath {event.file_path[:200]!r} does not match the event's UIDs")
