@@ -210,7 +210,7 @@ def test_a_body_without_the_close_delimiter_stores_nothing(
     )
     assert response.status_code == 400
     assert "without the closing delimiter" in response.json()["error"]
-    assert archive.runtime.storage.list("") == []
+    assert support.stored_keys(archive) == []
 
 
 @pytest.mark.parametrize(
