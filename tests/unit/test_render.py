@@ -333,3 +333,8 @@ def test_pixels_taller_than_wide_are_shown_in_the_patients_proportions(tmp_path:
     )
     assert decode(render(per_frame, 1, RenderOptions()), "JPEG").size == (16, 16)
     assert decode(render(per_frame, 2, RenderOptions()), "JPEG").size == (16, 48)
+
+
+@pytest.mark.parametrize("spacing", [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1e6, 1.0], [-1.0, 1.0], [float("nan"), 1.0]])
+def test_a_pixel_spacing_that_cannot_be_true_draws_square_pixels(tmp_path: Path, spacing: list[float]) -> None:
+    assert decode(render(ramp_file(tmp_path, PixelSpacing=spacing), 1, RenderOptions()), "JPEG").size == (16, 16)

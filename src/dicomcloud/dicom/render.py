@@ -166,6 +166,9 @@ _FRAME_GROUPS: dict[str, tuple[str, ...]] = {
 }
 # A pixel's height over its width beyond which the image is stretched to show it as a viewer does.
 _ASPECT_TOLERANCE = 1e-3
+# Beyond this the spacing is a mistake, not a detector (RG1_UNCR in pydicom-data says 0\\0): drawn square, never
+# stretched into an image too large to make.
+_MAX_ASPECT = 8.0
 
 
 def frame_attributes(ds: pydicom.Dataset, frame: int) -> pydicom.Dataset:
@@ -199,12 +202,12 @@ def _square_pixels(image: Image.Image, ds: pydicom.Dataset) -> Image.Image:
     """The image in the patient's proportions: where pixels are not square (Pixel Spacing row\\column, else Pixel
     Aspect Ratio vertical\\horizontal), it is stretched along the direction of the larger spacing, as viewers do."""
     ratio = None
-    with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError):
+    with contextlib.suppress(TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError):
         if "PixelSpacing" in ds:
             ratio = float(ds.PixelSpacing[0]) / float(ds.PixelSpacing[1])
         elif "PixelAspectRatio" in ds:
             ratio = float(ds.PixelAspectRatio[0]) / float(ds.PixelAspectRatio[1])
-    if ratio is None or not math.isfinite(ratio) or ratio <= 0 or abs(ratio - 1) < _ASPECT_TOLERANCE:
+    if ratio is None or not 1 / _MAX_ASPECT <= ratio <= _MAX_ASPECT or abs(ratio - 1) < _ASPECT_TOLERANCE:
         return image
     width, height = image.size
     size = (width, round(height * ratio)) if ratio > 1 else (round(width / ratio), height)
