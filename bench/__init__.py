@@ -1,1 +1,1 @@
-"""Side-by-side benchmark of dicomcloud against Orthanc (issue 7): same machine, data and clients."""
+"""Side-by-side benchmark of dicomcloud against Orthanc: same machine, data and clients."""

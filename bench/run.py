@@ -1,7 +1,7 @@
 """The bench run: generate, start both archives, load the same data, time each operation on both.
 
 Two comparisons: dicomcloud against Orthanc (OPERATIONS), or, with `s3`, `dicomcloud up` on S3 (a SeaweedFS
-started for the run) against the same archive on the local filesystem (S3_OPERATIONS, issue 17's targets).
+started for the run) against the same archive on the local filesystem (S3_OPERATIONS and the object-storage targets).
 
 Repeated HTTP samples are taken in rounds that alternate between the servers, so a burst of load from
 elsewhere on the machine does not fall on one server only.

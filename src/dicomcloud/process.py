@@ -1,6 +1,6 @@
 """How a service process runs its threads and its memory: set once, before its threads start.
 
-Each setting answers a measurement on the bench (issue 7); see the constants.
+Each setting answers a measurement on the bench; see the constants.
 """
 
 from __future__ import annotations

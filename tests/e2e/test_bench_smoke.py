@@ -81,7 +81,7 @@ def test_quick_bench_servers_return_the_same_search_results(quick_results: dict[
         assert by_server["dicomcloud"] == by_server["orthanc"] > 0, name
 
 
-# What `--s3` compares (issue 17's targets): the same archive on S3 and on the local filesystem.
+# What `--s3` compares (the object-storage targets): the same archive on S3 and on the local filesystem.
 S3_TARGETS = {
     "cstore_ingest": "thrpt >= 0.7x",
     "stow_rs": "thrpt >= 0.7x",

@@ -1,4 +1,4 @@
-"""dcmtk's dcmsend stores into `dicomcloud up` with its own negotiation (issue 16): one presentation context per
+"""dcmtk's dcmsend stores into `dicomcloud up` with its own negotiation: one presentation context per
 SOP class and file transfer syntax, the file's syntax first and the native ones as fallbacks. The archive
 accepts each file's own syntax, so dcmsend sends compressed and deflated files as they are, and WADO-RS returns
 every one of them byte-exact.

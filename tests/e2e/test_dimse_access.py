@@ -1,4 +1,4 @@
-"""Done when (issue 19, DIMSE): with access control on, a peer not in the list, or a listed AE title from
+"""DIMSE access control: with access control on, a peer not in the list, or a listed AE title from
 another host, cannot associate; a peer allowed only C-FIND for tenant A is refused C-STORE and C-GET and
 sees none of tenant B's data; a C-STORE that would replace a stored instance from a peer not allowed to
 replace is refused with 0x0111 and the stored instance stays byte-exact. dcmtk's storescu, findscu and

@@ -1,4 +1,4 @@
-"""The `dicomweb-client` npm package that OHIF is built on, run with Node against `dicomcloud up` (issue 16):
+"""The `dicomweb-client` npm package that OHIF is built on, run with Node against `dicomcloud up`:
 a study stored through its STOW-RS, then found, described and retrieved through its QIDO-RS and WADO-RS calls.
 
 Each call is one run of npm_dicomweb_client.cjs (the package and xhr2 from the npm cache, at the versions

@@ -1,4 +1,4 @@
-"""Done when (issue 19, resource bounds): each oversized request (viewport, frame list, offset, a 50 MB
+"""Resource bounds: each oversized request (viewport, frame list, offset, a 50 MB
 header, 1,000 idle connections, a body dripping one byte every 15 s) gets a 4xx or a closed connection
 within its documented bound, the archive's memory grows by less than 200 MB, and another client is served
 meanwhile. Against `dicomcloud up` with its default limits; loopback is not a trusted proxy here, so the

@@ -1,4 +1,4 @@
-"""How real DICOMweb clients negotiate, query and retrieve (issue 16): dicomweb-client (Python) against the archive."""
+"""How real DICOMweb clients negotiate, query and retrieve: dicomweb-client (Python) against the archive."""
 
 from __future__ import annotations
 

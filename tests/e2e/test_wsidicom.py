@@ -1,4 +1,4 @@
-"""wsidicom opens a whole-slide image over DICOMweb from `dicomcloud up` (issue 16): a two-level VL Whole Slide
+"""wsidicom opens a whole-slide image over DICOMweb from `dicomcloud up`: a two-level VL Whole Slide
 Microscopy pyramid (TILED_FULL, JPEG Baseline tiles, as scanners write them), stored with STOW-RS, read back
 tile by tile (frame numbers) and as regions across tiles, and compared with the tiles that were sent.
 """

@@ -49,6 +49,10 @@ def test_the_table_says_which_syntaxes_are_decoded_and_encoded() -> None:
         assert encoded == ("yes" if uid in TRANSCODE_TARGETS else "no"), uid
 
 
+def test_the_readme_stands_on_its_own_without_issue_numbers() -> None:
+    assert not re.search(r"\bissues? #?\d", README.read_text(), re.IGNORECASE)
+
+
 def test_every_file_the_readme_links_or_shows_is_in_the_repository() -> None:
     text = README.read_text()
     targets = re.findall(r"\]\(([^)#]+)\)", text)

@@ -1,5 +1,5 @@
 """Every route the OpenAPI document lists, with OIDC on, so a new route cannot slip past: tenant isolation,
-and every kind of bad token an attacker tried (issue 19) refused and changing nothing. (DIMSE peers are
+and every kind of bad token an attacker tried refused and changing nothing. (DIMSE peers are
 tests/e2e/test_dimse_access.py's matrix.)"""
 
 from __future__ import annotations
