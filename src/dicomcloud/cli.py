@@ -397,6 +397,8 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
                     log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
 
             _worker("ready", announce, stop)
+            if not workers.wait_ready(stop, READY_TIMEOUT) and not stop.is_set():
+                log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])
             return 0 if stop.is_set() or server.started else 1
     finally:
@@ -432,6 +434,8 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
         sock = server.config.bind_socket()
         workers.start(sock)
         with ops_listener(settings.ops, [*runtime_checks(archive.runtime), workers.check()]):
+            if not workers.wait_ready(threading.Event(), READY_TIMEOUT):
+                log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])
     finally:
         workers.stop()

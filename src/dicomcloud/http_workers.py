@@ -121,6 +121,16 @@ class HttpWorkers:
         with self._lock:
             return all(worker.ready.is_set() and worker.process.is_alive() for worker in self._workers.values())
 
+    def wait_ready(self, stop: threading.Event, timeout: float) -> bool:
+        """Block until every worker serves, so the service's own worker starts serving only then and the first
+        clients are spread over all of them; False when stopped or after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if stop.is_set() or time.monotonic() >= deadline:
+                return False
+            stop.wait(0.05)
+        return True
+
     def check(self) -> Check:
         """Ready only while every HTTP worker serves."""
 
