@@ -258,3 +258,15 @@ def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> 
     assert stopping.process.wait(timeout=30) == 0
     assert gone(worker)
     assert "[http-2] uvicorn.error: Finished server process" in stopping.log_tail(200)
+
+
+def test_both_workers_answer_the_warehouse_statistics(archive: Archive) -> None:
+    """DuckDB lets one process open its file: the workers take turns (and the loader with them)."""
+    workers = set()
+    for _ in range(ATTEMPTS):
+        answer = ask(archive, "GET", "/api/stats/summary")
+        assert answer.status == 200, f"{answer.worker}: {answer.status} {answer.body[:200]!r}"
+        workers.add(answer.worker)
+        if workers == {"http-1", "http-2"}:
+            break
+    assert workers == {"http-1", "http-2"}
