@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--consumers", type=int, default=2, help="wado-consumers in one group (default: 2)")
             sub.add_argument("--servers", type=int, default=2, help="wado-servers behind Nginx (default: 2)")
             sub.add_argument(
+                "--workers", dest="server_workers", type=int, default=1,
+                help="HTTP processes of each wado-server; 0: one per core (default: 1)",
+            )
+            sub.add_argument(
                 "--storage",
                 choices=("fs", "s3"),
                 default="fs",
@@ -775,7 +779,12 @@ def run_stack(settings: Settings, args: argparse.Namespace) -> int:
             print(f"stopped the stack in {args.dir}")
             return 0
         stack = LocalStack.up(
-            args.dir, brokers=args.brokers, consumers=args.consumers, servers=args.servers, storage=args.storage
+            args.dir,
+            brokers=args.brokers,
+            consumers=args.consumers,
+            servers=args.servers,
+            storage=args.storage,
+            workers=args.server_workers,
         )
     except StackError as exc:
         log.error("stack %s: %s", args.action, exc)

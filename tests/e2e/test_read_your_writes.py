@@ -3,8 +3,9 @@ retry, the instance is retrieved by WADO-RS, listed in its series metadata and i
 its series, counted by QIDO-RS of its study, and found by C-FIND; right after a DELETE, it is gone from
 every one of those answers. Shown on the embedded archive (`dicomcloud up`), with one HTTP worker and with
 two (each request on a new connection, so the two workers share the requests), on the distributed stack
-(two wado-servers behind Nginx, three Kafka brokers), there through Nginx and on each wado-server alike, and
-on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no two services share a folder.
+(two wado-servers of two HTTP workers each behind Nginx, three Kafka brokers), there through Nginx and on
+each wado-server alike, and on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no
+two services share a folder.
 
 Real clients: dicomweb-client for DICOMweb, pynetdicom for C-STORE and C-FIND.
 """
@@ -77,13 +78,15 @@ def embedded_workers(archive_factory: Callable[..., Archive]) -> Target:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Target]:
-    with full_stack("read-your-writes") as local:
+    """Each wado-server with two HTTP workers, whose QIDO-RS answers are cached in Redis."""
+    with full_stack("read-your-writes", workers=2) as local:
         assert len(local.server_urls) == 2
         yield Target(
             send=local.dicomweb,
             reads=[local.dicomweb, *local.server_urls],
             dimse=local.dimse,
             ca_file=local.ca_file,
+            fresh_connections=True,
         )
 
 
