@@ -141,25 +141,34 @@ class HttpWorkers:
         return Check("http-workers", probe)
 
     def terminate(self) -> None:
-        """SIGTERM to every worker: each drains its requests as uvicorn does. Safe in a signal handler."""
+        """SIGTERM to every worker: each drains its requests as uvicorn does. Safe in a signal handler (it takes
+        no lock), so `stop` signals again the workers started meanwhile."""
         self._stopping.set()
         for worker in list(self._workers.values()):
-            pid = worker.process.pid
-            if pid is not None and worker.process.exitcode is None:
-                os.kill(pid, signal.SIGTERM)
+            self._signal(worker)
 
     def stop(self) -> None:
         """Terminate, then wait for every worker; one that hangs is killed."""
-        self.terminate()
-        if self._watcher is not None:
-            self._watcher.join()
+        self._stopping.set()
+        with self._lock:  # the watcher starts none after this
+            workers = list(self._workers.values())
+        for worker in workers:
+            self._signal(worker)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for worker in self._workers.values():
+        for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 log.warning("HTTP worker %d did not stop within %.0fs: killed", worker.number, STOP_TIMEOUT)
                 worker.process.kill()
                 worker.process.join()
+        if self._watcher is not None:
+            self._watcher.join()
+
+    @staticmethod
+    def _signal(worker: _Worker) -> None:
+        pid = worker.process.pid
+        if pid is not None and worker.process.exitcode is None:
+            os.kill(pid, signal.SIGTERM)
 
     def _spawn(self, number: int) -> _Worker:
         ready = self._context.Event()
@@ -182,6 +191,12 @@ class HttpWorkers:
                             number, worker.process.pid, worker.process.exitcode,
                         )
                         self._workers[number] = self._spawn(number)
+        # A worker dies with the thread that started it (PR_SET_PDEATHSIG follows the thread): this one
+        # lives until the workers it started have drained.
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.process.join()
 
 
 def _die_with_parent() -> None:

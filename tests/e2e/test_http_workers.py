@@ -1,7 +1,7 @@
 """`dicomcloud up` with two HTTP workers: two processes answer DICOMweb on one port. What one worker stores or
 deletes is answered at once by the other, which kept its own answers from before; concurrent objects under
 one SOP Instance UID through both workers leave one decision; a worker that dies is started again; SIGTERM
-stops every worker.
+stops every worker, each after its requests (a restarted one too).
 
 Which worker answered a request is read from the archive's log: every line names its worker, and uvicorn's
 access line (at DEBUG) names the client's port, which is this test's own end of a new connection.
@@ -230,7 +230,10 @@ def gone(pid: int) -> bool:
     return False
 
 
-def test_a_worker_that_dies_is_started_again_and_serves(archive: Archive) -> None:
+def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
+    archive_factory: Callable[..., Archive],
+) -> None:
+    archive = archive_factory("http-workers-restart", WORKERS)
     assert archive.log_path is not None
     starts = len(re.findall(r"started HTTP worker 2 ", archive.log_path.read_text(errors="replace")))
     killed = worker_pid(archive)
@@ -248,6 +251,8 @@ def test_a_worker_that_dies_is_started_again_and_serves(archive: Archive) -> Non
         if workers == {"http-1", "http-2"}:
             break
     assert workers == {"http-1", "http-2"}
+    archive.stop()
+    assert f"[http-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:
