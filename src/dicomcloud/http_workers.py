@@ -131,14 +131,14 @@ class HttpWorkers:
             stop.wait(0.05)
         return True
 
-    def check(self) -> Check:
-        """Ready only while every HTTP worker serves."""
+    def checks(self) -> list[Check]:
+        """With several workers, ready only while every one serves."""
 
         def probe() -> None:
             if not self.ready():
                 raise ServiceUnavailable(f"not every one of the {self.count} HTTP workers serves")
 
-        return Check("http-workers", probe)
+        return [Check("http-workers", probe)] if self.count > 1 else []
 
     def terminate(self) -> None:
         """SIGTERM to every worker: each drains its requests as uvicorn does. Safe in a signal handler (it takes

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 
 from bench.synthetic import ct_series, write_part10
 
-from .conftest import Archive, wait_until
+from .conftest import Archive, answers, free_port, wait_until
 from .dicom_clients import stow_body
 
 pytestmark = [pytest.mark.e2e]
@@ -34,6 +35,7 @@ SOP_INSTANCE_UID = "00080018"
 # Fresh connections made to see a read answered by the other worker: the kernel gives each to whichever
 # worker accepts first, so a few suffice; the bound only ends a test that would otherwise never end.
 ATTEMPTS = 200
+ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -166,45 +168,53 @@ def test_what_one_worker_stores_or_deletes_the_other_answers_at_once(archive: Ar
     assert wrong == [], "a deleted instance was still served:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("policy", ["reject", "replace"])
-def test_objects_sent_at_once_under_one_uid_through_both_workers_leave_one_decision(
-    archive_factory: Callable[..., Archive], tmp_path: Path, policy: str
-) -> None:
-    duplicates = archive_factory(f"http-workers-{policy}", {**WORKERS, "DICOMCLOUD_STORAGE__DUPLICATE_POLICY": policy})
-    (ds,) = ct_series(1, rows=16, columns=16, patient_id="DUPLICATES")
+def send_at_once(archive: Archive, ds: pydicom.Dataset, folder: Path, count: int) -> list[Answer]:
+    """`count` objects under `ds`'s UIDs (InstanceNumber 1..count), each STOW-RS on its own connection, at once."""
     variants = []
-    for number in range(8):
+    for number in range(count):
         ds.InstanceNumber = number + 1
-        folder = tmp_path / str(number)
-        folder.mkdir()
-        variants.append(part10(ds, folder))
-    answers: list[Answer] = [Answer(0, b"", "")] * len(variants)
+        (folder / str(number)).mkdir(parents=True)
+        variants.append(part10(ds, folder / str(number)))
+    answers = [Answer(0, b"", "")] * count
 
     def send(number: int) -> None:
-        answers[number] = stow(duplicates, variants[number])
+        answers[number] = stow(archive, variants[number])
 
-    senders = [threading.Thread(target=send, args=(number,)) for number in range(len(variants))]
+    senders = [threading.Thread(target=send, args=(number,)) for number in range(count)]
     for sender in senders:
         sender.start()
     for sender in senders:
         sender.join()
+    return answers
 
-    assert {answer.worker for answer in answers} == {"http-1", "http-2"}, "both workers must have stored"
-    accepted = [number for number, answer in enumerate(answers) if answer.status == 200]
-    if policy == "reject":
-        assert len(accepted) == 1, [answer.status for answer in answers]
-        assert sorted(answer.status for answer in answers) == [200] + [409] * (len(variants) - 1)
-    else:
-        assert len(accepted) == len(variants), [answer.status for answer in answers]
-    listed = ask(duplicates, "GET", f"{series_path(ds)}/instances", Accept="application/dicom+json")
-    assert listed_sops(listed) == {ds.SOPInstanceUID}
-    (entry,) = json.loads(listed.body)
-    retrieved = ask(duplicates, "GET", f"{series_path(ds)}/instances/{ds.SOPInstanceUID}/metadata")
-    (metadata,) = json.loads(retrieved.body)
-    number = metadata["00200013"]["Value"][0]
-    assert entry["00200013"]["Value"] == [number], "the index and the stored metadata name one object"
-    if policy == "reject":
-        assert number == accepted[0] + 1, "the object kept is the one acknowledged"
+
+@pytest.mark.parametrize("policy", ["reject", "replace"])
+def test_objects_sent_at_once_under_one_uid_through_both_workers_leave_one_decision(
+    archive_factory: Callable[..., Archive], tmp_path: Path, policy: str
+) -> None:
+    """Rounds of 8 at once, each round a new UID, until a round reached both workers; every round must hold."""
+    duplicates = archive_factory(f"http-workers-{policy}", {**WORKERS, "DICOMCLOUD_STORAGE__DUPLICATE_POLICY": policy})
+    for round_number in range(ROUNDS):
+        (ds,) = ct_series(1, rows=16, columns=16, patient_id="DUPLICATES", seed=round_number)
+        answers = send_at_once(duplicates, ds, tmp_path / str(round_number), 8)
+        statuses = [(answer.status, answer.worker) for answer in answers]
+        accepted = [number for number, answer in enumerate(answers) if answer.status == 200]
+        if policy == "reject":
+            assert sorted(answer.status for answer in answers) == [200] + [409] * 7, statuses
+        else:
+            assert len(accepted) == len(answers), statuses
+        listed = ask(duplicates, "GET", f"{series_path(ds)}/instances", Accept="application/dicom+json")
+        assert listed_sops(listed) == {ds.SOPInstanceUID}
+        (entry,) = json.loads(listed.body)
+        retrieved = ask(duplicates, "GET", f"{series_path(ds)}/instances/{ds.SOPInstanceUID}/metadata")
+        (metadata,) = json.loads(retrieved.body)
+        number = metadata["00200013"]["Value"][0]
+        assert entry["00200013"]["Value"] == [number], "the index and the stored metadata name one object"
+        if policy == "reject":
+            assert number == accepted[0] + 1, "the object kept is the one acknowledged"
+        if {answer.worker for answer in answers} == {"http-1", "http-2"}:
+            return
+    raise AssertionError(f"in {ROUNDS} rounds, no round reached both workers")
 
 
 def worker_pid(archive: Archive, after: int = 0) -> int:
@@ -233,8 +243,10 @@ def gone(pid: int) -> bool:
 def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     archive_factory: Callable[..., Archive],
 ) -> None:
-    archive = archive_factory("http-workers-restart", WORKERS)
+    ops = free_port()
+    archive = archive_factory("http-workers-restart", {**WORKERS, "DICOMCLOUD_OPS__PORT": str(ops)})
     assert archive.log_path is not None
+    assert "http-workers" in httpx.get(f"http://127.0.0.1:{ops}/ready", timeout=30).json()["checks"]
     starts = len(re.findall(r"started HTTP worker 2 ", archive.log_path.read_text(errors="replace")))
     killed = worker_pid(archive)
     os.kill(killed, signal.SIGKILL)
@@ -251,6 +263,7 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
         if workers == {"http-1", "http-2"}:
             break
     assert workers == {"http-1", "http-2"}
+    wait_until(lambda: answers(f"http://127.0.0.1:{ops}/ready"), 30, "ready again with the new worker")
     archive.stop()
     assert f"[http-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
 
