@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
 from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
-from dicomcloud.logs import setup_logging
+from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import tune_service_process
 
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--host", help="address to listen on (HTTP and DIMSE)")
         if name in ("up", "server"):
             sub.add_argument("--http-port", type=int, help="DICOMweb port")
+            sub.add_argument(
+                "--workers", type=int, metavar="N",
+                help="HTTP processes sharing the port; 0: one per core (settings: http.workers)",
+            )
         if name in ("up", "storescp"):
             sub.add_argument("--dimse-port", type=int, help="DIMSE port")
             sub.add_argument("--ae-title", help="the SCP's AE title")
@@ -127,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--consumers", type=int, default=2, help="wado-consumers in one group (default: 2)")
             sub.add_argument("--servers", type=int, default=2, help="wado-servers behind Nginx (default: 2)")
             sub.add_argument(
+                "--workers", dest="server_workers", type=int, default=1,
+                help="HTTP processes of each wado-server; 0: one per core (default: 1)",
+            )
+            sub.add_argument(
                 "--storage",
                 choices=("fs", "s3"),
                 default="fs",
@@ -161,6 +169,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, tuple[str, ...]] = {
         "data": ("storage", "data_dir"),
         "http_port": ("http", "port"),
+        "workers": ("http", "workers"),
         "dimse_port": ("dimse", "port"),
         "ae_title": ("dimse", "ae_title"),
     }
@@ -183,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(overrides=overrides_from(args))
     setup_logging(settings.log_level, args.log_format)
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
-        "up": lambda s, a: run_up(s),
-        "server": lambda s, a: run_server(s),
+        "up": lambda s, a: run_up(s, a.log_format),
+        "server": lambda s, a: run_server(s, a.log_format),
         "storescp": lambda s, a: run_storescp(s),
         "consumer": lambda s, a: run_consumer(s),
         "webworker": lambda s, a: run_webworker(s),
@@ -261,28 +270,6 @@ def _join(threads: Sequence[threading.Thread]) -> None:
             log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
 
 
-def http_server(archive: Archive) -> Any:
-    """The wado-server: uvicorn over the DICOMweb app, with the HTTP limits of web/http_guard.py."""
-    import uvicorn
-
-    from dicomcloud.web.app import create_app
-    from dicomcloud.web.http_guard import guarded_protocol
-
-    settings = archive.settings
-    config = uvicorn.Config(
-        create_app(archive),
-        host=settings.http.host,
-        port=settings.http.port,
-        log_config=None,
-        log_level=settings.log_level.lower(),
-        access_log=settings.log_level.upper() == "DEBUG",
-        server_header=False,
-        proxy_headers=False,  # web/origin.py decides what to believe of a proxy's headers
-        http=guarded_protocol(settings.http),
-    )
-    return uvicorn.Server(config)
-
-
 def receive_into_staging(archive: Archive) -> None:
     """Datasets pynetdicom receives for C-STORE land in the storage's staging folder (this process's temp
     folder), so storing one is a rename (files) or an upload from where it was written (S3), not a copy; what a
@@ -354,34 +341,45 @@ def dimse_check(scp: StoreSCP) -> Check:
     return Check("dimse", probe)
 
 
-def run_up(settings: Settings) -> int:
+def run_up(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.http_workers import HttpWorkers, http_server, share_safely, worker_count
     from dicomcloud.workers.webworker import Webworker
 
+    share_safely(settings)
+    count = worker_count(settings)
+    if count > 1:
+        setup_logging(settings.log_level, log_format, worker="http-1")
     archive = Archive.from_settings(settings)
     receive_into_staging(archive)
     stop = threading.Event()
     scp = StoreSCP(archive)
     server = http_server(archive)
+    workers = HttpWorkers(settings, log_format, count)
 
     def stop_accepting() -> None:
         server.should_exit = True
         scp.stop_accepting()
+        workers.terminate()
 
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(signum: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler while it serves (it drains its requests, then passes the signal on to
-        ours): the SCP stops accepting at the same moment."""
+        ours): the SCP and the other HTTP workers stop accepting at the same moment."""
         scp.stop_accepting()
+        workers.terminate()
         uvicorn_handle_exit(signum, frame)
 
     server.handle_exit = handle_exit
     stop_on_signals(stop, stop_accepting)
     threads: list[threading.Thread] = []
     try:
-        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):
+        sock = server.config.bind_socket()
+        workers.start(sock)
+        checks = [*runtime_checks(archive.runtime), dimse_check(scp), *workers.checks()]
+        with ops_listener(settings.ops, checks):
             scp.start(blocking=False)
             for name, run in bus_workers(archive).items():
                 threads.append(_worker(name, run, stop))
@@ -390,11 +388,12 @@ def run_up(settings: Settings) -> int:
 
             def announce(_: threading.Event) -> None:
                 endpoints = [(http.host, http.port), (dimse.host, scp.port)]
-                if wait_listening(endpoints, stop, lambda: bool(server.started)):
+                if wait_listening(endpoints, stop, lambda: bool(server.started) and workers.ready()):
                     line = (
                         f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
                         f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}, "
                         f"home page and viewer at http://{http.host}:{http.port}/"
+                        + (f" ({count} HTTP workers)" if count > 1 else "")
                     )
                     log.info("%s", line)
                     print(line, flush=True)
@@ -402,28 +401,48 @@ def run_up(settings: Settings) -> int:
                     log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
 
             _worker("ready", announce, stop)
-            server.run()
+            if not workers.wait_ready(stop, READY_TIMEOUT) and not stop.is_set():
+                log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
+            server.run(sockets=[sock])
             return 0 if stop.is_set() or server.started else 1
     finally:
         stop.set()
         scp.stop()
+        workers.stop()
         _join(threads)
         archive.close()
         log.info("stopped")
 
 
-def run_server(settings: Settings) -> int:
+def run_server(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
+    from dicomcloud.http_workers import HttpWorkers, http_server, worker_count
 
     if settings.backends.cache == "memory":
         # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
         settings.backends.qido_cache_ttl = 0
+    count = worker_count(settings)
+    if count > 1:
+        setup_logging(settings.log_level, log_format, worker="http-1")
     archive = Archive.from_settings(settings)
     server = http_server(archive)
+    workers = HttpWorkers(settings, log_format, count)
+    uvicorn_handle_exit = server.handle_exit
+
+    def handle_exit(signum: int, frame: FrameType | None) -> None:
+        workers.terminate()
+        uvicorn_handle_exit(signum, frame)
+
+    server.handle_exit = handle_exit
     try:
-        with ops_listener(settings.ops, runtime_checks(archive.runtime)):
-            server.run()
+        sock = server.config.bind_socket()
+        workers.start(sock)
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks()]):
+            if not workers.wait_ready(threading.Event(), READY_TIMEOUT):
+                log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
+            server.run(sockets=[sock])
     finally:
+        workers.stop()
         archive.close()
     return 0 if server.started else 1
 
@@ -760,7 +779,12 @@ def run_stack(settings: Settings, args: argparse.Namespace) -> int:
             print(f"stopped the stack in {args.dir}")
             return 0
         stack = LocalStack.up(
-            args.dir, brokers=args.brokers, consumers=args.consumers, servers=args.servers, storage=args.storage
+            args.dir,
+            brokers=args.brokers,
+            consumers=args.consumers,
+            servers=args.servers,
+            storage=args.storage,
+            workers=args.server_workers,
         )
     except StackError as exc:
         log.error("stack %s: %s", args.action, exc)

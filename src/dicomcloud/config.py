@@ -31,6 +31,8 @@ SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn"
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Processes serving the port (http_workers.py); 0: one per core.
+    workers: int = 1
     # Path prefix of the DICOMweb root; the tenant form is /<tenant>/dicom-web.
     root_path: str = "/dicom-web"
     # Origins a browser may call from (CORS); empty: same-origin only. ["*"] opens it to any page.
@@ -57,6 +59,8 @@ class HttpSettings:
 
     def __post_init__(self) -> None:
         AddressSet(self.trusted_proxies)  # fail at start on an entry that is no address or network
+        if self.workers < 0:
+            raise ValueError(f"http.workers must be 0 (one per core) or more, not {self.workers}")
 
 
 @dataclass

@@ -156,19 +156,35 @@ class ThrottledWarnings:
             self.logger.warning(message, *args)
 
 
-def setup_logging(level: str = "INFO", fmt: LogFormat = "plain") -> None:
+class WorkerLabel(logging.Filter):
+    """Names the process of a service that runs several (http/workers.py) on each of its lines."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.label
+        return True
+
+
+def setup_logging(level: str = "INFO", fmt: LogFormat = "plain", worker: str = "") -> None:
     """Route every logger (ours, uvicorn's, pynetdicom's) to stderr through the redacting filter.
 
     Warnings and uncaught exceptions (any thread) go through logging too, so in JSON format every line
-    on stderr is one JSON object.
+    on stderr is one JSON object. `worker` names this process among its service's (a `worker` field in
+    JSON, `[label]` in plain lines).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RepeatFilter())  # first: it reads the message template the redacting filter replaces
     handler.addFilter(RedactingFilter())
+    if worker:
+        handler.addFilter(WorkerLabel(worker))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        label = f"[{worker}] " if worker else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s {label}%(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

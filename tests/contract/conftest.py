@@ -263,9 +263,10 @@ def doris_settings(server: DorisTestServer, **changes: Any) -> DorisSettings:
     return dataclasses.replace(settings, **changes)
 
 
-@pytest.fixture(params=["duckdb", "doris"])
+@pytest.fixture(params=["duckdb", "duckdb shared", "doris"])
 def warehouse_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Warehouse]]:
-    """Opens the warehouse on one store, as often as a test needs (a restart after a crash)."""
+    """Opens the warehouse on one store, as often as a test needs (a restart after a crash). "duckdb shared" is
+    the file several HTTP workers use, opened per call under a file lock."""
     opened: list[Warehouse] = []
     server = request.getfixturevalue("doris") if request.param == "doris" else None
 
@@ -273,7 +274,9 @@ def warehouse_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         if opened:
             opened.pop().close()
         warehouse: Warehouse = (
-            DorisWarehouse(doris_settings(server)) if server else DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+            DorisWarehouse(doris_settings(server))
+            if server
+            else DuckDBWarehouse(tmp_path / "warehouse.duckdb", shared=request.param == "duckdb shared")
         )
         opened.append(warehouse)
         return warehouse

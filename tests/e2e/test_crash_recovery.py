@@ -1,4 +1,5 @@
-"""kill -9 of the all-in-one archive while storescu sends: every acknowledged instance survives, once."""
+"""kill -9 of the all-in-one archive while storescu sends: every acknowledged instance survives, once. With one
+HTTP worker and with two (the second worker dies with the archive, and the restart finds its port free)."""
 
 from __future__ import annotations
 
@@ -50,15 +51,16 @@ def settle_until_count_is_stable(archive: Archive) -> None:
         time.sleep(1.0)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_kill_9_during_c_store_loses_no_acknowledged_instance(
-    archive_factory: Callable[..., Archive], tmp_path: Path
+    archive_factory: Callable[..., Archive], tmp_path: Path, workers: str
 ) -> None:
     paths = []
     for i, ds in enumerate(ct_series(SENT, rows=64, columns=64, patient_id="CRASH", seed=3)):
         path = tmp_path / f"i{i:03d}.dcm"
         write_part10(ds, path)
         paths.append(path)
-    archive = archive_factory("crash")
+    archive = archive_factory(f"crash-{workers}", {"DICOMCLOUD_HTTP__WORKERS": workers})
     log_path = tmp_path / "storescu.log"
     with log_path.open("w") as log:
         sender = subprocess.Popen(

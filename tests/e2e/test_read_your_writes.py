@@ -1,9 +1,11 @@
 """An acknowledgement means "there": right after a STOW-RS 200 or a C-STORE success, with no sleep and no
 retry, the instance is retrieved by WADO-RS, listed in its series metadata and in QIDO-RS instances of
 its series, counted by QIDO-RS of its study, and found by C-FIND; right after a DELETE, it is gone from
-every one of those answers. Shown on the embedded archive (`dicomcloud up`), on the distributed stack
-(two wado-servers behind Nginx, three Kafka brokers), there through Nginx and on each wado-server alike, and
-on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no two services share a folder.
+every one of those answers. Shown on the embedded archive (`dicomcloud up`), with one HTTP worker and with
+two (each request on a new connection, so the two workers share the requests), on the distributed stack
+(two wado-servers of two HTTP workers each behind Nginx, three Kafka brokers), there through Nginx and on
+each wado-server alike, and on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no
+two services share a folder.
 
 Real clients: dicomweb-client for DICOMweb, pynetdicom for C-STORE and C-FIND.
 """
@@ -41,11 +43,15 @@ class Target:
     reads: list[str]
     dimse: tuple[str, int, str]
     ca_file: Path | None = None
+    # Each request on a connection of its own, which any of several HTTP workers may accept.
+    fresh_connections: bool = False
     clients: dict[str, DICOMwebClient] = field(default_factory=dict)
 
     def client(self, url: str) -> DICOMwebClient:
         if url not in self.clients:
             session = requests.Session()
+            if self.fresh_connections:
+                session.headers["Connection"] = "close"
             if self.ca_file is not None and url.startswith("https:"):
                 # Or REQUESTS_CA_BUNDLE, where the environment sets it, would win over the session's CA.
                 session.trust_env = False
@@ -62,14 +68,25 @@ def embedded(archive_factory: Callable[..., Archive]) -> Target:
 
 
 @pytest.fixture(scope="module")
+def embedded_workers(archive_factory: Callable[..., Archive]) -> Target:
+    archive = archive_factory("read-your-writes-workers", {"DICOMCLOUD_HTTP__WORKERS": "2"})
+    url = archive.dicomweb_url()
+    return Target(
+        send=url, reads=[url], dimse=("127.0.0.1", archive.dimse_port, "DICOMCLOUD"), fresh_connections=True
+    )
+
+
+@pytest.fixture(scope="module")
 def stack() -> Iterator[Target]:
-    with full_stack("read-your-writes") as local:
+    """Each wado-server with two HTTP workers, whose QIDO-RS answers are cached in Redis."""
+    with full_stack("read-your-writes", workers=2) as local:
         assert len(local.server_urls) == 2
         yield Target(
             send=local.dicomweb,
             reads=[local.dicomweb, *local.server_urls],
             dimse=local.dimse,
             ca_file=local.ca_file,
+            fresh_connections=True,
         )
 
 
@@ -85,9 +102,9 @@ def s3_stack() -> Iterator[Target]:
         )
 
 
-@pytest.fixture(params=["embedded", "stack", "s3 stack"])
+@pytest.fixture(params=["embedded", "embedded workers", "stack", "s3 stack"])
 def target(request: pytest.FixtureRequest) -> Target:
-    if request.param != "embedded":
+    if "stack" in request.param:
         request.applymarker(pytest.mark.stack)
     return request.getfixturevalue(request.param.replace(" ", "_"))  # type: ignore[no-any-return]
 

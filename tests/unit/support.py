@@ -1,10 +1,12 @@
 """Helpers the service tests share: a CT object with chosen UIDs, an archive on a temp folder, storing
 through the archive's store, running the bus workers over what is pending, a bus that is down, a
-storage that counts what is read from it, and the wado-server on a real socket."""
+storage that counts what is read from it, the wado-server on a real socket, and the HTTP workers of one
+service as one client."""
 
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import io
 import socket
@@ -15,16 +17,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import LAYOUT_MARKER
-from dicomcloud.cli import http_server
 from dicomcloud.config import load_settings
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
+from dicomcloud.http_workers import http_server, share_safely
 from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
 from dicomcloud.ports.storage import ByteRange, Storage
+from dicomcloud.web.app import create_app
 from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
 
@@ -46,6 +50,43 @@ def make_archive(data: Path, **sections: dict[str, Any]) -> Archive:
     """An archive on `data`, with settings sections overlaid, e.g. `storage={"duplicate_policy": "reject"}`."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
     return Archive.from_settings(load_settings(overrides={"storage": storage, **sections}, environ={}))
+
+
+def make_workers(data: Path, count: int, **sections: dict[str, Any]) -> list[Archive]:
+    """The archives of the `count` HTTP workers of one service (`http.workers`): one per worker process, each
+    with its own connections, cache and parsed documents, on one data folder, with the settings the service
+    gives its workers (http_workers.share_safely)."""
+    storage = {"data_dir": str(data), **sections.pop("storage", {})}
+    http = {**sections.pop("http", {}), "workers": count}
+    settings = load_settings(overrides={"storage": storage, "http": http, **sections}, environ={})
+    share_safely(settings)
+    return [Archive.from_settings(copy.deepcopy(settings)) for _ in range(count)]
+
+
+class WorkerClient(TestClient):
+    """The apps of several workers (`make_workers`) as one client: writes reach the first, reads the last, so
+    every read after a write is answered by another worker than the write (with one worker, by the same)."""
+
+    def __init__(self, archives: Sequence[Archive]) -> None:
+        super().__init__(create_app(archives[0]), base_url="http://archive.test")
+        many = len(archives) > 1
+        self.reader = TestClient(create_app(archives[-1]), base_url="http://archive.test") if many else None
+
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.reader is not None and method.upper() in ("GET", "HEAD"):
+            return self.reader.request(method, url, *args, **kwargs)
+        return super().request(method, url, *args, **kwargs)
+
+    def __enter__(self) -> WorkerClient:
+        super().__enter__()
+        if self.reader is not None:
+            self.reader.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.reader is not None:
+            self.reader.__exit__(*exc)
+        super().__exit__(*exc)
 
 
 def stored_keys(archive: Archive) -> list[str]:

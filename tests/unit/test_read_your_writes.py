@@ -3,12 +3,14 @@ wait and nothing run in between, in every read: WADO-RS retrieve, series metadat
 series, and the study's NumberOfStudyRelatedInstances.
 
 Each read is also made before the write, so an answer kept from then (the QIDO-RS result cache, the parsed
-series documents) must not outlive the write. The end-to-end version, with real clients on the distributed
-stack, is in tests/e2e.
+series documents) must not outlive the write. Each test runs on one HTTP worker and on two (`http.workers`),
+where every write is answered by one worker and every read by the other, which kept its own answers from
+before. The end-to-end version, with real clients on the distributed stack, is in tests/e2e.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -27,6 +29,26 @@ pytest_plugins = ["test_web_app"]
 SOP_UID, INSTANCE_NUMBER, NUMBER_OF_STUDY_RELATED_INSTANCES = "00080018", "00200013", "00201208"
 RLE = "1.2.840.10008.1.2.5"
 FAILED, FAILURE_REASON = "00081198", "00081197"
+
+
+@pytest.fixture(params=[1, 2], ids=["1 worker", "2 workers"])
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Archive]]:
+    archives = support.make_workers(tmp_path / "data", request.param)
+    yield archives
+    for archive in archives:
+        archive.close()
+
+
+@pytest.fixture
+def archive(workers: list[Archive]) -> Archive:
+    """The archive of the worker that answers the writes."""
+    return workers[0]
+
+
+@pytest.fixture
+def client(workers: list[Archive]) -> Iterator[TestClient]:
+    with support.WorkerClient(workers) as test_client:
+        yield test_client
 
 
 def prefix(tenant: str) -> str:

@@ -121,21 +121,24 @@ def test_study_in_path_accepts_matching_instances(client: TestClient, tmp_path: 
     assert stow(client, [part10(ds, tmp_path)], f"/dicom-web/studies/{ds.StudyInstanceUID}").status_code == 200
 
 
-def test_duplicate_under_reject_policy_is_409_with_0111(tmp_path: Path) -> None:
-    archive = support.make_archive(tmp_path / "data", storage={"duplicate_policy": "reject"})
+@pytest.mark.parametrize("workers", [1, 2], ids=["1 worker", "2 workers"])
+def test_duplicate_under_reject_policy_is_409_with_0111(tmp_path: Path, workers: int) -> None:
+    """With two HTTP workers, the second STOW-RS reaches the other one: the index decides, not a process."""
+    archives = support.make_workers(tmp_path / "data", workers, storage={"duplicate_policy": "reject"})
     try:
-        with TestClient(create_app(archive)) as client:
+        with TestClient(create_app(archives[0])) as first_worker, TestClient(create_app(archives[-1])) as last_worker:
             ds = next(ct_series(1, rows=8, columns=8))
             first = part10(ds, tmp_path)
-            assert stow(client, [first]).status_code == 200
+            assert stow(first_worker, [first]).status_code == 200
             ds.PatientName = "Changed^Name"
-            response = stow(client, [part10(ds, tmp_path)])
+            response = stow(last_worker, [part10(ds, tmp_path)])
             assert response.status_code == 409
             assert response.json()[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0x0111]
             key = original_key("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-            assert archive.runtime.storage.read(key) == first, "the stored instance is unchanged"
+            assert archives[-1].runtime.storage.read(key) == first, "the stored instance is unchanged"
     finally:
-        archive.close()
+        for archive in archives:
+            archive.close()
 
 
 def test_a_part_of_another_media_type_fails_that_part(client: TestClient, tmp_path: Path) -> None:

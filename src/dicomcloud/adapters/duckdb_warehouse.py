@@ -3,7 +3,8 @@
 A load is one transaction: the label check, the rows and the `loaded_batch` row commit together, so
 a label is in exactly when its rows are. UNIQUE tables are upserts whose newer `sequence` value wins,
 as Doris' sequence column does. DuckDB lets one process write a file; every call here is serialised
-on one connection, so the loader thread and the web app's statistics share it safely.
+on one connection, so the loader thread and the web app's statistics share it safely (with several HTTP
+workers, on a file lock: see the class).
 
 DuckDB's defaults (a buffer pool of 80% of RAM, a thread per core) suit an analytics box, not a
 process that also serves DICOMweb: the buffer pool grows with every load and stays, so it is
@@ -12,6 +13,7 @@ bounded here; one thread is plenty for the loader's small batches and the dashbo
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -90,21 +92,44 @@ ROWS_PER_STATEMENT = 500
 
 
 class DuckDBWarehouse:
-    def __init__(self, path: Path, memory_limit: str = "128MB", threads: int = 1) -> None:
+    """`shared`: several processes of one service use the file (http.workers), and DuckDB lets only one open
+    it; each call then opens it under an exclusive lock on a file beside it (`<name>.lock`) and closes it
+    after, which costs the call tens of milliseconds. Otherwise one connection stays open."""
+
+    def __init__(self, path: Path, memory_limit: str = "128MB", threads: int = 1, shared: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            config: dict[str, str | bool | int | float | list[str]] = {
-                **MEMORY_CONFIG,
-                "memory_limit": memory_limit,
-                "threads": threads,
-            }
-            self._conn = duckdb.connect(str(path), config=config)
-        except duckdb.Error as exc:
-            raise StorageFailure(f"cannot open the warehouse {path}: {exc}") from exc
+        self._path = path
+        self._config: dict[str, str | bool | int | float | list[str]] = {
+            **MEMORY_CONFIG,
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
         self._lock = threading.Lock()
-        with self._lock:
+        self._conn = None if shared else self._connect()
+        with self._session() as conn:
             for table in (*TABLES.values(), LOADED_BATCH):
-                self._conn.execute(create_table_sql(table))
+                conn.execute(create_table_sql(table))
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(self._path), config=self._config)
+        except duckdb.Error as exc:
+            raise StorageFailure(f"cannot open the warehouse {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, for one call at a time in this process (and, shared, in every process)."""
+        with self._lock:
+            if self._conn is not None:
+                yield self._conn
+                return
+            with self._path.with_name(self._path.name + ".lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                conn = self._connect()
+                try:
+                    yield conn
+                finally:
+                    conn.close()
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -120,8 +145,7 @@ class DuckDBWarehouse:
         if table is None:
             raise InvalidInput(f"unknown warehouse table {batch.table[:64]!r}")
         values = [tuple(row.get(c) for c in table.column_names) for row in newest_per_key(table, rows)]
-        with self._lock, self._errors():
-            conn = self._conn
+        with self._session() as conn, self._errors():
             conn.execute("BEGIN TRANSACTION")
             try:
                 if conn.execute("SELECT 1 FROM loaded_batch WHERE label = ?", [batch.label]).fetchone():
@@ -150,29 +174,30 @@ class DuckDBWarehouse:
         return True
 
     def loaded_until(self, topic: str, partition: int) -> int:
-        with self._lock, self._errors():
-            row = self._conn.execute(
+        with self._session() as conn, self._errors():
+            row = conn.execute(
                 "SELECT MAX(last_offset) FROM loaded_batch WHERE topic = ? AND bus_partition = ?", [topic, partition]
             ).fetchone()
         return -1 if row is None or row[0] is None else int(row[0])
 
     def statistics(self, name: str, limit: int = 20, since: datetime | None = None) -> list[dict[str, Any]]:
         sql = statistics_sql(name, limit, since)
-        with self._lock, self._errors():
-            cursor = self._conn.execute(sql)
+        with self._session() as conn, self._errors():
+            cursor = conn.execute(sql)
             names = [d[0] for d in cursor.description or ()]
             return [dict(zip(names, map(_plain, row), strict=True)) for row in cursor.fetchall()]
 
     def count(self, table: str) -> int:
         if table not in TABLES:
             raise InvalidInput(f"unknown warehouse table {table[:64]!r}")
-        with self._lock, self._errors():
-            row = self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        with self._session() as conn, self._errors():
+            row = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,8 @@
 PostgreSQL, Redis and a KRaft Kafka cluster start first (side by side; with `storage="s3"` also SeaweedFS:
 a master, two volume servers with replication 001, a filer and the S3 gateway), then `dicomcloud init` creates
 the topics, migrates the index (and creates the bucket), then every service runs as its own process:
-wado-storescp, N consumers in one group, the webworker, the transcoder and N wado-servers behind Nginx. On
+wado-storescp, N consumers in one group, the webworker, the transcoder and N wado-servers (each with its
+`http.workers` processes) behind Nginx. On
 files the services share the stack's data folder; on S3 each one has a private scratch folder and there is no
 shared data folder, so no node can read another's disk. Everything listens on 127.0.0.1
 on free ports, runs in its own session (it outlives `stack up`; a terminal's Ctrl-C does not reach it) and
@@ -112,7 +113,14 @@ class LocalStack:
 
     @classmethod
     def up(
-        cls, folder: Path, *, brokers: int = 3, consumers: int = 2, servers: int = 2, storage: str = "fs"
+        cls,
+        folder: Path,
+        *,
+        brokers: int = 3,
+        consumers: int = 2,
+        servers: int = 2,
+        storage: str = "fs",
+        workers: int = 1,
     ) -> LocalStack:
         """Start the whole stack in `folder` (installing missing Debian packages, fetching Kafka's jars, building
         SeaweedFS for `storage="s3"`); returns once every process is ready.
@@ -121,6 +129,8 @@ class LocalStack:
         is refused. If anything fails to start, everything already started is stopped again."""
         if min(brokers, consumers, servers) < 1:
             raise StackError("a stack needs at least one broker, one consumer and one server")
+        if workers < 0:
+            raise StackError("a wado-server needs 0 (one per core) or more HTTP workers")
         if storage not in STORAGES:
             raise StackError(f"unknown storage {storage!r} ({' or '.join(STORAGES)})")
         folder = folder.resolve()
@@ -171,7 +181,7 @@ class LocalStack:
             stack._init()
             stack._start_nginx(https_port, http_ports)
             log.info("starting the services; waiting for each one's /ready")
-            stack._start_services(consumers, http_ports)
+            stack._start_services(consumers, http_ports, workers)
         except BaseException:
             stack.down()
             raise
@@ -401,7 +411,7 @@ class LocalStack:
         self.components["nginx"] = _recorded("nginx", server, {"https": https_port, "http": http_port})
         self._save()
 
-    def _start_services(self, consumers: int, http_ports: list[int]) -> None:
+    def _start_services(self, consumers: int, http_ports: list[int], workers: int) -> None:
         plan: list[tuple[str, str, dict[str, int]]] = [("storescp", "storescp", {"dimse": self.dimse[1]})]
         plan += [(f"consumer-{n}", "consumer", {}) for n in range(1, consumers + 1)]
         plan += [("webworker", "webworker", {}), ("transcoder", "transcoder", {})]
@@ -411,6 +421,7 @@ class LocalStack:
             env = {"DICOMCLOUD_OPS__PORT": str(ports["ops"])}
             if "http" in ports:
                 env["DICOMCLOUD_HTTP__PORT"] = str(ports["http"])
+                env["DICOMCLOUD_HTTP__WORKERS"] = str(workers)
             component = Component(
                 kind=kind,
                 ports=ports,
