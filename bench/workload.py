@@ -150,12 +150,7 @@ def generate(
     work.ingest_count = 2 * sizes.series_instances
 
     work.writing_study_uid, work.writing_series_uid = new_uid(), new_uid()
-    for index, ds in enumerate(
-        ct_series(sizes.series_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-WRITING",
-                  patient_name="Bench^Writing", study_uid=work.writing_study_uid,
-                  series_uid=work.writing_series_uid, seed=2)
-    ):
-        _write(ds, work.writing_dir / f"{index:05}.dcm")
+    _series(work.writing_dir, sizes, "WRITING", work.writing_study_uid, work.writing_series_uid, seed=2)
     work.writing_count = sizes.series_instances
 
     for request in range(sizes.stow_requests + sizes.stow_clients):
@@ -174,23 +169,15 @@ def generate(
     if parallel:
         work.parallel_study_uid = new_uid()
         for association in range(sizes.associations):
+            folder = root / "parallel" / f"{association}"
             count = sizes.parallel_instances // sizes.associations
-            for index, ds in enumerate(
-                ct_series(count, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-PARALLEL",
-                          patient_name="Bench^Parallel", study_uid=work.parallel_study_uid, seed=20 + association)
-            ):
-                _write(ds, root / "parallel" / f"{association}" / f"{index:05}.dcm")
+            _series(folder, sizes, "PARALLEL", work.parallel_study_uid, new_uid(), seed=20 + association, count=count)
             work.parallel_count += count
 
     if viewer:
         work.viewer_study_uid, work.viewer_series_uid = new_uid(), new_uid()
-        for index, ds in enumerate(
-            ct_series(sizes.viewer_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-VIEWER",
-                      patient_name="Bench^Viewer", study_uid=work.viewer_study_uid,
-                      series_uid=work.viewer_series_uid, seed=30)
-        ):
-            _write(ds, work.viewer_dir / f"{index:05}.dcm")
-            work.viewer_instance_uids.append(ds.SOPInstanceUID)
+        work.viewer_instance_uids = _series(work.viewer_dir, sizes, "VIEWER", work.viewer_study_uid,
+                                            work.viewer_series_uid, seed=30, count=sizes.viewer_instances)
 
     if not reads:
         return work
@@ -232,6 +219,20 @@ def index_date(number: int) -> str:
         day -= month_lengths[month]
         month += 1
     return f"{INDEX_YEAR}{month + 1:02}{day + 1:02}"
+
+
+def _series(
+    folder: Path, sizes: Sizes, patient: str, study_uid: str, series_uid: str, *, seed: int, count: int = 0
+) -> list[str]:
+    """A CT series of `count` instances (an ingest series' size by default) written into `folder`; its UIDs."""
+    uids = []
+    for index, ds in enumerate(
+        ct_series(count or sizes.series_instances, rows=sizes.rows, columns=sizes.rows, patient_id=f"BENCH-{patient}",
+                  patient_name=f"Bench^{patient.title()}", study_uid=study_uid, series_uid=series_uid, seed=seed)
+    ):
+        _write(ds, folder / f"{index:05}.dcm")
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
 
 
 def _write(ds: Dataset, path: Path) -> int:
