@@ -165,6 +165,8 @@ class Bench:
                 self.parallel_ingest(workload)
             if self.wanted("metadata_while_writing", "metadata_complete_after_write"):
                 self.writing(workload)
+            if viewer:  # on the small archive, before the bulk load: at 10,000 studies Orthanc's index slows it
+                self.viewer(workload)
             if reads:
                 self.load(workload)
             if self.wanted("stow_rs", "stow_rs_queryable"):
@@ -172,8 +174,6 @@ class Bench:
             if self.wanted("stow_rs_parallel"):
                 self.stow_parallel(workload)
             self.http_operations(workload)
-            if viewer:
-                self.viewer(workload)
             if self.wanted("study_stream_rss"):
                 self.stream(workload)
             if self.wanted("metadata_series_cold"):
