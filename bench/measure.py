@@ -1,13 +1,16 @@
-"""The clients: curl for HTTP (its own timings, keep-alive across repeats), storescu for C-STORE, and a
-sampler of the server's resident memory. No Python HTTP client sits in a timed path."""
+"""The clients: curl for HTTP (its own timings, keep-alive across repeats), storescu for C-STORE, wrk for a
+viewer's parallel requests, and a sampler of the server's resident memory. No Python HTTP client sits in a
+timed path, except Orthanc's REST upload in the bulk import, which is how the issue measured it."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +71,16 @@ def storescu_command(server: Server, folder: Path) -> list[str]:
             "127.0.0.1", str(server.dimse_port), str(folder)]
 
 
-def storescu(server: Server, folder: Path) -> None:
-    done = subprocess.run(storescu_command(server, folder), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"storescu to {server.name} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+def storescu(server: Server, *folders: Path) -> None:
+    """One storescu process, one association, per folder, all at once."""
+    senders = [
+        subprocess.Popen(storescu_command(server, folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for folder in folders
+    ]
+    for sender in senders:
+        _, errors = sender.communicate()
+        if sender.returncode != 0:
+            raise BenchError(f"storescu to {server.name} failed ({sender.returncode}): {errors.decode()[-500:]}")
 
 
 def study_instance_count(server: Server, study_uid: str) -> int:
@@ -95,12 +104,70 @@ def wait_queryable(server: Server, study_uid: str, count: int, timeout: float = 
                f"{count} instances of study {study_uid} queryable on {server.name}", interval=0.02)
 
 
-def timed_ingest(server: Server, folder: Path, study_uid: str, count: int) -> float:
-    """Seconds from the first storescu byte until QIDO counts every instance of the study."""
+def timed_ingest(server: Server, folders: list[Path], study_uid: str, count: int) -> float:
+    """Seconds from the first storescu byte (one association per folder) until QIDO counts every instance."""
     start = time.perf_counter()
-    storescu(server, folder)
+    storescu(server, *folders)
     wait_queryable(server, study_uid, count)
     return time.perf_counter() - start
+
+
+def parallel_posts(url: str, bodies: list[Path], headers: dict[str, str], ca_file: Path | None) -> float:
+    """Seconds from starting one curl per body, all at once, until the last has its answer."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        list(pool.map(lambda body: curl([url], headers, data=body, ca_file=ca_file), bodies))
+    return time.perf_counter() - start
+
+
+# wrk's script: each thread cycles through the paths; at the end, one JSON line with the rate and the latency
+# at percentiles 1 to 99 (microseconds), and the failures, which fail the run.
+WRK_SCRIPT = """
+local paths = {{{paths}}}
+local next_path = 0
+{headers}
+request = function()
+    next_path = next_path % #paths + 1
+    return wrk.format("GET", paths[next_path])
+end
+done = function(summary, latency, requests)
+    local percentiles = {{}}
+    for p = 1, 99 do percentiles[p] = latency:percentile(p) end
+    local e = summary.errors
+    io.write(string.format('{{"requests": %d, "duration_us": %d, "failures": %d, "latency_us": [%s]}}\\n',
+        summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+        table.concat(percentiles, ",")))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    rate: float  # requests answered per second
+    latencies: list[float]  # seconds, at percentiles 1 to 99
+
+
+def wrk_load(base_url: str, paths: list[str], headers: dict[str, str], connections: int, seconds: float,
+             scratch: Path) -> Load:
+    """`connections` kept-alive connections requesting `paths` in turn for `seconds` (two wrk threads)."""
+    script = scratch / "wrk.lua"
+    script.write_text(WRK_SCRIPT.format(
+        paths=", ".join(json.dumps(path) for path in paths),
+        headers="\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()),
+    ))  # fmt: skip
+    command = ["wrk", "--threads", str(min(2, connections, os.cpu_count() or 1)), "--connections", str(connections),
+               "--duration", f"{max(1, round(seconds))}s", "--timeout", "30s", "--script", str(script), base_url]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise BenchError(f"wrk is missing ({exc}): install Debian's wrk (./dev does)") from exc
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    report = json.loads(lines[-1])
+    if report["failures"] or not report["requests"]:
+        raise BenchError(f"wrk against {base_url}: {report['failures']} of {report['requests']} requests failed")
+    return Load(report["requests"] / (report["duration_us"] / 1e6), [us / 1e6 for us in report["latency_us"]])
 
 
 def rss_bytes(pid: int) -> int:

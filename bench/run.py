@@ -1,7 +1,8 @@
 """The bench run: generate, start both archives, load the same data, time each operation on both.
 
-Two comparisons: dicomcloud against Orthanc (OPERATIONS), or, with `s3`, `dicomcloud up` on S3 (a SeaweedFS
-started for the run) against the same archive on the local filesystem (S3_OPERATIONS and the object-storage targets).
+Two comparisons: dicomcloud against Orthanc (OPERATIONS; a few rows against nginx serving the same bytes as a
+static file instead), or, with `s3`, `dicomcloud up` on S3 (a SeaweedFS started for the run) against the same
+archive on the local filesystem (S3_OPERATIONS and the object-storage targets).
 
 Repeated HTTP samples are taken in rounds that alternate between the servers, so a burst of load from
 elsewhere on the machine does not fall on one server only.
@@ -13,15 +14,26 @@ import logging
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from bench.measure import curl, metadata_while_writing, stream_with_rss, timed_ingest, wait_queryable
-from bench.report import S3_SERVERS, Goal, Measured, Operation, Target, Unit
-from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server
+from bench.measure import (
+    curl,
+    metadata_while_writing,
+    parallel_posts,
+    server_rss,
+    stream_with_rss,
+    timed_ingest,
+    wait_queryable,
+    wrk_load,
+)
+from bench.report import NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
+from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server, StaticFiles
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
 
 log = logging.getLogger("bench")
@@ -31,17 +43,25 @@ DICOM_PARTS = {"Accept": 'multipart/related; type="application/dicom"; transfer-
 FRAME_PARTS = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 ROUND = 10
 
+VIEWER = "a viewer's load: parallel connections fetching frame 1 of every instance of a CT series in turn"
 OPERATIONS = [
     Operation("cstore_ingest", "storescu sends both CT series of one study (one association), until QIDO counts all",
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 15)),
+    Operation("cstore_parallel", "storescu over parallel associations (one series each, one study), until QIDO "
+              "counts all", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
     Operation("stow_rs", "STOW-RS of one study's CT instances in one multipart request",
-              Unit.INSTANCES, Target(Goal.TIME_AT_MOST, 1 / 3)),
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
+    Operation("stow_rs_parallel", "STOW-RS by parallel clients, one study's CT instances each, until the last answer",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
     Operation("stow_rs_queryable", "the same STOW-RS, from the request until QIDO-RS counts every instance of it",
               Unit.INSTANCES, Target(Goal.TIME_AT_MOST, 1 / 3)),
     Operation("metadata_while_writing", "series metadata of a new series, requested back to back while storescu "
               "sends its instances", Unit.REQUESTS, Target(Goal.NONE)),
     Operation("metadata_complete_after_write", "from storescu's end until that series' metadata lists every instance",
               Unit.REQUESTS, Target(Goal.NONE)),
+    Operation("bulk_import", "`dicomcloud import` of a folder (the study's CT filler, the index studies) against "
+              "Orthanc's REST upload of it (POST /instances, 4 clients), until QIDO finds all",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 3)),
     Operation("qido_studies_patientid", "QIDO /studies?PatientID=<one of 1,000 patients> at the index scale",
               Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
     Operation("qido_studies_date_modality", "QIDO /studies?StudyDate=<a month>&ModalitiesInStudy=MR, index scale",
@@ -60,8 +80,16 @@ OPERATIONS = [
               Unit.MEGABYTES, Target(Goal.NONE)),
     Operation("series_retrieve", "the big series as multipart application/dicom",
               Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.8)),
-    Operation("study_stream_rss", "the whole study streamed while sampling the server's VmRSS",
-              Unit.MEGABYTES, Target(Goal.RSS_PEAK_BELOW_MB, 300)),
+    Operation("series_retrieve_nginx", "the same, against nginx sending the same bytes from a file (sendfile)",
+              Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.9), NGINX_SERVERS),
+    Operation("viewer_frames_after_ingest", f"{VIEWER}, from the moment storescu's series is queryable",
+              Unit.FRAMES, Target(Goal.THROUGHPUT_AT_LEAST_P99_HALF, 3)),
+    Operation("viewer_frames_settled", f"{VIEWER}, once the server is idle again",
+              Unit.FRAMES, Target(Goal.THROUGHPUT_AT_LEAST_P99_HALF, 3)),
+    Operation("viewer_frames_nginx", "the settled viewer load against nginx serving a file of one frame answer's "
+              "size: the client's ceiling", Unit.FRAMES, Target(Goal.NONE), NGINX_SERVERS),
+    Operation("study_stream_rss", "the whole study streamed while sampling the server's VmRSS, then idle after",
+              Unit.MEGABYTES, Target(Goal.RSS_PEAK_BELOW_MB, 200)),
 ]
 
 # The same archive on S3 against on the local filesystem: what an object store may cost.
@@ -111,35 +139,47 @@ class Bench:
         else:
             ours = DicomcloudStack if stack else Dicomcloud
             self.servers = {"dicomcloud": ours(work / "dicomcloud"), "orthanc": Orthanc(work / "orthanc")}
+        self.nginx = StaticFiles(work / "nginx")
         self.results_count: dict[str, dict[str, int]] = {}
 
     def run(self) -> dict[str, Any]:
         conditions = self.conditions()
         log.info("generating the workload in %s", self.work_root)
         started = time.perf_counter()
-        reads = self.wanted(*self.paths(Workload(self.work_root)), "study_stream_rss", "metadata_series_cold")
-        workload = generate(self.work_root / "files", self.sizes, reads=reads)
+        reads = self.wanted(*self.paths(Workload(self.work_root)), "series_retrieve_nginx", "study_stream_rss",
+                            "metadata_series_cold", "bulk_import")
+        viewer = self.wanted("viewer_frames_after_ingest", "viewer_frames_settled", "viewer_frames_nginx")
+        workload = generate(self.work_root / "files", self.sizes, reads=reads,
+                            parallel=self.wanted("cstore_parallel"), viewer=viewer)
         log.info("generated in %.0fs: study of %d instances, %.0f MB", time.perf_counter() - started,
                  workload.study_count, workload.study_bytes / 1024**2)
         try:
             for server in self.servers.values():
                 server.start()
+            if self.wanted("series_retrieve_nginx", "viewer_frames_nginx"):
+                self.nginx.start()
             if "orthanc" in self.servers:
                 conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
             self.ingest(workload)
+            if self.wanted("cstore_parallel"):
+                self.parallel_ingest(workload)
             if self.wanted("metadata_while_writing", "metadata_complete_after_write"):
                 self.writing(workload)
+            if viewer:  # on the small archive, before the bulk load: at 10,000 studies Orthanc's index slows it
+                self.viewer(workload)
             if reads:
                 self.load(workload)
             if self.wanted("stow_rs", "stow_rs_queryable"):
                 self.stow(workload)
+            if self.wanted("stow_rs_parallel"):
+                self.stow_parallel(workload)
             self.http_operations(workload)
             if self.wanted("study_stream_rss"):
                 self.stream(workload)
             if self.wanted("metadata_series_cold"):
                 self.cold_metadata(workload)
         finally:
-            for server in self.servers.values():
+            for server in (*self.servers.values(), self.nginx):
                 server.stop()
         conditions["load_average_end"] = os.getloadavg()
         return {
@@ -157,8 +197,17 @@ class Bench:
         op = self.ops["cstore_ingest"]
         for name, server in self.servers.items():
             log.info("C-STORE of %d instances into %s", work.ingest_count, name)
-            seconds = timed_ingest(server, work.ingest_dir, work.study_uid, work.ingest_count)
+            seconds = timed_ingest(server, [work.ingest_dir], work.study_uid, work.ingest_count)
             op.results[name] = Measured(seconds=[seconds], items=work.ingest_count)
+
+    def parallel_ingest(self, work: Workload) -> None:
+        op = self.ops["cstore_parallel"]
+        for name, server in self.servers.items():
+            server.wait_idle()
+            log.info("C-STORE of %d instances into %s over %d associations", work.parallel_count, name,
+                     len(work.parallel_dirs))
+            seconds = timed_ingest(server, work.parallel_dirs, work.parallel_study_uid, work.parallel_count)
+            op.results[name] = Measured(seconds=[seconds], items=work.parallel_count)
 
     def writing(self, work: Workload) -> None:
         """A new series sent by storescu while its metadata is requested back to back, then until it is complete."""
@@ -175,13 +224,20 @@ class Bench:
             server.wait_idle()
 
     def load(self, work: Workload) -> None:
+        """The rest of the study and the index studies, in one bulk load timed until QIDO finds the last of them."""
+        files = sum(1 for path in work.bulk_dir.rglob("*") if path.is_file())
         for name, server in self.servers.items():
-            log.info("loading the rest of the study and %d index studies into %s", self.sizes.index_studies, name)
-            server.load(work.extra_dir)
+            log.info("loading %d files (the rest of the study, %d index studies) into %s", files,
+                     self.sizes.index_studies, name)
+            started = time.perf_counter()
+            server.load(work.bulk_dir)
             wait_queryable(server, work.study_uid, work.study_count)
             if self.sizes.index_studies:
-                server.load(work.index_dir)
                 wait_queryable(server, work.index_last_study_uid, 1)
+            seconds = time.perf_counter() - started
+            if "bulk_import" in self.ops:
+                self.ops["bulk_import"].results[name] = Measured(seconds=[seconds], items=files)
+            log.info("%s: %d files queryable after %.1fs", name, files, seconds)
             server.wait_idle()
 
     def stow(self, work: Workload) -> None:
@@ -201,6 +257,20 @@ class Bench:
                     measured.seconds.append(seconds)
                     measured.size, measured.items = body.stat().st_size, self.sizes.stow_instances
                 server.wait_idle()
+
+    def stow_parallel(self, work: Workload) -> None:
+        op = self.ops["stow_rs_parallel"]
+        headers = {"Content-Type": STOW_CONTENT_TYPE, **DICOM_JSON}
+        for name, server in self.servers.items():
+            log.info("STOW-RS into %s: %d clients at once, %d instances each", name, len(work.stow_parallel_bodies),
+                     self.sizes.stow_instances)
+            seconds = parallel_posts(f"{server.dicomweb}/studies", work.stow_parallel_bodies, headers, server.ca_file)
+            bodies = work.stow_parallel_bodies
+            op.results[name] = Measured(seconds=[seconds], items=self.sizes.stow_instances * len(bodies),
+                                        size=sum(body.stat().st_size for body in bodies))
+            for study_uid in work.stow_parallel_study_uids:
+                wait_queryable(server, study_uid, self.sizes.stow_instances)
+            server.wait_idle()
 
     def paths(self, work: Workload) -> dict[str, tuple[str, dict[str, str]]]:
         series = f"/studies/{work.study_uid}/series/{work.series_uid}"
@@ -224,19 +294,67 @@ class Bench:
             log.info("%s: %d samples per server", name, repeats)
             if name.startswith("qido"):
                 self.results_count[name] = {s: self.count_results(server, path) for s, server in self.servers.items()}
-            self.sample(self.ops[name], path, headers, repeats)
+            self.sample(self.ops[name], self.targets(path), headers, repeats)
+        if self.wanted("series_retrieve_nginx"):
+            self.series_against_nginx(work)
 
-    def sample(self, op: Operation, path: str, headers: dict[str, str], repeats: int) -> None:
-        for server in self.servers.values():
-            curl([f"{server.dicomweb}{path}"], headers, ca_file=server.ca_file)  # warm-up, not counted
+    def targets(self, path: str) -> dict[str, tuple[str, Path | None]]:
+        """Each archive's URL for `path` and the CA its HTTPS needs, if any."""
+        return {name: (f"{server.dicomweb}{path}", server.ca_file) for name, server in self.servers.items()}
+
+    def sample(
+        self, op: Operation, targets: dict[str, tuple[str, Path | None]], headers: dict[str, str], repeats: int
+    ) -> None:
+        for url, ca_file in targets.values():
+            curl([url], headers, ca_file=ca_file)  # warm-up, not counted
         done = 0
         while done < repeats:
             batch = min(ROUND, repeats - done)
-            for name, server in self.servers.items():
-                samples = curl([f"{server.dicomweb}{path}"] * batch, headers, ca_file=server.ca_file)
+            for name, (url, ca_file) in targets.items():
+                samples = curl([url] * batch, headers, ca_file=ca_file)
                 op.results[name].seconds += [s.seconds for s in samples]
                 op.results[name].size = samples[0].size
             done += batch
+
+    def series_against_nginx(self, work: Workload) -> None:
+        """The series' multipart answer, saved once, served by nginx beside the archive's own answers."""
+        path, headers = self.paths(work)["series_retrieve"]
+        url, ca_file = self.targets(path)["dicomcloud"]
+        answer = self.work_root / "series.multipart"
+        curl([url], headers, ca_file=ca_file, output=answer)
+        targets = {"dicomcloud": (url, ca_file), "nginx": (self.nginx.put("series", answer), None)}
+        log.info("series_retrieve_nginx: %d samples per server", self.sizes.retrieve_repeats)
+        self.sample(self.ops["series_retrieve_nginx"], targets, headers, self.sizes.retrieve_repeats)
+
+    def viewer(self, work: Workload) -> None:
+        """Each archive gets the viewer's series by storescu, then the viewer's load at once and after it is idle;
+        nginx gets the same load on a file of one frame answer's size."""
+        after, settled = self.ops["viewer_frames_after_ingest"], self.ops["viewer_frames_settled"]
+        frames = [f"/studies/{work.viewer_study_uid}/series/{work.viewer_series_uid}/instances/{uid}/frames/1"
+                  for uid in work.viewer_instance_uids]
+        for name, server in self.servers.items():
+            server.wait_idle()
+            log.info("viewer load on %s: storescu of %d instances, then %d connections for %gs, twice", name,
+                     len(frames), self.sizes.viewer_connections, self.sizes.viewer_seconds)
+            timed_ingest(server, [work.viewer_dir], work.viewer_study_uid, len(frames))
+            after.results[name] = self.wrk(server.dicomweb, frames)
+            server.wait_idle()
+            settled.results[name] = self.wrk(server.dicomweb, frames)
+        if self.wanted("viewer_frames_nginx"):
+            dicomcloud = self.servers["dicomcloud"]
+            answer = self.work_root / "frame.multipart"
+            curl([f"{dicomcloud.dicomweb}{frames[0]}"], FRAME_PARTS, ca_file=dicomcloud.ca_file, output=answer)
+            self.nginx.put("frame", answer)
+            ceiling = self.ops["viewer_frames_nginx"]
+            ceiling.results = {"dicomcloud": settled.results["dicomcloud"],
+                               "nginx": self.wrk(self.nginx.base_url, ["/frame"])}
+
+    def wrk(self, root: str, paths: list[str]) -> Measured:
+        prefix = urlsplit(root)
+        with tempfile.TemporaryDirectory() as scratch:
+            load = wrk_load(f"{prefix.scheme}://{prefix.netloc}", [prefix.path + path for path in paths], FRAME_PARTS,
+                            self.sizes.viewer_connections, self.sizes.viewer_seconds, Path(scratch))
+        return Measured(seconds=load.latencies, rate=load.rate, items=len(paths))
 
     def count_results(self, server: Server, path: str) -> int:
         response = httpx.get(f"{server.dicomweb}{path}", headers=DICOM_JSON, timeout=120, verify=server.verify)
@@ -247,9 +365,10 @@ class Bench:
         for name, server in self.servers.items():
             log.info("streaming the %.0f MB study from %s", work.study_bytes / 1024**2, name)
             streamed = stream_with_rss(server, f"{server.dicomweb}/studies/{work.study_uid}", DICOM_PARTS)
-            op.results[name] = Measured(seconds=[streamed.sample.seconds], size=streamed.sample.size,
-                                        rss_before=streamed.rss_before, rss_peak=streamed.rss_peak)
             server.wait_idle()
+            op.results[name] = Measured(seconds=[streamed.sample.seconds], size=streamed.sample.size,
+                                        rss_before=streamed.rss_before, rss_peak=streamed.rss_peak,
+                                        rss_idle_after=server_rss(server))
 
     def cold_metadata(self, work: Workload) -> None:
         op = self.ops["metadata_series_cold"]

@@ -1,13 +1,15 @@
 """The two archives under test, each a child process on loopback with its own data folder.
 
 Both expose the same surface to the bench: a DICOMweb root, a DIMSE AE title and port, the server's
-PID (for memory samples), a restart (to empty process caches) and an untimed bulk load.
+PID (for memory samples), a restart (to empty process caches) and a bulk load. Beside them, nginx serves
+copies of the archives' answers as static files: what the same bytes cost by sendfile.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,28 @@ from dicomcloud.stack import LocalStack, StackError
 from dicomcloud.stack.seaweedfs import SeaweedFS, start_seaweedfs
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+NGINX_CONFIG = """daemon off;
+master_process off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {folder}/temp;
+    proxy_temp_path {folder}/temp;
+    fastcgi_temp_path {folder}/temp;
+    uwsgi_temp_path {folder}/temp;
+    scgi_temp_path {folder}/temp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {folder}/www;
+    }}
+}}
+"""
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 
@@ -104,7 +128,7 @@ class Server:
         raise NotImplementedError
 
     def load(self, folder: Path) -> None:
-        """Store every file under `folder` as fast as the server allows; not timed."""
+        """Store every file under `folder` the way a site would load an existing collection."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -199,6 +223,36 @@ class Orthanc(Server):
 
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(post, paths))
+
+
+class StaticFiles(Server):
+    """Debian's nginx, one process, serving a folder by sendfile on a kept-alive connection: the ceiling for
+    sending bytes on this machine, and a check that a client is not the bottleneck."""
+
+    name = "nginx"
+
+    @property
+    def www(self) -> Path:
+        return self.folder / "www"
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def put(self, name: str, source: Path) -> str:
+        """Serve a copy of `source` as `name`; its URL."""
+        shutil.copyfile(source, self.www / name)
+        return self.url(name)
+
+    def command(self) -> list[str]:
+        (self.folder / "temp").mkdir(exist_ok=True)
+        self.www.mkdir(exist_ok=True)
+        (self.www / "ready").write_text("ready\n")
+        config = self.folder / "nginx.conf"
+        config.write_text(NGINX_CONFIG.format(folder=self.folder, port=self.http_port))
+        return ["nginx", "-p", str(self.folder), "-e", str(self.folder / "error.log"), "-c", str(config)]
+
+    def ready_url(self) -> str:
+        return self.url("ready")
 
 
 class Dicomcloud(Server):

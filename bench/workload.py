@@ -5,9 +5,13 @@
 - `stow`: studies of CT instances, each sent as one STOW-RS request.
 - `writing`: one more CT series as big as an ingest series, in a study of its own, whose metadata is
   requested while it is being sent.
-- `extra`: more CT instances in the ingest study (pixels reused from a few generated slices, UIDs new),
-  so that the study reaches the size the memory check streams, plus one multi-frame instance.
-- `index`: many tiny one-instance studies across patients, dates and modalities for QIDO at scale.
+- `stow_parallel`: one more STOW-RS body per client of the parallel STOW, each a study of its own.
+- `parallel`: one CT study of one series per association, sent by parallel storescu processes.
+- `viewer`: a CT series whose frames a viewer's parallel requests fetch right after its ingest and settled.
+- `bulk`: what `dicomcloud import` (and Orthanc's REST upload) loads in one go, timed until queryable:
+  - `extra`: more CT instances in the ingest study (pixels reused from a few generated slices, UIDs new),
+    so that the study reaches the size the memory check streams, plus one multi-frame instance.
+  - `index`: many tiny one-instance studies across patients, dates and modalities for QIDO at scale.
 """
 
 from __future__ import annotations
@@ -43,17 +47,25 @@ class Sizes:
     repeats: int  # samples per HTTP operation
     retrieve_repeats: int  # samples per whole-series retrieve
     cold_restarts: int
+    stow_clients: int  # parallel STOW-RS clients, one request of `stow_instances` each
+    associations: int  # parallel storescu associations
+    parallel_instances: int  # sent over them, in all
+    viewer_instances: int  # the viewer's series
+    viewer_connections: int
+    viewer_seconds: float  # each viewer load lasts this long
 
 
 FULL = Sizes(
     series_instances=500, rows=512, stow_instances=100, stow_requests=3, study_bytes=2 * 1024**3,
     multiframe_frames=100, multiframe_rows=512, index_studies=10_000, repeats=100, retrieve_repeats=5,
-    cold_restarts=3,
+    cold_restarts=3, stow_clients=4, associations=4, parallel_instances=800, viewer_instances=100,
+    viewer_connections=8, viewer_seconds=10,
 )
 QUICK = Sizes(
     series_instances=10, rows=64, stow_instances=10, stow_requests=2, study_bytes=4 * 1024**2,
     multiframe_frames=8, multiframe_rows=64, index_studies=50, repeats=5, retrieve_repeats=2,
-    cold_restarts=1,
+    cold_restarts=1, stow_clients=2, associations=2, parallel_instances=8, viewer_instances=4,
+    viewer_connections=2, viewer_seconds=1,
 )
 
 
@@ -75,29 +87,51 @@ class Workload:
     writing_study_uid: str = ""
     writing_series_uid: str = ""
     writing_count: int = 0
+    stow_parallel_bodies: list[Path] = field(default_factory=list)
+    stow_parallel_study_uids: list[str] = field(default_factory=list)
+    parallel_study_uid: str = ""
+    parallel_count: int = 0
+    viewer_study_uid: str = ""
+    viewer_series_uid: str = ""
+    viewer_instance_uids: list[str] = field(default_factory=list)
 
     @property
     def ingest_dir(self) -> Path:
         return self.root / "ingest"
 
     @property
+    def bulk_dir(self) -> Path:
+        return self.root / "bulk"
+
+    @property
     def extra_dir(self) -> Path:
-        return self.root / "extra"
+        return self.bulk_dir / "extra"
 
     @property
     def index_dir(self) -> Path:
-        return self.root / "index"
+        return self.bulk_dir / "index"
+
+    @property
+    def parallel_dirs(self) -> list[Path]:
+        """One folder per association."""
+        return sorted((self.root / "parallel").iterdir())
+
+    @property
+    def viewer_dir(self) -> Path:
+        return self.root / "viewer"
 
     @property
     def writing_dir(self) -> Path:
         return self.root / "writing"
 
 
-def generate(root: Path, sizes: Sizes, *, reads: bool = True) -> Workload:
+def generate(
+    root: Path, sizes: Sizes, *, reads: bool = True, parallel: bool = True, viewer: bool = True
+) -> Workload:
     """Every part of the workload; without `reads`, not the study's extra instances nor the index studies,
-    which only the read operations need."""
+    which only the read operations need; without `parallel` or `viewer`, not their series."""
     work = Workload(root=root)
-    for folder in (work.ingest_dir, work.extra_dir, work.index_dir, work.writing_dir, root / "stow"):
+    for folder in (work.ingest_dir, work.extra_dir, work.index_dir, work.writing_dir, root / "stow", work.viewer_dir):
         folder.mkdir(parents=True, exist_ok=True)
     work.study_uid = new_uid()
     first, second = new_uid(), new_uid()
@@ -116,22 +150,34 @@ def generate(root: Path, sizes: Sizes, *, reads: bool = True) -> Workload:
     work.ingest_count = 2 * sizes.series_instances
 
     work.writing_study_uid, work.writing_series_uid = new_uid(), new_uid()
-    for index, ds in enumerate(
-        ct_series(sizes.series_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-WRITING",
-                  patient_name="Bench^Writing", study_uid=work.writing_study_uid,
-                  series_uid=work.writing_series_uid, seed=2)
-    ):
-        _write(ds, work.writing_dir / f"{index:05}.dcm")
+    _series(work.writing_dir, sizes, "WRITING", work.writing_study_uid, work.writing_series_uid, seed=2)
     work.writing_count = sizes.series_instances
 
-    for request in range(sizes.stow_requests):
+    for request in range(sizes.stow_requests + sizes.stow_clients):
         study_uid = new_uid()
         series = ct_series(sizes.stow_instances, rows=sizes.rows, columns=sizes.rows, patient_id="BENCH-STOW",
                            patient_name="Bench^STOW", study_uid=study_uid, seed=10 + request)
         body = root / "stow" / f"{request}.multipart"
         body.write_bytes(_multipart([_part10(ds) for ds in series]))
-        work.stow_bodies.append(body)
-        work.stow_study_uids.append(study_uid)
+        bodies, uids = (
+            (work.stow_bodies, work.stow_study_uids) if request < sizes.stow_requests
+            else (work.stow_parallel_bodies, work.stow_parallel_study_uids)
+        )  # fmt: skip
+        bodies.append(body)
+        uids.append(study_uid)
+
+    if parallel:
+        work.parallel_study_uid = new_uid()
+        for association in range(sizes.associations):
+            folder = root / "parallel" / f"{association}"
+            count = sizes.parallel_instances // sizes.associations
+            _series(folder, sizes, "PARALLEL", work.parallel_study_uid, new_uid(), seed=20 + association, count=count)
+            work.parallel_count += count
+
+    if viewer:
+        work.viewer_study_uid, work.viewer_series_uid = new_uid(), new_uid()
+        work.viewer_instance_uids = _series(work.viewer_dir, sizes, "VIEWER", work.viewer_study_uid,
+                                            work.viewer_series_uid, seed=30, count=sizes.viewer_instances)
 
     if not reads:
         return work
@@ -173,6 +219,20 @@ def index_date(number: int) -> str:
         day -= month_lengths[month]
         month += 1
     return f"{INDEX_YEAR}{month + 1:02}{day + 1:02}"
+
+
+def _series(
+    folder: Path, sizes: Sizes, patient: str, study_uid: str, series_uid: str, *, seed: int, count: int = 0
+) -> list[str]:
+    """A CT series of `count` instances (an ingest series' size by default) written into `folder`; its UIDs."""
+    uids = []
+    for index, ds in enumerate(
+        ct_series(count or sizes.series_instances, rows=sizes.rows, columns=sizes.rows, patient_id=f"BENCH-{patient}",
+                  patient_name=f"Bench^{patient.title()}", study_uid=study_uid, series_uid=series_uid, seed=seed)
+    ):
+        _write(ds, folder / f"{index:05}.dcm")
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
 
 
 def _write(ds: Dataset, path: Path) -> int:

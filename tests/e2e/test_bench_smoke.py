@@ -16,24 +16,34 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-# Every operation the bench reports, by name.
+# Every operation the bench reports, by name, and the servers it compares.
+ORTHANC = ("dicomcloud", "orthanc")
+NGINX = ("dicomcloud", "nginx")
 OPERATIONS = {
-    "cstore_ingest",
-    "stow_rs",
-    "stow_rs_queryable",
-    "metadata_while_writing",
-    "metadata_complete_after_write",
-    "qido_studies_patientid",
-    "qido_studies_date_modality",
-    "qido_instances_series",
-    "metadata_series_cold",
-    "metadata_series_warm",
-    "frame_single",
-    "frame_multiframe",
-    "instance_retrieve",
-    "series_retrieve",
-    "study_stream_rss",
+    "cstore_ingest": ORTHANC,
+    "cstore_parallel": ORTHANC,
+    "stow_rs": ORTHANC,
+    "stow_rs_parallel": ORTHANC,
+    "stow_rs_queryable": ORTHANC,
+    "metadata_while_writing": ORTHANC,
+    "metadata_complete_after_write": ORTHANC,
+    "bulk_import": ORTHANC,
+    "qido_studies_patientid": ORTHANC,
+    "qido_studies_date_modality": ORTHANC,
+    "qido_instances_series": ORTHANC,
+    "metadata_series_cold": ORTHANC,
+    "metadata_series_warm": ORTHANC,
+    "frame_single": ORTHANC,
+    "frame_multiframe": ORTHANC,
+    "instance_retrieve": ORTHANC,
+    "series_retrieve": ORTHANC,
+    "series_retrieve_nginx": NGINX,
+    "viewer_frames_after_ingest": ORTHANC,
+    "viewer_frames_settled": ORTHANC,
+    "viewer_frames_nginx": NGINX,
+    "study_stream_rss": ORTHANC,
 }
+VIEWER_LOADS = ("viewer_frames_after_ingest", "viewer_frames_settled", "viewer_frames_nginx")
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +66,10 @@ def _number(value: object) -> bool:
 
 def test_quick_bench_reports_every_operation_for_both_servers(quick_results: dict[str, object]) -> None:
     operations = {op["name"]: op for op in quick_results["operations"]}  # type: ignore[attr-defined]
-    assert set(operations) == OPERATIONS
+    assert set(operations) == set(OPERATIONS)
     for name, op in operations.items():
-        for server in ("dicomcloud", "orthanc"):
+        assert tuple(op["servers"]) == OPERATIONS[name]
+        for server in OPERATIONS[name]:
             measured = op["servers"][server]
             assert measured["samples_s"], (name, server)
             assert all(_number(s) for s in measured["samples_s"]), (name, server)
@@ -67,11 +78,21 @@ def test_quick_bench_reports_every_operation_for_both_servers(quick_results: dic
         assert _number(op["ratio"]), name
 
 
-def test_quick_bench_samples_server_memory_while_streaming(quick_results: dict[str, object]) -> None:
+def test_quick_bench_samples_server_memory_while_streaming_and_idle_after(quick_results: dict[str, object]) -> None:
     (stream,) = [op for op in quick_results["operations"] if op["name"] == "study_stream_rss"]  # type: ignore[attr-defined]
-    for server in ("dicomcloud", "orthanc"):
+    for server in ORTHANC:
         assert _number(stream["servers"][server]["rss_peak_bytes"])
+        assert _number(stream["servers"][server]["rss_idle_after_bytes"])
         assert stream["servers"][server]["bytes"] > 0
+
+
+def test_quick_bench_viewer_loads_report_a_rate_and_the_latency_percentiles(quick_results: dict[str, object]) -> None:
+    operations = {op["name"]: op for op in quick_results["operations"]}  # type: ignore[attr-defined]
+    for name in VIEWER_LOADS:
+        for server, measured in operations[name]["servers"].items():
+            assert measured["throughput_unit"] == "frames/s", (name, server)
+            assert len(measured["samples_s"]) == 99, (name, server)  # percentiles 1 to 99
+            assert measured["median_s"] <= measured["p90_s"] <= measured["p99_s"], (name, server)
 
 
 def test_quick_bench_servers_return_the_same_search_results(quick_results: dict[str, object]) -> None:
