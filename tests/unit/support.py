@@ -12,7 +12,8 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +24,7 @@ from pydicom.data import get_testdata_file
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import LAYOUT_MARKER
 from dicomcloud.config import load_settings
+from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
 from dicomcloud.http_workers import http_server, share_safely
@@ -50,6 +52,19 @@ def make_archive(data: Path, **sections: dict[str, Any]) -> Archive:
     """An archive on `data`, with settings sections overlaid, e.g. `storage={"duplicate_policy": "reject"}`."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
     return Archive.from_settings(load_settings(overrides={"storage": storage, **sections}, environ={}))
+
+
+@contextmanager
+def running_scp(data: Path, ae_title: str, **dimse: Any) -> Iterator[StoreSCP]:
+    """A DICOM SCP on a free loopback port over an archive on `data`, with `dimse` settings overlaid."""
+    archive = make_archive(data, dimse={"host": "127.0.0.1", "port": 0, "ae_title": ae_title, **dimse})
+    server = StoreSCP(archive)
+    server.start(blocking=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        archive.close()
 
 
 def make_workers(data: Path, count: int, **sections: dict[str, Any]) -> list[Archive]:

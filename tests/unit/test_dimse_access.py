@@ -110,28 +110,16 @@ def tls_scp(tmp_path_factory: pytest.TempPathFactory, pki_two_clients: Path) -> 
     """A DICOM TLS SCP that lets any certificate of its CA connect, with access control requiring the
     peer MODALITY to present the certificate named MODALITY."""
     pki = pki_two_clients
-    settings = load_settings(
-        overrides={
-            "storage": {"data_dir": str(tmp_path_factory.mktemp("tls-access") / "data")},
-            "dimse": {
-                "host": "127.0.0.1",
-                "port": 0,
-                "ae_title": AE_TITLE,
-                "tls_cert_file": str(pki / "server.pem"),
-                "tls_key_file": str(pki / "server.key"),
-                "tls_ca_file": str(pki / "ca.pem"),
-                "access_control": True,
-                "peers": {"MODALITY": {"hosts": ["127.0.0.1"], "tls_common_name": "MODALITY"}},
-            },
-        },
-        environ={},
-    )
-    archive = Archive.from_settings(settings)
-    server = StoreSCP(archive)
-    server.start(blocking=False)
-    yield server
-    server.stop()
-    archive.close()
+    with support.running_scp(
+        tmp_path_factory.mktemp("tls-access") / "data",
+        AE_TITLE,
+        tls_cert_file=str(pki / "server.pem"),
+        tls_key_file=str(pki / "server.key"),
+        tls_ca_file=str(pki / "ca.pem"),
+        access_control=True,
+        peers={"MODALITY": {"hosts": ["127.0.0.1"], "tls_common_name": "MODALITY"}},
+    ) as server:
+        yield server
 
 
 def storescu_tls(scp: StoreSCP, path: Path, pki: Path, client: str | None) -> subprocess.CompletedProcess[str]:

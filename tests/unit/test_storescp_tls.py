@@ -27,20 +27,8 @@ def scp(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[StoreSC
         "tls_ca_file": str(pki / "ca.pem"),
         "tls_require_client_cert": True,
     }
-    data = tmp_path_factory.mktemp("tls") / "data"
-    settings = load_settings(
-        overrides={
-            "storage": {"data_dir": str(data)},
-            "dimse": {"host": "127.0.0.1", "port": 0, "ae_title": AE_TITLE, **tls},
-        },
-        environ={},
-    )
-    archive = Archive.from_settings(settings)
-    server = StoreSCP(archive)
-    server.start(blocking=False)
-    yield server
-    server.stop()
-    archive.close()
+    with support.running_scp(tmp_path_factory.mktemp("tls") / "data", AE_TITLE, **tls) as server:
+        yield server
 
 
 def storescu(scp: StoreSCP, path: Path, *tls: str) -> subprocess.CompletedProcess[str]:
