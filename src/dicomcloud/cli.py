@@ -378,7 +378,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
     try:
         sock = server.config.bind_socket()
         workers.start(sock)
-        checks = [*runtime_checks(archive.runtime), dimse_check(scp), *workers.checks()]
+        checks = [*runtime_checks(archive.runtime), dimse_check(scp), *workers.checks(server)]
         with ops_listener(settings.ops, checks):
             scp.start(blocking=False)
             for name, run in bus_workers(archive).items():
@@ -437,7 +437,7 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
     try:
         sock = server.config.bind_socket()
         workers.start(sock)
-        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks()]):
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks(server)]):
             if not workers.wait_ready(threading.Event(), READY_TIMEOUT):
                 log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])

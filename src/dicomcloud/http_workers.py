@@ -131,14 +131,17 @@ class HttpWorkers:
             stop.wait(0.05)
         return True
 
-    def checks(self) -> list[Check]:
-        """With several workers, ready only while every one serves."""
+    def checks(self, server: Any) -> list[Check]:
+        """Ready only once the service's own uvicorn (`server`) listens and, with several workers, while every
+        one serves: the socket is bound before, and refuses connections until uvicorn listens on it."""
 
         def probe() -> None:
+            if not server.started:
+                raise ServiceUnavailable("the HTTP listener does not serve yet")
             if not self.ready():
                 raise ServiceUnavailable(f"not every one of the {self.count} HTTP workers serves")
 
-        return [Check("http-workers", probe)] if self.count > 1 else []
+        return [Check("http", probe)]
 
     def terminate(self) -> None:
         """SIGTERM to every worker: each drains its requests as uvicorn does. Safe in a signal handler (it takes

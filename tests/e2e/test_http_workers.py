@@ -246,7 +246,7 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     ops = free_port()
     archive = archive_factory("http-workers-restart", {**WORKERS, "DICOMCLOUD_OPS__PORT": str(ops)})
     assert archive.log_path is not None
-    assert "http-workers" in httpx.get(f"http://127.0.0.1:{ops}/ready", timeout=30).json()["checks"]
+    assert "http" in httpx.get(f"http://127.0.0.1:{ops}/ready", timeout=30).json()["checks"]
     starts = len(re.findall(r"started HTTP worker 2 ", archive.log_path.read_text(errors="replace")))
     killed = worker_pid(archive)
     os.kill(killed, signal.SIGKILL)

@@ -48,7 +48,7 @@ def test_up_with_an_ops_port_is_live_and_ready_with_every_check(ops_archive: tup
     ready = httpx.get(f"{ops}/ready", timeout=30)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert set(ready.json()["checks"]) == {"index", "bus", "storage", "cache", "dimse"}
+    assert set(ready.json()["checks"]) == {"index", "bus", "storage", "cache", "dimse", "http"}
 
 
 def test_wado_server_port_is_ready_too(ops_archive: tuple[Archive, str]) -> None:

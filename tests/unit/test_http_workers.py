@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from dicomcloud.config import load_settings
-from dicomcloud.http_workers import share_safely, worker_count
+from dicomcloud.errors import ServiceUnavailable
+from dicomcloud.http_workers import HttpWorkers, share_safely, worker_count
 
 
 def test_zero_workers_means_one_per_core_this_process_may_use() -> None:
@@ -50,3 +52,15 @@ def test_every_log_line_names_its_worker(log_format: str) -> None:
         assert (entry["worker"], entry["message"]) == ("http-2", "served")
     else:
         assert line.endswith(" INFO    [http-2] dicomcloud.test: served")
+
+
+def test_a_wado_server_is_not_ready_until_its_own_listener_serves() -> None:
+    """The socket is bound before uvicorn listens on it: until then a client would be refused, so a stack
+    that waited for /ready must not be told so."""
+    settings = load_settings(environ={})
+    server = SimpleNamespace(started=False)
+    (check,) = HttpWorkers(settings, "plain", worker_count(settings)).checks(server)
+    with pytest.raises(ServiceUnavailable, match="does not serve yet"):
+        check.probe()
+    server.started = True
+    check.probe()
