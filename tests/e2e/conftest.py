@@ -16,7 +16,40 @@ import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
+from dicomcloud.stack import LocalStack
+
 AE_TITLE = "DICOMCLOUD"
+
+
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test on the local stack reports the tail of every service's log: by the time anyone reads a
+    CI failure, the stack's folder (and the log that says why a C-STORE went unanswered) is gone."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or not hasattr(item, "funcargs"):
+        return
+    for value in item.funcargs.values():
+        stack = running_stack(value)
+        if stack is None:
+            continue
+        for name, component in stack.components.items():
+            log = Path(component.log)
+            if log.is_file():
+                tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                report.sections.append((f"stack log {name} (last {LOG_TAIL_LINES} lines)", "\n".join(tail)))
+
+
+def running_stack(value: object) -> LocalStack | None:
+    """The local stack a fixture value is (a LocalStack) or lives in (the folder holding its stack.json)."""
+    if isinstance(value, LocalStack):
+        return value
+    if isinstance(value, Path) and (value / "stack.json").is_file():
+        return LocalStack.load(value)
+    return None
 
 
 def free_port() -> int:
