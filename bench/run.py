@@ -16,12 +16,14 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from bench.floor import Floor
 from bench.measure import (
     curl,
     metadata_while_writing,
@@ -108,7 +110,17 @@ S3_OPERATIONS = [
               Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
     Operation("study_stream_rss", "the whole study streamed while sampling the server's VmRSS",
               Unit.MEGABYTES, Target(Goal.RSS_GROWTH_BELOW_MB, 100), S3_SERVERS),
+    # The store's floor (bench/floor.py): the Storage port alone doing the storage part of the operations above.
+    Operation("storage_commit_one", "the storage alone: commit one CT instance and its metadata entry (a C-STORE's "
+              "part)", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
+    Operation("storage_commit_batch", "the storage alone: commit a STOW-RS request's instances and entries in one "
+              "batch", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
+    Operation("storage_frame_read", "the storage alone: read one frame's byte range of a CT instance",
+              Unit.REQUESTS, Target(Goal.MEDIAN_WITHIN_MS, 2), S3_SERVERS),
+    Operation("storage_series_read", "the storage alone: read the batches' objects whole, in order (S3: "
+              "READ_AHEAD at once)", Unit.MEGABYTES, Target(Goal.THROUGHPUT_AT_LEAST, 0.7), S3_SERVERS),
 ]
+FLOOR_OPERATIONS = ("storage_commit_one", "storage_commit_batch", "storage_frame_read", "storage_series_read")
 
 
 def new_operations(s3: bool = False) -> dict[str, Operation]:
@@ -160,6 +172,8 @@ class Bench:
                 self.nginx.start()
             if "orthanc" in self.servers:
                 conditions["orthanc_dicomweb_plugin"] = self.orthanc_plugin_version()
+            if self.wanted(*FLOOR_OPERATIONS):
+                self.floor(workload)
             self.ingest(workload)
             if self.wanted("cstore_parallel"):
                 self.parallel_ingest(workload)
@@ -192,6 +206,32 @@ class Bench:
     def wanted(self, *names: str) -> bool:
         """Whether any of these operations is to be measured (all of the run's are without --only)."""
         return bool(set(names) & set(self.ops) & (self.only if self.only is not None else set(self.ops)))
+
+    def floor(self, work: Workload) -> None:
+        """The storage port alone on each archive's storage (the first ingest instance's bytes), before any load;
+        samples taken in rounds that alternate between the storages, as HTTP samples are."""
+        instance = min(work.ingest_dir.iterdir())
+        floors: dict[str, Floor] = {}
+        for name, server in self.servers.items():
+            if not isinstance(server, Dicomcloud):
+                raise BenchError("the storage floor is measured on dicomcloud's own storages (--s3)")
+            floors[name] = Floor(server.storage(self.work_root / f"floor-{name}"), instance)
+        sizes = self.sizes
+        steps: list[tuple[str, int, int, Callable[[Floor, int], Measured]]] = [
+            ("storage_commit_one", sizes.repeats, ROUND, Floor.commit_one),
+            ("storage_commit_batch", sizes.stow_requests, 1,
+             lambda floor, repeats: floor.commit_batch(sizes.stow_instances, repeats)),
+            ("storage_frame_read", sizes.repeats, ROUND, Floor.frame_read),
+            ("storage_series_read", sizes.retrieve_repeats, 1, Floor.series_read),
+        ]  # fmt: skip
+        for op_name, repeats, per_round, measure in steps:
+            log.info("%s: %d samples per storage", op_name, repeats)
+            for done in range(0, repeats, per_round):
+                for name, floor in floors.items():
+                    measured = measure(floor, min(per_round, repeats - done))
+                    result = self.ops[op_name].results[name]
+                    result.seconds += measured.seconds
+                    result.size, result.items = measured.size, measured.items
 
     def ingest(self, work: Workload) -> None:
         op = self.ops["cstore_ingest"]

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import httpx
 
-from dicomcloud.adapters.s3_storage import create_bucket
+from dicomcloud.adapters.fs_storage import FsStorage
+from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
 from dicomcloud.errors import StorageFailure
+from dicomcloud.ports.storage import Storage
 from dicomcloud.stack import LocalStack, StackError
 from dicomcloud.stack.seaweedfs import SeaweedFS, start_seaweedfs
 
@@ -283,6 +285,10 @@ class Dicomcloud(Server):
     def ready_url(self) -> str:
         return f"{self.base_url}/health"
 
+    def storage(self, folder: Path) -> Storage:
+        """A storage of the archive's kind in `folder` (its objects and scratch files), for the storage's floor."""
+        return FsStorage(folder / "objects", folder / "staging")
+
     def load(self, folder: Path) -> None:
         """`dicomcloud import` beside the running server; its consumer indexes what the import publishes."""
         command = [sys.executable, "-m", "dicomcloud", "import", "--data", str(self.data), "--log-level", "WARNING"]
@@ -315,6 +321,12 @@ class DicomcloudOnS3(Dicomcloud):
             "DICOMCLOUD_STORAGE__S3__ACCESS_KEY_ID": settings.access_key_id,
             "DICOMCLOUD_STORAGE__S3__SECRET_ACCESS_KEY": settings.secret_access_key,
         }
+
+    def storage(self, folder: Path) -> Storage:
+        """The archive's bucket (its objects under their own key prefix) through the S3 adapter."""
+        if self.weed is None:
+            raise BenchError("SeaweedFS is not running")
+        return S3Storage(self.weed.settings(self.BUCKET, key_prefix="bench-floor"), folder / "staging")
 
     def start(self) -> None:
         if self.weed is None:

@@ -111,6 +111,11 @@ S3_TARGETS = {
     "instance_retrieve": "-",
     "series_retrieve": "thrpt >= 0.7x",
     "study_stream_rss": "RSS +< 100 MB",
+    # The store's floor: the same targets for the Storage port alone.
+    "storage_commit_one": "thrpt >= 0.7x",
+    "storage_commit_batch": "thrpt >= 0.7x",
+    "storage_frame_read": "p50 <= +2 ms",
+    "storage_series_read": "thrpt >= 0.7x",
 }
 
 

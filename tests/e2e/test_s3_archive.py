@@ -8,17 +8,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from tests.unit.support import make_archive, staged, store, write_ct
 
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
 from dicomcloud.archive.keys import LAYOUT_MARKER, uid_hash
+from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.config import S3Settings
 from dicomcloud.stack.seaweedfs import SeaweedFS
 
@@ -124,3 +130,48 @@ def test_the_hashed_layout_on_s3_places_objects_under_hashed_keys_and_a_changed_
     refused = dicomcloud("server", "--data", str(tmp_path), env=env)
     assert refused.returncode == 1
     assert "keeps its objects in the 'hashed' key layout" in refused.stderr
+
+
+def test_what_each_operation_asks_of_the_store_counted_by_the_store(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """A stored instance is one PUT of its original and one of its metadata entry, alone or in a batch, and nothing
+    else; a frame is one ranged GET; choosing what a retrieve sends reads nothing, and sending an instance is one
+    GET. SeaweedFS's own request counter tells (settled: it counts a request once its handler has returned)."""
+    settings = seaweedfs.settings("counted")
+    create_bucket(settings)
+    archive = make_archive(tmp_path / "data", backends={"storage": "s3"}, storage={"s3": vars(settings)})
+    study, series = generate_uid(), generate_uid()
+    files = [write_ct(tmp_path / f"{n}.dcm", study, series, generate_uid()) for n in range(5)]
+
+    def requests_of(action: Callable[[], object]) -> dict[tuple[str, str], int]:
+        before = settled_requests(seaweedfs, "counted")
+        action()
+        return dict(settled_requests(seaweedfs, "counted") - before)
+
+    assert requests_of(lambda: store(archive, files[0])) == {("PUT", "200"): 2}
+    batch = [staged(archive, path) for path in files[1:]]
+    stowed = requests_of(lambda: archive.store.store_many(batch, tenant_id="default", source="stow"))
+    assert stowed == {("PUT", "200"): 2 * len(batch)}
+
+    locations = archive.retrieve.instances("default", study, series)
+    index = archive.retrieve.frame_index(locations[0])  # the series document, composed from the entries once
+    assert requests_of(lambda: archive.retrieve.frames(locations[0], index, [1])) == {("GET", "206"): 1}
+    chosen: list[StoredInstance] = []
+    assert requests_of(lambda: chosen.extend(archive.retrieve.stored(locations, None))) == {}
+
+    def send_all() -> None:
+        for instance in chosen:
+            with archive.runtime.storage.open(instance.key) as stream:
+                assert len(stream.read()) == instance.size
+
+    assert requests_of(send_all) == {("GET", "206"): len(files)}
+
+
+def settled_requests(weed: SeaweedFS, bucket: str) -> Counter[tuple[str, str]]:
+    """The bucket's request counts once two readings a little apart agree."""
+    counts = weed.s3_requests(bucket)
+    while True:
+        time.sleep(0.1)
+        again = weed.s3_requests(bucket)
+        if again == counts:
+            return counts
+        counts = again

@@ -5,7 +5,8 @@ The `weed` binary is built from the Go module proxy (the module's go.mod has a `
 checkout and CI run, like Kafka's jars. `start_seaweedfs` runs either one `weed server` process (master,
 volume server, filer and S3 gateway in one: enough for contract tests) or, with `volumes`, a master, that
 many volume servers with replication `001` (a second copy on another server), a filer and the S3 gateway
-as separate processes, so one can be killed. Everything listens on 127.0.0.1 on free ports with its data in
+as separate processes, so one can be killed. The S3 gateway's Prometheus metrics tell how many requests of each kind
+a bucket got (`s3_requests`). Everything listens on 127.0.0.1 on free ports with its data in
 the given folder, runs in its own session and is stopped by pid. SeaweedFS is slow to stop on SIGTERM (one
 `weed server` about 15 s; a cluster's processes stopped together about 20 s, waiting for their master; in
 reverse start order each takes under a second), so stops are bounded waits, SIGKILL after them.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import shutil
 import signal
@@ -22,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +53,9 @@ S3_REGION = "us-east-1"
 PROBE_BUCKET = "dicomcloud-probe"
 # What nobody asked for: the master's anonymous usage report, the S3 gateway's Iceberg and Lance listeners.
 QUIET_OPTIONS = {"master": ["-telemetry=false"], "s3": ["-port.iceberg=0", "-port.lance=0"]}
+# The gateway's request counter in its Prometheus metrics, e.g. SeaweedFS_s3_request_total{bucket="b",code="200",...} 3
+S3_REQUEST_METRIC = re.compile(r"^SeaweedFS_s3_request_total\{([^}]*)\} (\S+)$", re.MULTILINE)
+METRIC_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def weed_binary(version: str = SEAWEEDFS_VERSION) -> Path:
@@ -103,6 +109,7 @@ class SeaweedFS:
     folder: Path
     endpoint: str
     credentials: S3Credentials
+    metrics_port: int
     servers: dict[str, Server] = field(default_factory=dict)
 
     def settings(self, bucket: str, key_prefix: str = "") -> S3Settings:
@@ -111,6 +118,17 @@ class SeaweedFS:
             endpoint=self.endpoint, bucket=bucket, region=S3_REGION, access_key_id=self.credentials.access_key,
             secret_access_key=self.credentials.secret_key, key_prefix=key_prefix,
         )  # fmt: skip
+
+    def s3_requests(self, bucket: str) -> Counter[tuple[str, str]]:
+        """The S3 requests the gateway answered for `bucket` since it started, by (HTTP method, status)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        counts: Counter[tuple[str, str]] = Counter()
+        for found in S3_REQUEST_METRIC.finditer(text):
+            labels = dict(METRIC_LABEL.findall(found.group(1)))
+            if labels.get("bucket") == bucket:
+                counts[labels.get("type", ""), labels.get("code", "")] += int(float(found.group(2)))
+        return counts
 
     def stop(self, timeout: float = SEAWEEDFS_STOP_TIMEOUT) -> None:
         """Stop the processes in the reverse of their start (gateway, filer, volume servers, master), each once the
@@ -139,7 +157,7 @@ def s3_config(credentials: S3Credentials) -> str:
     return json.dumps({"identities": [identity]}, indent=2) + "\n"
 
 
-def single_server(folder: Path, config: Path) -> list[WeedProcess]:
+def single_server(folder: Path, config: Path, metrics_port: int) -> list[WeedProcess]:
     """`weed server -filer -s3`: master, volume server, filer and S3 gateway in one process."""
     master, volume, filer, s3 = (_ports() for _ in range(4))
     data = folder / "server"
@@ -152,11 +170,12 @@ def single_server(folder: Path, config: Path) -> list[WeedProcess]:
         f"-filer.localSocket={folder / 'filer.sock'}",
         "-s3", f"-s3.port={s3[0]}", f"-s3.port.grpc={s3[1]}", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={folder / 's3.sock'}",
+        "-metricsIp=127.0.0.1", f"-metricsPort={metrics_port}",
     ]  # fmt: skip
     return [WeedProcess("seaweedfs", arguments, s3[0], data)]
 
 
-def cluster(folder: Path, config: Path, volumes: int) -> list[WeedProcess]:
+def cluster(folder: Path, config: Path, volumes: int, metrics_port: int) -> list[WeedProcess]:
     """A master, `volumes` volume servers (replication 001), a filer and the S3 gateway as separate processes;
     the S3 gateway last, so its port is the endpoint's."""
     master, filer, s3 = _ports(), _ports(), _ports()
@@ -180,7 +199,7 @@ def cluster(folder: Path, config: Path, volumes: int) -> list[WeedProcess]:
     plan.append(WeedProcess("seaweedfs-s3", [
         "s3", "-ip.bind=127.0.0.1", f"-port={s3[0]}", f"-port.grpc={s3[1]}",
         f"-filer=127.0.0.1:{filer[0]}.{filer[1]}", f"-config={config}", f"-localSocket={folder / 's3.sock'}",
-        *QUIET_OPTIONS["s3"],
+        "-metricsIp=127.0.0.1", f"-metricsPort={metrics_port}", *QUIET_OPTIONS["s3"],
     ], s3[0], folder / "s3"))  # fmt: skip
     return plan
 
@@ -205,8 +224,9 @@ def start_seaweedfs(folder: Path, volumes: int = 0, credentials: S3Credentials |
     config = folder / "s3.json"
     config.touch(mode=0o600)
     config.write_text(s3_config(credentials))
-    plan = cluster(folder, config, volumes) if volumes else single_server(folder, config)
-    weed = SeaweedFS(folder, f"http://127.0.0.1:{plan[-1].port}", credentials)
+    metrics_port = free_port()
+    plan = cluster(folder, config, volumes, metrics_port) if volumes else single_server(folder, config, metrics_port)
+    weed = SeaweedFS(folder, f"http://127.0.0.1:{plan[-1].port}", credentials, metrics_port)
     try:
         for process in plan:
             weed.servers[process.name] = spawn_weed(binary, process, folder)
