@@ -102,7 +102,7 @@ class FsStorage:
         """The file to rename into place: the staged file itself when it is in `staging`, else a copy there."""
         name = getattr(staged, "name", None)
         staged.flush()
-        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+        if isinstance(name, str) and self._in_staging(name):
             staged.close()
             return Path(name)
         copy = self.stage()
@@ -118,8 +118,13 @@ class FsStorage:
         name = getattr(staged, "name", None)
         with suppress(OSError):
             staged.close()
-        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+        if isinstance(name, str) and self._in_staging(name):
             _discard(Path(name))
+
+    def _in_staging(self, name: str) -> bool:
+        """Whether the file `name` is in `staging`: at once for a scratch file of ours, which is named in the
+        resolved folder, else by resolving its folder."""
+        return os.path.dirname(name) == str(self.staging) or Path(name).parent.resolve() == self.staging
 
     def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
         target = self._path(key)
@@ -226,13 +231,19 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
+@functools.cache
+def _sync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync together, started once (starting 16 threads per batch cost a bulk import more than
+    its index writes)."""
+    return ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+
+
 def _sync_all(paths: Sequence[Path], flags: int) -> None:
     if len(paths) <= 1:
         for path in paths:
             _fsync(path, flags)
         return
-    with ThreadPoolExecutor(min(len(paths), SYNC_THREADS)) as pool:
-        list(pool.map(lambda path: _fsync(path, flags), paths))
+    list(_sync_pool().map(lambda path: _fsync(path, flags), paths))
 
 
 def _sync_folders(targets: Sequence[Path], created: Sequence[Path]) -> None:
@@ -246,9 +257,8 @@ def _sync_folders(targets: Sequence[Path], created: Sequence[Path]) -> None:
 def _rename(source: Path, target: Path, base: Path) -> list[Path]:
     """Move `source` to `target`, making its folders; the folders made (durable once `_sync_folders` has run)."""
     created: list[Path] = []
-    attempt = 1
-    while True:
-        created += _make_folders(target.parent, base)
+    attempt = 0
+    while True:  # first without making folders: most objects go where others already are
         try:
             os.replace(source, target)
             return created
@@ -256,6 +266,7 @@ def _rename(source: Path, target: Path, base: Path) -> list[Path]:
             if attempt == RENAME_ATTEMPTS or not source.exists():
                 raise
         attempt += 1
+        created += _make_folders(target.parent, base)
 
 
 def _make_folders(folder: Path, base: Path) -> list[Path]:
