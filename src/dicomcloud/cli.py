@@ -31,7 +31,7 @@ from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
 from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
-from dicomcloud.process import tune_service_process
+from dicomcloud.process import cores, tune_service_process
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.add_argument(
                 "--concurrency", type=int, default=4, help="instances fetched at once from a peer (default: 4)"
+            )
+            sub.add_argument(
+                "--jobs", type=int, metavar="N",
+                help="processes reading and parsing PATHs while this one stores them (default: one per core)",
             )
         if name == "stats":
             from dicomcloud.archive.stats import RANGES
@@ -528,7 +532,9 @@ def _walk(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def run_import(settings: Settings, args: argparse.Namespace) -> int:
-    """Store every file as C-STORE would (source "import"); a file that is not DICOM is counted, not fatal."""
+    """Store every file as C-STORE would (source "import", archive/bulk_import.py); a file that is not DICOM is
+    counted, not fatal."""
+    from dicomcloud.archive.bulk_import import FileImport
     from dicomcloud.archive.core import Archive
 
     if (args.token_file or args.basic_auth_file) and not args.from_dicomweb:
@@ -542,29 +548,24 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
     if not args.paths:
         raise InvalidInput("import what? PATHs, --from-dicomweb URL or --from-dimse AE@HOST:PORT")
     files = list(iter_files(args.paths))
+    stop = threading.Event()
+    stop_on_signals(stop)
     archive = Archive.from_settings(settings)
-    storage = archive.runtime.storage
     tenant = args.tenant or settings.tenant
-    stored = failed = 0
     progress = Progress(len(files))
     try:
-        for number, path in enumerate(files, 1):
-            staged = storage.stage()
-            try:
-                with path.open("rb") as source:
-                    shutil.copyfileobj(source, staged, 1024 * 1024)
-                archive.store.store(staged, tenant_id=tenant, source="import")
-                stored += 1
-            except (DicomCloudError, OSError) as exc:
-                storage.discard(staged)
-                failed += 1
-                log.warning("not imported: %s: %s", path, exc)
-            progress.show(number, stored, failed)
+        outcome = FileImport(
+            archive, tenant, args.jobs or cores(), lambda t: progress.show(t.done, t.stored, t.failed), stop
+        ).run(files)
     finally:
         progress.done()
         archive.close()
-    log.info("imported %d of %d files into tenant %s (%d failed)", stored, len(files), tenant, failed)
-    return 0 if failed == 0 else 2
+    tally = outcome.tally
+    log.info(
+        "%simported %d of %d files into tenant %s (%d failed)",
+        "interrupted: " if outcome.interrupted else "", tally.stored, tally.files, tenant, tally.failed,
+    )
+    return 0 if outcome.complete else 2
 
 
 def run_migration(settings: Settings, args: argparse.Namespace) -> int:
@@ -636,19 +637,21 @@ class ProgressBar:
 
 
 class Progress:
-    """A one-line counter on a terminal; a line every 100 files otherwise (logs, CI)."""
+    """A one-line counter on a terminal; a line each time 100 more files are done otherwise (logs, CI)."""
 
     def __init__(self, total: int, unit: str = "files", done: str = "stored", other: str = "failed") -> None:
         self.total = total
         self.tty = sys.stderr.isatty()
         self.unit, self.done_word, self.other_word = unit, done, other
+        self._logged = 0
 
     def show(self, number: int, stored: int, failed: int) -> None:
         text = f"{number}/{self.total} {self.unit}, {stored} {self.done_word}, {failed} {self.other_word}"
         if self.tty:
             sys.stderr.write("\r" + text)
             sys.stderr.flush()
-        elif number % 100 == 0 or number == self.total:
+        elif number // 100 > self._logged // 100 or number == self.total:
+            self._logged = number
             log.info("%s", text)
 
     def done(self) -> None:

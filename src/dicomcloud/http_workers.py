@@ -33,7 +33,7 @@ from dicomcloud.config import Settings
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check
-from dicomcloud.process import tune_service_process
+from dicomcloud.process import cores, tune_service_process
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -52,7 +52,7 @@ def worker_count(settings: Settings) -> int:
     wanted = settings.http.workers
     if wanted > 0:
         return wanted
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores()
 
 
 def share_safely(settings: Settings) -> None:

@@ -29,6 +29,11 @@ M_ARENA_MAX = -8  # glibc malloc.h
 TRIM_INTERVAL = 10.0
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def tune_service_process() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     limit_malloc_arenas()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import pydicom
 import pytest
 
 from bench.synthetic import ct_series, write_part10
+from dicomcloud.archive.core import Archive as DicomArchive
+from dicomcloud.config import load_settings
+from dicomcloud.dicom.query import parse_qido
 
 from .conftest import AE_TITLE, Archive, wait_until
 
@@ -89,3 +93,47 @@ def test_sigint_mid_batch_loses_nothing_acknowledged_and_logs_no_internal_error(
         if httpx.get(instance_url(archive, path), headers=accept, timeout=30).status_code != 200
     ]
     assert missing == [], f"{len(missing)} acknowledged instances lost: {missing[:10]}"
+
+
+
+IMPORT_FILES = 1500
+SUMMARY = re.compile(r"interrupted: imported (\d+) of (\d+) files")
+
+
+def test_sigint_mid_import_keeps_what_was_stored_and_acknowledges_nothing_more(tmp_path: Path) -> None:
+    """`dicomcloud import --jobs 2` gets SIGINT (as from Ctrl-C) once it reports progress: the chunk being stored
+    finishes, the ones being parsed are dropped. The summary counts exactly what the index and the storage hold
+    (no object without its index row, no scratch file left), and fewer than all the files."""
+    folder, data = tmp_path / "files", tmp_path / "data"
+    for series in range(IMPORT_FILES // 100):
+        (folder / f"{series:02}").mkdir(parents=True)
+        for number, ds in enumerate(ct_series(100, rows=8, columns=8, patient_id="STOPPED", seed=series)):
+            write_part10(ds, folder / f"{series:02}" / f"{number:03}.dcm")
+    command = [sys.executable, "-m", "dicomcloud", "import", "--data", str(data), "--jobs", "2", str(folder)]
+    importer = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert importer.stderr is not None
+    try:
+        lines = []
+        for line in importer.stderr:  # not a terminal: a progress line each 100 files
+            lines.append(line)
+            if f"/{IMPORT_FILES} files" in line:
+                importer.send_signal(signal.SIGINT)
+                break
+        lines += importer.stderr.readlines()
+        assert importer.wait(timeout=120) == 2, "".join(lines)
+    finally:
+        if importer.poll() is None:
+            importer.kill()
+    output = "".join(lines)
+    assert not INTERNAL_ERRORS.findall(output), output
+    (summary,) = SUMMARY.findall(output)
+    stored = int(summary[0])
+    assert 0 < stored < IMPORT_FILES, output
+    archive = DicomArchive.from_settings(load_settings(overrides={"storage": {"data_dir": str(data)}}, environ={}))
+    try:
+        indexed = archive.runtime.index.count("default", parse_qido("instance", {}))
+        originals = [key for key in archive.runtime.storage.list("default/") if key.endswith(".dcm")]
+    finally:
+        archive.close()
+    assert indexed == len(originals) == stored
+    assert not list((data / "tmp").iterdir())

@@ -85,11 +85,11 @@ class FsStorage:
                 raise
             for staged, _ in placements:
                 sources.append(self._staged_file(staged))
-            _sync_all(sources)
+            _sync_all(sources, os.O_RDONLY)
+            created: list[Path] = []
             for source, target in zip(sources, targets, strict=True):
-                _rename(source, target, self.root)
-            for folder in dict.fromkeys(target.parent for target in targets):
-                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+                created += _rename(source, target, self.root)
+            _sync_folders(targets, created)
         except OSError as exc:
             raise StorageFailure(f"cannot store {len(placements)} object(s): {exc}") from exc
         finally:
@@ -102,7 +102,7 @@ class FsStorage:
         """The file to rename into place: the staged file itself when it is in `staging`, else a copy there."""
         name = getattr(staged, "name", None)
         staged.flush()
-        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+        if isinstance(name, str) and self._in_staging(name):
             staged.close()
             return Path(name)
         copy = self.stage()
@@ -118,8 +118,13 @@ class FsStorage:
         name = getattr(staged, "name", None)
         with suppress(OSError):
             staged.close()
-        if isinstance(name, str) and Path(name).parent.resolve() == self.staging:
+        if isinstance(name, str) and self._in_staging(name):
             _discard(Path(name))
+
+    def _in_staging(self, name: str) -> bool:
+        """Whether the file `name` is in `staging`: at once for a scratch file of ours, which is named in the
+        resolved folder, else by resolving its folder."""
+        return os.path.dirname(name) == str(self.staging) or Path(name).parent.resolve() == self.staging
 
     def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
         target = self._path(key)
@@ -130,9 +135,9 @@ class FsStorage:
                 if durable:
                     scratch.flush()
                     os.fsync(scratch.fileno())
-            _rename(Path(scratch.name), target, self.root)
+            created = _rename(Path(scratch.name), target, self.root)
             if durable:
-                _fsync(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+                _sync_folders([target], created)
         except OSError as exc:
             raise StorageFailure(f"cannot write {key}: {exc}") from exc
         finally:
@@ -226,28 +231,47 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
-def _sync_all(paths: Sequence[Path]) -> None:
+@functools.cache
+def _sync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync together, started once (starting 16 threads per batch cost a bulk import more than
+    its index writes)."""
+    return ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+
+
+def _sync_all(paths: Sequence[Path], flags: int) -> None:
     if len(paths) <= 1:
         for path in paths:
-            _fsync(path, os.O_RDONLY)
+            _fsync(path, flags)
         return
-    with ThreadPoolExecutor(min(len(paths), SYNC_THREADS)) as pool:
-        list(pool.map(lambda path: _fsync(path, os.O_RDONLY), paths))
+    list(_sync_pool().map(lambda path: _fsync(path, flags), paths))
 
 
-def _rename(source: Path, target: Path, base: Path) -> None:
-    for attempt in range(RENAME_ATTEMPTS):
-        _make_folders(target.parent, base)
+def _sync_folders(targets: Sequence[Path], created: Sequence[Path]) -> None:
+    """Make files renamed into place durable: the folder of each and the parent of each folder made for them,
+    once each and together (syncing each new folder's parent as it was made cost a batch of new studies two
+    flushes in turn per file)."""
+    folders = dict.fromkeys([*(target.parent for target in targets), *(folder.parent for folder in created)])
+    _sync_all(list(folders), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _rename(source: Path, target: Path, base: Path) -> list[Path]:
+    """Move `source` to `target`, making its folders; the folders made (durable once `_sync_folders` has run)."""
+    created: list[Path] = []
+    attempt = 0
+    while True:  # first without making folders: most objects go where others already are
         try:
             os.replace(source, target)
-            return
+            return created
         except FileNotFoundError:
-            if attempt == RENAME_ATTEMPTS - 1 or not source.exists():
+            if attempt == RENAME_ATTEMPTS or not source.exists():
                 raise
+        attempt += 1
+        created += _make_folders(target.parent, base)
 
 
-def _make_folders(folder: Path, base: Path) -> None:
-    """mkdir -p below `base`, fsyncing the parent of each new folder so the folder itself is durable."""
+def _make_folders(folder: Path, base: Path) -> list[Path]:
+    """mkdir -p below `base`; the folders made."""
+    created: list[Path] = []
     current = base
     for part in folder.relative_to(base).parts:
         current = current / part
@@ -255,7 +279,8 @@ def _make_folders(folder: Path, base: Path) -> None:
             current.mkdir()
         except FileExistsError:
             continue
-        _fsync(current.parent, os.O_RDONLY | os.O_DIRECTORY)
+        created.append(current)
+    return created
 
 
 def _prune(folder: Path, base: Path) -> None:

@@ -60,6 +60,16 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """An object `Store.prepare` parsed, its staged file named rather than open, so it can cross to the process
+    that stores it (`Store.store_prepared`)."""
+
+    staged_name: str
+    parsed: ParsedInstance
+    event: StorageEvent
+
+
+@dataclass(frozen=True)
 class _Accepted:
     """A parsed object on its way in."""
 
@@ -159,6 +169,30 @@ class Store:
         ]
         reject = may_replace is False or self.runtime.settings.storage.duplicate_policy == "reject"
         return self._store_prepared(tenant_id, prepared, reject)
+
+    def prepare(self, staged: BinaryIO, *, tenant_id: str, source: str) -> Prepared | Refused:
+        """Parse one staged object for `store_prepared`, which may run in another process (an import parses in
+        several). Its staged file is closed, kept whole for `store_prepared` or, refused, discarded."""
+        outcome = self._prepare(staged, tenant_id=tenant_id, source=source)
+        if isinstance(outcome, Refused):
+            return outcome
+        outcome.staged.close()
+        return Prepared(outcome.staged.name, outcome.parsed, outcome.event)
+
+    def store_prepared(self, tenant_id: str, prepared: Sequence[Prepared | Refused]) -> list[StorageEvent | Refused]:
+        """Store what `prepare` parsed as one batch, as `store_many` would; one outcome per object in order, each
+        final when this returns. Every staged file is consumed."""
+        accepted = [item if isinstance(item, Refused) else self._reopened(item) for item in prepared]
+        reject = self.runtime.settings.storage.duplicate_policy == "reject"
+        return self._store_prepared(tenant_id, accepted, reject)
+
+    @staticmethod
+    def _reopened(prepared: Prepared) -> _Accepted | Refused:
+        try:
+            staged = open(prepared.staged_name, "rb")  # noqa: SIM115 (the store consumes it)
+        except OSError as exc:
+            return Refused(StorageFailure(f"the staged object is gone: {exc}"), prepared.parsed.header.identity)
+        return _Accepted(staged, prepared.parsed, prepared.event)
 
     def _prepare(
         self,
