@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from dicomcloud.adapters.postgres_index import PostgresIndex
 from dicomcloud.dicom.attributes import BY_KEYWORD, extracted
 from dicomcloud.dicom.query import Level, Query, parse_qido
 from dicomcloud.errors import InvalidInput
@@ -933,3 +934,21 @@ def test_search_within_a_study_or_series_finds_only_what_is_in_it(index: Index) 
 
 def test_ping_answers_while_the_database_is_reachable(index: Index) -> None:
     index.ping()
+
+
+def test_the_change_marker_moves_when_another_writer_commits_or_says_it_cannot_tell(
+    index_factory: Callable[[], Index],
+) -> None:
+    """SQLite tells every commit (a process-local QIDO cache keys its results by it); PostgreSQL cannot (None:
+    such a cache keeps nothing)."""
+    reader, writer = index_factory(), index_factory()
+    before = reader.change_marker()
+    if isinstance(reader, PostgresIndex):
+        assert before is None
+        return
+    assert before is not None and reader.change_marker() == before
+    put(writer, "1.1", "1.1.1", "1.1.1.1")
+    moved = reader.change_marker()
+    assert moved != before
+    put(reader, "1.1", "1.1.1", "1.1.1.2")
+    assert reader.change_marker() != moved, "a commit through the reader's own object moves it too"

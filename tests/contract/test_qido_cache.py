@@ -6,15 +6,19 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
 from bench.synthetic import ct_series
+from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.redis_cache import RedisCache
+from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.archive.core import Archive
 from dicomcloud.config import load_settings
+from dicomcloud.dicom.query import Query
 from dicomcloud.ports.cache import Cache
 from dicomcloud.ports.index import Index
 from dicomcloud.runtime import Runtime
@@ -79,13 +83,42 @@ def series(count: int, study: str | None = None, series_uid: str | None = None) 
     return list(ct_series(count, rows=8, columns=8, patient_id=PATIENT, study_uid=study, series_uid=series_uid))
 
 
-def test_an_unchanged_query_is_answered_from_the_cache(archive: Served) -> None:
+def searches_of(archive: Served, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenants of every search that reaches the index from now on."""
+    searched: list[str] = []
+    search = archive.index.search
+
+    def counted(tenant_id: str, query: Query) -> list[dict[str, Any]]:
+        searched.append(tenant_id)
+        return search(tenant_id, query)
+
+    monkeypatch.setattr(archive.index, "search", counted)
+    return searched
+
+
+def test_an_unchanged_query_is_answered_from_the_cache(archive: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = series(2)
     archive.store(first, second)
-    assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
-    # Behind the cache's back (no invalidation): the cached answer is what comes back.
-    archive.index.delete("default", first.StudyInstanceUID, first.SeriesInstanceUID, second.SOPInstanceUID)
-    assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    searched = searches_of(archive, monkeypatch)
+    for _ in range(3):
+        assert archive.instances(first.StudyInstanceUID) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    assert searched == ["default"]
+
+
+def test_a_memory_cache_sees_what_another_process_committed_to_the_index(tmp_path: Path) -> None:
+    """`dicomcloud import` beside a running `up`: its commits reach the index, never this process's cache."""
+    for archive in open_archive(tmp_path / "data", MemoryCache(max_bytes=1024**2)):
+        first, second = series(2)
+        archive.store(first, second)
+        study = first.StudyInstanceUID
+        both = sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+        assert (archive.instances(study), archive.study_counts()) == (both, [2])
+        other_process = SqliteIndex(tmp_path / "data" / "index.sqlite")
+        try:
+            other_process.delete("default", study, first.SeriesInstanceUID, second.SOPInstanceUID)
+        finally:
+            other_process.close()
+        assert (archive.instances(study), archive.study_counts()) == ([first.SOPInstanceUID], [1])
 
 
 def test_a_stored_instance_shows_in_the_next_qido(archive: Served) -> None:

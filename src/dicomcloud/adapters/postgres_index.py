@@ -112,6 +112,11 @@ class PostgresIndex:
     def close(self) -> None:
         self._pool.close()
 
+    def change_marker(self) -> str | None:
+        """None: PostgreSQL has no counter of commits a client may read that moves before the commit is
+        visible, so a cache only this process reaches keeps no QIDO-RS results over it."""
+        return None
+
     def ping(self) -> None:
         """One round trip on a pooled connection; no retries, so /ready tells the truth at once."""
         try:

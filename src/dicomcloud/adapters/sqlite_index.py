@@ -89,6 +89,8 @@ class SqliteIndex:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._writes_since_analyze = 0
+        self._marker: sqlite3.Connection | None = None
+        self._marker_lock = threading.Lock()
         with self._transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
@@ -138,11 +140,23 @@ class SqliteIndex:
         self._connection().execute("ANALYZE")
 
     def close(self) -> None:
-        with self._lock:
+        with self._marker_lock, self._lock:
             connections, self._connections = self._connections, []
+            self._marker = None
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+    def change_marker(self) -> str | None:
+        """SQLite's data_version on a connection of its own that never writes: it moves with every commit of
+        any other connection, in this process or another (a connection's own commits would not move it, and
+        the values of two connections are not comparable)."""
+        with self._marker_lock:
+            if self._marker is None:
+                self._marker = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+                with self._lock:
+                    self._connections.append(self._marker)
+            return str(self._marker.execute("PRAGMA data_version").fetchone()[0])
 
     def ping(self) -> None:
         try:

@@ -22,7 +22,9 @@ from dicomcloud.runtime import Runtime
 class Archive:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.qido_cache = QidoCache(runtime.cache, runtime.settings.backends.qido_cache_ttl)
+        self.qido_cache = QidoCache(
+            runtime.cache, runtime.settings.backends.qido_cache_ttl, runtime.index.change_marker
+        )
         self.metadata = SeriesMetadata(runtime)
         self.store = Store(runtime, self.qido_cache, self.metadata)
         self.search = Search(runtime, self.metadata)

@@ -13,13 +13,18 @@ concurrent writers need no atomic operation the port does not have.
 
 A cache that is down or evicted a token only costs a miss. The one gap: a cache that drops the
 writer's `changed()` but serves readers keeps the old answer until its TTL runs out.
+
+A cache inside this process never hears the `changed()` of a writer in another one (`dicomcloud import`
+beside a running `up`, a second server on the same index): there the slot is also keyed by the index's
+change marker, read before the query, so any commit anywhere moves every result out of reach; an index
+that cannot tell its commits (None) turns such caching off.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dicomcloud.ports.cache import Cache
@@ -63,16 +68,23 @@ class Slot:
 
 
 class QidoCache:
-    """Results for `ttl` seconds at most; `ttl` 0 turns caching off (every `slot` is None)."""
+    """Results for `ttl` seconds at most; `ttl` 0 turns caching off (every `slot` is None). `change_marker`
+    (the index's) keys the results of a cache other processes do not share."""
 
-    def __init__(self, cache: Cache, ttl: float) -> None:
+    def __init__(self, cache: Cache, ttl: float, change_marker: Callable[[], str | None]) -> None:
         self.cache = cache
         self.ttl = ttl
+        self._change_marker = None if cache.shared else change_marker
 
     def slot(self, tenant: str, study: str | None, request: str) -> Slot | None:
         """The slot of a request (its normalised form) under the current generation of what it covers."""
         if self.ttl <= 0:
             return None
+        if self._change_marker is not None:
+            marker = self._change_marker()
+            if marker is None:
+                return None
+            request = f"{marker}\n{request}"
         generation_key = _generation_key(tenant, study)
         token = self.cache.get(generation_key)
         if token is None:

@@ -150,6 +150,12 @@ class Index(Protocol):
         """Remove the instances and any series/study/patient left empty; return what was removed."""
         ...
 
+    def change_marker(self) -> str | None:
+        """A value that differs once any connection of any process has committed a change to the index since
+        it was last returned (it may differ without one); None where the index cannot tell. What lets a cache
+        that other processes' writers cannot reach notice their writes."""
+        ...
+
     def ping(self) -> None:
         """Return once the index's database answers; raise ServiceUnavailable if it cannot (for /ready)."""
         ...
