@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--stack | --s3] [--out DIR]`: run the side-by-side benchmark, print the table, write
-JSON."""
+"""`python -m bench [--quick] [--stack | --s3 | --scale] [--out DIR]`: run the side-by-side benchmark, print the
+table, write JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.report import table
 from bench.run import Bench
+from bench.scale import BACKENDS, QUICK_SCALE, SCALE, ScaleBench
 from bench.servers import BenchError
 from bench.workload import FULL, QUICK
 
@@ -29,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         "--s3", action="store_true",
         help="`dicomcloud up` on S3 (a SeaweedFS started for the run) against the same on the local filesystem",
     )  # fmt: skip
+    parser.add_argument(
+        "--scale", action="store_true",
+        help="the index at a million instances (SQLite and PostgreSQL): ingest rate and QIDO against Orthanc's",
+    )  # fmt: skip
+    parser.add_argument("--scale-instances", type=int, help=f"instances --scale loads (default: {SCALE.instances:,})")
+    parser.add_argument(
+        "--scale-index", choices=BACKENDS, action="append", help="an index --scale measures (default: both)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
     parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -36,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     # SIGTERM unwinds like Ctrl-C, so both archives are stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -44,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     # Synthetic data only: open to others, so the stack's PostgreSQL (run as `postgres` under root) reaches its folder.
     work.chmod(0o755)
     only = {name.strip() for name in args.only.split(",") if name.strip()} if args.only else None
+    if args.scale:
+        return scale(args, work)
     try:
         sizes = QUICK if args.quick else FULL
         if args.s3:  # no QIDO at scale in this comparison: no index studies to load twice
@@ -60,6 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     text = table(list(bench.ops.values()), bench.results_count)
     (args.out / "results.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def scale(args: argparse.Namespace, work: Path) -> int:
+    sizes = QUICK_SCALE if args.quick else SCALE
+    if args.scale_instances:
+        sizes = dataclasses.replace(sizes, instances=args.scale_instances)
+    orthanc_studies = (QUICK if args.quick else FULL).index_studies
+    bench = ScaleBench(sizes, orthanc_studies, work, args.scale_index or BACKENDS)
+    try:
+        result = bench.run()
+    except BenchError as exc:
+        logging.getLogger("bench").error("%s (work folder kept: %s)", exc, work)
+        return 1
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    result["conditions"]["mode"] = "scale quick" if args.quick else "scale"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps(result, indent=2))
+    lines = [table(list(bench.ops.values()), {})]
+    lines += [f"{name}: {count:,} instances loaded in {seconds:.0f}s" for name, seconds in bench.load_seconds.items()
+              for count in [sizes.instances]]
+    lines += [f"{name}: results {counts}" for name, counts in bench.result_counts.items()]
+    text = "\n".join(lines)
+    (args.out / "scale.txt").write_text(text + "\n")
     print(text)
     return 0
 
