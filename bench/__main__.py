@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale-index", choices=BACKENDS, action="append", help="an index --scale measures (default: both)"
     )
+    parser.add_argument(
+        "--scale-minutes", type=float, help="stop each index's load after this long and measure at the size reached"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="where results.json and results.txt go")
     parser.add_argument("--work", type=Path, help="folder for generated files and server data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -81,7 +84,8 @@ def scale(args: argparse.Namespace, work: Path) -> int:
     if args.scale_instances:
         sizes = dataclasses.replace(sizes, instances=args.scale_instances)
     orthanc_studies = (QUICK if args.quick else FULL).index_studies
-    bench = ScaleBench(sizes, orthanc_studies, work, args.scale_index or BACKENDS)
+    budget = args.scale_minutes * 60 if args.scale_minutes else None
+    bench = ScaleBench(sizes, orthanc_studies, work, args.scale_index or BACKENDS, budget)
     try:
         result = bench.run()
     except BenchError as exc:
@@ -93,8 +97,8 @@ def scale(args: argparse.Namespace, work: Path) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(result, indent=2))
     lines = [table(list(bench.ops.values()), {})]
-    lines += [f"{name}: {count:,} instances loaded in {seconds:.0f}s" for name, seconds in bench.load_seconds.items()
-              for count in [sizes.instances]]
+    lines += [f"{name}: {bench.loaded[name]:,} instances loaded in {seconds:.0f}s" for name, seconds in
+              bench.load_seconds.items()]  # fmt: skip
     lines += [f"{name}: results {counts}" for name, counts in bench.result_counts.items()]
     text = "\n".join(lines)
     (args.out / "scale.txt").write_text(text + "\n")

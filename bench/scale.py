@@ -20,6 +20,7 @@ year, patient names `Index^NNNN`, so the same requests select the same number of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -69,7 +70,8 @@ class ScaleSizes:
 
 
 SCALE = ScaleSizes(instances=1_000_000, batch=1000, window=20_000, repeats=100)
-QUICK_SCALE = ScaleSizes(instances=2000, batch=100, window=500, repeats=5)
+# Enough patients that the full bench's PatientID=P0042 is among them.
+QUICK_SCALE = ScaleSizes(instances=5000, batch=100, window=1000, repeats=5)
 
 
 def study_instances(number: int, patients: int) -> list[IndexedInstance]:
@@ -126,11 +128,15 @@ def batches(sizes: ScaleSizes) -> Iterator[list[IndexedInstance]]:
         yield batch
 
 
-def load(index: Index, sizes: ScaleSizes) -> list[tuple[int, float]]:
-    """Write every record through the port; (instances, seconds) of each batch, in order."""
+def load(index: Index, sizes: ScaleSizes, budget: float | None = None) -> list[tuple[int, float]]:
+    """Write every record through the port, or those of the batches begun within `budget` seconds;
+    (instances, seconds) of each batch, in order."""
     timings = []
     loaded, started = 0, time.perf_counter()
     for batch in batches(sizes):
+        if budget is not None and time.perf_counter() - started > budget:
+            log.warning("stopped loading at %d instances: the %.0f s budget is spent", loaded, budget)
+            break
         began = time.perf_counter()
         with index.writing(TENANT, [(r.sop_instance_uid, r.study_instance_uid) for r in batch]) as write:
             for record in batch:
@@ -195,14 +201,18 @@ def batch_rates(timings: list[tuple[int, float]], batch: int, window: int) -> tu
 
 
 class ScaleBench:
-    def __init__(self, sizes: ScaleSizes, orthanc_studies: int, work: Path, backends: Sequence[str]) -> None:
+    def __init__(
+        self, sizes: ScaleSizes, orthanc_studies: int, work: Path, backends: Sequence[str], budget: float | None = None
+    ) -> None:
         self.sizes = sizes
+        self.budget = budget  # seconds each index may spend loading; then it is measured at the size reached
         self.orthanc_studies = orthanc_studies
         self.work = work
         self.backends = list(backends)
         self.ops = {op.name: op for b in self.backends for op in scale_operations(b, sizes, orthanc_studies)}
         self.result_counts: dict[str, dict[str, int]] = {}
         self.load_seconds: dict[str, float] = {}
+        self.loaded: dict[str, int] = {}
 
     def run(self) -> dict[str, Any]:
         conditions = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
@@ -227,6 +237,7 @@ class ScaleBench:
             "sizes": {**vars(self.sizes), "studies": self.sizes.studies, "patients": self.sizes.patients,
                       "orthanc_studies": self.orthanc_studies},
             "load_seconds": self.load_seconds,
+            "loaded_instances": self.loaded,
             "result_counts": self.result_counts,
             "operations": [op.to_json() for op in self.ops.values()],
         }
@@ -236,10 +247,13 @@ class ScaleBench:
             log.info("%s: loading %d instances in %d studies through the index port", backend,
                      self.sizes.instances, self.sizes.studies)
             started = time.perf_counter()
-            timings = load(index, self.sizes)
+            timings = load(index, self.sizes, self.budget)
             self.load_seconds[backend] = time.perf_counter() - started
             index.close()
-            log.info("%s: loaded in %.0fs", backend, self.load_seconds[backend])
+            self.loaded[backend] = sum(count for count, _ in timings)
+            log.info("%s: %d instances loaded in %.0fs", backend, self.loaded[backend], self.load_seconds[backend])
+            reached = dataclasses.replace(self.sizes, instances=self.loaded[backend])
+            self.ops |= {op.name: op for op in scale_operations(backend, reached, self.orthanc_studies)}
             empty, at_scale = batch_rates(timings, self.sizes.batch, self.sizes.window)
             ingest = self.ops[f"scale_{backend}_ingest"]
             ingest.results = {"dicomcloud": Measured(seconds=at_scale, items=self.sizes.batch),
