@@ -35,11 +35,12 @@ import httpx
 from bench.measure import wait_queryable
 from bench.report import Goal, Measured, Operation, Target, Unit
 from bench.run import DICOM_JSON, INDEX_QUERIES, sample
-from bench.servers import Dicomcloud, Orthanc
+from bench.servers import BenchError, Dicomcloud, Orthanc
 from bench.workload import INDEX_MODALITIES, index_date, write_index_studies
 from dicomcloud.adapters.postgres_index import PostgresIndex
 from dicomcloud.adapters.sqlite_index import SqliteIndex
 from dicomcloud.ports.index import Index, IndexedInstance, SeriesKey
+from dicomcloud.stack import StackError
 from dicomcloud.stack.servers import start_postgres
 
 log = logging.getLogger("bench")
@@ -280,7 +281,10 @@ class ScaleBench:
             archive = IndexedArchive(folder, {})
             yield SqliteIndex(archive.data / "index.sqlite"), archive
             return
-        postgres = start_postgres(self.work / "postgres")
+        try:
+            postgres = start_postgres(self.work / "postgres")
+        except StackError as exc:
+            raise BenchError(f"PostgreSQL did not start: {exc}") from exc
         try:
             settings = {"DICOMCLOUD_BACKENDS__INDEX": "postgres", "DICOMCLOUD_BACKENDS__POSTGRES_DSN": postgres.url}
             yield PostgresIndex(postgres.url), IndexedArchive(folder, settings)
