@@ -28,6 +28,7 @@ class Goal(enum.Enum):
     """How the ratio ours/baseline is formed and compared with the target value."""
 
     TIME_AT_MOST = "time ratio <="  # median time ratio
+    P95_TIME_AT_MOST = "p95 time ratio <="
     THROUGHPUT_AT_LEAST = "throughput ratio >="
     THROUGHPUT_AT_LEAST_P99_HALF = "throughput ratio >=, and our p99 at most half the baseline's"
     MEDIAN_WITHIN_MS = "median minus the baseline's median <= ms"
@@ -44,6 +45,8 @@ class Target:
     def text(self) -> str:
         if self.goal is Goal.TIME_AT_MOST:
             return f"time <= {self.value:g}x" if self.value >= 1 else f"time <= 1/{round(1 / self.value)}"
+        if self.goal is Goal.P95_TIME_AT_MOST:
+            return f"p95 <= {self.value:g}x" if self.value >= 1 else f"p95 <= 1/{round(1 / self.value)}"
         if self.goal is Goal.THROUGHPUT_AT_LEAST:
             return f"thrpt >= {self.value:g}x"
         if self.goal is Goal.THROUGHPUT_AT_LEAST_P99_HALF:
@@ -80,6 +83,11 @@ class Measured:
     def p90(self) -> float:
         ordered = sorted(self.seconds)
         return ordered[max(0, -(-9 * len(ordered) // 10) - 1)]
+
+    @property
+    def p95(self) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
 
     @property
     def p99(self) -> float:
@@ -119,6 +127,8 @@ class Operation:
         ours, theirs = (self.results[name] for name in self.servers)
         if self.target.goal in (Goal.RSS_PEAK_BELOW_MB, Goal.RSS_GROWTH_BELOW_MB):
             return ours.rss_peak / theirs.rss_peak
+        if self.target.goal is Goal.P95_TIME_AT_MOST:
+            return ours.p95 / theirs.p95
         throughput_goals = (Goal.THROUGHPUT_AT_LEAST, Goal.THROUGHPUT_AT_LEAST_P99_HALF)
         if self.target.goal in throughput_goals or self.unit is Unit.FRAMES:
             return ours.throughput(self.unit) / theirs.throughput(self.unit)
@@ -129,7 +139,7 @@ class Operation:
         if ratio is None or self.target.goal is Goal.NONE:
             return None
         ours, theirs = (self.results[name] for name in self.servers)
-        if self.target.goal is Goal.TIME_AT_MOST:
+        if self.target.goal in (Goal.TIME_AT_MOST, Goal.P95_TIME_AT_MOST):
             return ratio <= self.target.value
         if self.target.goal is Goal.THROUGHPUT_AT_LEAST:
             return ratio >= self.target.value
@@ -149,6 +159,7 @@ class Operation:
                 entry |= {
                     "median_s": measured.median,
                     "p90_s": measured.p90,
+                    "p95_s": measured.p95,
                     "p99_s": measured.p99,
                     "throughput": measured.throughput(self.unit),
                     "throughput_unit": self.unit.value,
@@ -194,6 +205,10 @@ def table(operations: list[Operation], result_counts: dict[str, dict[str, int]])
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     for op in operations:
+        if op.target.goal is Goal.P95_TIME_AT_MOST and op.complete:
+            lines.append(f"{op.name}: p95 " + ", ".join(
+                f"{name} {_ms(op.results[name].p95)}" for name in op.servers
+            ))  # fmt: skip
         if op.unit is Unit.FRAMES and op.complete:
             lines.append(f"{op.name}: p99 " + ", ".join(
                 f"{name} {_ms(op.results[name].p99)}" for name in op.servers

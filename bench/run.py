@@ -44,6 +44,11 @@ DICOM_JSON = {"Accept": "application/dicom+json"}
 DICOM_PARTS = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 FRAME_PARTS = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 ROUND = 10
+# QIDO requests over the index studies (workload.py): one patient's studies; one month's MR studies.
+INDEX_QUERIES = {
+    "qido_studies_patientid": "/studies?PatientID=P0042",
+    "qido_studies_date_modality": "/studies?StudyDate=20230101-20230131&ModalitiesInStudy=MR",
+}
 
 VIEWER = "a viewer's load: parallel connections fetching frame 1 of every instance of a CT series in turn"
 OPERATIONS = [
@@ -128,6 +133,20 @@ def new_operations(s3: bool = False) -> dict[str, Operation]:
         op.name: Operation(op.name, op.description, op.unit, op.target, op.servers)
         for op in (S3_OPERATIONS if s3 else OPERATIONS)
     }
+
+
+def sample(op: Operation, targets: dict[str, tuple[str, Path | None]], headers: dict[str, str], repeats: int) -> None:
+    """`repeats` samples of each server's URL (server name -> URL and CA), in rounds that alternate between them."""
+    for url, ca_file in targets.values():
+        curl([url], headers, ca_file=ca_file)  # warm-up, not counted
+    done = 0
+    while done < repeats:
+        batch = min(ROUND, repeats - done)
+        for name, (url, ca_file) in targets.items():
+            samples = curl([url] * batch, headers, ca_file=ca_file)
+            op.results[name].seconds += [s.seconds for s in samples]
+            op.results[name].size = samples[0].size
+        done += batch
 
 
 class Bench:
@@ -316,8 +335,7 @@ class Bench:
         series = f"/studies/{work.study_uid}/series/{work.series_uid}"
         multiframe = f"/studies/{work.study_uid}/series/{work.multiframe_series_uid}/instances/{work.multiframe_uid}"
         return {
-            "qido_studies_patientid": ("/studies?PatientID=P0042", DICOM_JSON),
-            "qido_studies_date_modality": ("/studies?StudyDate=20230101-20230131&ModalitiesInStudy=MR", DICOM_JSON),
+            **{name: (query, DICOM_JSON) for name, query in INDEX_QUERIES.items()},
             "qido_instances_series": (f"{series}/instances", DICOM_JSON),
             "metadata_series_warm": (f"{series}/metadata", DICOM_JSON),
             "frame_single": (f"{series}/instances/{work.instance_uid}/frames/1", FRAME_PARTS),
@@ -334,27 +352,13 @@ class Bench:
             log.info("%s: %d samples per server", name, repeats)
             if name.startswith("qido"):
                 self.results_count[name] = {s: self.count_results(server, path) for s, server in self.servers.items()}
-            self.sample(self.ops[name], self.targets(path), headers, repeats)
+            sample(self.ops[name], self.targets(path), headers, repeats)
         if self.wanted("series_retrieve_nginx"):
             self.series_against_nginx(work)
 
     def targets(self, path: str) -> dict[str, tuple[str, Path | None]]:
         """Each archive's URL for `path` and the CA its HTTPS needs, if any."""
         return {name: (f"{server.dicomweb}{path}", server.ca_file) for name, server in self.servers.items()}
-
-    def sample(
-        self, op: Operation, targets: dict[str, tuple[str, Path | None]], headers: dict[str, str], repeats: int
-    ) -> None:
-        for url, ca_file in targets.values():
-            curl([url], headers, ca_file=ca_file)  # warm-up, not counted
-        done = 0
-        while done < repeats:
-            batch = min(ROUND, repeats - done)
-            for name, (url, ca_file) in targets.items():
-                samples = curl([url] * batch, headers, ca_file=ca_file)
-                op.results[name].seconds += [s.seconds for s in samples]
-                op.results[name].size = samples[0].size
-            done += batch
 
     def series_against_nginx(self, work: Workload) -> None:
         """The series' multipart answer, saved once, served by nginx beside the archive's own answers."""
@@ -364,7 +368,7 @@ class Bench:
         curl([url], headers, ca_file=ca_file, output=answer)
         targets = {"dicomcloud": (url, ca_file), "nginx": (self.nginx.put("series", answer), None)}
         log.info("series_retrieve_nginx: %d samples per server", self.sizes.retrieve_repeats)
-        self.sample(self.ops["series_retrieve_nginx"], targets, headers, self.sizes.retrieve_repeats)
+        sample(self.ops["series_retrieve_nginx"], targets, headers, self.sizes.retrieve_repeats)
 
     def viewer(self, work: Workload) -> None:
         """Each archive gets the viewer's series by storescu, then the viewer's load at once and after it is idle;

@@ -200,14 +200,21 @@ def generate(
         extra += 1
     work.study_count = work.ingest_count + extra
 
-    for number in range(sizes.index_studies):
+    work.index_last_study_uid = write_index_studies(work.index_dir, sizes.index_studies)
+    return work
+
+
+def write_index_studies(folder: Path, count: int) -> str:
+    """`count` tiny one-instance studies across patients, dates and modalities (QIDO at scale); the last one's UID."""
+    last_uid = ""
+    for number in range(count):
         (ds,) = ct_series(1, rows=8, columns=8, patient_id=f"P{number % INDEX_PATIENTS:04}",
                           patient_name=f"Index^{number % INDEX_PATIENTS:04}", seed=number % 7)
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = index_date(number)
         ds.Modality = INDEX_MODALITIES[number % len(INDEX_MODALITIES)]
-        _write(ds, work.index_dir / f"{number // 1000:03}" / f"{number:06}.dcm")
-        work.index_last_study_uid = ds.StudyInstanceUID
-    return work
+        _write(ds, folder / f"{number // 1000:03}" / f"{number:06}.dcm")
+        last_uid = str(ds.StudyInstanceUID)
+    return last_uid
 
 
 def index_date(number: int) -> str:

@@ -138,3 +138,34 @@ def test_quick_s3_bench_prints_the_s3_to_filesystem_ratios_next_to_the_targets(
     header, _, *rows = done.stdout.strip().splitlines()
     assert "ratio s3/fs" in header and "target" in header
     assert {row.split("|")[0].strip() for row in rows if "|" in row} == set(S3_TARGETS)
+
+
+@pytest.mark.stack
+def test_quick_scale_bench_loads_both_indexes_and_compares_ingest_and_every_qido_request(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    out = tmp_path_factory.mktemp("bench-scale-out")
+    # Its own work folder (under the system temp dir): the PostgreSQL it starts must reach it when run as root.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=540, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "scale.json").read_text())
+    queries = ("qido_studies_patientid", "qido_studies_date_modality", "qido_studies_name_limit100",
+               "qido_studies_name_limit1000")  # fmt: skip
+    operations = {op["name"]: op for op in results["operations"]}
+    expected = {f"scale_{index}_{row}" for index in ("sqlite", "postgres") for row in ("ingest", *queries)}
+    assert set(operations) == expected
+    for name, op in operations.items():
+        servers = ("dicomcloud", "empty index") if name.endswith("_ingest") else ("dicomcloud", "orthanc")
+        assert set(op["servers"]) == set(servers), name
+        for server in servers:
+            assert _number(op["servers"][server]["median_s"]) and _number(op["servers"][server]["throughput"])
+        assert _number(op["ratio"]), name
+    assert set(results["load_seconds"]) == {"sqlite", "postgres"}
+    for name, counts in results["result_counts"].items():
+        assert counts["dicomcloud"] > 0 and counts["orthanc"] > 0, name
+        if name.endswith("_limit100"):  # 500 of the quick load's studies match
+            assert counts["dicomcloud"] == 100, name
+    assert "scale_postgres_qido_studies_name_limit100: p95" in done.stdout

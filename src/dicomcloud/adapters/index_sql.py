@@ -324,14 +324,18 @@ def refresh_series(
             f"DELETE FROM series WHERE tenant_id = {p} AND study_instance_uid = {p} AND series_instance_uid = {p}",
             (tenant, study_uid, series_uid),
         )
-    modalities = [
-        m
-        for (m,) in conn.execute(
-            f"""SELECT DISTINCT modality FROM series
-               WHERE tenant_id = {p} AND study_instance_uid = {p} AND modality <> '' ORDER BY modality""",
-            (tenant, study_uid),
-        ).fetchall()
-    ]
+    # Deduplicated and sorted here, not by DISTINCT ... ORDER BY modality: that invites a planner without
+    # statistics (SQLite's, until its first ANALYZE over the rows) to walk the tenant's whole series_by_modality
+    # index for every instance written, which made a bulk load quadratic.
+    modalities = sorted(
+        {
+            m
+            for (m,) in conn.execute(
+                f"SELECT modality FROM series WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
+            ).fetchall()
+            if m
+        }
+    )
     series_count = conn.execute(
         f"SELECT COUNT(*) FROM series WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
     ).fetchone()[0]
