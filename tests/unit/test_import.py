@@ -5,6 +5,7 @@ directory (the files it references stored, itself not counted as a failure)."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def mixed_folder(root: Path) -> MixedFolder:
     return MixedFolder(root, good, first, files=24 + 5)
 
 
+NOT_IMPORTED = re.compile(r"not imported: (?P<path>/[^:]+): (?P<reason>.+)")
+
+
 def import_folder(
     folder: Path, data: Path, jobs: int, caplog: pytest.LogCaptureFixture, policy: str = "replace"
 ) -> tuple[int, dict[str, str]]:
@@ -129,8 +133,9 @@ def import_folder(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dicomcloud"):
         status = run_import(settings, args)
-    failed = [record.args for record in caplog.records if record.msg == "not imported: %s: %s"]
-    return status, {path.name: reason for path, reason in failed}  # type: ignore[misc]
+    # Read as written: a filter of the process's logging may have formatted the message into `msg` already.
+    failed = [NOT_IMPORTED.fullmatch(record.getMessage()) for record in caplog.records]
+    return status, {Path(match["path"]).name: match["reason"] for match in failed if match}
 
 
 def stored_instances(data: Path) -> dict[str, bytes]:
