@@ -485,6 +485,18 @@ def test_a_frame_media_type_without_transfer_syntax_means_its_lossless_default(
     assert multipart_bodies(response)[0][0]["content-type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
 
 
+def test_a_frame_of_an_instance_replaced_after_it_was_served_is_the_new_one(client: TestClient, tmp_path: Path) -> None:
+    """The frame index a process keeps is dropped with its series' version: the new instance's frame is larger."""
+    (ds,) = ct_series(1, rows=16, columns=16)
+    stow_all(client, [ds], tmp_path)
+    url = f"{instance_url(ds)}/frames/1"
+    assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == ds.PixelData
+    (larger,) = ct_series(1, rows=32, columns=32, study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID)
+    larger.SOPInstanceUID = larger.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    stow_all(client, [larger], tmp_path)
+    assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == larger.PixelData
+
+
 def test_a_frame_beyond_the_last_is_not_found(client: TestClient, native_mf: pydicom.Dataset) -> None:
     assert client.get(f"{instance_url(native_mf)}/frames/11").status_code == 404
 

@@ -17,6 +17,9 @@ Negotiation (PS3.18 8.7), in the client's order of preference:
   exists; otherwise 406.
 - Metadata is DICOM JSON (gzip by the app's middleware); bulk data is one octet-stream part.
 
+Frames asked for as stored, from local files, leave as byte ranges of the file (by sendfile where the server
+offers it, web/zero_copy.py); the others are read, decoded or encoded, and copied.
+
 The handlers translate requests and responses; what is read, and from where, is archive/retrieve.py's.
 """
 
@@ -33,6 +36,7 @@ from itertools import islice
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
@@ -42,7 +46,15 @@ from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFou
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import Storage
 from dicomcloud.web.context import RequestScope, Scope, path_uid
-from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
+from dicomcloud.web.multipart import (
+    CRLF,
+    MultipartRangesResponse,
+    Part,
+    close_delimiter,
+    new_boundary,
+    part_head,
+    write_multipart,
+)
 from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
@@ -404,11 +416,26 @@ def _select_frame_form(ranges: list[MediaRange], stored: TransferSyntax) -> tupl
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="Retrieve frames")
-def retrieve_frames(request: Request, scope: Scope, study: str, series: str, instance: str, frames: str) -> Response:
-    location = instance_at(scope, study, series, instance)
-    numbers = parse_frame_list(frames)
+async def retrieve_frames(
+    request: Request, scope: Scope, study: str, series: str, instance: str, frames: str
+) -> Response:
+    """A viewer asks for frames by the hundred in parallel: the event loop hands one worker thread what may
+    wait (the index, storage), and sends the answer itself."""
+    return await run_in_threadpool(_frames_response, request, scope, study, series, instance, frames)
+
+
+def _frames_response(
+    request: Request, scope: RequestScope, study: str, series: str, instance: str, frames: str
+) -> Response:
     retrieve = scope.archive.retrieve
-    frame_index = retrieve.frame_index(location)
+    source = retrieve.frame_source(
+        scope.tenant,
+        path_uid(study, "StudyInstanceUID"),
+        path_uid(series, "SeriesInstanceUID"),
+        path_uid(instance, "SOPInstanceUID"),
+    )
+    location, frame_index = source.location, source.frame_index
+    numbers = parse_frame_list(frames)
     stored = frame_index.transfer_syntax
     if stored.frame_media_type is None:
         raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
@@ -417,6 +444,15 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
         form = _FrameForm.STORED
     part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
     check_frame_list(numbers, frame_index.number_of_frames)
+    part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
+    boundary = new_boundary()
+    media_type = format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary)
+
+    if form is _FrameForm.STORED and frame_index.frames and not scope.archive.runtime.storage.remote:
+        # The frames' bytes as they lie in a local file: sent from it (by sendfile where the server can).
+        file = retrieve.open_frames(location, frame_index, numbers)
+        parts = [(part_headers, frame_index.frames[number - 1]) for number in numbers]
+        return MultipartRangesResponse(file, parts, boundary, media_type)
 
     def frame(number: int) -> bytes:
         if form is _FrameForm.ENCODED:
@@ -428,18 +464,13 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
     # The first frame is read before answering, so an unreadable or undecodable frame is a clean
     # error status rather than a broken stream; the others are read as the client takes them.
     first = frame(numbers[0])
-    part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
 
-    def parts() -> Iterator[Part]:
+    def parts_read() -> Iterator[Part]:
         yield part_headers, [first]
         for number in numbers[1:]:
             yield part_headers, [frame(number)]
 
-    boundary = new_boundary()
-    return StreamingResponse(
-        write_multipart(parts(), boundary),
-        media_type=format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary),
-    )
+    return StreamingResponse(write_multipart(parts_read(), boundary), media_type=media_type)
 
 
 # ---------------------------------------------------------------------------------------------
