@@ -25,7 +25,7 @@ from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS
 from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.web import wado
+from dicomcloud.web import wado, zero_copy
 from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
 
 pytest_plugins = ["test_web_app"]
@@ -98,7 +98,7 @@ def test_a_study_is_every_stored_file_as_is(
 def test_files_larger_than_a_piece_are_sent_whole(
     client: TestClient, archive: Archive, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    monkeypatch.setattr(zero_copy, "COPY_PIECE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
     assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
     assert int(response.headers["content-length"]) == len(response.content)
@@ -133,7 +133,7 @@ def test_a_series_longer_than_the_read_ahead_is_every_file_in_order(
 ) -> None:
     monkeypatch.setattr(archive.runtime.storage, "remote", True)  # read ahead as from an object store
     monkeypatch.setattr(wado, "READ_AHEAD", 1)
-    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    monkeypatch.setattr(zero_copy, "COPY_PIECE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
     assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
 

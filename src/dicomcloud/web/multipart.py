@@ -19,13 +19,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import anyio.to_thread
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
-
-from dicomcloud.errors import InvalidInput, StorageFailure
+from dicomcloud.errors import InvalidInput
 from dicomcloud.ports.storage import ByteRange
-from dicomcloud.web.zero_copy import ZERO_COPY_SEND
+from dicomcloud.web.zero_copy import BodyPiece, FileRange
 
 CRLF = b"\r\n"
 LF = b"\n"
@@ -75,52 +71,24 @@ def write_multipart(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     yield close_delimiter(boundary)
 
 
-class MultipartRangesResponse(Response):
-    """A multipart/related answer whose part bodies are byte ranges of one open local file, with its Content-Length.
+def ranges_multipart(file: BinaryIO, parts: Sequence[RangesPart], boundary: str) -> tuple[Iterator[BodyPiece], int]:
+    """A multipart/related body whose part bodies are byte ranges of one open file, and its length; the file is
+    closed once the body is sent (or abandoned)."""
+    heads = [part_head(boundary, headers) for headers, _ in parts]
+    closing = close_delimiter(boundary)
+    length = sum(len(head) + len(CRLF) for head in heads) + sum(count for _, ranges in parts for _, count in ranges)
 
-    The ranges go by zero-copy send when the server offers it (web/zero_copy.py), else each is read by a worker
-    thread and sent as a body; the framing between them is sent as it is. The file is closed once sent. A file
-    that ends before a range aborts the response: its Content-Length was announced.
-    """
+    def pieces() -> Iterator[BodyPiece]:
+        with file:
+            lead = b""
+            for head, (_, ranges) in zip(heads, parts, strict=True):
+                yield lead + head
+                for offset, count in ranges:
+                    yield FileRange(file, offset, count)
+                lead = CRLF
+            yield lead + closing
 
-    def __init__(self, file: BinaryIO, parts: Iterable[RangesPart], boundary: str, media_type: str) -> None:
-        self.file = file
-        self.segments: list[bytes | ByteRange] = []
-        lead = b""
-        for headers, ranges in parts:
-            self.segments.append(lead + part_head(boundary, headers))
-            self.segments.extend(ranges)
-            lead = CRLF
-        self.segments.append(lead + close_delimiter(boundary))
-        length = sum(len(segment) if isinstance(segment, bytes) else segment[1] for segment in self.segments)
-        super().__init__(media_type=media_type, headers={"Content-Length": str(length)})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        zero_copy = ZERO_COPY_SEND in scope.get("extensions", {})
-        try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            last = len(self.segments) - 1
-            for number, segment in enumerate(self.segments):
-                more = number < last
-                if isinstance(segment, bytes):
-                    await send({"type": "http.response.body", "body": segment, "more_body": more})
-                elif zero_copy:
-                    offset, count = segment
-                    await send({"type": ZERO_COPY_SEND, "file": self.file, "offset": offset, "count": count,
-                                "more_body": more})  # fmt: skip
-                else:
-                    body = await anyio.to_thread.run_sync(self._read, segment)
-                    await send({"type": "http.response.body", "body": body, "more_body": more})
-        finally:
-            self.file.close()
-
-    def _read(self, byte_range: ByteRange) -> bytes:
-        offset, length = byte_range
-        self.file.seek(offset)
-        data = self.file.read(length)
-        if len(data) != length:
-            raise StorageFailure(f"the object ended before bytes {offset}-{offset + length} while being sent")
-        return data
+    return pieces(), length + len(closing)
 
 
 @dataclass(frozen=True)

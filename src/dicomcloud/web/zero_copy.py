@@ -1,4 +1,4 @@
-"""The server side of ASGI's zero-copy send extension: a response hands the server an open file and a byte range
+"""ASGI's zero-copy send extension, both sides: a response hands the server an open file and a byte range
 (`{"type": "http.response.zerocopysend", "file": …, "offset": …, "count": …, "more_body": …}`) and the kernel
 moves those bytes from the page cache to the socket (`os.sendfile`), never through Python.
 
@@ -8,19 +8,100 @@ given at once (a high-water mark of 0), so an empty write buffer means every byt
 and a range can follow it on the socket in order. When the socket is full, the range waits until it is
 writable again, with reading paused meanwhile: a pipelined request is read once the response is complete
 (uvicorn then starts it), and nothing the server might write about it can land inside the range.
+
+`FileRangesResponse` is the application's side: a body of bytes and file ranges, the ranges sent by zero-copy
+where the server offers it and read in pieces by a worker thread where it does not (a test client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
+import anyio.to_thread
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from dicomcloud.errors import StorageFailure
+
+log = logging.getLogger(__name__)
+
 ZERO_COPY_SEND = "http.response.zerocopysend"
+# The most file bytes one read holds when a range is copied.
+COPY_PIECE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """`count` bytes of an open file from `offset`, to send as they lie."""
+
+    file: BinaryIO
+    offset: int
+    count: int
+
+
+BodyPiece = bytes | FileRange
+
+
+class FileRangesResponse(Response):
+    """A response whose body is `pieces` (bytes, and ranges of open files) of `length` bytes in all.
+
+    `pieces` is taken one at a time as the previous is sent, so a generator can open each file when its turn
+    comes and close it after; it is closed when the response ends or fails. A file that ends before its range
+    aborts the response: its Content-Length was announced.
+    """
+
+    def __init__(
+        self, pieces: Iterator[BodyPiece], length: int, media_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.pieces = pieces
+        self.length = length
+        super().__init__(media_type=media_type, headers={**(headers or {}), "Content-Length": str(length)})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        zero_copy = ZERO_COPY_SEND in scope.get("extensions", {})
+        remaining = self.length  # the piece that brings it to 0 ends the body: no empty message after it
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            for piece in self.pieces:
+                if isinstance(piece, bytes):
+                    if not piece:
+                        continue
+                    remaining -= len(piece)
+                    await send({"type": "http.response.body", "body": piece, "more_body": remaining > 0})
+                elif zero_copy:
+                    remaining -= piece.count
+                    await send({"type": ZERO_COPY_SEND, "file": piece.file, "offset": piece.offset,
+                                "count": piece.count, "more_body": remaining > 0})  # fmt: skip
+                else:
+                    for start in range(piece.offset, piece.offset + piece.count, COPY_PIECE):
+                        body = await anyio.to_thread.run_sync(
+                            _read, piece.file, start, min(COPY_PIECE, piece.offset + piece.count - start)
+                        )
+                        remaining -= len(body)
+                        await send({"type": "http.response.body", "body": body, "more_body": remaining > 0})
+            if remaining or not self.length:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            close = getattr(self.pieces, "close", None)
+            if close is not None:
+                close()
+
+
+def _read(file: BinaryIO, offset: int, count: int) -> bytes:
+    file.seek(offset)
+    data = file.read(count)
+    if len(data) != count:
+        name = getattr(file, "name", "an object")
+        log.error("%s changed size while being sent; response aborted", name)
+        raise StorageFailure(f"{name} ended before bytes {offset}-{offset + count} while being sent")
+    return data
 
 
 class ZeroCopyHttpProtocol(HttpToolsProtocol):
@@ -102,7 +183,7 @@ class ZeroCopyHttpProtocol(HttpToolsProtocol):
                 except (BrokenPipeError, ConnectionResetError):
                     return  # the client left; connection_lost follows
                 if sent == 0:
-                    raise OSError(f"the file ended {count} bytes before the range it was to send")
+                    raise StorageFailure(f"a file ended {count} bytes before its range: it changed while being sent")
                 if sent > 0:
                     offset, count = offset + sent, count - sent
                     continue

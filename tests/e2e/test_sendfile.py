@@ -1,6 +1,6 @@
-"""Frames sent from their file by sendfile (web/zero_copy.py), against the real server: the same bytes the copying
-path writes, on kept-alive and pipelined connections, to a client too slow for the socket buffer; frames whose
-stored form needs a change (deflated, decoded) still take the copying path."""
+"""Frames and instances sent from their files by sendfile (web/zero_copy.py), against the real server: the same
+bytes the copying path writes, on kept-alive and pipelined connections, to a client too slow for the socket
+buffer; frames whose stored form needs a change (deflated, decoded) still take the copying path."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 UNCOMPRESSED = 'multipart/related; type="application/octet-stream"'
 ANY = 'multipart/related; type="*/*"'
+DICOM_PARTS = 'multipart/related; type="application/dicom"'
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Stored:
     cine: pydicom.Dataset  # 48 native frames of 512 x 512 bytes: 12 MB, three times the largest socket buffer
     rle: pydicom.Dataset
     deflated: pydicom.Dataset
+    files: dict[str, bytes]  # by SOP Instance UID, as stored
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +45,16 @@ def stored(archive_factory: Callable[..., Archive], tmp_path_factory: pytest.Tem
     archive = archive_factory("sendfile")
     folder = tmp_path_factory.mktemp("sendfile")
     (ct,) = ct_series(1)
-    cine = multiframe(48, rows=512, columns=512)
+    cine = multiframe(48, rows=512, columns=512, study_uid=ct.StudyInstanceUID)
     rle = multiframe(4, rows=64, columns=64, transfer_syntax=RLELossless)
     (deflated,) = ct_series(1, rows=64, columns=64, transfer_syntax=DeflatedExplicitVRLittleEndian)
-    parts = []
+    files = {}
     for ds in (ct, cine, rle, deflated):
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         write_part10(ds, path)
-        parts.append(path.read_bytes())
-    assert stow(archive.dicomweb_url(), parts).status_code == 200
-    return Stored(archive, ct, cine, rle, deflated)
+        files[ds.SOPInstanceUID] = path.read_bytes()
+    assert stow(archive.dicomweb_url(), list(files.values())).status_code == 200
+    return Stored(archive, ct, cine, rle, deflated, files)
 
 
 def frames_path(ds: pydicom.Dataset, frames: str) -> str:
@@ -208,3 +210,26 @@ def test_the_bytes_sent_from_files_are_counted_in_the_metrics(stored: Stored) ->
         sock.sendall(request(frames_path(stored.ct, "1"), STORED))
         answer = read_answer(sock, bytearray())
     assert frame_bytes() - before == len(answer.body)
+
+
+def test_an_instance_and_a_study_are_their_stored_files(stored: Stored) -> None:
+    ct, cine = stored.ct, stored.cine
+    instance = frames_path(ct, "").removesuffix("/frames/")
+    study = f"/dicom-web/studies/{ct.StudyInstanceUID}"
+    with connect(stored.archive) as sock:
+        sock.sendall(request(instance, "application/dicom") + request(study, DICOM_PARTS))
+        pending = bytearray()
+        single, multipart = read_answer(sock, pending), read_answer(sock, pending)
+    assert single.body == stored.files[ct.SOPInstanceUID]
+    assert multipart_parts(multipart) == sorted([stored.files[ct.SOPInstanceUID], stored.files[cine.SOPInstanceUID]])
+
+
+def multipart_parts(answer: Answer) -> list[bytes]:
+    """The part bodies, sorted, each checked against its Content-Length."""
+    bodies = []
+    for raw in answer.body.split(f"--{answer.boundary}".encode())[1:-1]:
+        head, _, body = raw[2:-2].partition(b"\r\n\r\n")
+        length = next(int(line.split(b": ")[1]) for line in head.split(b"\r\n") if line.startswith(b"Content-Length"))
+        assert len(body) == length
+        bodies.append(body)
+    return sorted(bodies)
