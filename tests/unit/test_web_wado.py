@@ -25,7 +25,7 @@ from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS
 from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX
 from dicomcloud.ports.index import InstanceLocation
-from dicomcloud.web import wado
+from dicomcloud.web import wado, zero_copy
 from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
 
 pytest_plugins = ["test_web_app"]
@@ -98,7 +98,7 @@ def test_a_study_is_every_stored_file_as_is(
 def test_files_larger_than_a_piece_are_sent_whole(
     client: TestClient, archive: Archive, series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    monkeypatch.setattr(zero_copy, "COPY_PIECE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
     assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
     assert int(response.headers["content-length"]) == len(response.content)
@@ -133,7 +133,7 @@ def test_a_series_longer_than_the_read_ahead_is_every_file_in_order(
 ) -> None:
     monkeypatch.setattr(archive.runtime.storage, "remote", True)  # read ahead as from an object store
     monkeypatch.setattr(wado, "READ_AHEAD", 1)
-    monkeypatch.setattr(wado, "PIECE_SIZE", 1000)
+    monkeypatch.setattr(zero_copy, "COPY_PIECE", 1000)
     response = client.get(f"/dicom-web/studies/{series[0].StudyInstanceUID}", headers={"Accept": DICOM_MULTIPART})
     assert [body for _, body in multipart_bodies(response)] == [stored_bytes(archive, ds) for ds in series]
 
@@ -483,6 +483,18 @@ def test_a_frame_media_type_without_transfer_syntax_means_its_lossless_default(
     )
     assert response.status_code == 200
     assert multipart_bodies(response)[0][0]["content-type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
+
+
+def test_a_frame_of_an_instance_replaced_after_it_was_served_is_the_new_one(client: TestClient, tmp_path: Path) -> None:
+    """The frame index a process keeps is dropped with its series' version: the new instance's frame is larger."""
+    (ds,) = ct_series(1, rows=16, columns=16)
+    stow_all(client, [ds], tmp_path)
+    url = f"{instance_url(ds)}/frames/1"
+    assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == ds.PixelData
+    (larger,) = ct_series(1, rows=32, columns=32, study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID)
+    larger.SOPInstanceUID = larger.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    stow_all(client, [larger], tmp_path)
+    assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == larger.PixelData
 
 
 def test_a_frame_beyond_the_last_is_not_found(client: TestClient, native_mf: pydicom.Dataset) -> None:

@@ -11,9 +11,13 @@ first request and kept (`derived`); the transcoder worker makes the viewer's cop
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -34,6 +38,9 @@ from dicomcloud.runtime import Runtime
 log = logging.getLogger(__name__)
 
 PART10_PREFIX = b"\0" * 128 + b"DICM"
+# Instances whose place and frame index a process keeps for frame requests (a few KB each; the frame index
+# itself is shared with the series document).
+FRAME_SOURCES = 4096
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,45 @@ class StoredInstance:
         return len(self.prefix) + self.size
 
 
+@dataclass(frozen=True)
+class FrameSource:
+    """Where an instance's frames are read from: its place and its frame index."""
+
+    location: InstanceLocation
+    frame_index: FrameIndex
+
+
+class _FrameSources:
+    """The frame sources a process found, each with the series version it was found at; least recently used
+    go first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[SeriesKey, str], tuple[int, FrameSource]] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, key: SeriesKey, sop: str, version: int) -> FrameSource | None:
+        with self._guard:
+            found = self._entries.get((key, sop))
+            if found is None or found[0] != version:
+                return None
+            self._entries.move_to_end((key, sop))
+            return found[1]
+
+    def put(self, key: SeriesKey, sop: str, version: int, source: FrameSource) -> None:
+        with self._guard:
+            self._entries[(key, sop)] = (version, source)
+            self._entries.move_to_end((key, sop))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
 class Retrieve:
     def __init__(self, runtime: Runtime, metadata: SeriesMetadata) -> None:
         self.runtime = runtime
         self.metadata = metadata
         self._max_decoded_bytes = runtime.settings.limits.max_decoded_frame_bytes
+        self._frame_sources = _FrameSources(FRAME_SOURCES)
 
     # -- which instances -----------------------------------------------------------------------------
 
@@ -160,6 +201,24 @@ class Retrieve:
 
     # -- frames and bulk data ------------------------------------------------------------------------
 
+    def frame_source(self, tenant_id: str, study: str, series: str, sop: str) -> FrameSource:
+        """The instance's place and frame index; NotFound when it is not there or has no pixel data.
+
+        Kept per process with the series' index version they were found at, so a viewer's frame requests cost
+        one index query each (the version): any store, replacement or deletion in the series gives it a new
+        version (versions are never reused), and the next request finds both again. The version is read
+        first, so what is found is at least as new as the version it is kept with."""
+        key = SeriesKey(tenant_id, study, series)
+        version = self.runtime.index.series_version(key)
+        if version is None:
+            raise NotFound(f"no instance {sop} in series {series} of study {study}")
+        source = self._frame_sources.get(key, sop, version)
+        if source is None:
+            location = self.instance(tenant_id, study, series, sop)
+            source = FrameSource(location, self.frame_index(location))
+            self._frame_sources.put(key, sop, version, source)
+        return source
+
     def frame_index(self, location: InstanceLocation) -> FrameIndex:
         """The instance's frame index, from its series document."""
         doc = self.metadata.document(location.series_key)
@@ -179,6 +238,17 @@ class Retrieve:
         ranges = [byte_range for number in numbers for byte_range in index.frames[number - 1]]
         pieces = iter(self.runtime.storage.read_ranges(location.file_path, ranges))
         return [b"".join(next(pieces) for _ in index.frames[number - 1]) for number in numbers]
+
+    def open_frames(self, location: InstanceLocation, index: FrameIndex, numbers: Sequence[int]) -> BinaryIO:
+        """The instance's object, open, to send indexed frames' byte ranges from; StorageFailure before anything
+        is sent when they do not lie within it (it changed since its frame index was made)."""
+        check_frame_numbers(index, numbers)
+        end = max(offset + length for number in numbers for offset, length in index.frames[number - 1])
+        handle = self.runtime.storage.open(location.file_path)
+        if handle.seek(0, io.SEEK_END) < end:
+            handle.close()
+            raise StorageFailure(f"{location.file_path} is shorter than its frame index says")
+        return handle
 
     def decoded_frame(self, location: InstanceLocation, number: int) -> bytes:
         with self.runtime.storage.open(location.file_path) as stream:

@@ -29,6 +29,7 @@ from dicomcloud.logs import repeats_summarised
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.bus import Message as BusMessage
 from dicomcloud.runtime import Runtime
+from dicomcloud.web.zero_copy import ZERO_COPY_SEND
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class ResponseFacts:
                 self.status = int(message["status"])
             elif message["type"] == "http.response.body":
                 self.sent += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY_SEND:
+                self.sent += int(message["count"])
             await send(message)
 
         return watching_send

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.errors import AuthError, DicomCloudError
@@ -28,6 +28,7 @@ from dicomcloud.web.context import use_default_tenant, use_path_tenant
 from dicomcloud.web.http_metrics import HttpMetricsMiddleware
 from dicomcloud.web.origin import TrustedOrigin
 from dicomcloud.web.response_headers import ResponseHeaders
+from dicomcloud.web.zero_copy import GZipAroundZeroCopy
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def create_app(archive: Archive) -> FastAPI:
 
     for handled in (DicomCloudError, HTTPException, RequestValidationError):
         app.add_exception_handler(handled, _error_response)
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=NOT_GZIPPED)
+    app.add_middleware(GZipAroundZeroCopy, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=NOT_GZIPPED)
     if runtime.settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import jwt
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from dicomcloud.config import AuthSettings
 from dicomcloud.errors import Forbidden, ServiceUnavailable, Unauthenticated
@@ -315,19 +316,20 @@ def open_authenticator(settings: AuthSettings, cache: Cache) -> Authenticator | 
     return Authenticator(settings, cache) if settings.enabled else None
 
 
-def require_dicomweb_access(request: Request) -> None:
-    """Route dependency: the token must grant what the method does, on the URL's tenant (set before this runs)."""
+async def require_dicomweb_access(request: Request) -> None:
+    """Route dependency: the token must grant what the method does, on the URL's tenant (set before this runs).
+    Verifying may fetch the issuer's keys, so it runs in a worker thread; with auth off nothing leaves the loop."""
     auth: Authenticator | None = request.app.state.auth
     if auth is None:
         return
     access = ACCESS_BY_METHOD.get(request.method)
     if access is None:
         raise Forbidden(f"method {request.method} is not allowed", f'Bearer realm="{auth.settings.realm}"')
-    auth.authorize(request, access, request.state.tenant)
+    await run_in_threadpool(auth.authorize, request, access, request.state.tenant)
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Route dependency for data that spans tenants (the statistics): the admin scope."""
     auth: Authenticator | None = request.app.state.auth
     if auth is not None:
-        auth.authorize(request, Access.ADMIN, None)
+        await run_in_threadpool(auth.authorize, request, Access.ADMIN, None)

@@ -1,7 +1,7 @@
 """Limits the HTTP server applies before the application sees a request: a client that holds
 connections or sends endless headers is refused before authentication could even run.
 
-uvicorn's httptools protocol, with
+uvicorn's httptools protocol, with zero-copy sends (web/zero_copy.py) and
 - the request line and headers bounded to `http.max_header_bytes` as they arrive (431): a 50 MB
   Authorization header is refused after the bound, never buffered whole;
 - the request line and headers due within `http.header_timeout` seconds of the connection, or of the
@@ -20,11 +20,10 @@ import logging
 from collections import Counter
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from dicomcloud.config import HttpSettings
 from dicomcloud.logs import ThrottledWarnings
 from dicomcloud.networks import AddressSet
+from dicomcloud.web.zero_copy import ZeroCopyHttpProtocol
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,14 @@ def refusal(status: int, reason: str, retry_after: int | None = None) -> bytes:
     return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
 
 
-def guarded_protocol(settings: HttpSettings) -> type[HttpToolsProtocol]:
+def guarded_protocol(settings: HttpSettings) -> type[ZeroCopyHttpProtocol]:
     """The protocol class for `uvicorn.Config(http=…)`, with `settings`' limits and one count of open
     connections per client address shared by all its connections."""
     trusted = AddressSet(settings.trusted_proxies)
     open_connections: Counter[str] = Counter()
     warnings = ThrottledWarnings(log)
 
-    class GuardedHttpProtocol(HttpToolsProtocol):
+    class GuardedHttpProtocol(ZeroCopyHttpProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._in_head = True

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dicomcloud.errors import InvalidInput
+from dicomcloud.ports.storage import ByteRange
+from dicomcloud.web.zero_copy import BodyPiece, FileRange
 
 CRLF = b"\r\n"
 LF = b"\n"
@@ -28,6 +31,8 @@ MAX_HEADER_BYTES = 16 * 1024
 _BOUNDARY_CHARS = frozenset(chr(code) for code in range(0x20, 0x7F))
 
 Part = tuple[Mapping[str, str], Iterable[bytes]]
+# A part whose body is byte ranges of a file.
+RangesPart = tuple[Mapping[str, str], Sequence[ByteRange]]
 
 
 def new_boundary() -> str:
@@ -64,6 +69,26 @@ def write_multipart(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
                 yield chunk
         yield CRLF
     yield close_delimiter(boundary)
+
+
+def ranges_multipart(file: BinaryIO, parts: Sequence[RangesPart], boundary: str) -> tuple[Iterator[BodyPiece], int]:
+    """A multipart/related body whose part bodies are byte ranges of one open file, and its length; the file is
+    closed once the body is sent (or abandoned)."""
+    heads = [part_head(boundary, headers) for headers, _ in parts]
+    closing = close_delimiter(boundary)
+    length = sum(len(head) + len(CRLF) for head in heads) + sum(count for _, ranges in parts for _, count in ranges)
+
+    def pieces() -> Iterator[BodyPiece]:
+        with file:
+            lead = b""
+            for head, (_, ranges) in zip(heads, parts, strict=True):
+                yield lead + head
+                for offset, count in ranges:
+                    yield FileRange(file, offset, count)
+                lead = CRLF
+            yield lead + closing
+
+    return pieces(), length + len(closing)
 
 
 @dataclass(frozen=True)

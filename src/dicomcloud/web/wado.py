@@ -17,6 +17,9 @@ Negotiation (PS3.18 8.7), in the client's order of preference:
   exists; otherwise 406.
 - Metadata is DICOM JSON (gzip by the app's middleware); bulk data is one octet-stream part.
 
+Instances, and frames asked for as stored, leave local files as byte ranges of them (by sendfile where the
+server offers it, web/zero_copy.py); from an object store, or decoded or encoded, they are read and copied.
+
 The handlers translate requests and responses; what is read, and from where, is archive/retrieve.py's.
 """
 
@@ -33,6 +36,7 @@ from itertools import islice
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
@@ -42,7 +46,15 @@ from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFou
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import Storage
 from dicomcloud.web.context import RequestScope, Scope, path_uid
-from dicomcloud.web.multipart import CRLF, Part, close_delimiter, new_boundary, part_head, write_multipart
+from dicomcloud.web.multipart import (
+    CRLF,
+    Part,
+    close_delimiter,
+    new_boundary,
+    part_head,
+    ranges_multipart,
+    write_multipart,
+)
 from dicomcloud.web.negotiation import (
     MULTIPART_RELATED,
     MediaRange,
@@ -51,6 +63,7 @@ from dicomcloud.web.negotiation import (
     negotiate_json,
     parse_accept,
 )
+from dicomcloud.web.zero_copy import BodyPiece, FileRange, FileRangesResponse
 from dicomcloud.web.zip_payload import ZIP, zip_pieces
 
 log = logging.getLogger(__name__)
@@ -161,9 +174,12 @@ def _dicom_response(scope: RequestScope, request: Request, locations: list[Insta
     heads = [part_head(boundary, _part_headers(instance)) for instance in stored]
     closing = close_delimiter(boundary)
     length = sum(len(head) + instance.length + len(CRLF) for head, instance in zip(heads, stored, strict=True))
+    media_type = format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary)
+    if not storage.remote:
+        return FileRangesResponse(_file_pieces(storage, stored, heads, closing), length + len(closing), media_type)
     return StreamingResponse(
         _multipart_pieces(storage, stored, heads, closing),
-        media_type=format_media_type(MULTIPART_RELATED, type=DICOM, boundary=boundary),
+        media_type=media_type,
         headers={"Content-Length": str(length + len(closing))},
     )
 
@@ -175,6 +191,9 @@ def single_instance_response(
     transfer-syntax parameter out of its Content-Type (`media_type_params`; PS3.18 forbids it there)."""
     (instance,) = scope.archive.retrieve.stored([location], target)
     media_type = format_media_type(DICOM, transfer_syntax=instance.transfer_syntax) if media_type_params else DICOM
+    storage = scope.archive.runtime.storage
+    if not storage.remote:
+        return FileRangesResponse(_file_pieces(storage, [instance], [b""], b""), instance.length, media_type)
     return StreamingResponse(
         _pieces(scope.archive.runtime.storage, instance, instance.prefix, b""),
         media_type=media_type,
@@ -189,21 +208,30 @@ def _part_headers(instance: StoredInstance) -> dict[str, str]:
     }
 
 
+def _file_pieces(
+    storage: Storage, stored: list[StoredInstance], heads: list[bytes], closing: bytes
+) -> Iterator[BodyPiece]:
+    """Local files as they lie, each behind its head and prefix (the CRLF that ends a part goes with the next
+    head), `closing` last: each file is opened when its turn comes and closed once sent."""
+    lead = b""
+    for head, instance in zip(heads, stored, strict=True):
+        with storage.open(instance.key) as handle:
+            yield lead + head + instance.prefix
+            yield FileRange(handle, 0, instance.size)
+        lead = CRLF if closing else b""
+    if lead + closing:
+        yield lead + closing
+
+
 def _multipart_pieces(
     storage: Storage, stored: list[StoredInstance], heads: list[bytes], closing: bytes
 ) -> Iterator[memoryview | bytes]:
-    """The multipart body: each instance's head, object and CRLF as one piece when it fits.
+    """The multipart body from an object store: each instance's head, object and CRLF as one piece when it fits.
 
-    From an object store, the next READ_AHEAD instances are opened and their first pieces read while one is
-    sent, so its latency is paid for several at once; what waits is at most READ_AHEAD first pieces (and their
-    streams' buffers), whatever the instances' sizes: the rest of a big instance is read as it is sent. From
-    local files (no round trip to hide) one is read after the other in the responding thread.
+    The next READ_AHEAD instances are opened and their first pieces read while one is sent, so its latency is
+    paid for several at once; what waits is at most READ_AHEAD first pieces (and their streams' buffers),
+    whatever the instances' sizes: the rest of a big instance is read as it is sent.
     """
-    if not storage.remote:
-        for head, instance in zip(heads, stored, strict=True):
-            yield from _pieces(storage, instance, head + instance.prefix, CRLF)
-        yield closing
-        return
     upcoming = zip(heads, stored, strict=True)
     pending: deque[Future[_Opened]] = deque()
 
@@ -404,11 +432,26 @@ def _select_frame_form(ranges: list[MediaRange], stored: TransferSyntax) -> tupl
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="Retrieve frames")
-def retrieve_frames(request: Request, scope: Scope, study: str, series: str, instance: str, frames: str) -> Response:
-    location = instance_at(scope, study, series, instance)
-    numbers = parse_frame_list(frames)
+async def retrieve_frames(
+    request: Request, scope: Scope, study: str, series: str, instance: str, frames: str
+) -> Response:
+    """A viewer asks for frames by the hundred in parallel: the event loop hands one worker thread what may
+    wait (the index, storage), and sends the answer itself."""
+    return await run_in_threadpool(_frames_response, request, scope, study, series, instance, frames)
+
+
+def _frames_response(
+    request: Request, scope: RequestScope, study: str, series: str, instance: str, frames: str
+) -> Response:
     retrieve = scope.archive.retrieve
-    frame_index = retrieve.frame_index(location)
+    source = retrieve.frame_source(
+        scope.tenant,
+        path_uid(study, "StudyInstanceUID"),
+        path_uid(series, "SeriesInstanceUID"),
+        path_uid(instance, "SOPInstanceUID"),
+    )
+    location, frame_index = source.location, source.frame_index
+    numbers = parse_frame_list(frames)
     stored = frame_index.transfer_syntax
     if stored.frame_media_type is None:
         raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
@@ -417,6 +460,15 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
         form = _FrameForm.STORED
     part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
     check_frame_list(numbers, frame_index.number_of_frames)
+    part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
+    boundary = new_boundary()
+    media_type = format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary)
+
+    if form is _FrameForm.STORED and frame_index.frames and not scope.archive.runtime.storage.remote:
+        # The frames' bytes as they lie in a local file: sent from it (by sendfile where the server can).
+        file = retrieve.open_frames(location, frame_index, numbers)
+        pieces, length = ranges_multipart(file, [(part_headers, frame_index.frames[n - 1]) for n in numbers], boundary)
+        return FileRangesResponse(pieces, length, media_type)
 
     def frame(number: int) -> bytes:
         if form is _FrameForm.ENCODED:
@@ -428,18 +480,13 @@ def retrieve_frames(request: Request, scope: Scope, study: str, series: str, ins
     # The first frame is read before answering, so an unreadable or undecodable frame is a clean
     # error status rather than a broken stream; the others are read as the client takes them.
     first = frame(numbers[0])
-    part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
 
-    def parts() -> Iterator[Part]:
+    def parts_read() -> Iterator[Part]:
         yield part_headers, [first]
         for number in numbers[1:]:
             yield part_headers, [frame(number)]
 
-    boundary = new_boundary()
-    return StreamingResponse(
-        write_multipart(parts(), boundary),
-        media_type=format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary),
-    )
+    return StreamingResponse(write_multipart(parts_read(), boundary), media_type=media_type)
 
 
 # ---------------------------------------------------------------------------------------------
