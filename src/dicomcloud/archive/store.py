@@ -22,6 +22,15 @@ the index's lock on those SOP Instance UIDs, so two senders of one UID (in any p
   another study or series, the old original, its entry and copies are removed as soon as the index
   names the new place (and the document of a series the move left empty).
 
+Group commit: concurrent stores in one process (parallel C-STORE associations, STOW-RS requests, import
+jobs) share their durable step. A store queues its parsed objects; whichever store finds no commit
+running takes everything queued and places it as one batch (one index transaction per tenant, one
+storage commit whose fsyncs run together, one publish), while the next ones queue behind it. A store
+alone commits at once (nothing waits for company), and each still returns only when its own batch is
+durable, indexed and announced. What is decided per object stays per object (unreadable, a duplicate,
+the wrong study); a failure of the shared step (the disk, the index, the bus) fails every object of that
+batch, none of them acknowledged, as one store's batch always did.
+
 Failures: when placing or indexing fails, the transaction rolls back and objects placed under new keys
 are removed. When the bus refuses the events after the commit, new instances are withdrawn (index rows
 and objects) and refused; a replaced instance stays replaced (its object, entry and index row agree,
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,11 +108,27 @@ class _Placed:
         return self.previous.file_path
 
 
+@dataclass
+class _Queued:
+    """One store's accepted objects, waiting for the group commit that takes them."""
+
+    tenant_id: str
+    accepted: list[tuple[int, _Accepted]]
+    reject: bool
+    refused: dict[int, Refused] = field(default_factory=dict)
+    error: BaseException | None = None
+    done: bool = False
+
+
 class Store:
     def __init__(self, runtime: Runtime, qido_cache: QidoCache, metadata: SeriesMetadata) -> None:
         self.runtime = runtime
         self.qido_cache = qido_cache
         self.metadata = metadata
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        # Held by the store placing a group; the stores queued meanwhile wait on it, then find their turn done.
+        self._committing = threading.Lock()
 
     def store(
         self,
@@ -242,13 +268,58 @@ class Store:
         outcomes: list[StorageEvent | Refused] = [p.event if isinstance(p, _Accepted) else p for p in prepared]
         try:
             accepted = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Accepted)]
-            for position, refusal in self._store(tenant_id, accepted, reject).items():
+            for position, refusal in self._store_grouped(tenant_id, accepted, reject).items():
                 outcomes[position] = refusal
             return outcomes
         finally:
             for item in prepared:
                 if isinstance(item, _Accepted):
                     self.runtime.storage.discard(item.staged)
+
+    def _store_grouped(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
+        """`_store`, in the next group commit: queue, then either commit the queue or find it committed."""
+        if not accepted:
+            return {}
+        queued = _Queued(tenant_id, accepted, reject)
+        with self._queue_lock:
+            self._queue.append(queued)
+        with self._committing:
+            if not queued.done:
+                self._commit_queue()
+        if queued.error is not None:
+            raise queued.error
+        return queued.refused
+
+    def _commit_queue(self) -> None:
+        """With `_committing` held: everything queued, one `_store` per tenant and duplicate rule, in queue order."""
+        with self._queue_lock:
+            taken, self._queue = self._queue, []
+        groups: dict[tuple[str, bool], list[_Queued]] = {}
+        for queued in taken:
+            groups.setdefault((queued.tenant_id, queued.reject), []).append(queued)
+        try:
+            for (tenant_id, reject), members in groups.items():
+                merged: list[tuple[int, _Accepted]] = []
+                owners: list[tuple[_Queued, int]] = []  # whose object each merged position is
+                for queued in members:
+                    for position, item in queued.accepted:
+                        merged.append((len(owners), item))
+                        owners.append((queued, position))
+                try:
+                    refused = self._store(tenant_id, merged, reject)
+                except Exception as exc:
+                    refused = {}
+                    for queued in members:
+                        queued.error = exc
+                for at, refusal in refused.items():
+                    queued, position = owners[at]
+                    queued.refused[position] = refusal
+                for queued in members:
+                    queued.done = True
+        finally:
+            for queued in taken:
+                if not queued.done:
+                    queued.error, queued.done = StorageFailure("the store was interrupted before this object"), True
 
     def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
         """Place, index and announce the accepted objects; the refusals by position."""
