@@ -62,13 +62,13 @@ def concurrently(
         )
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(len(stores))]
-    with archive.store._committing:
+    with archive.store._group.turn:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while len(archive.store._queue) < len(stores) - unreadable and time.monotonic() < deadline:
+        while archive.store._group.queued() < len(stores) - unreadable and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(archive.store._queue) == len(stores) - unreadable, "the stores did not queue behind the commit"
+        assert archive.store._group.queued() == len(stores) - unreadable, "the stores did not queue behind the commit"
     for thread in threads:
         thread.join(60)
     return [answers[n] for n in range(len(stores))]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from dicomcloud.archive.qido_cache import QidoCache
 from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, part10_header, read_identity
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
+from dicomcloud.group_commit import GroupCommit
 from dicomcloud.ports.bus import Message
 from dicomcloud.ports.index import IndexedInstance, IndexWrite, InstanceLocation
 from dicomcloud.runtime import Runtime
@@ -115,9 +115,8 @@ class _Queued:
     tenant_id: str
     accepted: list[tuple[int, _Accepted]]
     reject: bool
-    refused: dict[int, Refused] = field(default_factory=dict)
+    refused: dict[int, Refused] | None = None  # the outcome: which objects were refused (None: not decided yet)
     error: BaseException | None = None
-    done: bool = False
 
 
 class Store:
@@ -125,10 +124,7 @@ class Store:
         self.runtime = runtime
         self.qido_cache = qido_cache
         self.metadata = metadata
-        self._queue: list[_Queued] = []
-        self._queue_lock = threading.Lock()
-        # Held by the store placing a group; the stores queued meanwhile wait on it, then find their turn done.
-        self._committing = threading.Lock()
+        self._group = GroupCommit(self._commit_group)
 
     def store(
         self,
@@ -277,49 +273,45 @@ class Store:
                     self.runtime.storage.discard(item.staged)
 
     def _store_grouped(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
-        """`_store`, in the next group commit: queue, then either commit the queue or find it committed."""
+        """`_store`, in the next group commit."""
         if not accepted:
             return {}
         queued = _Queued(tenant_id, accepted, reject)
-        with self._queue_lock:
-            self._queue.append(queued)
-        with self._committing:
-            if not queued.done:
-                self._commit_queue()
+        self._group.submit(queued)
         if queued.error is not None:
             raise queued.error
+        assert queued.refused is not None
         return queued.refused
 
-    def _commit_queue(self) -> None:
-        """With `_committing` held: everything queued, one `_store` per tenant and duplicate rule, in queue order."""
-        with self._queue_lock:
-            taken, self._queue = self._queue, []
+    def _commit_group(self, taken: list[_Queued]) -> None:
+        """One `_store` per tenant and duplicate rule, in queue order; every store's outcome recorded."""
         groups: dict[tuple[str, bool], list[_Queued]] = {}
         for queued in taken:
             groups.setdefault((queued.tenant_id, queued.reject), []).append(queued)
         try:
             for (tenant_id, reject), members in groups.items():
                 merged: list[tuple[int, _Accepted]] = []
-                owners: list[tuple[_Queued, int]] = []  # whose object each merged position is
-                for queued in members:
+                owners: list[tuple[int, int]] = []  # each merged position's store (in members) and own position
+                for number, queued in enumerate(members):
                     for position, item in queued.accepted:
                         merged.append((len(owners), item))
-                        owners.append((queued, position))
+                        owners.append((number, position))
                 try:
                     refused = self._store(tenant_id, merged, reject)
                 except Exception as exc:
-                    refused = {}
                     for queued in members:
                         queued.error = exc
+                    continue
+                outcomes: list[dict[int, Refused]] = [{} for _ in members]
                 for at, refusal in refused.items():
-                    queued, position = owners[at]
-                    queued.refused[position] = refusal
-                for queued in members:
-                    queued.done = True
+                    number, position = owners[at]
+                    outcomes[number][position] = refusal
+                for queued, outcome in zip(members, outcomes, strict=True):
+                    queued.refused = outcome
         finally:
             for queued in taken:
-                if not queued.done:
-                    queued.error, queued.done = StorageFailure("the store was interrupted before this object"), True
+                if queued.refused is None and queued.error is None:
+                    queued.error = StorageFailure("the store was interrupted before this object")
 
     def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
         """Place, index and announce the accepted objects; the refusals by position."""
