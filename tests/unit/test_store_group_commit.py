@@ -157,3 +157,25 @@ def test_stores_of_two_tenants_in_one_group_each_land_in_their_own_tenant(archiv
         for tenant in ("default", "tenant-b")
     }
     assert listed == {"default": {f"{SERIES}.1", f"{SERIES}.3"}, "tenant-b": {f"{SERIES}.2"}}
+
+
+def test_one_uid_from_stores_of_one_group_is_decided_as_if_they_came_in_turn(archive: Archive, tmp_path: Path) -> None:
+    """Whichever content queued first is stored; the same content again is stored too (once), other content
+    is refused under `reject`."""
+    sop = f"{SERIES}.1"
+    answers = concurrently(
+        archive,
+        [
+            storing(archive, tmp_path / "first", sop, pixel=1),
+            storing(archive, tmp_path / "again", sop, pixel=1),
+            storing(archive, tmp_path / "other", sop, pixel=2),
+        ],
+    )
+    first, again, other = (answer.outcome[0] for answer in answers if isinstance(answer.outcome, list))
+    stored = [o for o in (first, again, other) if isinstance(o, StorageEvent)]
+    refused = [o for o in (first, again, other) if isinstance(o, Refused)]
+    assert isinstance(first, StorageEvent) == isinstance(again, StorageEvent) != isinstance(other, StorageEvent)
+    assert all(isinstance(r.error, DuplicateInstance) for r in refused)
+    (indexed,) = archive.runtime.index.list_instances("default", STUDY, SERIES)
+    assert {event.sha256 for event in stored} == {indexed.sha256}
+    assert archive.runtime.storage.size(stored[0].file_path) == stored[0].file_size
