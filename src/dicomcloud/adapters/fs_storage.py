@@ -85,11 +85,10 @@ class FsStorage:
                 raise
             for staged, _ in placements:
                 sources.append(self._staged_file(staged))
-            _sync_all(sources)
+            _sync_all(sources, os.O_RDONLY)
             for source, target in zip(sources, targets, strict=True):
                 _rename(source, target, self.root)
-            for folder in dict.fromkeys(target.parent for target in targets):
-                _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+            _sync_all(list(dict.fromkeys(target.parent for target in targets)), os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise StorageFailure(f"cannot store {len(placements)} object(s): {exc}") from exc
         finally:
@@ -226,13 +225,14 @@ def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
-def _sync_all(paths: Sequence[Path]) -> None:
+def _sync_all(paths: Sequence[Path], flags: int) -> None:
+    """fsync files (or folders) together: a batch's renames into several series' folders wait for one round."""
     if len(paths) <= 1:
         for path in paths:
-            _fsync(path, os.O_RDONLY)
+            _fsync(path, flags)
         return
     with ThreadPoolExecutor(min(len(paths), SYNC_THREADS)) as pool:
-        list(pool.map(lambda path: _fsync(path, os.O_RDONLY), paths))
+        list(pool.map(lambda path: _fsync(path, flags), paths))
 
 
 def _rename(source: Path, target: Path, base: Path) -> None:
