@@ -1,5 +1,6 @@
 """kill -9 of the all-in-one archive while storescu sends: every acknowledged instance survives, once. With one
-HTTP worker and with two (the second worker dies with the archive, and the restart finds its port free)."""
+HTTP worker and with two (the second worker dies with the archive, and the restart finds its port free), and with
+parallel associations whose stores share group commits (the kill lands while a group is being placed)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SENT = 300
 KILL_AFTER = 120
+ASSOCIATIONS = 4
 
 
 def acknowledged_files(storescu_log: str) -> list[Path]:
@@ -73,6 +75,39 @@ def test_kill_9_during_c_store_loses_no_acknowledged_instance(
     acknowledged = acknowledged_files(log_path.read_text())
     assert KILL_AFTER <= len(acknowledged) < SENT, "the kill must land in the middle of the transfer"
 
+    assert_survived(archive, acknowledged)
+
+
+def test_kill_9_during_parallel_c_store_loses_no_acknowledged_instance(
+    archive_factory: Callable[..., Archive], tmp_path: Path
+) -> None:
+    folders = [tmp_path / f"association-{n}" for n in range(ASSOCIATIONS)]
+    for folder in folders:
+        folder.mkdir()
+    for i, ds in enumerate(ct_series(SENT, rows=64, columns=64, patient_id="CRASH", seed=4)):
+        write_part10(ds, folders[i % ASSOCIATIONS] / f"i{i:03d}.dcm")
+    archive = archive_factory("crash-parallel")
+    logs = [tmp_path / f"storescu-{n}.log" for n in range(ASSOCIATIONS)]
+
+    def acknowledged_by_all() -> list[Path]:
+        return [path for log in logs for path in acknowledged_files(log.read_text())]
+
+    senders = []
+    for folder, log_path in zip(folders, logs, strict=True):
+        with log_path.open("w") as log:
+            command = ["storescu", "-v", "-aec", AE_TITLE, "-R", "-xe", "+sd", "127.0.0.1", str(archive.dimse_port)]
+            senders.append(subprocess.Popen([*command, str(folder)], stdout=log, stderr=subprocess.STDOUT, text=True))
+    wait_until(lambda: len(acknowledged_by_all()) >= KILL_AFTER, 120, "acknowledgements")
+    archive.kill9()
+    for sender in senders:
+        sender.wait(timeout=60)
+    acknowledged = acknowledged_by_all()
+    assert KILL_AFTER <= len(acknowledged) < SENT, "the kill must land in the middle of the transfer"
+    assert_survived(archive, acknowledged)
+
+
+def assert_survived(archive: Archive, acknowledged: list[Path]) -> None:
+    """Restart the killed archive: each acknowledged file is there once, its study counts right, its pixels intact."""
     archive.start()
     archive.wait_indexed(len(acknowledged), PatientID="CRASH", timeout=180)
     settle_until_count_is_stable(archive)

@@ -45,9 +45,9 @@ def _publish_while_writer_busy(bus: SqliteBus) -> dict[int, BaseException | None
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while len(bus._pending) < PUBLISHERS and time.monotonic() < deadline:
+        while bus._publishes.queued() < PUBLISHERS and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(bus._pending) == PUBLISHERS
+        assert bus._publishes.queued() == PUBLISHERS
     for thread in threads:
         thread.join(30)
     return outcomes

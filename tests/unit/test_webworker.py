@@ -104,6 +104,25 @@ def test_a_growing_series_is_rewritten_at_most_once_per_spacing(
     assert archive.runtime.index.stale_series(10) == []
 
 
+def test_a_series_whose_build_costs_more_waits_in_proportion_before_it_is_rewritten(
+    archive: Archive, add: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the webworker's clock
+    build_seconds = 2 * webworker.REBUILD_SPACING / webworker.REBUILD_COST_FACTOR
+    processor = iter([0.0, build_seconds])  # before and after the first build
+    monkeypatch.setattr(time, "thread_time", lambda: next(processor, 0.0))
+    worker = Webworker(archive)
+    add("1.2.826.0.3.1.1.1")
+    assert worker.run_once() is True
+    add("1.2.826.0.3.1.1.2")
+    clock[0] += 1.5 * webworker.REBUILD_SPACING
+    assert worker.run_once() is False, "waits REBUILD_COST_FACTOR times its build's processor time"
+    clock[0] += webworker.REBUILD_SPACING
+    assert worker.run_once() is True
+    assert archive.runtime.index.stale_series(10) == []
+
+
 def test_a_series_written_one_instance_at_a_time_is_current_after_each_store_reading_only_the_new_entry(
     archive: Archive, storage: CountingStorage, add: Callable[..., None]
 ) -> None:

@@ -239,6 +239,7 @@ def _sync_pool() -> ThreadPoolExecutor:
 
 
 def _sync_all(paths: Sequence[Path], flags: int) -> None:
+    """fsync files (or folders) together: a batch's renames into several series' folders wait for one round."""
     if len(paths) <= 1:
         for path in paths:
             _fsync(path, flags)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomcloud.errors import ServiceUnavailable, StorageFailure
+from dicomcloud.group_commit import GroupCommit
 from dicomcloud.ports.bus import Message, Record, check_name
 
 POLL_INTERVAL = 0.05
@@ -63,7 +64,6 @@ class _Pending:
     """One publish call's rows, waiting for whichever publisher commits next."""
 
     rows: list[tuple[str, str, bytes]]
-    done: bool = False
     error: BaseException | None = field(default=None)
 
 
@@ -84,7 +84,7 @@ class SqliteBus:
         self._lock = threading.Lock()
         # Held for the whole of every write transaction of this process.
         self._writer = threading.Lock()
-        self._pending: list[_Pending] = []
+        self._publishes = GroupCommit(self._commit_pending, turn=self._writer)
         # Wakes in-process pollers at once; other processes' publishes are seen by sleep-polling.
         self._published = threading.Condition()
         self._generation = 0
@@ -149,11 +149,7 @@ class SqliteBus:
         pending = _Pending([(check_name(m.topic, "topic"), m.key, bytes(m.value)) for m in messages])
         if not pending.rows:
             return
-        with self._lock:
-            self._pending.append(pending)
-        with self._writer:
-            if not pending.done:
-                self._commit_pending()
+        self._publishes.submit(pending)
         if pending.error is not None:
             if isinstance(pending.error, StorageFailure):
                 raise pending.error
@@ -162,10 +158,8 @@ class SqliteBus:
             self._generation += 1
             self._published.notify_all()
 
-    def _commit_pending(self) -> None:
-        """With `_writer` held: every queued publish in one transaction, in queue order."""
-        with self._lock:
-            batch, self._pending = self._pending, []
+    def _commit_pending(self, batch: list[_Pending]) -> None:
+        """With `_writer` held: the queued publishes in one transaction, in queue order."""
         error: BaseException | None = None
         try:
             with self._locked_transaction() as conn:
@@ -177,7 +171,6 @@ class SqliteBus:
             error = exc
         for pending in batch:
             pending.error = error
-            pending.done = True
         if error is not None and not isinstance(error, Exception):
             raise error
 

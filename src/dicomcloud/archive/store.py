@@ -22,6 +22,15 @@ the index's lock on those SOP Instance UIDs, so two senders of one UID (in any p
   another study or series, the old original, its entry and copies are removed as soon as the index
   names the new place (and the document of a series the move left empty).
 
+Group commit: concurrent stores in one process (parallel C-STORE associations, STOW-RS requests, import
+jobs) share their durable step. A store queues its parsed objects; whichever store finds no commit
+running takes everything queued and places it as one batch (one index transaction per tenant, one
+storage commit whose fsyncs run together, one publish), while the next ones queue behind it. A store
+alone commits at once (nothing waits for company), and each still returns only when its own batch is
+durable, indexed and announced. What is decided per object stays per object (unreadable, a duplicate,
+the wrong study); a failure of the shared step (the disk, the index, the bus) fails every object of that
+batch, none of them acknowledged, as one store's batch always did.
+
 Failures: when placing or indexing fails, the transaction rolls back and objects placed under new keys
 are removed. When the bus refuses the events after the commit, new instances are withdrawn (index rows
 and objects) and refused; a replaced instance stays replaced (its object, entry and index row agree,
@@ -43,6 +52,7 @@ from dicomcloud.archive.qido_cache import QidoCache
 from dicomcloud.dicom.parse import Identity, ParsedInstance, parse_instance, part10_header, read_identity
 from dicomcloud.errors import Conflict, DicomCloudError, DuplicateInstance, StorageFailure
 from dicomcloud.events import LOG_QUEUE, STORAGE_QUEUE, StorageEvent
+from dicomcloud.group_commit import GroupCommit
 from dicomcloud.ports.bus import Message
 from dicomcloud.ports.index import IndexedInstance, IndexWrite, InstanceLocation
 from dicomcloud.runtime import Runtime
@@ -108,11 +118,23 @@ class _Placed:
         return self.previous.file_path
 
 
+@dataclass
+class _Queued:
+    """One store's accepted objects, waiting for the group commit that takes them."""
+
+    tenant_id: str
+    accepted: list[tuple[int, _Accepted]]
+    reject: bool
+    refused: dict[int, Refused] | None = None  # the outcome: which objects were refused (None: not decided yet)
+    error: BaseException | None = None
+
+
 class Store:
     def __init__(self, runtime: Runtime, qido_cache: QidoCache, metadata: SeriesMetadata) -> None:
         self.runtime = runtime
         self.qido_cache = qido_cache
         self.metadata = metadata
+        self._group = GroupCommit(self._commit_group)
 
     def store(
         self,
@@ -276,13 +298,54 @@ class Store:
         outcomes: list[StorageEvent | Refused] = [p.event if isinstance(p, _Accepted) else p for p in prepared]
         try:
             accepted = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Accepted)]
-            for position, refusal in self._store(tenant_id, accepted, reject).items():
+            for position, refusal in self._store_grouped(tenant_id, accepted, reject).items():
                 outcomes[position] = refusal
             return outcomes
         finally:
             for item in prepared:
                 if isinstance(item, _Accepted):
                     self.runtime.storage.discard(item.staged)
+
+    def _store_grouped(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
+        """`_store`, in the next group commit."""
+        if not accepted:
+            return {}
+        queued = _Queued(tenant_id, accepted, reject)
+        self._group.submit(queued)
+        if queued.error is not None:
+            raise queued.error
+        assert queued.refused is not None
+        return queued.refused
+
+    def _commit_group(self, taken: list[_Queued]) -> None:
+        """One `_store` per tenant and duplicate rule, in queue order; every store's outcome recorded."""
+        groups: dict[tuple[str, bool], list[_Queued]] = {}
+        for queued in taken:
+            groups.setdefault((queued.tenant_id, queued.reject), []).append(queued)
+        try:
+            for (tenant_id, reject), members in groups.items():
+                merged: list[tuple[int, _Accepted]] = []
+                owners: list[tuple[int, int]] = []  # each merged position's store (in members) and own position
+                for number, queued in enumerate(members):
+                    for position, item in queued.accepted:
+                        merged.append((len(owners), item))
+                        owners.append((number, position))
+                try:
+                    refused = self._store(tenant_id, merged, reject)
+                except Exception as exc:
+                    for queued in members:
+                        queued.error = exc
+                    continue
+                outcomes: list[dict[int, Refused]] = [{} for _ in members]
+                for at, refusal in refused.items():
+                    number, position = owners[at]
+                    outcomes[number][position] = refusal
+                for queued, outcome in zip(members, outcomes, strict=True):
+                    queued.refused = outcome
+        finally:
+            for queued in taken:
+                if queued.refused is None and queued.error is None:
+                    queued.error = StorageFailure("the store was interrupted before this object")
 
     def _store(self, tenant_id: str, accepted: list[tuple[int, _Accepted]], reject: bool) -> dict[int, Refused]:
         """Place, index and announce the accepted objects; the refusals by position."""

@@ -7,9 +7,11 @@ the index for series whose version is newer than their last written document.
 
 Each round writes every stale series; a series whose build fails is logged and left out of the
 following rounds for a growing pause (so one broken series neither spins the loop nor starves the
-others), then tried again. A series this worker built less than REBUILD_SPACING ago waits: while a
-modality is still sending it, rewriting the whole document after every few instances would cost
-time quadratic in its size.
+others), then tried again. A series this worker built less than REBUILD_SPACING ago waits, and a large
+one longer: REBUILD_COST_FACTOR times the processor time its last build took. While modalities are still
+sending, rewriting whole documents after every few instances would cost time quadratic in their size and
+take the processor from the stores (a third of the process's time during 4 parallel associations, measured
+with py-spy); this way rewriting a growing series costs at most 1/REBUILD_COST_FACTOR of a core.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 BATCH = 100
 MAX_BACKOFF = 300.0
 REBUILD_SPACING = 2.0
+REBUILD_COST_FACTOR = 50
 
 
 class Webworker:
@@ -35,8 +38,8 @@ class Webworker:
         self.runtime = archive.runtime
         # Series -> (failures so far, monotonic time before which it is not retried).
         self._failed: dict[SeriesKey, tuple[int, float]] = {}
-        # Series -> monotonic time of this worker's last build of it, for REBUILD_SPACING.
-        self._built_at: dict[SeriesKey, float] = {}
+        # Series -> monotonic time before which this worker does not build it again.
+        self._rebuild_after: dict[SeriesKey, float] = {}
 
     def run(self, stop: threading.Event) -> None:
         interval = self.runtime.settings.workers.webworker_interval
@@ -54,7 +57,7 @@ class Webworker:
         """Build the stale series due now; True if at least one was built (there may be more)."""
         interval = self.runtime.settings.workers.webworker_interval
         now = time.monotonic()
-        self._built_at = {key: at for key, at in self._built_at.items() if now - at < REBUILD_SPACING}
+        self._rebuild_after = {key: at for key, at in self._rebuild_after.items() if at > now}
         built = 0
         limit = BATCH + len(self._failed)
         stale_list = self.runtime.index.stale_series(limit)
@@ -66,8 +69,9 @@ class Webworker:
             if stop is not None and stop.is_set():
                 break
             failures, retry_at = self._failed.get(stale.key, (0, 0.0))
-            if retry_at > now or stale.key in self._built_at:
+            if retry_at > now or stale.key in self._rebuild_after:
                 continue
+            started = time.thread_time()
             try:
                 self.archive.metadata.consolidate(stale.key)
             except Exception:
@@ -79,7 +83,8 @@ class Webworker:
                 log.exception("building the metadata of %s failed (%d); retry in %.1fs", stale.key, failures, pause)
                 continue
             self._failed.pop(stale.key, None)
-            self._built_at[stale.key] = time.monotonic()
+            spacing = max(REBUILD_SPACING, REBUILD_COST_FACTOR * (time.thread_time() - started))
+            self._rebuild_after[stale.key] = time.monotonic() + spacing
             SERIES_METADATA_BUILDS.labels("built").inc()
             built += 1
         return built > 0
