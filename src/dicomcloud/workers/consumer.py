@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import KeyLayout
+from dicomcloud.dicom.query import parse_qido
 from dicomcloud.errors import InvalidInput
 from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
@@ -79,7 +80,11 @@ class StorageEventConsumer(Handler):
                 outcome.messages.append(Message(TRANSCODE_QUEUE, request.key, request.to_bytes()))
             latest[current.series_key] = event
         for key, event in latest.items():
-            count = len(index.list_instances(key.tenant_id, key.study_instance_uid, key.series_instance_uid))
+            # Counted by the index, not listed: a listing per batch made a series' ingest quadratic in its size.
+            series = parse_qido(
+                "instance", {}, study_instance_uid=key.study_instance_uid, series_instance_uid=key.series_instance_uid
+            )
+            count = index.count(key.tenant_id, series)
             state = DicomStateMeta(
                 tenant_id=key.tenant_id,
                 study_instance_uid=key.study_instance_uid,
