@@ -47,7 +47,10 @@ SEAWEEDFS_STOP_TIMEOUT = 40.0
 REPLICATION = "001"
 # Small volumes so a test cluster's volume growth (several per collection and replication) fits any disk.
 VOLUME_SIZE_LIMIT_MB = 256
-MAX_VOLUMES = 32
+# Volume slots per server. Each new bucket grows 7 volumes at its first write; at 32, the fifth bucket of a test
+# run found no slot ("Not enough data nodes found") and its first PUT failed with 500. Volumes are not
+# preallocated, so a slot costs nothing until it is written.
+MAX_VOLUMES = 128
 S3_REGION = "us-east-1"
 # The bucket `start_seaweedfs` writes to until the store takes writes.
 PROBE_BUCKET = "dicomcloud-probe"
