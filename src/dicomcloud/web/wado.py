@@ -195,7 +195,7 @@ def single_instance_response(
     if not storage.remote:
         return FileRangesResponse(_file_pieces(storage, [instance], [b""], b""), instance.length, media_type)
     return StreamingResponse(
-        _pieces(scope.archive.runtime.storage, instance, instance.prefix, b""),
+        _pieces(storage, instance, instance.prefix, b""),
         media_type=media_type,
         headers={"Content-Length": str(instance.length)},
     )
