@@ -15,7 +15,8 @@ Then:
 
 The data has the full bench's index studies' shape, ten times as many patients: ten studies per patient, two
 series of five instances per study, one modality per study cycling through `INDEX_MODALITIES`, dates over one
-year, patient names `Index^NNNN`, so the same requests select the same number of patients at both sizes.
+year, patient names `Index^NNNN`, so the same requests select the same number of patients at both sizes. A date
+range selects ten times the studies, so the archive's range is cut to about Orthanc's answer size (`query_paths`).
 """
 
 from __future__ import annotations
@@ -163,7 +164,22 @@ QUERIES = {
     "qido_studies_name_limit100": "/studies?PatientName=Index^00*&limit=100",
     "qido_studies_name_limit1000": "/studies?PatientName=Index^00*&limit=1000",
 }
+DATE_MODALITY = "qido_studies_date_modality"
+MONTH_DAYS = 31  # the full bench's date range: January
 EMPTY = "empty index"
+
+
+def query_paths(studies: int, orthanc_studies: int) -> dict[str, dict[str, str]]:
+    """Each row's request to each server. Dates spread the same way at both sizes, so a month at `studies` holds
+    `studies / orthanc_studies` times Orthanc's answer, and its p95 would time the JSON of ten times the studies
+    rather than the index; the archive's range is cut to as many days as hold about as many studies as Orthanc's
+    month (both answers' sizes are in the results)."""
+    days = max(1, min(MONTH_DAYS, round(MONTH_DAYS * orthanc_studies / studies)))
+    scaled = INDEX_QUERIES[DATE_MODALITY].replace("20230131", index_date(days - 1))
+    return {
+        name: {"dicomcloud": scaled if name == DATE_MODALITY else path, "orthanc": path}
+        for name, path in QUERIES.items()
+    }
 
 
 def scale_operations(backend: str, sizes: ScaleSizes, orthanc_studies: int) -> list[Operation]:
@@ -175,10 +191,10 @@ def scale_operations(backend: str, sizes: ScaleSizes, orthanc_studies: int) -> l
         Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 0.8), ("dicomcloud", EMPTY),
     )  # fmt: skip
     queries = [
-        Operation(f"scale_{backend}_{name}", f"QIDO-RS {path} with {sizes.instances:,} instances in {backend}, "
-                  f"against Orthanc's with {orthanc_studies:,} studies", Unit.REQUESTS,
+        Operation(f"scale_{backend}_{name}", f"QIDO-RS {paths['dicomcloud']} with {sizes.instances:,} instances in "
+                  f"{backend}, against Orthanc's {paths['orthanc']} with {orthanc_studies:,} studies", Unit.REQUESTS,
                   Target(Goal.P95_TIME_AT_MOST, 1 / 4))
-        for name, path in QUERIES.items()
+        for name, paths in query_paths(sizes.studies, orthanc_studies).items()
     ]
     return [ingest, *queries]
 
@@ -262,13 +278,15 @@ class ScaleBench:
             archive.start()
             try:
                 archive.wait_idle()
-                for name, path in QUERIES.items():
-                    servers = {"dicomcloud": archive, "orthanc": orthanc}
+                servers = {"dicomcloud": archive, "orthanc": orthanc}
+                for name, paths in query_paths(reached.studies, self.orthanc_studies).items():
                     self.result_counts[f"scale_{backend}_{name}"] = {
-                        server: _results(target.dicomweb + path) for server, target in servers.items()
+                        server: _results(target.dicomweb + paths[server]) for server, target in servers.items()
                     }
                     log.info("%s %s: %d samples per server", backend, name, self.sizes.repeats)
-                    targets = {server: (target.dicomweb + path, target.ca_file) for server, target in servers.items()}
+                    targets = {
+                        server: (target.dicomweb + paths[server], target.ca_file) for server, target in servers.items()
+                    }
                     sample(self.ops[f"scale_{backend}_{name}"], targets, DICOM_JSON, self.sizes.repeats)
             finally:
                 archive.stop()
