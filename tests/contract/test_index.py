@@ -149,6 +149,31 @@ def test_one_write_upserts_several_instances_and_commits_them_together(index: In
     assert study_row(index, "1.1")["NumberOfStudyRelatedInstances"] == 5
 
 
+def test_a_write_of_several_instances_leaves_what_writing_them_one_by_one_leaves(index: Index) -> None:
+    """Counts, modalities and patients are settled once per write: the same as after each instance alone."""
+    batch = [
+        ("1.3", "1.3.1", "a", {"sha256": "sha-2", "PatientID": "P3"}),  # moves out of study 1.1
+        ("1.1", "1.1.1", "c", {}),
+        ("1.1", "1.1.2", "d", {"Modality": "MR"}),
+        ("1.2", "1.2.1", "e", {"PatientID": "P4"}),  # study 1.2 now names another patient
+        ("1.2", "1.2.1", "b", {"sha256": "sha-2", "PatientID": "P4"}),
+    ]
+    for tenant in ("t1", "t2"):
+        put(index, "1.1", "1.1.1", "a", tenant=tenant)
+        put(index, "1.2", "1.2.1", "b", tenant=tenant, PatientID="P2")
+    with index.writing("t1", [(sop, study) for study, _, sop, _ in batch]) as write:
+        for study, series, sop, options in batch:
+            write.upsert(indexed(study, series, sop, tenant="t1", **options))
+    for study, series, sop, options in batch:
+        put(index, study, series, sop, tenant="t2", **options)
+    for level in ("study", "series", "instance"):
+        assert index.search("t1", q(level)) == index.search("t2", q(level)), level
+    assert uids(index, q("study", {"PatientID": "P2"})) == []
+    counts = {row["StudyInstanceUID"]: row["NumberOfStudyRelatedInstances"] for row in index.search("t1", q("study"))}
+    assert counts == {"1.1": 2, "1.2": 2, "1.3": 1}
+    assert study_row(index, "1.1")["ModalitiesInStudy"] == ["CT", "MR"]
+
+
 def test_an_upsert_of_an_instance_the_write_was_not_opened_for_is_refused(index: Index) -> None:
     with index.writing("t1", [("1.1.1.1", "1.1")]) as write:
         with pytest.raises(ValueError):

@@ -227,7 +227,11 @@ def current_rows(
 
 
 class SqlWrite:
-    """`IndexWrite` of the SQL indexes: a connection inside a transaction that holds the adapter's locks."""
+    """`IndexWrite` of the SQL indexes: a connection inside a transaction that holds the adapter's locks.
+
+    Rows are upserted as instances come; the counts of the series and studies they touched are recounted once
+    each, and patients left without a study removed, in `finish` before the commit: a batch of a series' instances
+    (a group commit, an import chunk) recounts it once, not once per instance."""
 
     def __init__(
         self,
@@ -247,6 +251,9 @@ class SqlWrite:
         self._next_version = next_version
         self._now = now
         self._version: int | None = None
+        self._places: dict[tuple[str, str], None] = {}  # (study, series) to recount, in the order touched
+        self._patients: dict[str, None] = {}  # patients that may be left without a study
+        self._studies_seen: set[str] = set()
 
     def current(self) -> dict[str, InstanceLocation]:
         return dict(self.rows)
@@ -261,11 +268,43 @@ class SqlWrite:
             return UpsertOutcome.UNCHANGED
         if self._version is None:
             self._version = self._next_version()
+        study_uid = instance.study_instance_uid
+        if study_uid not in self._studies_seen:
+            self._studies_seen.add(study_uid)
+            before = study_patient(self.dialect, self.conn, self.tenant_id, study_uid)
+            if before is not None:
+                self._patients[before] = None
         old_place = None if old is None else (old.study_instance_uid, old.series_instance_uid)
-        write_instance(self.dialect, self.conn, instance, old_place, self._version, self._now())
+        written = write_instance(self.dialect, self.conn, instance, old_place, self._version, self._now())
+        self._patients[written] = None
+        if old_place is not None and old_place != (study_uid, instance.series_instance_uid):
+            self._places[old_place] = None
+        self._places[(study_uid, instance.series_instance_uid)] = None
         self.rows[sop] = _location_of(instance)
         self.changed = True
         return UpsertOutcome.CREATED if old is None else UpsertOutcome.REPLACED
+
+    def finish(self) -> None:
+        """Recount what the upserts touched and prune the patients they may have emptied (inside the transaction,
+        before it commits)."""
+        if self._version is None:
+            return
+        now = self._now()
+        for study_uid, series_uid in self._places:
+            refresh_series(self.dialect, self.conn, self.tenant_id, study_uid, series_uid, self._version, now)
+        for patient_id in self._patients:
+            _prune_patient(self.dialect, self.conn, self.tenant_id, patient_id)
+        self._places.clear()
+        self._patients.clear()
+
+
+def study_patient(dialect: Dialect, conn: Executor, tenant: str, study_uid: str) -> str | None:
+    """The Patient ID a study row holds now (None for a new study)."""
+    p = dialect.param
+    row = conn.execute(
+        f"SELECT patient_id FROM study WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def write_instance(
@@ -275,18 +314,19 @@ def write_instance(
     old_place: tuple[str, str] | None,
     version: int,
     now: object,
-) -> None:
-    """Upsert patient, study, series and instance, then recount what changed (the caller holds the
-    locks its database needs). `old_place` is the (study, series) the instance was in, if stored."""
+) -> str:
+    """Upsert patient, study, series and instance (the caller holds the locks its database needs, and recounts
+    the old and new places after); the Patient ID written. `old_place` is the (study, series) the instance was
+    in, if stored."""
     p = dialect.param
-    tenant, study_uid, series_uid = instance.tenant_id, instance.study_instance_uid, instance.series_instance_uid
-    previous_patient = conn.execute(
-        f"SELECT patient_id FROM study WHERE tenant_id = {p} AND study_instance_uid = {p}", (tenant, study_uid)
-    ).fetchone()
+    tenant, study_uid = instance.tenant_id, instance.study_instance_uid
+    patient_id = ""
     for table in ("patient", "study", "series"):
         row = _row(table, instance, now)
         if table == "series":
             row["version"] = version
+        elif table == "patient":
+            patient_id = row["patient_id"]
         _upsert(dialect, conn, table, KEY_COLUMNS[table], row, _MATCH_COLUMNS[table])
     if old_place is not None and old_place[0] != study_uid:
         conn.execute(
@@ -294,11 +334,7 @@ def write_instance(
             (tenant, old_place[0], instance.sop_instance_uid),
         )
     _upsert_instance(dialect, conn, _row("instance", instance, now))
-    if old_place is not None and old_place != (study_uid, series_uid):
-        refresh_series(dialect, conn, tenant, old_place[0], old_place[1], version, now)
-    refresh_series(dialect, conn, tenant, study_uid, series_uid, version, now)
-    if previous_patient is not None:
-        _prune_patient(dialect, conn, tenant, previous_patient[0])
+    return str(patient_id)
 
 
 def refresh_series(

@@ -174,6 +174,7 @@ class SqliteIndex:
             sop_uids = [sop for sop, _ in instances]
             write = SqlWrite(_DIALECT, conn, tenant_id, sop_uids, lambda: _next_version(conn), _now)
             yield write
+            write.finish()
         if write.changed:
             self._wrote(len(instances))
 

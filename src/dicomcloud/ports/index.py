@@ -92,7 +92,7 @@ class IndexWrite(Protocol):
         ...
 
     def upsert(self, instance: IndexedInstance) -> UpsertOutcome:
-        """Insert or update patient, study, series and instance, recounting what changed.
+        """Insert or update patient, study, series and instance; what changed is recounted before the commit.
 
         Anything but UNCHANGED bumps the series' metadata version (and the old series' when the instance moved).
         """
