@@ -150,14 +150,15 @@ class PostgresIndex:
         sop_uids = sorted({sop for sop, _ in instances})
         try:
             with self._transaction() as conn:
-                for sop in sop_uids:
-                    _lock(conn, "sop", tenant_id, sop)
+                _lock(conn, "sop", tenant_id, *sop_uids)
                 placed = current_rows(_DIALECT, conn, tenant_id, sop_uids).values()
                 studies = {study for _, study in instances} | {row.study_instance_uid for row in placed}
-                for study in sorted(studies):
-                    _lock(conn, "study", tenant_id, study)
+                _lock(conn, "study", tenant_id, *sorted(studies))
                 # The rows are stable from here on: a delete of their study waited for the lock above.
-                yield SqlWrite(_DIALECT, conn, tenant_id, sop_uids, lambda: _next_version(conn), _now)
+                write = SqlWrite(_DIALECT, conn, tenant_id, sop_uids, lambda: _next_version(conn), _now)
+                with conn.pipeline():
+                    yield write
+                    write.finish()
         except psycopg.DataError as exc:
             # Deterministic (a NUL in a text value, a number out of range): the object, not the database.
             raise InvalidInput(f"the index cannot store these instances: {exc}") from exc
@@ -256,9 +257,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _lock(conn: psycopg.Connection[tuple[Any, ...]], kind: str, tenant: str, uid: str) -> None:
-    """A transaction-scoped advisory lock on one name (a 64-bit hash of it: a collision only waits)."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{kind}\x1f{tenant}\x1f{uid}",))
+def _lock(conn: psycopg.Connection[tuple[Any, ...]], kind: str, tenant: str, *uids: str) -> None:
+    """Transaction-scoped advisory locks on these names (a 64-bit hash of each: a collision only waits), taken in
+    the order given by one statement: a set-returning function in the FROM list yields its rows in array order."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) FROM unnest(%s::text[]) AS name",
+        ([f"{kind}\x1f{tenant}\x1f{uid}" for uid in uids],),
+    )
 
 
 def _next_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
