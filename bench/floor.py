@@ -1,4 +1,6 @@
-"""The storage's own floor in the `--s3` comparison: the Storage port alone, with no archive around it.
+"""The storage's own floor: the Storage port alone, with no archive around it. In the full bench, under the STOW-RS
+targets (the instances of the requests committed by the storage alone, against Orthanc's whole requests); in the
+`--s3` comparison, under each object-storage target.
 
 The same calls the archive's operations make, on the run's SeaweedFS bucket and on a folder of the same disk:
 commit one instance with its metadata entry (a C-STORE), commit a STOW-RS request's instances and entries in one

@@ -1,8 +1,8 @@
 """Statistics, the issues' targets, and the two outputs: a text table and a JSON document.
 
 Each operation compares two servers: ours (first) against a baseline (second): dicomcloud against Orthanc (or
-against nginx serving the same bytes as a static file), or, with `--s3`, dicomcloud on S3 against the same archive
-on the local filesystem."""
+against nginx serving the same bytes as a static file, or the floor under an ingest target against Orthanc), or,
+with `--s3`, dicomcloud on S3 against the same archive on the local filesystem."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 SERVERS = ("dicomcloud", "orthanc")
 NGINX_SERVERS = ("dicomcloud", "nginx")
 S3_SERVERS = ("s3", "fs")
+# What the machine allows under an ingest target (bench/floor.py) against Orthanc's figure for the same work.
+FLOOR_SERVERS = ("floor", "orthanc")
 MB = 1024 * 1024
 
 

@@ -34,7 +34,7 @@ from bench.measure import (
     wait_queryable,
     wrk_load,
 )
-from bench.report import NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
+from bench.report import FLOOR_SERVERS, NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
 from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server, StaticFiles
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
 
@@ -60,6 +60,13 @@ OPERATIONS = [
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
     Operation("stow_rs_parallel", "STOW-RS by parallel clients, one study's CT instances each, until the last answer",
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
+    # The floors under the STOW-RS targets: the storage alone writing and syncing the same instances, against
+    # Orthanc's figure for the whole request. A floor below a target means no archive that makes an instance durable
+    # before answering meets it on this machine.
+    Operation("stow_rs_floor", "the storage alone: write and fsync one STOW-RS request's instances and metadata "
+              "entries in one batch", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10), FLOOR_SERVERS),
+    Operation("stow_rs_parallel_floor", "the storage alone: the parallel clients' instances and entries in one "
+              "batch (a group commit)", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10), FLOOR_SERVERS),
     Operation("stow_rs_queryable", "the same STOW-RS, from the request until QIDO-RS counts every instance of it",
               Unit.INSTANCES, Target(Goal.TIME_AT_MOST, 1 / 3)),
     Operation("metadata_while_writing", "series metadata of a new series, requested back to back while storescu "
@@ -206,6 +213,8 @@ class Bench:
                 self.stow(workload)
             if self.wanted("stow_rs_parallel"):
                 self.stow_parallel(workload)
+            if self.wanted("stow_rs_floor", "stow_rs_parallel_floor"):
+                self.stow_floor(workload)
             self.http_operations(workload)
             if self.wanted("study_stream_rss"):
                 self.stream(workload)
@@ -330,6 +339,22 @@ class Bench:
             for study_uid in work.stow_parallel_study_uids:
                 wait_queryable(server, study_uid, self.sizes.stow_instances)
             server.wait_idle()
+
+    def stow_floor(self, work: Workload) -> None:
+        """The storage of our archive's kind alone committing what the STOW-RS rows sent, in as many batches; beside
+        Orthanc's figures for the whole requests."""
+        ours = self.servers["dicomcloud"]
+        assert isinstance(ours, Dicomcloud)
+        floor = Floor(ours.storage(self.work_root / "floor-stow"), min(work.ingest_dir.iterdir()))
+        instances = self.sizes.stow_instances
+        for op_name, stow, per_batch, batches in (
+            ("stow_rs_floor", "stow_rs", instances, len(work.stow_bodies)),
+            ("stow_rs_parallel_floor", "stow_rs_parallel", instances * len(work.stow_parallel_bodies), 1),
+        ):
+            op = self.ops[op_name]
+            log.info("%s: %d batches of %d instances", op_name, batches, per_batch)
+            op.results["floor"] = floor.commit_batch(per_batch, batches)
+            op.results["orthanc"] = self.ops[stow].results["orthanc"]
 
     def paths(self, work: Workload) -> dict[str, tuple[str, dict[str, str]]]:
         series = f"/studies/{work.study_uid}/series/{work.series_uid}"

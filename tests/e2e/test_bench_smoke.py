@@ -19,11 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 # Every operation the bench reports, by name, and the servers it compares.
 ORTHANC = ("dicomcloud", "orthanc")
 NGINX = ("dicomcloud", "nginx")
+FLOOR = ("floor", "orthanc")
 OPERATIONS = {
     "cstore_ingest": ORTHANC,
     "cstore_parallel": ORTHANC,
     "stow_rs": ORTHANC,
     "stow_rs_parallel": ORTHANC,
+    "stow_rs_floor": FLOOR,
+    "stow_rs_parallel_floor": FLOOR,
     "stow_rs_queryable": ORTHANC,
     "metadata_while_writing": ORTHANC,
     "metadata_complete_after_write": ORTHANC,
