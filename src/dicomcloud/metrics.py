@@ -1,8 +1,15 @@
 """Every Prometheus metric of the archive, in one module, so names and labels stay one vocabulary.
 
-All live in prometheus_client's default registry, which `/metrics` serves. Labels are bounded sets:
+In a service of one process all live in prometheus_client's default registry, which `/metrics` serves.
+Labels are bounded sets:
 HTTP routes by their template (`/dicom-web/studies/{study}`, never a UID), DIMSE commands and
 statuses, the services and topics of this code base.
+
+A service of several processes keeps every value in its run folder (run_folder.py), one file per process,
+and `/metrics` serves their sum (ops.py): counters and histograms add up; a process that dies leaves its
+counts in the sum, so a total never goes down. A gauge states how to merge the processes' values
+(`multiprocess_mode`). None is "live" (summed over live processes only), so a dead process leaves nothing
+to retract.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.ports.bus import BusConsumer, Record
+from dicomcloud.run_folder import keep_metric_values_in_run_folder
 
 log = logging.getLogger(__name__)
+keep_metric_values_in_run_folder()
 
 # Seconds; STOW-RS of large studies and whole-study retrieves run long, so the buckets reach minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -51,8 +60,12 @@ EVENTS_FAILED = Counter(
     "Bus records dead-lettered, and the records of each batch attempt that failed and is retried",
     ["service", "topic"],
 )
+# A group's lag is the group's, not a process's: the one measured last is the truth (one process measures it).
 CONSUMER_LAG = Gauge(
-    "dicomcloud_consumer_lag", "Records published but not yet committed by a consumer group", ["group", "topic"]
+    "dicomcloud_consumer_lag",
+    "Records published but not yet committed by a consumer group",
+    ["group", "topic"],
+    multiprocess_mode="mostrecent",
 )
 TRANSCODE_FAILURES = Counter(
     "dicomcloud_transcode_failures", "Instances whose viewer copy could not be made (a TranscodeFailure was published)"
