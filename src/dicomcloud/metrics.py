@@ -23,10 +23,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.ports.bus import BusConsumer, Record
-from dicomcloud.run_folder import keep_metric_values_in_run_folder
 
 log = logging.getLogger(__name__)
-keep_metric_values_in_run_folder()
 
 # Seconds; STOW-RS of large studies and whole-study retrieves run long, so the buckets reach minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -45,7 +45,10 @@ def share_between_processes(processes: int) -> Path | None:
     create_table(folder / CONNECTIONS, processes)
     os.environ[RUN_FOLDER] = str(folder)
     os.environ[METRICS_FOLDER] = str(folder / "metrics")
-    keep_metric_values_in_run_folder()
+    # prometheus_client chooses the class of every value it makes (`values.ValueClass`) from the environment
+    # once, when first imported: in a spawned worker, which inherits the variable, that is right whatever
+    # it imports first; this process imported it before the folder existed, so it is told here.
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     return folder
 
 
@@ -53,15 +56,3 @@ def run_folder() -> Path | None:
     """The run folder of this process's service, if it has one."""
     folder = os.environ.get(RUN_FOLDER)
     return Path(folder) if folder else None
-
-
-def keep_metric_values_in_run_folder() -> None:
-    """Metric values from now on in the run folder's files, when the service has one.
-
-    prometheus_client chooses the class of every value it makes (`values.ValueClass`) once, from the
-    environment, when it is first imported: right in a spawned worker, which inherits the variable, but
-    too early in the service's process, which imported it before it named the folder. dicomcloud.metrics
-    calls this before it makes a metric, so the choice does not depend on what was imported first.
-    """
-    if os.environ.get(METRICS_FOLDER) and not values.ValueClass._multiprocess:
-        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
