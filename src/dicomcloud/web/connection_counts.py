@@ -15,8 +15,9 @@ writes only there, so no lock is needed; a read sums the slices. A process holds
 on a file of its own, which the kernel releases when the process dies however it dies: a worker killed
 with -9 leaves its counts behind until its replacement takes the free slice and zeroes it. Without a
 lock, a process counts a connection first and then reads the sum, so two processes accepting the same
-client at one instant see each other's connection and may both refuse (the client retries after the 429's
-Retry-After), except within the nanoseconds a processor may reorder a store after a later load.
+client's last allowed connections at one instant see each other's and may both refuse (the client retries
+after the 429's Retry-After). Only if the processor delays one's store past the other's read, a window of
+nanoseconds, can both admit, one connection over the limit.
 """
 
 from __future__ import annotations
