@@ -32,6 +32,7 @@ from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check, ops_listener, runtime_checks
 from dicomcloud.process import cores, tune_service_process
+from dicomcloud.run_folder import share_between_processes
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -213,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
         tune_service_process()
+    if args.command in ("up", "server"):
+        from dicomcloud.http_workers import worker_count
+
+        share_between_processes(worker_count(settings))  # before the command makes its first metric value
     try:
         code = commands[args.command](settings, args)
     except DicomCloudError as exc:

@@ -11,7 +11,7 @@ busy timeout, or PostgreSQL and Kafka), the storage, and the shared cache. An in
 not shared, so with several workers QIDO-RS results are not cached at all: another worker's store could
 not invalidate them. Series documents are checked against the index's version on every request, so the
 per-process LRU never serves one older than the index. The per-client connection limit of
-web/http_guard.py is counted per worker.
+web/http_guard.py and the counts of /metrics are the service's, kept in its run folder (run_folder.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """Every Prometheus metric of the archive, in one module, so names and labels stay one vocabulary.
 
-All live in prometheus_client's default registry, which `/metrics` serves. Labels are bounded sets:
+In a service of one process all live in prometheus_client's default registry, which `/metrics` serves.
+Labels are bounded sets:
 HTTP routes by their template (`/dicom-web/studies/{study}`, never a UID), DIMSE commands and
 statuses, the services and topics of this code base.
+
+A service of several processes keeps every value in its run folder (run_folder.py), one file per process,
+and `/metrics` serves their sum (ops.py): counters and histograms add up; a process that dies leaves its
+counts in the sum, so a total never goes down. A gauge states how to merge the processes' values
+(`multiprocess_mode`). None is "live" (summed over live processes only), so a dead process leaves nothing
+to retract.
 """
 
 from __future__ import annotations
@@ -51,8 +58,12 @@ EVENTS_FAILED = Counter(
     "Bus records dead-lettered, and the records of each batch attempt that failed and is retried",
     ["service", "topic"],
 )
+# A group's lag is the group's, not a process's: the one measured last is the truth (one process measures it).
 CONSUMER_LAG = Gauge(
-    "dicomcloud_consumer_lag", "Records published but not yet committed by a consumer group", ["group", "topic"]
+    "dicomcloud_consumer_lag",
+    "Records published but not yet committed by a consumer group",
+    ["group", "topic"],
+    multiprocess_mode="mostrecent",
 )
 TRANSCODE_FAILURES = Counter(
     "dicomcloud_transcode_failures", "Instances whose viewer copy could not be made (a TranscodeFailure was published)"

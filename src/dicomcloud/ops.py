@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from dicomcloud.config import OpsSettings
 from dicomcloud.errors import DicomCloudError
+from dicomcloud.run_folder import METRICS_FOLDER
 from dicomcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,15 @@ def _failed(check: Check, error: str) -> dict[str, str]:
 
 
 def metrics_text() -> bytes:
-    """Every metric of this process in the Prometheus text format."""
-    return generate_latest()
+    """Every metric of this service in the Prometheus text format: of this process, or the sum of every
+    process's files in the run folder (run_folder.py) when the service runs several. Those carry the
+    archive's metrics only: process_* and python_* would describe just the process that answered."""
+    folder = os.environ.get(METRICS_FOLDER)
+    if not folder:
+        return generate_latest()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
 
 
 class _OpsHandler(BaseHTTPRequestHandler):

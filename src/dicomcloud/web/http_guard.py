@@ -7,8 +7,9 @@ uvicorn's httptools protocol, with zero-copy sends (web/zero_copy.py) and
 - the request line and headers due within `http.header_timeout` seconds of the connection, or of the
   previous response on a kept-alive one (408, or a plain close when nothing was sent): a client dripping
   header bytes (slowloris) cannot hold a connection;
-- at most `http.max_connections_per_client` open connections per client address (429); trusted proxies
-  (`http.trusted_proxies`, whose connections carry many clients) are not counted.
+- at most `http.max_connections_per_client` open connections per client address (429), counted over every
+  process of the service (web/connection_counts.py); trusted proxies (`http.trusted_proxies`, whose
+  connections carry many clients) are not counted.
 Request bodies have their own deadline where they are read (web/stow.py).
 """
 
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-from collections import Counter
 from typing import Any
 
 from dicomcloud.config import HttpSettings
 from dicomcloud.logs import ThrottledWarnings
 from dicomcloud.networks import AddressSet
+from dicomcloud.run_folder import CONNECTIONS, run_folder
+from dicomcloud.web.connection_counts import ConnectionCounts, ProcessConnectionCounts, SharedConnectionCounts
 from dicomcloud.web.zero_copy import ZeroCopyHttpProtocol
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,9 @@ def refusal(status: int, reason: str, retry_after: int | None = None) -> bytes:
 
 def guarded_protocol(settings: HttpSettings) -> type[ZeroCopyHttpProtocol]:
     """The protocol class for `uvicorn.Config(http=…)`, with `settings`' limits and one count of open
-    connections per client address shared by all its connections."""
+    connections per client address shared by all its connections (and the service's other processes)."""
     trusted = AddressSet(settings.trusted_proxies)
-    open_connections: Counter[str] = Counter()
+    open_connections = connection_counts()
     warnings = ThrottledWarnings(log)
 
     class GuardedHttpProtocol(ZeroCopyHttpProtocol):
@@ -60,20 +62,17 @@ def guarded_protocol(settings: HttpSettings) -> type[ZeroCopyHttpProtocol]:
             super().connection_made(transport)
             address = self.client[0] if self.client else ""
             if address not in trusted:
-                if open_connections[address] >= settings.max_connections_per_client:
-                    limit = settings.max_connections_per_client
+                limit = settings.max_connections_per_client
+                if not open_connections.admit(address, limit):
                     self._refuse(429, f"more than {limit} open connections from {address}", retry_after=1)
                     return
-                open_connections[address] += 1
                 self._counted = address
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
             if self._counted is not None:
-                open_connections[self._counted] -= 1
-                if open_connections[self._counted] <= 0:
-                    del open_connections[self._counted]
+                open_connections.release(self._counted)
                 self._counted = None
             super().connection_lost(exc)
 
@@ -133,3 +132,9 @@ def guarded_protocol(settings: HttpSettings) -> type[ZeroCopyHttpProtocol]:
             self.transport.close()
 
     return GuardedHttpProtocol
+
+
+def connection_counts() -> ConnectionCounts:
+    """This process's counts, or the service's when it runs several processes."""
+    folder = run_folder()
+    return SharedConnectionCounts(folder / CONNECTIONS) if folder else ProcessConnectionCounts()
