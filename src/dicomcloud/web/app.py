@@ -1,7 +1,8 @@
 """The DICOMweb HTTP service (wado-server): one FastAPI app per process, stateless across requests.
 
 Every DICOMweb route exists twice, built from one router: under `<root>` (default: /dicom-web) for
-the default tenant and under `/<tenant><root>` for a named one, so `/openapi.json` lists both. WADO-URI
+the default tenant and under `/<tenant><root>` for a named one, so `/openapi.json` lists both. A GET of
+frames is answered by web/frame_path.py before FastAPI's router, with the route's own functions. WADO-URI
 is `/wado` and `/<tenant>/wado`, behind the same tenant and access dependencies.
 Errors are turned into responses here and nowhere else.
 """
@@ -25,6 +26,7 @@ from dicomcloud.web import api_docs, dashboard, delete, home, qido, rendered, st
 from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.web.context import use_default_tenant, use_path_tenant
+from dicomcloud.web.frame_path import FramePath
 from dicomcloud.web.http_metrics import HttpMetricsMiddleware
 from dicomcloud.web.origin import TrustedOrigin
 from dicomcloud.web.response_headers import ResponseHeaders
@@ -88,6 +90,7 @@ def create_app(archive: Archive) -> FastAPI:
 
     for handled in (DicomCloudError, HTTPException, RequestValidationError):
         app.add_exception_handler(handled, _error_response)
+    app.add_middleware(FramePath, root_path=root, error_response=_error_response)  # innermost: every layer sees it
     app.add_middleware(GZipAroundZeroCopy, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=NOT_GZIPPED)
     if runtime.settings.http.cors_origins:
         app.add_middleware(
