@@ -27,7 +27,6 @@ from dicomcloud.web.access_log import install_access_log
 from dicomcloud.web.auth import open_authenticator, require_admin, require_dicomweb_access
 from dicomcloud.web.context import use_default_tenant, use_path_tenant
 from dicomcloud.web.frame_path import FramePath
-from dicomcloud.web.http_metrics import HttpMetricsMiddleware
 from dicomcloud.web.origin import TrustedOrigin
 from dicomcloud.web.response_headers import ResponseHeaders
 from dicomcloud.web.zero_copy import GZipAroundZeroCopy
@@ -101,8 +100,7 @@ def create_app(archive: Archive) -> FastAPI:
             expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(ResponseHeaders)
-    app.add_middleware(HttpMetricsMiddleware)
-    install_access_log(app, runtime)  # it sees what was actually sent
+    install_access_log(app, runtime)  # it sees what was actually sent, and counts it in the metrics
     app.add_middleware(TrustedOrigin, settings=runtime.settings.http)  # outermost: everything sees its origin
     return app
 
