@@ -26,6 +26,7 @@ The handlers translate requests and responses; what is read, and from where, is 
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import logging
 from collections import deque
@@ -481,18 +482,24 @@ class _FramePlan:
 def _frame_plan(request: Request, source: FrameSource, frames: str) -> _FramePlan:
     frame_index = source.frame_index
     numbers = parse_frame_list(frames)
-    stored = frame_index.transfer_syntax
-    if stored.frame_media_type is None:
-        raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
-    form, part_syntax = _select_frame_form(parse_accept(accept_of(request)), stored)
-    if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
-        form = _FrameForm.STORED
-    part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
+    form, part_syntax, part_media = _negotiated_frames(accept_of(request), frame_index.transfer_syntax)
     check_frame_list(numbers, frame_index.number_of_frames)
     part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
     boundary = new_boundary()
     media_type = format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary)
     return _FramePlan(source, numbers, form, part_syntax, part_headers, boundary, media_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _negotiated_frames(accept: str | None, stored: TransferSyntax) -> tuple[_FrameForm, str, str]:
+    """The form, transfer syntax and part media type that frames stored in `stored` are served in for an Accept
+    value; remembered per value, since a viewer sends the same one with each of its hundreds of frame requests."""
+    if stored.frame_media_type is None:
+        raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
+    form, part_syntax = _select_frame_form(parse_accept(accept), stored)
+    if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
+        form = _FrameForm.STORED
+    return form, part_syntax, TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
 
 
 def _frames_found_response(request: Request, scope: RequestScope, uids: tuple[str, str, str], frames: str) -> Response:
