@@ -165,6 +165,19 @@ def test_an_accept_that_cannot_be_met_is_the_same_406(
     assert same_answer(clients, frames_url(stored["ct"], "1"), Accept=accept)[0] == 406
 
 
+def test_a_proxys_path_prefix_is_the_same_answer(archive: Archive, stored: Stored) -> None:
+    """Behind a trusted proxy serving the archive under /pacs (web/origin.py), the prefix left in the path or not."""
+    proxy = ("127.0.0.1", 50000)
+    with (
+        TestClient(create_app(archive), base_url=BASE_URL, client=proxy) as fast,
+        TestClient(routed_app(archive), base_url=BASE_URL, client=proxy) as routed,
+    ):
+        url = frames_url(stored["ct"], "1")
+        prefixed = {"Accept": AS_STORED, "X-Forwarded-Prefix": "/pacs"}
+        assert same_answer((fast, routed), url, **prefixed)[0] == 200
+        assert same_answer((fast, routed), "/pacs" + url, **prefixed)[0] == 200
+
+
 def test_other_methods_on_a_frames_url_are_fastapis(clients: tuple[TestClient, TestClient], stored: Stored) -> None:
     url = frames_url(stored["ct"], "1")
     assert same_answer(clients, url, "HEAD")[0] == 405
@@ -188,9 +201,11 @@ def test_frames_are_answered_before_fastapis_router(archive: Archive, stored: St
 
     app = create_app(archive)
     app.user_middleware.append(Middleware(NoRouter))
-    with TestClient(app, base_url=BASE_URL) as client:
+    with TestClient(app, base_url=BASE_URL, client=("127.0.0.1", 50000)) as client:
         assert client.get(frames_url(stored["ct"], "1"), headers={"Accept": AS_STORED}).status_code == 200
         assert client.get(frames_url(stored["rle"], "1", tenant="tenant-a")).status_code == 200
+        behind_proxy = client.get("/pacs" + frames_url(stored["ct"], "1"), headers={"X-Forwarded-Prefix": "/pacs"})
+        assert behind_proxy.status_code == 200
         assert client.head(frames_url(stored["ct"], "1")).status_code == 599
         assert client.get(frames_url(stored["ct"], "1") + "/rendered").status_code == 599
 
