@@ -10,6 +10,7 @@ columns, each under the name `json_name(column)`, which is the attribute's keywo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ ACCESS_LOG_QUEUE = "wado_access_log"
 _ACRONYMS = {"uid": "UID", "id": "ID", "ae": "AE", "sop": "SOP"}
 
 
+@functools.cache  # field names are few, and each event sent names every field of its class
 def json_name(field_name: str) -> str:
     """`sop_instance_uid` -> `SOPInstanceUID`, `file_path` -> `FilePath`."""
     return "".join(_ACRONYMS.get(part, part.capitalize()) for part in field_name.split("_"))

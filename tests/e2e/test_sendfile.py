@@ -4,6 +4,7 @@ buffer; frames whose stored form needs a change (deflated, decoded) still take t
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
 from collections.abc import Callable
@@ -233,3 +234,24 @@ def multipart_parts(answer: Answer) -> list[bytes]:
         assert len(body) == length
         bodies.append(body)
     return sorted(bodies)
+
+
+def test_on_a_zero_copy_connection_json_is_gzipped_and_frames_are_sent_from_their_file(stored: Stored) -> None:
+    """The gzip layer around the zero-copy send (web/zero_copy.py GZipAroundZeroCopy), request after request on one
+    connection: each answer compressed or not by its own media type."""
+    ct = stored.ct
+    metadata = f"/dicom-web/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/metadata"
+    gzipped = "\r\nAccept-Encoding: gzip\r\n\r\n"
+    frame, json = request(frames_path(ct, "1"), STORED), request(metadata, "application/dicom+json")
+    with connect(stored.archive) as sock:
+        sock.sendall(frame.replace(b"\r\n\r\n", gzipped.encode()) + json.replace(b"\r\n\r\n", gzipped.encode()))
+        pending = bytearray()
+        first, second = read_answer(sock, pending), read_answer(sock, pending)
+        sock.sendall(frame)
+        third = read_answer(sock, pending)
+    assert "content-encoding" not in first.headers and first.body.replace(first.boundary.encode(), b"") == (
+        third.body.replace(third.boundary.encode(), b"")
+    )
+    assert first.body == copied(first, NATIVE_PART, [native_frame(ct, 1)])
+    assert second.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(second.body).startswith(b"[")

@@ -24,6 +24,7 @@ from dicomcloud.archive.keys import derived_key, entry_key, original_key
 from dicomcloud.archive.retrieve import StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS
 from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX
+from dicomcloud.errors import NotFound
 from dicomcloud.ports.index import InstanceLocation
 from dicomcloud.web import wado, zero_copy
 from dicomcloud.web.multipart import MultipartParser, PartData, PartStart
@@ -495,6 +496,29 @@ def test_a_frame_of_an_instance_replaced_after_it_was_served_is_the_new_one(clie
     larger.SOPInstanceUID = larger.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     stow_all(client, [larger], tmp_path)
     assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == larger.PixelData
+
+
+@pytest.mark.parametrize("remote_index", [False, True])
+def test_a_frame_source_is_kept_for_the_event_loop_only_over_a_local_index(
+    archive: Archive, client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remote_index: bool
+) -> None:
+    """What a frame request may answer without a worker thread: the source kept for the series' current version,
+    known from a local index; a remote one is never asked from the event loop. Either way the frames are the same."""
+    monkeypatch.setattr(archive.runtime.index, "remote", remote_index)
+    (ds,) = ct_series(1, rows=16, columns=16)
+    stow_all(client, [ds], tmp_path)
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    url = f"{instance_url(ds)}/frames/1"
+    assert archive.retrieve.kept_frame_source("default", *uids) is None
+    for _ in range(2):
+        assert multipart_bodies(client.get(url, headers={"Accept": OCTET_MULTIPART}))[0][1] == ds.PixelData
+        kept = archive.retrieve.kept_frame_source("default", *uids)
+        assert (kept is None) == remote_index
+    stow_all(client, [next(ct_series(1, rows=16, columns=16, study_uid=uids[0], series_uid=uids[1]))], tmp_path)
+    assert archive.retrieve.kept_frame_source("default", *uids) is None  # the series has a new version
+    if not remote_index:
+        with pytest.raises(NotFound):
+            archive.retrieve.kept_frame_source("default", uids[0], "1.2.3.4", uids[2])
 
 
 def test_a_frame_beyond_the_last_is_not_found(client: TestClient, native_mf: pydicom.Dataset) -> None:

@@ -97,6 +97,8 @@ def migrate(dsn: str) -> None:
 class PostgresIndex:
     """`dicomcloud.ports.index.Index` on PostgreSQL, through a pool of connections shared by threads."""
 
+    remote = True
+
     def __init__(self, dsn: str, pool_size: int = 10, connect_timeout: float = 30.0) -> None:
         migrate(dsn)
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(

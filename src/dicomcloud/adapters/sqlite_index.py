@@ -83,6 +83,8 @@ _DIALECT = Dialect(
 class SqliteIndex:
     """`dicomcloud.ports.index.Index` on one SQLite file."""
 
+    remote = False
+
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)

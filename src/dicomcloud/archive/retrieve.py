@@ -209,15 +209,28 @@ class Retrieve:
         version (versions are never reused), and the next request finds both again. The version is read
         first, so what is found is at least as new as the version it is kept with."""
         key = SeriesKey(tenant_id, study, series)
-        version = self.runtime.index.series_version(key)
-        if version is None:
-            raise NotFound(f"no instance {sop} in series {series} of study {study}")
+        version = self._series_version(key, sop)
         source = self._frame_sources.get(key, sop, version)
         if source is None:
             location = self.instance(tenant_id, study, series, sop)
             source = FrameSource(location, self.frame_index(location))
             self._frame_sources.put(key, sop, version, source)
         return source
+
+    def kept_frame_source(self, tenant_id: str, study: str, series: str, sop: str) -> FrameSource | None:
+        """The frame source `frame_source` keeps for the series' current version, if it keeps one, found without
+        waiting on a network: None also when the index is remote (asking it for the version is a round trip).
+        A local index's version is one read of a SQLite file in WAL mode, which no writer holds up."""
+        if self.runtime.index.remote:
+            return None
+        key = SeriesKey(tenant_id, study, series)
+        return self._frame_sources.get(key, sop, self._series_version(key, sop))
+
+    def _series_version(self, key: SeriesKey, sop: str) -> int:
+        version = self.runtime.index.series_version(key)
+        if version is None:
+            raise NotFound(f"no instance {sop} in series {key.series_instance_uid} of study {key.study_instance_uid}")
+        return version
 
     def frame_index(self, location: InstanceLocation) -> FrameIndex:
         """The instance's frame index, from its series document."""

@@ -100,6 +100,10 @@ class IndexWrite(Protocol):
 
 
 class Index(Protocol):
+    # Whether every query waits for a network round trip (a database server) rather than reading a local file: a
+    # request answered on the event loop may ask a local index, never a remote one.
+    remote: bool
+
     def writing(self, tenant_id: str, instances: Sequence[tuple[str, str]]) -> AbstractContextManager[IndexWrite]:
         """A write transaction locking these (SOP Instance UID, Study Instance UID) pairs and the studies
         their current rows are in; committed when the block ends, rolled back when it raises.

@@ -1,4 +1,5 @@
-"""The access log: every wado-server request becomes one AccessLog event on the bus (`wado_access_log`).
+"""The access log: every wado-server request becomes one AccessLog event on the bus (`wado_access_log`), and is
+counted in the request metrics (web/http_metrics.py) in the same pass.
 
 A pure ASGI middleware, outermost but for web/origin.py's, so it sees the status and the bytes actually
 sent (after gzip) and the route template and path parameters the router matched. It records no header,
@@ -29,6 +30,7 @@ from dicomcloud.logs import repeats_summarised
 from dicomcloud.ports.bus import Bus
 from dicomcloud.ports.bus import Message as BusMessage
 from dicomcloud.runtime import Runtime
+from dicomcloud.web.http_metrics import HttpMetrics
 from dicomcloud.web.zero_copy import ZERO_COPY_SEND
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class AccessLogMiddleware:
         self.app = app
         self.publisher = publisher
         self.default_tenant = default_tenant
+        self.metrics = HttpMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,13 +135,17 @@ class AccessLogMiddleware:
             with repeats_summarised(f"{scope['method']} {scope['path']}"):
                 await self.app(scope, receive, response.watch(send))
         finally:
-            duration_ms = (time.perf_counter() - started) * 1000
-            self.publisher.submit(self._event(scope, accessed_at, response.status, response.sent, duration_ms))
+            seconds = time.perf_counter() - started
+            params: dict[str, Any] = scope.get("path_params") or {}
+            route = route_template(str(scope["path"]), params) if scope.get("route") is not None else UNMATCHED_ROUTE
+            self.metrics.record(str(scope["method"]), route, response.status, response.sent, seconds)
+            self.publisher.submit(self._event(scope, accessed_at, route, response, seconds * 1000))
 
-    def _event(self, scope: Scope, accessed_at: str, status: int, sent: int, duration_ms: float) -> AccessLog:
+    def _event(
+        self, scope: Scope, accessed_at: str, route: str, response: ResponseFacts, duration_ms: float
+    ) -> AccessLog:
         params: dict[str, Any] = scope.get("path_params") or {}
         state: dict[str, Any] = scope.get("state") or {}
-        route = scope.get("route")
         client = scope.get("client")
         return AccessLog(
             accessed_at=accessed_at,
@@ -146,12 +153,12 @@ class AccessLogMiddleware:
             user_id=str(state.get("sub") or ""),
             client_address=str(client[0]) if client else "",
             method=str(scope["method"]),
-            route=route_template(str(scope["path"]), params) if route is not None else UNMATCHED_ROUTE,
+            route=route,
             study_instance_uid=str(params.get("study", ""))[:MAX_UID],
             series_instance_uid=str(params.get("series", ""))[:MAX_UID],
             sop_instance_uid=str(params.get("instance", ""))[:MAX_UID],
-            status=status,
-            bytes_sent=sent,
+            status=response.status,
+            bytes_sent=response.sent,
             duration_ms=round(duration_ms, 3),
         )
 

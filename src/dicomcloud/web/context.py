@@ -9,6 +9,7 @@ request that costs more than what they do.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -25,7 +26,13 @@ class RequestScope:
 
     archive: Archive
     tenant: str
-    base_url: str
+    request: Request
+    prefix: str  # the DICOMweb root's path: `<root>` or `/<tenant><root>`
+
+    @functools.cached_property
+    def base_url(self) -> str:
+        """Built when an answer names a URL (a frame's never does): the origin web/origin.py decided, and the prefix."""
+        return str(self.request.base_url).rstrip("/") + self.prefix
 
     def study_url(self, study: str) -> str:
         return f"{self.base_url}/studies/{study}"
@@ -62,8 +69,7 @@ async def use_path_tenant(request: Request, tenant: str = Path(description="Tena
 
 async def request_scope(request: Request) -> RequestScope:
     """The request's scope; the tenant was set by the router's tenant dependency, the origin by web/origin.py."""
-    origin = str(request.base_url).rstrip("/")
-    return RequestScope(request.app.state.archive, request.state.tenant, origin + request.state.prefix)
+    return RequestScope(request.app.state.archive, request.state.tenant, request, request.state.prefix)
 
 
 Scope = Annotated[RequestScope, Depends(request_scope)]

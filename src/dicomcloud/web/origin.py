@@ -21,6 +21,7 @@ so routes match either way and a redirect's Location keeps it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -130,6 +131,8 @@ class TrustedOrigin:
     def __init__(self, app: ASGIApp, settings: HttpSettings) -> None:
         self.app = app
         self.trusted = AddressSet(settings.trusted_proxies)
+        # Whether a peer address is a trusted proxy, remembered: parsing it is most of what a request costs here.
+        self._trusted = functools.lru_cache(maxsize=4096)(self.trusted.__contains__)
         self.public: Origin | None = None
         if settings.public_url:
             url = urlsplit(settings.public_url)
@@ -143,9 +146,9 @@ class TrustedOrigin:
     def _rewrite(self, scope: Scope) -> Scope:
         reached = reached_origin(scope)
         client = scope.get("client")
-        from_proxy = client is not None and client[0] in self.trusted
+        from_proxy = client is not None and self._trusted(client[0])
         headers: dict[str, str] = {}
-        for name, value in scope.get("headers", []):
+        for name, value in scope.get("headers", []) if from_proxy else ():  # only a proxy's headers are read
             key = name.decode("latin-1")
             headers[key] = f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
         origin = self.public or (forwarded_origin(headers, reached) if from_proxy else reached)

@@ -26,6 +26,7 @@ The handlers translate requests and responses; what is read, and from where, is 
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import logging
 from collections import deque
@@ -38,7 +39,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from dicomcloud.archive.retrieve import StoredInstance
+from dicomcloud.archive.retrieve import FrameSource, StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
 from dicomcloud.dicom.dicomjson import parse_tag_path
 from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
@@ -435,58 +436,111 @@ def _select_frame_form(ranges: list[MediaRange], stored: TransferSyntax) -> tupl
 async def retrieve_frames(
     request: Request, scope: Scope, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    """A viewer asks for frames by the hundred in parallel: the event loop hands one worker thread what may
-    wait (the index, storage), and sends the answer itself."""
-    return await run_in_threadpool(_frames_response, request, scope, study, series, instance, frames)
+    return await frames_response(request, scope, study, series, instance, frames)
 
 
-def _frames_response(
+async def frames_response(
     request: Request, scope: RequestScope, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    retrieve = scope.archive.retrieve
-    source = retrieve.frame_source(
-        scope.tenant,
+    """The frames route's answer, for FastAPI's route and web/frame_path.py's alike.
+
+    A viewer asks for frames by the hundred in parallel. When the instance's frame source is kept and its frames
+    leave a local file as they lie, nothing before the sendfile can wait, and the event loop answers at once;
+    otherwise one worker thread does what may (the index, storage, decoding) and the event loop sends the answer."""
+    uids = (
         path_uid(study, "StudyInstanceUID"),
         path_uid(series, "SeriesInstanceUID"),
         path_uid(instance, "SOPInstanceUID"),
     )
-    location, frame_index = source.location, source.frame_index
+    retrieve = scope.archive.retrieve
+    source = retrieve.kept_frame_source(scope.tenant, *uids)
+    if source is None:
+        return await run_in_threadpool(_frames_found_response, request, scope, uids, frames)
+    plan = _frame_plan(request, source, frames)
+    if plan.sent_from_file(scope.archive.runtime.storage):
+        return _file_frames_response(scope, plan)
+    return await run_in_threadpool(_read_frames_response, scope, plan)
+
+
+@dataclass(frozen=True)
+class _FramePlan:
+    """What a frames request asks for, checked against the instance: which frames, in which form and framing."""
+
+    source: FrameSource
+    numbers: list[int]
+    form: _FrameForm
+    part_syntax: str
+    part_headers: dict[str, str]
+    boundary: str
+    media_type: str
+
+    def sent_from_file(self, storage: Storage) -> bool:
+        """Whether the frames' bytes are sent as they lie in a local file (by sendfile where the server can)."""
+        return self.form is _FrameForm.STORED and bool(self.source.frame_index.frames) and not storage.remote
+
+
+def _frame_plan(request: Request, source: FrameSource, frames: str) -> _FramePlan:
+    frame_index = source.frame_index
     numbers = parse_frame_list(frames)
-    stored = frame_index.transfer_syntax
-    if stored.frame_media_type is None:
-        raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
-    form, part_syntax = _select_frame_form(parse_accept(accept_of(request)), stored)
-    if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
-        form = _FrameForm.STORED
-    part_media = TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
+    form, part_syntax, part_media = _negotiated_frames(accept_of(request), frame_index.transfer_syntax)
     check_frame_list(numbers, frame_index.number_of_frames)
     part_headers = {"Content-Type": format_media_type(part_media, transfer_syntax=part_syntax)}
     boundary = new_boundary()
     media_type = format_media_type(MULTIPART_RELATED, type=part_media, boundary=boundary)
+    return _FramePlan(source, numbers, form, part_syntax, part_headers, boundary, media_type)
 
-    if form is _FrameForm.STORED and frame_index.frames and not scope.archive.runtime.storage.remote:
-        # The frames' bytes as they lie in a local file: sent from it (by sendfile where the server can).
-        file = retrieve.open_frames(location, frame_index, numbers)
-        pieces, length = ranges_multipart(file, [(part_headers, frame_index.frames[n - 1]) for n in numbers], boundary)
-        return FileRangesResponse(pieces, length, media_type)
+
+@functools.lru_cache(maxsize=256)
+def _negotiated_frames(accept: str | None, stored: TransferSyntax) -> tuple[_FrameForm, str, str]:
+    """The form, transfer syntax and part media type that frames stored in `stored` are served in for an Accept
+    value; remembered per value, since a viewer sends the same one with each of its hundreds of frame requests."""
+    if stored.frame_media_type is None:
+        raise NotAcceptable(f"no frame media type for transfer syntax {stored}")
+    form, part_syntax = _select_frame_form(parse_accept(accept), stored)
+    if form is _FrameForm.UNCOMPRESSED and stored.has_uncompressed_frames:
+        form = _FrameForm.STORED
+    return form, part_syntax, TransferSyntax(part_syntax).frame_media_type or OCTET_STREAM
+
+
+def _frames_found_response(request: Request, scope: RequestScope, uids: tuple[str, str, str], frames: str) -> Response:
+    """The answer when the frame source is not kept: found (the index, the series document), then answered."""
+    plan = _frame_plan(request, scope.archive.retrieve.frame_source(scope.tenant, *uids), frames)
+    if plan.sent_from_file(scope.archive.runtime.storage):
+        return _file_frames_response(scope, plan)
+    return _read_frames_response(scope, plan)
+
+
+def _file_frames_response(scope: RequestScope, plan: _FramePlan) -> Response:
+    """The frames' byte ranges of the local file, inside the multipart framing."""
+    location, frame_index = plan.source.location, plan.source.frame_index
+    file = scope.archive.retrieve.open_frames(location, frame_index, plan.numbers)
+    parts = [(plan.part_headers, frame_index.frames[n - 1]) for n in plan.numbers]
+    pieces, length = ranges_multipart(file, parts, plan.boundary)
+    return FileRangesResponse(pieces, length, plan.media_type)
+
+
+def _read_frames_response(scope: RequestScope, plan: _FramePlan) -> Response:
+    """Frames read (from an object store) or decoded or encoded, one at a time as the client takes them."""
+    retrieve = scope.archive.retrieve
+    location, frame_index = plan.source.location, plan.source.frame_index
 
     def frame(number: int) -> bytes:
-        if form is _FrameForm.ENCODED:
-            return retrieve.encoded_frame(location, number, part_syntax)
-        if form is _FrameForm.UNCOMPRESSED:
+        if plan.form is _FrameForm.ENCODED:
+            return retrieve.encoded_frame(location, number, plan.part_syntax)
+        if plan.form is _FrameForm.UNCOMPRESSED:
             return retrieve.decoded_frame(location, number)
         return retrieve.frames(location, frame_index, [number])[0]
 
     # The first frame is read before answering, so an unreadable or undecodable frame is a clean
     # error status rather than a broken stream; the others are read as the client takes them.
-    first = frame(numbers[0])
+    first = frame(plan.numbers[0])
 
     def parts_read() -> Iterator[Part]:
-        yield part_headers, [first]
-        for number in numbers[1:]:
-            yield part_headers, [frame(number)]
+        yield plan.part_headers, [first]
+        for number in plan.numbers[1:]:
+            yield plan.part_headers, [frame(number)]
 
-    return StreamingResponse(write_multipart(parts_read(), boundary), media_type=media_type)
+    return StreamingResponse(write_multipart(parts_read(), plan.boundary), media_type=plan.media_type)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ where the server offers it and read in pieces by a worker thread where it does n
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 from collections.abc import Iterator
@@ -217,26 +218,32 @@ class ZeroCopyHttpProtocol(HttpToolsProtocol):
 
 class GZipAroundZeroCopy:
     """Starlette's GZipMiddleware, except that a zero-copy send goes around it: it drops message types it does not
-    know. Only multipart bodies, which it never compresses, are sent so, and it has passed their start already."""
+    know. Only multipart bodies, which it never compresses, are sent so, and it has passed their start already.
+
+    Both GZipMiddlewares are built once; the one around the zero-copy send finds the request's own send in a
+    context variable (each request runs in its own task, with its own context)."""
 
     def __init__(self, app: ASGIApp, minimum_size: int, exclude_content_types: tuple[str, ...]) -> None:
         self.app = app
-        self.minimum_size = minimum_size
-        self.exclude_content_types = exclude_content_types
-        self.gzip = self._gzip(app)
-
-    def _gzip(self, app: ASGIApp) -> GZipMiddleware:
-        return GZipMiddleware(app, minimum_size=self.minimum_size, exclude_content_types=self.exclude_content_types)
+        self.gzip = GZipMiddleware(app, minimum_size=minimum_size, exclude_content_types=exclude_content_types)
+        self.gzip_around_zero_copy = GZipMiddleware(
+            self._zero_copy_around_gzip, minimum_size=minimum_size, exclude_content_types=exclude_content_types
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if ZERO_COPY_SEND not in scope.get("extensions", {}):
             await self.gzip(scope, receive, send)
             return
+        _server_send.set(send)
+        await self.gzip_around_zero_copy(scope, receive, send)
 
-        async def app(scope: Scope, receive: Receive, gzip_send: Send) -> None:
-            async def send_around_gzip(message: Message) -> None:
-                await (send if message["type"] == ZERO_COPY_SEND else gzip_send)(message)
+    async def _zero_copy_around_gzip(self, scope: Scope, receive: Receive, gzip_send: Send) -> None:
+        send = _server_send.get()
 
-            await self.app(scope, receive, send_around_gzip)
+        async def send_around_gzip(message: Message) -> None:
+            await (send if message["type"] == ZERO_COPY_SEND else gzip_send)(message)
 
-        await self._gzip(app)(scope, receive, send)
+        await self.app(scope, receive, send_around_gzip)
+
+
+_server_send: contextvars.ContextVar[Send] = contextvars.ContextVar("server_send")
