@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import ssl
 import threading
 from collections import defaultdict
@@ -47,6 +48,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.config import DimseSettings
@@ -161,10 +163,12 @@ class StoreSCP:
         self._server: Any = None
         self._listening = False
         self._in_flight = InFlight()
-        self._stopped = threading.Event()
 
-    def start(self, blocking: bool) -> None:
-        """Listen on `dimse.host:dimse.port`; with `blocking`, return only after `stop()`."""
+    def start(self, sock: socket.socket | None = None) -> None:
+        """Serve, in threads of its own until `stop()`, `sock`: a listening socket other processes may serve too
+        (service_workers.py), or one bound to `dimse.host:dimse.port` here."""
+        from dicomcloud.service_workers import dimse_socket
+
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse = self.archive.settings.dimse
@@ -174,9 +178,18 @@ class StoreSCP:
             *[(event, self._in_flight.counted(handler)) for event, handler in requests],
             (evt.EVT_DIMSE_SENT, _count_response),
         ]
-        self._server = self.ae.start_server(
-            (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
+        listening = sock if sock is not None else dimse_socket(dimse)
+        # AE.start_server(block=False) with a server class serving `listening`.
+        server = self.ae.make_server(
+            listening.getsockname(),
+            evt_handlers=handlers,
+            ssl_context=server_tls_context(dimse),
+            server_class=SharedSocketServer,
+            listening=listening,
         )
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        self._server = server
         self._listening = True
         log.info(
             "DIMSE SCP %s listening on %s:%d%s, %s",
@@ -188,8 +201,11 @@ class StoreSCP:
             if self.gate.control.enabled
             else "access control off: any peer may associate (dimse.access_control)",
         )
-        if blocking:
-            self._stopped.wait()
+
+    @property
+    def serving(self) -> bool:
+        """Whether this process accepts associations on the port."""
+        return self._listening
 
     @property
     def port(self) -> int:
@@ -219,7 +235,6 @@ class StoreSCP:
                 assoc.join(ABORT_TIMEOUT)
             if associations:
                 log.info("DIMSE: aborted %d idle association(s) on stopping", len(associations))
-        self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
         rejection = self.gate.association(event)
@@ -269,6 +284,42 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's server on a listening socket bound before it (by this process or the service's), which
+    other processes may accept on too.
+
+    The socket stays non-blocking: a process whose select() woke for a connection another process accepted
+    returns from accept() at once (pynetdicom's own socket, with a timeout, would wait there up to
+    `network_timeout`, and so would `shutdown()`). Accepted sockets are blocking, as pynetdicom's are: its
+    association reads time out by their own select(). Closing shuts the socket down in no other process."""
+
+    def __init__(self, *args: Any, listening: socket.socket, **kwargs: Any) -> None:
+        self._bound = listening
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()  # the unbound one TCPServer made
+        self.socket = self._bound
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listening already (the socket was bound and listened on before)."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.setblocking(True)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+    def server_close(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
 
 
 class InFlight:
