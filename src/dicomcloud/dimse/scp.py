@@ -243,6 +243,8 @@ class StoreSCP:
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
             event.assoc.kill()
             return
+        requestor = event.assoc.requestor
+        log.debug("association from %r at %s:%s", requestor.ae_title, requestor.address, requestor.port)
         prefer_requestor_syntaxes(event.assoc)
 
     def _on_echo(self, event: evt.Event) -> int | Dataset:
