@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HTTP processes of each wado-server; 0: one per core (default: 1)",
             )
             sub.add_argument(
+                "--storescp-workers", type=int, default=1,
+                help="DIMSE processes of the wado-storescp; 0: one per core (default: 1)",
+            )
+            sub.add_argument(
                 "--storage",
                 choices=("fs", "s3"),
                 default="fs",
@@ -807,6 +811,7 @@ def run_stack(settings: Settings, args: argparse.Namespace) -> int:
             servers=args.servers,
             storage=args.storage,
             workers=args.server_workers,
+            storescp_workers=args.storescp_workers,
         )
     except StackError as exc:
         log.error("stack %s: %s", args.action, exc)
