@@ -2,7 +2,8 @@
 
 Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
 it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
-threads, the bus workers' and webworker's threads, and uvicorn in the main thread. SIGINT or SIGTERM
+threads, the bus workers' and webworker's threads, and uvicorn in the main thread (with `--workers N`, N-1
+more processes serve the HTTP and DIMSE ports beside it: service_workers.py). SIGINT or SIGTERM
 stops both listeners at once; uvicorn answers the requests it has, the SCP the requests it has (and
 refuses new ones on open associations, dimse/scp.py), then the workers finish their current batch, and
 only then are the bus and the index closed.
