@@ -470,12 +470,7 @@ def run_storescp(settings: Settings, log_format: LogFormat) -> int:
     receive_into_staging(archive)
     scp = StoreSCP(archive)
     stop = threading.Event()
-
-    def stop_accepting() -> None:
-        scp.stop_accepting()
-        workers.terminate()
-
-    stop_on_signals(stop, stop_accepting)
+    stop_on_signals(stop)
     try:
         sock = dimse_socket(settings.dimse)
         workers.start(dimse=sock)
@@ -485,6 +480,8 @@ def run_storescp(settings: Settings, log_format: LogFormat) -> int:
             if not stop.is_set():
                 scp.start(sock)
             stop.wait()
+            scp.stop_accepting()
+            workers.terminate()
     finally:
         scp.stop()
         workers.stop()

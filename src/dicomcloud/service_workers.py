@@ -54,6 +54,7 @@ STOP_TIMEOUT = 90.0  # longer than the SCP's drain (dimse/scp.py DRAIN_TIMEOUT) 
 # must not spin).
 RESTART_INTERVAL = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Staged files older than this at a service's start are what a crash left behind.
 STAGING_SWEEP_AGE = 24 * 3600.0
 # Connections the kernel queues on the DIMSE port before a process accepts them (pynetdicom's TCPServer: 5).
@@ -303,6 +304,9 @@ def serve_worker(
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above
         return
+    if listeners.http is None:
+        # Taken by `_serve_dimse` with sigwait, so blocked in every thread from here (threads inherit the mask).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     setup_logging(settings.log_level, log_format, worker=worker_name(number, processes))
     tune_service_process()
     archive = Archive.from_settings(settings)
@@ -345,15 +349,10 @@ def _serve_http(archive: Archive, listeners: Listeners, scp: StoreSCP | None, re
 
 
 def _serve_dimse(scp: StoreSCP, listeners: Listeners, ready: Event) -> None:
-    """The SCP until SIGINT or SIGTERM; the caller's `stop` drains it."""
-    stop = threading.Event()
+    """The SCP until SIGINT or SIGTERM; the caller's `scp.stop()` drains it.
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        scp.stop_accepting()
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handle)
+    The signal is taken by sigwait, not a handler: the service signals its workers more than once while it
+    stops, and a handler run again inside itself (setting an Event) deadlocked on the Event's lock."""
     scp.start(sock=listeners.dimse)
     ready.set()
-    stop.wait()
+    signal.sigwait(STOP_SIGNALS)

@@ -377,6 +377,10 @@ def test_a_dimse_worker_killed_mid_c_store_loses_nothing_acknowledged_and_serves
         if "worker-2" in served:
             break
     assert "worker-2" in served, "the new worker 2 accepted no association"
+    archive.stop()
+    assert archive.process is not None
+    assert archive.process.returncode == 0
+    assert "did not stop" not in archive.log_tail(50), "a worker hung on the stop and was killed"
 
 
 @pytest.mark.slow
@@ -410,6 +414,7 @@ def test_sigterm_to_storescp_with_two_workers_answers_what_both_are_storing(tmp_
     assert len(acknowledged) < len(senders.files), "the stop must land in the middle of the transfer"
     text = log_path.read_text(errors="replace")
     assert not INTERNAL_ERRORS.findall(text), text[-3000:]
+    assert "did not stop" not in text, "a worker hung on the stop and was killed"
     responses = [line for log in senders.logs for line in log.read_text().splitlines() if "Store Response" in line]
     assert {re.sub(r".*Received Store Response ", "", line) for line in responses} <= {
         "(Success)", "(Refused: OutOfResources)"
