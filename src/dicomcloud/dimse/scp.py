@@ -162,6 +162,7 @@ class StoreSCP:
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
         self._listening = False
+        self._closing = False
         self._in_flight = InFlight()
 
     def start(self, sock: socket.socket | None = None) -> None:
@@ -213,8 +214,13 @@ class StoreSCP:
         return int(self._server.server_address[1]) if self._server else self.archive.settings.dimse.port
 
     def stop_accepting(self) -> None:
-        """No new association (the listener closes) and no new request (the gate refuses it); returns at once."""
-        self.gate.closing.set()
+        """No new association (the listener closes) and no new request (the gate refuses it); returns at once.
+
+        Called from signal handlers, which a second signal may interrupt: each step is marked done before it
+        takes a lock, so the call run inside another never waits on a lock the interrupted one holds."""
+        if not self._closing:
+            self._closing = True
+            self.gate.closing.set()
         if self._server is not None and self._listening:
             self._listening = False
             self._server.shutdown()
