@@ -22,9 +22,11 @@ staging folder, and the index decides duplicates in its transaction, whichever p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -249,7 +251,8 @@ class ServiceWorkers:
     def _signal(worker: _Worker) -> None:
         pid = worker.process.pid
         if pid is not None and worker.process.exitcode is None:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it ended, and the watcher reaped it meanwhile
+                os.kill(pid, signal.SIGTERM)
 
     def _spawn(self, number: int) -> _Worker:
         ready = self._context.Event()
@@ -274,11 +277,13 @@ class ServiceWorkers:
                         )
                         self._workers[number] = self._spawn(number)
         # A worker dies with the thread that started it (PR_SET_PDEATHSIG follows the thread): this one
-        # lives until the workers it started have drained.
+        # lives until the workers it started have drained. It waits on their sentinels rather than joining:
+        # `stop` joins them, and two threads reaping one child made one of them see it alive after its exit.
         with self._lock:
-            workers = list(self._workers.values())
-        for worker in workers:
-            worker.process.join()
+            pending = [worker.process.sentinel for worker in self._workers.values()]
+        while pending:
+            ended = multiprocessing.connection.wait(pending)
+            pending = [sentinel for sentinel in pending if sentinel not in ended]
 
 
 def _die_with_parent() -> None:
