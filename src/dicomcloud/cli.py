@@ -333,10 +333,9 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
 
 def run_up(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
-    from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
     from dicomcloud.service_workers import (
         ServiceWorkers,
-        dimse_socket,
         http_server,
         receive_into_staging,
         share_safely,
@@ -452,10 +451,9 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
 
 def run_storescp(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
-    from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
     from dicomcloud.service_workers import (
         ServiceWorkers,
-        dimse_socket,
         receive_into_staging,
         share_safely,
         worker_count,

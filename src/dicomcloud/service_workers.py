@@ -1,9 +1,9 @@
 """A service as several processes on its ports: every core serves DICOMweb and DIMSE.
 
-The service's own process binds each listening socket once (uvicorn's `bind_socket` for HTTP, `dimse_socket`
-for DIMSE), serves on them like any worker, and starts more processes (spawned: fresh interpreters, no
-inherited threads or connections) that accept on the same sockets; the kernel hands each connection to
-whichever process accepts it first. Process k (the service's own is 1) serves HTTP when k <= `http.workers`
+The service's own process binds each listening socket once (uvicorn's `bind_socket` for HTTP, dimse/scp.py's
+`dimse_socket` for DIMSE), serves on them like any worker, and starts more processes (spawned: fresh
+interpreters, no inherited threads or connections) that accept on the same sockets; the kernel hands each
+connection to whichever process accepts it first. Process k (the service's own is 1) serves HTTP when k <= `http.workers`
 and DIMSE when k <= `dimse.workers` of what the service serves: `dicomcloud up --workers 2` runs two
 processes serving both, `dicomcloud storescp` with `dimse.workers` = 2 two serving DIMSE. The bus workers and
 the webworker run in the service's own process only. A worker that dies is started again; one left by a
@@ -39,7 +39,7 @@ from multiprocessing.synchronize import Event
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from dicomcloud.config import DimseSettings, Settings
+from dicomcloud.config import Settings
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check
@@ -59,8 +59,6 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Staged files older than this at a service's start are what a crash left behind.
 STAGING_SWEEP_AGE = 24 * 3600.0
-# Connections the kernel queues on the DIMSE port before a process accepts them (pynetdicom's TCPServer: 5).
-DIMSE_BACKLOG = 128
 
 
 def worker_count(workers: int) -> int:
@@ -101,16 +99,6 @@ def http_server(archive: Archive) -> Any:
         http=guarded_protocol(settings.http),
     )
     return uvicorn.Server(config)
-
-
-def dimse_socket(dimse: DimseSettings) -> socket.socket:
-    """The DIMSE listening socket, bound once for every process of the service (port 0: the kernel's choice,
-    which the SCP reports). Non-blocking: the processes that lose the race for a connection return from
-    accept() at once rather than wait in it."""
-    family = socket.AF_INET6 if ":" in dimse.host else socket.AF_INET
-    sock = socket.create_server((dimse.host, dimse.port), family=family, backlog=DIMSE_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 def receive_into_staging(archive: Archive) -> None:

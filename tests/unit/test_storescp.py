@@ -22,10 +22,10 @@ from dicomcloud.adapters import fs_storage
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import LAYOUT_MARKER
 from dicomcloud.config import DimseSettings, load_settings
-from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, requestor_preferred
+from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, dimse_socket, requestor_preferred
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
-from dicomcloud.service_workers import dimse_socket, receive_into_staging
+from dicomcloud.service_workers import receive_into_staging
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"

@@ -73,6 +73,8 @@ ABORT_TIMEOUT = 5.0
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
+# Connections the kernel queues on the DIMSE port before a process accepts them (pynetdicom's TCPServer: 5).
+DIMSE_BACKLOG = 128
 STATUS_PROCESSING_FAILURE = 0xC000
 # Responses that announce more to come; the operation is counted at its final response.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
@@ -168,8 +170,6 @@ class StoreSCP:
     def start(self, sock: socket.socket | None = None) -> None:
         """Serve, in threads of its own until `stop()`, `sock`: a listening socket other processes may serve too
         (service_workers.py), or one bound to `dimse.host:dimse.port` here."""
-        from dicomcloud.service_workers import dimse_socket
-
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse = self.archive.settings.dimse
@@ -292,6 +292,16 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+def dimse_socket(dimse: DimseSettings) -> socket.socket:
+    """The DIMSE listening socket, bound once for every process of the service (port 0: the kernel's choice,
+    which the SCP reports). Non-blocking: the processes that lose the race for a connection return from
+    accept() at once rather than wait in it."""
+    family = socket.AF_INET6 if ":" in dimse.host else socket.AF_INET
+    sock = socket.create_server((dimse.host, dimse.port), family=family, backlog=DIMSE_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 class SharedSocketServer(ThreadedAssociationServer):
