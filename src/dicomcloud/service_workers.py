@@ -3,9 +3,9 @@
 The service's own process binds each listening socket once (uvicorn's `bind_socket` for HTTP, dimse/scp.py's
 `dimse_socket` for DIMSE), serves on them like any worker, and starts more processes (spawned: fresh
 interpreters, no inherited threads or connections) that accept on the same sockets; the kernel hands each
-connection to whichever process accepts it first. Process k (the service's own is 1) serves HTTP when k <= `http.workers`
-and DIMSE when k <= `dimse.workers` of what the service serves: `dicomcloud up --workers 2` runs two
-processes serving both, `dicomcloud storescp` with `dimse.workers` = 2 two serving DIMSE. The bus workers and
+connection to whichever process accepts it first. Process k (the service's own is 1) serves HTTP when
+k <= `http.workers` and DIMSE when k <= `dimse.workers` of what the service serves: `dicomcloud up --workers 2`
+runs two processes serving both, `dicomcloud storescp` with `dimse.workers` = 2 two serving DIMSE. The bus workers and
 the webworker run in the service's own process only. A worker that dies is started again; one left by a
 parent that died (kill -9) dies with it, so the ports are free for the next start. SIGINT or SIGTERM reaches
 each worker, which drains its requests as uvicorn and the SCP (dimse/scp.py) do.
