@@ -2,7 +2,8 @@
 
 Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
 it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
-threads, the bus workers' and webworker's threads, and uvicorn in the main thread. SIGINT or SIGTERM
+threads, the bus workers' and webworker's threads, and uvicorn in the main thread (with `--workers N`, N-1
+more processes serve the HTTP and DIMSE ports beside it: service_workers.py). SIGINT or SIGTERM
 stops both listeners at once; uvicorn answers the requests it has, the SCP the requests it has (and
 refuses new ones on open associations, dimse/scp.py), then the workers finish their current batch, and
 only then are the bus and the index closed.
@@ -19,7 +20,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,16 +28,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
-from dicomcloud.errors import DicomCloudError, InvalidInput, ServiceUnavailable
+from dicomcloud.errors import DicomCloudError, InvalidInput
 from dicomcloud.logs import LogFormat, setup_logging
-from dicomcloud.ops import Check, ops_listener, runtime_checks
+from dicomcloud.ops import ops_listener, runtime_checks
 from dicomcloud.process import cores, tune_service_process
 from dicomcloud.run_folder import share_between_processes
+from dicomcloud.service_workers import SERVED, process_counts
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
     from dicomcloud.archive.migrate import Tally
-    from dicomcloud.dimse.scp import StoreSCP
     from dicomcloud.ports.storage import Storage
     from dicomcloud.workers.loop import Batching, Handler
 
@@ -45,9 +45,15 @@ log = logging.getLogger("dicomcloud")
 
 SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
 READY_TIMEOUT = 60.0
-# Staged files older than this at a service's start are what a crash left behind.
-STAGING_SWEEP_AGE = 24 * 3600.0
 WORKER_JOIN_TIMEOUT = 30.0
+# What `--workers` sets, by command (service_workers.py).
+WORKER_SETTINGS = {"up": ("http", "dimse"), "server": ("http",), "storescp": ("dimse",)}
+WORKERS_HELP = {
+    "up": "processes sharing the ports, each serving HTTP and DIMSE; 0: one per core (settings: http.workers and"
+    " dimse.workers, which may differ)",
+    "server": "HTTP processes sharing the port; 0: one per core (settings: http.workers)",
+    "storescp": "DIMSE processes sharing the port; 0: one per core (settings: dimse.workers)",
+}
 # Objects `storage migrate` uploads at once (one commit).
 MIGRATE_BATCH = 32
 
@@ -77,10 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--host", help="address to listen on (HTTP and DIMSE)")
         if name in ("up", "server"):
             sub.add_argument("--http-port", type=int, help="DICOMweb port")
-            sub.add_argument(
-                "--workers", type=int, metavar="N",
-                help="HTTP processes sharing the port; 0: one per core (settings: http.workers)",
-            )
+        if name in WORKER_SETTINGS:
+            sub.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP[name])
         if name in ("up", "storescp"):
             sub.add_argument("--dimse-port", type=int, help="DIMSE port")
             sub.add_argument("--ae-title", help="the SCP's AE title")
@@ -140,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="HTTP processes of each wado-server; 0: one per core (default: 1)",
             )
             sub.add_argument(
+                "--storescp-workers", type=int, default=1,
+                help="DIMSE processes of the wado-storescp; 0: one per core (default: 1)",
+            )
+            sub.add_argument(
                 "--storage",
                 choices=("fs", "s3"),
                 default="fs",
@@ -174,7 +182,6 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, tuple[str, ...]] = {
         "data": ("storage", "data_dir"),
         "http_port": ("http", "port"),
-        "workers": ("http", "workers"),
         "dimse_port": ("dimse", "port"),
         "ae_title": ("dimse", "ae_title"),
     }
@@ -182,6 +189,10 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, option, None)
         if value is not None:
             overrides[section][name] = value
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        for section in WORKER_SETTINGS[args.command]:
+            overrides[section]["workers"] = workers
     host = getattr(args, "host", None)
     if host is not None:
         overrides["http"]["host"] = host
@@ -199,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "up": lambda s, a: run_up(s, a.log_format),
         "server": lambda s, a: run_server(s, a.log_format),
-        "storescp": lambda s, a: run_storescp(s),
+        "storescp": lambda s, a: run_storescp(s, a.log_format),
         "consumer": lambda s, a: run_consumer(s),
         "webworker": lambda s, a: run_webworker(s),
         "loader": lambda s, a: run_loader(s),
@@ -214,10 +225,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command in SERVICES:
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
         tune_service_process()
-    if args.command in ("up", "server"):
-        from dicomcloud.http_workers import worker_count
-
-        share_between_processes(worker_count(settings))  # before the command makes its first metric value
+    if args.command in SERVED:
+        # Before the command makes its first metric value.
+        share_between_processes(max(process_counts(settings, args.command).values()))
     try:
         code = commands[args.command](settings, args)
     except DicomCloudError as exc:
@@ -279,19 +289,6 @@ def _join(threads: Sequence[threading.Thread]) -> None:
             log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
 
 
-def receive_into_staging(archive: Archive) -> None:
-    """Datasets pynetdicom receives for C-STORE land in the storage's staging folder (this process's temp
-    folder), so storing one is a rename (files) or an upload from where it was written (S3), not a copy; what a
-    crash left there a day ago is swept."""
-    from dicomcloud.adapters.fs_storage import FsStorage
-    from dicomcloud.adapters.s3_storage import S3Storage
-
-    storage = archive.runtime.storage
-    if isinstance(storage, FsStorage | S3Storage):
-        tempfile.tempdir = str(storage.staging)
-        storage.sweep_staging(older_than_seconds=STAGING_SWEEP_AGE)
-
-
 def bus_loop(archive: Archive, handler: Handler, batching: Batching | None = None) -> Callable[[threading.Event], None]:
     """The run function of `handler` bound to the one bus loop (workers/loop.py)."""
     from dicomcloud.workers.loop import Batching, BusLoop
@@ -339,33 +336,27 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
     return False
 
 
-def dimse_check(scp: StoreSCP) -> Check:
-    """Ready only while the SCP accepts connections."""
-    dimse = scp.archive.settings.dimse
-
-    def probe() -> None:
-        if not accepts_connections(dimse.host, scp.port):
-            raise ServiceUnavailable(f"the DIMSE listener {dimse.host}:{scp.port} accepts no connection")
-
-    return Check("dimse", probe)
-
-
 def run_up(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
-    from dicomcloud.dimse.scp import StoreSCP
-    from dicomcloud.http_workers import HttpWorkers, http_server, share_safely, worker_count
+    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
+    from dicomcloud.service_workers import (
+        ServiceWorkers,
+        http_server,
+        receive_into_staging,
+        share_safely,
+        worker_name,
+    )
     from dicomcloud.workers.webworker import Webworker
 
-    share_safely(settings)
-    count = worker_count(settings)
-    if count > 1:
-        setup_logging(settings.log_level, log_format, worker="http-1")
+    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "up"))
+    share_safely(settings, workers.processes)
+    if workers.processes > 1:
+        setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
     receive_into_staging(archive)
     stop = threading.Event()
     scp = StoreSCP(archive)
     server = http_server(archive)
-    workers = HttpWorkers(settings, log_format, count)
 
     def stop_accepting() -> None:
         server.should_exit = True
@@ -376,7 +367,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
 
     def handle_exit(signum: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler while it serves (it drains its requests, then passes the signal on to
-        ours): the SCP and the other HTTP workers stop accepting at the same moment."""
+        ours): the SCP and the other workers stop accepting at the same moment."""
         scp.stop_accepting()
         workers.terminate()
         uvicorn_handle_exit(signum, frame)
@@ -386,10 +377,11 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
     threads: list[threading.Thread] = []
     try:
         sock = server.config.bind_socket()
-        workers.start(sock)
-        checks = [*runtime_checks(archive.runtime), dimse_check(scp), *workers.checks(server)]
+        dimse_listener = dimse_socket(settings.dimse)
+        workers.start(http=sock, dimse=dimse_listener)
+        checks = [*runtime_checks(archive.runtime), *workers.checks(http=server, scp=scp)]
         with ops_listener(settings.ops, checks):
-            scp.start(blocking=False)
+            scp.start(dimse_listener)
             for name, run in bus_workers(archive).items():
                 threads.append(_worker(name, run, stop))
             threads.append(_worker("webworker", Webworker(archive).run, stop))
@@ -402,7 +394,11 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
                         f"DICOMweb at http://{http.host}:{http.port}{http.root_path}, "
                         f"DIMSE {dimse.ae_title}@{dimse.host}:{scp.port}, "
                         f"home page and viewer at http://{http.host}:{http.port}/"
-                        + (f" ({count} HTTP workers)" if count > 1 else "")
+                        + (
+                            f" ({workers.http} HTTP and {workers.dimse} DIMSE worker processes)"
+                            if workers.processes > 1
+                            else ""
+                        )
                     )
                     log.info("%s", line)
                     print(line, flush=True)
@@ -411,7 +407,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
 
             _worker("ready", announce, stop)
             if not workers.wait_ready(stop, READY_TIMEOUT) and not stop.is_set():
-                log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
+                log.error("not every worker process came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])
             return 0 if stop.is_set() or server.started else 1
     finally:
@@ -425,17 +421,16 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
 
 def run_server(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
-    from dicomcloud.http_workers import HttpWorkers, http_server, worker_count
+    from dicomcloud.service_workers import ServiceWorkers, http_server, worker_name
 
     if settings.backends.cache == "memory":
         # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
         settings.backends.qido_cache_ttl = 0
-    count = worker_count(settings)
-    if count > 1:
-        setup_logging(settings.log_level, log_format, worker="http-1")
+    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "server"))
+    if workers.processes > 1:
+        setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
     server = http_server(archive)
-    workers = HttpWorkers(settings, log_format, count)
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(signum: int, frame: FrameType | None) -> None:
@@ -445,8 +440,8 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
     server.handle_exit = handle_exit
     try:
         sock = server.config.bind_socket()
-        workers.start(sock)
-        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks(server)]):
+        workers.start(http=sock)
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks(http=server)]):
             if not workers.wait_ready(threading.Event(), READY_TIMEOUT):
                 log.error("not every HTTP worker came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])
@@ -456,19 +451,39 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
     return 0 if server.started else 1
 
 
-def run_storescp(settings: Settings) -> int:
+def run_storescp(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
-    from dicomcloud.dimse.scp import StoreSCP
+    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
+    from dicomcloud.service_workers import (
+        ServiceWorkers,
+        receive_into_staging,
+        share_safely,
+        worker_name,
+    )
 
+    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "storescp"))
+    share_safely(settings, workers.processes)
+    if workers.processes > 1:
+        setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
     receive_into_staging(archive)
     scp = StoreSCP(archive)
-    stop_on_signals(threading.Event(), scp.stop)
+    stop = threading.Event()
+    stop_on_signals(stop)
     try:
-        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), dimse_check(scp)]):
-            scp.start(blocking=True)
+        sock = dimse_socket(settings.dimse)
+        workers.start(dimse=sock)
+        with ops_listener(settings.ops, [*runtime_checks(archive.runtime), *workers.checks(scp=scp)]):
+            if not workers.wait_ready(stop, READY_TIMEOUT) and not stop.is_set():
+                log.error("not every DIMSE worker came up within %.0fs", READY_TIMEOUT)
+            if not stop.is_set():
+                scp.start(sock)
+            stop.wait()
+            scp.stop_accepting()
+            workers.terminate()
     finally:
         scp.stop()
+        workers.stop()
         archive.close()
     return 0
 
@@ -793,6 +808,7 @@ def run_stack(settings: Settings, args: argparse.Namespace) -> int:
             servers=args.servers,
             storage=args.storage,
             workers=args.server_workers,
+            storescp_workers=args.storescp_workers,
         )
     except StackError as exc:
         log.error("stack %s: %s", args.action, exc)

@@ -31,7 +31,7 @@ SECRET_FIELDS = frozenset({"password", "secret", "token", "client_secret", "dsn"
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    # Processes serving the port (http_workers.py); 0: one per core.
+    # Processes serving the port (service_workers.py); 0: one per core.
     workers: int = 1
     # Path prefix of the DICOMweb root; the tenant form is /<tenant>/dicom-web.
     root_path: str = "/dicom-web"
@@ -129,6 +129,8 @@ class DimseSettings:
     peers: dict[str, DimsePeer] = field(default_factory=dict)
     max_pdu: int = 0
     network_timeout: float = 60.0
+    # Processes serving the port (service_workers.py); 0: one per core.
+    workers: int = 1
     # C-MOVE destinations by AE title: {"WORKSTATION1": {"host": "10.0.0.5", "port": 104, "tls": false}}.
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
     # DICOM TLS on the SCP: on when a certificate is given (PEM files, e.g. from `dicomcloud certs`).
@@ -139,6 +141,8 @@ class DimseSettings:
     tls_require_client_cert: bool = False
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"dimse.workers must be 0 (one per core) or more, not {self.workers}")
         self.move_destinations = {
             title.strip(): _move_destination(value) for title, value in self.move_destinations.items()
         }

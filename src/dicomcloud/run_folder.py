@@ -1,7 +1,8 @@
 """The run folder: what the processes of one service share besides the index, the bus and the storage.
 
-A service that runs as several processes (`http.workers` > 1, http_workers.py) makes, before anything else,
-a new folder in the system's temporary folder, named in the environment its spawned processes inherit:
+A service that runs as several processes (`http.workers` or `dimse.workers` > 1, service_workers.py) makes,
+before anything else, a new folder in the system's temporary folder, named in the environment its spawned
+processes inherit:
 - `metrics/`: prometheus_client's multiprocess files, one per process and metric type, which `/metrics`
   sums (ops.py), so it counts what every process answered whichever process is asked;
 - `connections`: the open connections per client address of every HTTP process (web/connection_counts.py).

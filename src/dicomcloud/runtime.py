@@ -130,6 +130,6 @@ def open_warehouse(settings: Settings) -> Warehouse:
 
         return DorisWarehouse(settings.warehouse.doris)
     from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
-    from dicomcloud.http_workers import worker_count
+    from dicomcloud.service_workers import worker_count
 
-    return DuckDBWarehouse(settings.data_path / "warehouse.duckdb", shared=worker_count(settings) > 1)
+    return DuckDBWarehouse(settings.data_path / "warehouse.duckdb", shared=worker_count(settings.http.workers) > 1)

@@ -34,11 +34,14 @@ STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 @contextmanager
 def full_stack(name: str, storage: str = "fs", brokers: int = 3, workers: int = 1) -> Iterator[LocalStack]:
     """The whole distributed stack (three Kafka brokers, two consumers, two wado-servers of `workers` HTTP
-    processes each; with storage "s3", SeaweedFS and no shared data folder), stopped and removed afterwards.
+    processes each, the wado-storescp of `workers` DIMSE processes; with storage "s3", SeaweedFS and no shared
+    data folder), stopped and removed afterwards.
     Under a system temp folder, not pytest's private tree: PostgreSQL may run as another user."""
     folder = Path(tempfile.mkdtemp(prefix=f"dicomcloud-{name}-"))
     folder.chmod(0o755)
-    local = LocalStack.up(folder, brokers=brokers, consumers=2, servers=2, storage=storage, workers=workers)
+    local = LocalStack.up(
+        folder, brokers=brokers, consumers=2, servers=2, storage=storage, workers=workers, storescp_workers=workers
+    )
     try:
         yield local
     finally:

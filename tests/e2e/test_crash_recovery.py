@@ -1,6 +1,7 @@
 """kill -9 of the all-in-one archive while storescu sends: every acknowledged instance survives, once. With one
-HTTP worker and with two (the second worker dies with the archive, and the restart finds its port free), and with
-parallel associations whose stores share group commits (the kill lands while a group is being placed)."""
+worker process and with two serving HTTP and DIMSE (the second dies with the archive, and the restart finds the
+ports free), and with parallel associations whose stores share group commits (the kill lands while a group is
+being placed) and, with two processes, land on both."""
 
 from __future__ import annotations
 
@@ -20,12 +21,18 @@ from bench.synthetic import ct_series, write_part10
 
 from .conftest import AE_TITLE, Archive, wait_until
 from .dicom_clients import multipart_parts
+from .test_http_workers import gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SENT = 300
 KILL_AFTER = 120
 ASSOCIATIONS = 4
+
+
+def worker_settings(workers: str) -> dict[str, str]:
+    """`dicomcloud up --workers N`: N processes, each serving HTTP and DIMSE."""
+    return {"DICOMCLOUD_HTTP__WORKERS": workers, "DICOMCLOUD_DIMSE__WORKERS": workers}
 
 
 def acknowledged_files(storescu_log: str) -> list[Path]:
@@ -62,7 +69,7 @@ def test_kill_9_during_c_store_loses_no_acknowledged_instance(
         path = tmp_path / f"i{i:03d}.dcm"
         write_part10(ds, path)
         paths.append(path)
-    archive = archive_factory(f"crash-{workers}", {"DICOMCLOUD_HTTP__WORKERS": workers})
+    archive = archive_factory(f"crash-{workers}", worker_settings(workers))
     log_path = tmp_path / "storescu.log"
     with log_path.open("w") as log:
         sender = subprocess.Popen(
@@ -78,15 +85,19 @@ def test_kill_9_during_c_store_loses_no_acknowledged_instance(
     assert_survived(archive, acknowledged)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_kill_9_during_parallel_c_store_loses_no_acknowledged_instance(
-    archive_factory: Callable[..., Archive], tmp_path: Path
+    archive_factory: Callable[..., Archive], tmp_path: Path, workers: str
 ) -> None:
     folders = [tmp_path / f"association-{n}" for n in range(ASSOCIATIONS)]
     for folder in folders:
         folder.mkdir()
     for i, ds in enumerate(ct_series(SENT, rows=64, columns=64, patient_id="CRASH", seed=4)):
         write_part10(ds, folders[i % ASSOCIATIONS] / f"i{i:03d}.dcm")
-    archive = archive_factory("crash-parallel")
+    archive = archive_factory(f"crash-parallel-{workers}", worker_settings(workers))
+    assert archive.log_path is not None
+    worker_pids = [int(pid) for pid in re.findall(r"started worker 2 \(pid (\d+)\)", archive.log_path.read_text())]
+    assert len(worker_pids) == (1 if workers == "2" else 0)
     logs = [tmp_path / f"storescu-{n}.log" for n in range(ASSOCIATIONS)]
 
     def acknowledged_by_all() -> list[Path]:
@@ -99,6 +110,8 @@ def test_kill_9_during_parallel_c_store_loses_no_acknowledged_instance(
             senders.append(subprocess.Popen([*command, str(folder)], stdout=log, stderr=subprocess.STDOUT, text=True))
     wait_until(lambda: len(acknowledged_by_all()) >= KILL_AFTER, 120, "acknowledgements")
     archive.kill9()
+    for pid in worker_pids:
+        wait_until(lambda: gone(pid), 10, f"worker pid {pid} to die with the archive")  # noqa: B023
     for sender in senders:
         sender.wait(timeout=60)
     acknowledged = acknowledged_by_all()

@@ -52,7 +52,7 @@ def ask(archive: Archive, method: str, path: str, body: bytes | None = None, **h
     connection.connect()
     assert connection.sock is not None
     port = connection.sock.getsockname()[1]
-    line = re.compile(rf"\[(http-\d+)\] uvicorn\.access: 127\.0\.0\.1:{port} - ")
+    line = re.compile(rf"\[(worker-\d+)\] uvicorn\.access: 127\.0\.0\.1:{port} - ")
     before = len(line.findall(archive.log_path.read_text(errors="replace")))
     connection.request(method, path, body=body, headers={**headers, "Connection": "close"})
     response = connection.getresponse()
@@ -145,7 +145,7 @@ def test_what_one_worker_stores_or_deletes_the_other_answers_at_once(archive: Ar
             seen_by.add(answer.worker)
             if len(seen_by) == 2:
                 break
-        assert seen_by == {"http-1", "http-2"}, f"only {seen_by} answered {read.name}"
+        assert seen_by == {"worker-1", "worker-2"}, f"only {seen_by} answered {read.name}"
 
     stored = stow(archive, part10(second, tmp_path))
     assert stored.status == 200
@@ -212,23 +212,23 @@ def test_objects_sent_at_once_under_one_uid_through_both_workers_leave_one_decis
         assert entry["00200013"]["Value"] == [number], "the index and the stored metadata name one object"
         if policy == "reject":
             assert number == accepted[0] + 1, "the object kept is the one acknowledged"
-        if {answer.worker for answer in answers} == {"http-1", "http-2"}:
+        if {answer.worker for answer in answers} == {"worker-1", "worker-2"}:
             return
     raise AssertionError(f"in {ROUNDS} rounds, no round reached both workers")
 
 
 def worker_pid(archive: Archive, after: int = 0) -> int:
-    """The pid of HTTP worker 2 the log names last (past the first `after` it names)."""
+    """The pid of worker 2 the log names last (past the first `after` it names)."""
     assert archive.log_path is not None
     pids: list[int] = []
 
     def started() -> bool:
         assert archive.log_path is not None
         text = archive.log_path.read_text(errors="replace")
-        pids[:] = [int(pid) for pid in re.findall(r"started HTTP worker 2 \(pid (\d+)\)", text)]
+        pids[:] = [int(pid) for pid in re.findall(r"started worker 2 \(pid (\d+)\)", text)]
         return len(pids) > after
 
-    wait_until(started, 30, "HTTP worker 2 to start")
+    wait_until(started, 30, "worker 2 to start")
     return pids[-1]
 
 
@@ -247,25 +247,25 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     archive = archive_factory("http-workers-restart", {**WORKERS, "DICOMCLOUD_OPS__PORT": str(ops)})
     assert archive.log_path is not None
     assert "http" in httpx.get(f"http://127.0.0.1:{ops}/ready", timeout=30).json()["checks"]
-    starts = len(re.findall(r"started HTTP worker 2 ", archive.log_path.read_text(errors="replace")))
+    starts = len(re.findall(r"started worker 2 ", archive.log_path.read_text(errors="replace")))
     killed = worker_pid(archive)
     os.kill(killed, signal.SIGKILL)
     wait_until(lambda: gone(killed), 10, f"worker pid {killed} to die")
     replacement = worker_pid(archive, after=starts)
     assert replacement != killed
-    serving = "[http-2] uvicorn.error: Application startup complete"
+    serving = "[worker-2] uvicorn.error: Application startup complete"
     wait_until(lambda: archive.log_tail(10_000).count(serving) > starts, 30, "the new worker 2 to serve")
     workers = set()
     for _ in range(ATTEMPTS):
         answer = ask(archive, "GET", "/dicom-web/studies", Accept="application/dicom+json")
         assert answer.status in (200, 204)
         workers.add(answer.worker)
-        if workers == {"http-1", "http-2"}:
+        if workers == {"worker-1", "worker-2"}:
             break
-    assert workers == {"http-1", "http-2"}
+    assert workers == {"worker-1", "worker-2"}
     wait_until(lambda: answers(f"http://127.0.0.1:{ops}/ready"), 30, "ready again with the new worker")
     archive.stop()
-    assert f"[http-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
+    assert f"[worker-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:
@@ -275,7 +275,7 @@ def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> 
     stopping.process.send_signal(signal.SIGTERM)
     assert stopping.process.wait(timeout=30) == 0
     assert gone(worker)
-    assert "[http-2] uvicorn.error: Finished server process" in stopping.log_tail(200)
+    assert "[worker-2] uvicorn.error: Finished server process" in stopping.log_tail(200)
 
 
 def test_both_workers_answer_the_warehouse_statistics(archive: Archive) -> None:
@@ -285,6 +285,6 @@ def test_both_workers_answer_the_warehouse_statistics(archive: Archive) -> None:
         answer = ask(archive, "GET", "/api/stats/summary")
         assert answer.status == 200, f"{answer.worker}: {answer.status} {answer.body[:200]!r}"
         workers.add(answer.worker)
-        if workers == {"http-1", "http-2"}:
+        if workers == {"worker-1", "worker-2"}:
             break
-    assert workers == {"http-1", "http-2"}
+    assert workers == {"worker-1", "worker-2"}

@@ -1,9 +1,10 @@
 """An acknowledgement means "there": right after a STOW-RS 200 or a C-STORE success, with no sleep and no
 retry, the instance is retrieved by WADO-RS, listed in its series metadata and in QIDO-RS instances of
 its series, counted by QIDO-RS of its study, and found by C-FIND; right after a DELETE, it is gone from
-every one of those answers. Shown on the embedded archive (`dicomcloud up`), with one HTTP worker and with
-two (each request on a new connection, so the two workers share the requests), on the distributed stack
-(two wado-servers of two HTTP workers each behind Nginx, three Kafka brokers), there through Nginx and on
+every one of those answers. Shown on the embedded archive (`dicomcloud up`), with one worker process and with
+two serving HTTP and DIMSE (each request on a new connection, so the two workers share the requests), on the
+distributed stack (two wado-servers of two HTTP workers each behind Nginx, a wado-storescp of two DIMSE workers,
+three Kafka brokers), there through Nginx and on
 each wado-server alike, and on the stack with its objects in SeaweedFS (`stack up --storage s3`), where no
 two services share a folder.
 
@@ -69,7 +70,9 @@ def embedded(archive_factory: Callable[..., Archive]) -> Target:
 
 @pytest.fixture(scope="module")
 def embedded_workers(archive_factory: Callable[..., Archive]) -> Target:
-    archive = archive_factory("read-your-writes-workers", {"DICOMCLOUD_HTTP__WORKERS": "2"})
+    archive = archive_factory(
+        "read-your-writes-workers", {"DICOMCLOUD_HTTP__WORKERS": "2", "DICOMCLOUD_DIMSE__WORKERS": "2"}
+    )
     url = archive.dicomweb_url()
     return Target(
         send=url, reads=[url], dimse=("127.0.0.1", archive.dimse_port, "DICOMCLOUD"), fresh_connections=True
@@ -78,7 +81,8 @@ def embedded_workers(archive_factory: Callable[..., Archive]) -> Target:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Target]:
-    """Each wado-server with two HTTP workers, whose QIDO-RS answers are cached in Redis."""
+    """Each wado-server with two HTTP workers, whose QIDO-RS answers are cached in Redis; the wado-storescp with
+    two DIMSE workers."""
     with full_stack("read-your-writes", workers=2) as local:
         assert len(local.server_urls) == 2
         yield Target(

@@ -49,7 +49,7 @@ def answering_workers(archive: Archive) -> set[str]:
     """The workers whose access lines show a request to one of ROUTES (none with one worker: no label)."""
     assert archive.log_path is not None
     paths = "|".join(re.escape(path) for path in ROUTES)
-    line = re.compile(rf'\[(http-\d+)\] uvicorn\.access: [^"]*"GET (?:{paths}) ')
+    line = re.compile(rf'\[(worker-\d+)\] uvicorn\.access: [^"]*"GET (?:{paths}) ')
     return set(line.findall(archive.log_path.read_text(errors="replace")))
 
 
@@ -150,7 +150,7 @@ def served(archive: Archive) -> bool:
 
 def refusing_workers(archive: Archive) -> set[str]:
     assert archive.log_path is not None
-    line = re.compile(r"\[(http-\d+)\] dicomcloud\.web\.http_guard: HTTP 429 to 127\.0\.0\.1")
+    line = re.compile(r"\[(worker-\d+)\] dicomcloud\.web\.http_guard: HTTP 429 to 127\.0\.0\.1")
     return set(line.findall(archive.log_path.read_text(errors="replace")))
 
 
@@ -191,15 +191,15 @@ def test_the_per_client_connection_limit_holds_across_workers_and_a_killed_one(
     archive = archive_factory("connection-limit-workers", env)
     assert archive.process is not None
     second = worker_pid(archive)
-    pids = {archive.process.pid: "http-1", second: "http-2"}
+    pids = {archive.process.pid: "worker-1", second: "worker-2"}
     hold_on_both_workers(archive, pids, held)
 
     # One more is refused, whichever worker accepts it.
     for _ in range(ATTEMPTS):
         assert refused(archive), "a connection past the limit was served"
-        if refusing_workers(archive) == {"http-1", "http-2"}:
+        if refusing_workers(archive) == {"worker-1", "worker-2"}:
             break
-    assert refusing_workers(archive) == {"http-1", "http-2"}
+    assert refusing_workers(archive) == {"worker-1", "worker-2"}
 
     # Closing one lets one more in, and only one.
     held.pop()[0].close()
@@ -210,15 +210,15 @@ def test_the_per_client_connection_limit_holds_across_workers_and_a_killed_one(
 
     # A worker killed with -9 holding some of the client's connections: they close with it, and once its
     # replacement serves, the client holds only those on the first worker.
-    on_first = sum(worker == "http-1" for _, worker in held)
+    on_first = sum(worker == "worker-1" for _, worker in held)
     os.kill(second, signal.SIGKILL)
     wait_until(lambda: gone(second), 10, f"worker pid {second} to die")
     replacement = worker_pid(archive, after=1)
     wait_until(lambda: served(archive), 60, "the client to be served after the worker holding some was killed")
-    for sock, worker in [pair for pair in held if pair[1] == "http-2"]:
+    for sock, worker in [pair for pair in held if pair[1] == "worker-2"]:
         sock.close()
         held.remove((sock, worker))
-    pids = {archive.process.pid: "http-1", replacement: "http-2"}
+    pids = {archive.process.pid: "worker-1", replacement: "worker-2"}
     for _ in range(LIMIT - on_first):
         sock = socket.create_connection(("127.0.0.1", archive.http_port), timeout=30)
         held.append((sock, holder(archive, sock, pids)))

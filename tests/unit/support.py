@@ -27,9 +27,9 @@ from dicomcloud.config import load_settings
 from dicomcloud.dimse.scp import StoreSCP
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
-from dicomcloud.http_workers import http_server, share_safely
 from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
 from dicomcloud.ports.storage import ByteRange, Storage
+from dicomcloud.service_workers import http_server, share_safely
 from dicomcloud.web.app import create_app
 from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
@@ -59,7 +59,7 @@ def running_scp(data: Path, ae_title: str, **dimse: Any) -> Iterator[StoreSCP]:
     """A DICOM SCP on a free loopback port over an archive on `data`, with `dimse` settings overlaid."""
     archive = make_archive(data, dimse={"host": "127.0.0.1", "port": 0, "ae_title": ae_title, **dimse})
     server = StoreSCP(archive)
-    server.start(blocking=False)
+    server.start()
     try:
         yield server
     finally:
@@ -70,11 +70,11 @@ def running_scp(data: Path, ae_title: str, **dimse: Any) -> Iterator[StoreSCP]:
 def make_workers(data: Path, count: int, **sections: dict[str, Any]) -> list[Archive]:
     """The archives of the `count` HTTP workers of one service (`http.workers`): one per worker process, each
     with its own connections, cache and parsed documents, on one data folder, with the settings the service
-    gives its workers (http_workers.share_safely)."""
+    gives its workers (service_workers.share_safely)."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
     http = {**sections.pop("http", {}), "workers": count}
     settings = load_settings(overrides={"storage": storage, "http": http, **sections}, environ={})
-    share_safely(settings)
+    share_safely(settings, count)
     return [Archive.from_settings(copy.deepcopy(settings)) for _ in range(count)]
 
 

@@ -172,6 +172,6 @@ def test_a_peer_needing_a_certificate_without_dicom_tls_refuses_to_start(tmp_pat
     archive = Archive.from_settings(settings)
     try:
         with pytest.raises(ValueError, match="MODALITY"):
-            StoreSCP(archive).start(blocking=False)
+            StoreSCP(archive).start()
     finally:
         archive.close()

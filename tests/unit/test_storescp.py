@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +21,11 @@ from support import FailingBus, stored_keys
 from dicomcloud.adapters import fs_storage
 from dicomcloud.archive.core import Archive
 from dicomcloud.archive.keys import LAYOUT_MARKER
-from dicomcloud.cli import receive_into_staging
-from dicomcloud.config import load_settings
-from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, requestor_preferred
+from dicomcloud.config import DimseSettings, load_settings
+from dicomcloud.dimse.scp import TRANSFER_SYNTAXES, StoreSCP, dimse_socket, requestor_preferred
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import STORAGE_QUEUE, StorageEvent
+from dicomcloud.service_workers import receive_into_staging
 
 AE_TITLE = "DICOMCLOUD"
 STUDY, SERIES, SOP = "1.2.826.0.4.1", "1.2.826.0.4.1.1", "1.2.826.0.4.1.1.1"
@@ -45,7 +46,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
     """Start an SCP on a free loopback port with the given settings overlay (and optionally another bus)."""
     started: list[tuple[StoreSCP, Archive]] = []
 
-    def make(overrides: dict[str, Any] | None = None, bus: Any = None) -> StoreSCP:
+    def make(overrides: dict[str, Any] | None = None, bus: Any = None, sock: socket.socket | None = None) -> StoreSCP:
         settings = load_settings(
             overrides={
                 "storage": {"data_dir": str(tmp_path / "data")},
@@ -57,7 +58,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
         if bus is not None:
             archive = Archive(dataclasses.replace(archive.runtime, bus=bus(archive)))
         scp = StoreSCP(archive)
-        scp.start(blocking=False)
+        scp.start(sock)
         started.append((scp, archive))
         return scp
 
@@ -191,6 +192,31 @@ def test_once_stopping_a_c_store_on_an_open_association_is_refused_untouched_and
     assert assoc.is_aborted
     assert scp.archive.runtime.index.get_instance("default", SOP + ".1") is not None
     assert scp.archive.runtime.index.get_instance("default", SOP + ".2") is None
+
+
+def test_two_scps_on_one_listening_socket_each_answer_on_blocking_sockets_and_stop_alone(
+    start: Callable[..., StoreSCP],
+) -> None:
+    """As worker processes share the DIMSE socket (service_workers.py): each SCP gets its own descriptor of one
+    socket bound before them. Every association is served by one of them, on a blocking socket (pynetdicom's
+    reads time out by their own select); one that stops returns though the other may take every connection,
+    and leaves the port served by the other."""
+    listening = dimse_socket(DimseSettings(host="127.0.0.1", port=0))
+    first, second = start(sock=listening), start(sock=listening.dup())
+    assert first.port == second.port == listening.getsockname()[1]
+    held = [associate(first) for _ in range(6)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        assert all(int(assoc.send_c_echo().Status) == 0x0000 for assoc in held)
+        served = [*first._server.active_associations, *second._server.active_associations]
+        assert len(served) == len(held)
+        assert all(assoc.dul.socket.socket.getblocking() for assoc in served)
+    finally:
+        for assoc in held:
+            assoc.release()
+    first.stop()
+    assert c_store(second, ct_dataset()) == 0x0000
+    assert second.archive.runtime.index.get_instance("default", SOP) is not None
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

@@ -78,6 +78,6 @@ def test_requiring_client_certificates_without_a_ca_refuses_to_start(tmp_path: P
     archive = Archive.from_settings(settings)
     try:
         with pytest.raises(ValueError, match="tls_ca_file"):
-            StoreSCP(archive).start(blocking=False)
+            StoreSCP(archive).start()
     finally:
         archive.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import ssl
 import threading
 from collections import defaultdict
@@ -47,6 +48,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.config import DimseSettings
@@ -71,6 +73,8 @@ ABORT_TIMEOUT = 5.0
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 STATUS_SUCCESS = 0x0000
+# Connections the kernel queues on the DIMSE port before a process accepts them (pynetdicom's TCPServer: 5).
+DIMSE_BACKLOG = 128
 STATUS_PROCESSING_FAILURE = 0xC000
 # Responses that announce more to come; the operation is counted at its final response.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
@@ -160,11 +164,12 @@ class StoreSCP:
         self.query_retrieve.add_contexts(self.ae)
         self._server: Any = None
         self._listening = False
+        self._closing = False
         self._in_flight = InFlight()
-        self._stopped = threading.Event()
 
-    def start(self, blocking: bool) -> None:
-        """Listen on `dimse.host:dimse.port`; with `blocking`, return only after `stop()`."""
+    def start(self, sock: socket.socket | None = None) -> None:
+        """Serve, in threads of its own until `stop()`, `sock`: a listening socket other processes may serve too
+        (service_workers.py), or one bound to `dimse.host:dimse.port` here."""
         # Process-wide pynetdicom switch: received datasets go to a file, undecoded.
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse = self.archive.settings.dimse
@@ -174,9 +179,18 @@ class StoreSCP:
             *[(event, self._in_flight.counted(handler)) for event, handler in requests],
             (evt.EVT_DIMSE_SENT, _count_response),
         ]
-        self._server = self.ae.start_server(
-            (dimse.host, dimse.port), block=False, evt_handlers=handlers, ssl_context=server_tls_context(dimse)
+        listening = sock if sock is not None else dimse_socket(dimse)
+        # AE.start_server(block=False) with a server class serving `listening`.
+        server = self.ae.make_server(
+            listening.getsockname(),
+            evt_handlers=handlers,
+            ssl_context=server_tls_context(dimse),
+            server_class=SharedSocketServer,
+            listening=listening,
         )
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        self._server = server
         self._listening = True
         log.info(
             "DIMSE SCP %s listening on %s:%d%s, %s",
@@ -188,8 +202,11 @@ class StoreSCP:
             if self.gate.control.enabled
             else "access control off: any peer may associate (dimse.access_control)",
         )
-        if blocking:
-            self._stopped.wait()
+
+    @property
+    def serving(self) -> bool:
+        """Whether this process accepts associations on the port."""
+        return self._listening
 
     @property
     def port(self) -> int:
@@ -197,8 +214,13 @@ class StoreSCP:
         return int(self._server.server_address[1]) if self._server else self.archive.settings.dimse.port
 
     def stop_accepting(self) -> None:
-        """No new association (the listener closes) and no new request (the gate refuses it); returns at once."""
-        self.gate.closing.set()
+        """No new association (the listener closes) and no new request (the gate refuses it); returns at once.
+
+        Called from signal handlers, which a second signal may interrupt: each step is marked done before it
+        takes a lock, so the call run inside another never waits on a lock the interrupted one holds."""
+        if not self._closing:
+            self._closing = True
+            self.gate.closing.set()
         if self._server is not None and self._listening:
             self._listening = False
             self._server.shutdown()
@@ -219,7 +241,6 @@ class StoreSCP:
                 assoc.join(ABORT_TIMEOUT)
             if associations:
                 log.info("DIMSE: aborted %d idle association(s) on stopping", len(associations))
-        self._stopped.set()
 
     def _on_requested(self, event: evt.Event) -> None:
         rejection = self.gate.association(event)
@@ -228,6 +249,8 @@ class StoreSCP:
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is on the wire.
             event.assoc.kill()
             return
+        requestor = event.assoc.requestor
+        log.debug("association from %r at %s:%s", requestor.ae_title, requestor.address, requestor.port)
         prefer_requestor_syntaxes(event.assoc)
 
     def _on_echo(self, event: evt.Event) -> int | Dataset:
@@ -269,6 +292,52 @@ class StoreSCP:
             return STATUS_PROCESSING_FAILURE
         log.debug("C-STORE %s from %s stored as %s", stored.sop_instance_uid, calling, stored.file_path)
         return STATUS_SUCCESS
+
+
+def dimse_socket(dimse: DimseSettings) -> socket.socket:
+    """The DIMSE listening socket, bound once for every process of the service (port 0: the kernel's choice,
+    which the SCP reports). Non-blocking: the processes that lose the race for a connection return from
+    accept() at once rather than wait in it."""
+    family = socket.AF_INET6 if ":" in dimse.host else socket.AF_INET
+    sock = socket.create_server((dimse.host, dimse.port), family=family, backlog=DIMSE_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's server on a listening socket bound before it (by this process or the service's), which
+    other processes may accept on too.
+
+    The socket stays non-blocking: a process whose select() woke for a connection another process accepted
+    returns from accept() at once (pynetdicom's own socket, with a timeout, would wait there up to
+    `network_timeout`, and so would `shutdown()`). Accepted sockets are blocking, as pynetdicom's are: its
+    association reads time out by their own select(). Closing shuts the socket down in no other process."""
+
+    def __init__(self, *args: Any, listening: socket.socket, **kwargs: Any) -> None:
+        self._bound = listening
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()  # the unbound one TCPServer made
+        self.socket = self._bound
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listening already (the socket was bound and listened on before)."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.setblocking(True)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+    def server_close(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
 
 
 class InFlight:

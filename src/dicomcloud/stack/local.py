@@ -3,8 +3,8 @@
 PostgreSQL, Redis and a KRaft Kafka cluster start first (side by side; with `storage="s3"` also SeaweedFS:
 a master, two volume servers with replication 001, a filer and the S3 gateway), then `dicomcloud init` creates
 the topics, migrates the index (and creates the bucket), then every service runs as its own process:
-wado-storescp, N consumers in one group, the webworker, the transcoder and N wado-servers (each with its
-`http.workers` processes) behind Nginx. On
+wado-storescp (with its `dimse.workers` processes), N consumers in one group, the webworker, the transcoder and
+N wado-servers (each with its `http.workers` processes) behind Nginx. On
 files the services share the stack's data folder; on S3 each one has a private scratch folder and there is no
 shared data folder, so no node can read another's disk. Everything listens on 127.0.0.1
 on free ports, runs in its own session (it outlives `stack up`; a terminal's Ctrl-C does not reach it) and
@@ -121,6 +121,7 @@ class LocalStack:
         servers: int = 2,
         storage: str = "fs",
         workers: int = 1,
+        storescp_workers: int = 1,
     ) -> LocalStack:
         """Start the whole stack in `folder` (installing missing Debian packages, fetching Kafka's jars, building
         SeaweedFS for `storage="s3"`); returns once every process is ready.
@@ -131,6 +132,8 @@ class LocalStack:
             raise StackError("a stack needs at least one broker, one consumer and one server")
         if workers < 0:
             raise StackError("a wado-server needs 0 (one per core) or more HTTP workers")
+        if storescp_workers < 0:
+            raise StackError("the wado-storescp needs 0 (one per core) or more DIMSE workers")
         if storage not in STORAGES:
             raise StackError(f"unknown storage {storage!r} ({' or '.join(STORAGES)})")
         folder = folder.resolve()
@@ -181,7 +184,7 @@ class LocalStack:
             stack._init()
             stack._start_nginx(https_port, http_ports)
             log.info("starting the services; waiting for each one's /ready")
-            stack._start_services(consumers, http_ports, workers)
+            stack._start_services(consumers, http_ports, workers, storescp_workers)
         except BaseException:
             stack.down()
             raise
@@ -411,7 +414,7 @@ class LocalStack:
         self.components["nginx"] = _recorded("nginx", server, {"https": https_port, "http": http_port})
         self._save()
 
-    def _start_services(self, consumers: int, http_ports: list[int], workers: int) -> None:
+    def _start_services(self, consumers: int, http_ports: list[int], workers: int, storescp_workers: int) -> None:
         plan: list[tuple[str, str, dict[str, int]]] = [("storescp", "storescp", {"dimse": self.dimse[1]})]
         plan += [(f"consumer-{n}", "consumer", {}) for n in range(1, consumers + 1)]
         plan += [("webworker", "webworker", {}), ("transcoder", "transcoder", {})]
@@ -422,6 +425,8 @@ class LocalStack:
             if "http" in ports:
                 env["DICOMCLOUD_HTTP__PORT"] = str(ports["http"])
                 env["DICOMCLOUD_HTTP__WORKERS"] = str(workers)
+            if "dimse" in ports:
+                env["DICOMCLOUD_DIMSE__WORKERS"] = str(storescp_workers)
             component = Component(
                 kind=kind,
                 ports=ports,

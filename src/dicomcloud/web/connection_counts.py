@@ -1,7 +1,7 @@
 """How many connections each client address holds open, for the per-client limit of web/http_guard.py.
 
 One HTTP process counts in a Counter of its own, exactly. The several processes of one service
-(http_workers.py) count in one table, a file in the service's run folder (run_folder.py) that each maps,
+(service_workers.py) count in one table, a file in the service's run folder (run_folder.py) that each maps,
 so the limit holds for the service and not per process.
 
 The table is a count-min sketch: each address adds to one cell in each of two hash rows, chosen by a keyed
