@@ -46,13 +46,12 @@ log = logging.getLogger("dicomcloud")
 SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
 READY_TIMEOUT = 60.0
 WORKER_JOIN_TIMEOUT = 30.0
-# What `--workers` sets, by command (service_workers.py).
-WORKER_SETTINGS = {"up": ("http", "dimse"), "server": ("http",), "storescp": ("dimse",)}
+# `--workers` sets the `workers` of each port its command serves (service_workers.SERVED).
 WORKERS_HELP = {
-    "up": "processes sharing the ports, each serving HTTP and DIMSE; 0: one per core (settings: http.workers and"
-    " dimse.workers, which may differ)",
-    "server": "HTTP processes sharing the port; 0: one per core (settings: http.workers)",
-    "storescp": "DIMSE processes sharing the port; 0: one per core (settings: dimse.workers)",
+    "up": "processes sharing the ports, each serving HTTP and DIMSE; 0 (the default): one per core (settings:"
+    " http.workers and dimse.workers, which may differ)",
+    "server": "HTTP processes sharing the port; 0 (the default): one per core (settings: http.workers)",
+    "storescp": "DIMSE processes sharing the port; 0 (the default): one per core (settings: dimse.workers)",
 }
 # Objects `storage migrate` uploads at once (one commit).
 MIGRATE_BATCH = 32
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--host", help="address to listen on (HTTP and DIMSE)")
         if name in ("up", "server"):
             sub.add_argument("--http-port", type=int, help="DICOMweb port")
-        if name in WORKER_SETTINGS:
+        if name in SERVED:
             sub.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP[name])
         if name in ("up", "storescp"):
             sub.add_argument("--dimse-port", type=int, help="DIMSE port")
@@ -191,7 +190,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
             overrides[section][name] = value
     workers = getattr(args, "workers", None)
     if workers is not None:
-        for section in WORKER_SETTINGS[args.command]:
+        for section in SERVED[args.command]:
             overrides[section]["workers"] = workers
     host = getattr(args, "host", None)
     if host is not None:
@@ -343,13 +342,11 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
         ServiceWorkers,
         http_server,
         receive_into_staging,
-        share_safely,
         worker_name,
     )
     from dicomcloud.workers.webworker import Webworker
 
     workers = ServiceWorkers(settings, log_format, **process_counts(settings, "up"))
-    share_safely(settings, workers.processes)
     if workers.processes > 1:
         setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
@@ -423,9 +420,6 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.archive.core import Archive
     from dicomcloud.service_workers import ServiceWorkers, http_server, worker_name
 
-    if settings.backends.cache == "memory":
-        # The index changes in other processes, whose QIDO invalidations an in-process cache never sees.
-        settings.backends.qido_cache_ttl = 0
     workers = ServiceWorkers(settings, log_format, **process_counts(settings, "server"))
     if workers.processes > 1:
         setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
@@ -457,12 +451,10 @@ def run_storescp(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.service_workers import (
         ServiceWorkers,
         receive_into_staging,
-        share_safely,
         worker_name,
     )
 
     workers = ServiceWorkers(settings, log_format, **process_counts(settings, "storescp"))
-    share_safely(settings, workers.processes)
     if workers.processes > 1:
         setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)

@@ -32,7 +32,7 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     # Processes serving the port (service_workers.py); 0: one per core.
-    workers: int = 1
+    workers: int = 0
     # Path prefix of the DICOMweb root; the tenant form is /<tenant>/dicom-web.
     root_path: str = "/dicom-web"
     # Origins a browser may call from (CORS); empty: same-origin only. ["*"] opens it to any page.
@@ -130,7 +130,7 @@ class DimseSettings:
     max_pdu: int = 0
     network_timeout: float = 60.0
     # Processes serving the port (service_workers.py); 0: one per core.
-    workers: int = 1
+    workers: int = 0
     # C-MOVE destinations by AE title: {"WORKSTATION1": {"host": "10.0.0.5", "port": 104, "tls": false}}.
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
     # DICOM TLS on the SCP: on when a certificate is given (PEM files, e.g. from `dicomcloud certs`).

@@ -11,9 +11,10 @@ parent that died (kill -9) dies with it, so the ports are free for the next star
 each worker, which drains its requests as uvicorn and the SCP (dimse/scp.py) do.
 
 What the processes share lives outside them (archive/core.py): the index and the bus (SQLite in WAL with a
-busy timeout, or PostgreSQL and Kafka), the storage, and the shared cache. An in-process (memory) cache is
-not shared, so with several processes QIDO-RS results are not cached at all: another process's store could
-not invalidate them. Series documents are checked against the index's version on every request, so the
+busy timeout, or PostgreSQL and Kafka), the storage, and the shared cache. A memory cache is each process's
+own: it keys QIDO-RS results by the index's change marker (archive/qido_cache.py), which moves with every
+commit in any process, so no process answers from results older than another's store (over PostgreSQL, which
+has no marker, only Redis keeps them). Series documents are checked against the index's version on every request, so the
 per-process LRU never serves one older than the index. The per-client connection limit of web/http_guard.py
 and the counts of /metrics are the service's (run_folder.py); the SCP keeps no count per peer (dimse/access.py
 decides from the settings alone). Each process receives C-STOREs into its own staging file names in the
@@ -74,13 +75,6 @@ SERVED = {"up": ("http", "dimse"), "server": ("http",), "storescp": ("dimse",)}
 def process_counts(settings: Settings, command: str) -> dict[str, int]:
     """How many processes serve each port of `command` (the ServiceWorkers arguments)."""
     return {port: worker_count(getattr(settings, port).workers) for port in SERVED[command]}
-
-
-def share_safely(settings: Settings, processes: int) -> None:
-    """What a service of several processes must run with: QIDO-RS caching only in a cache they all see (a store
-    answered by one process must drop the results the others keep). Call before the archive is built."""
-    if processes > 1 and settings.backends.cache == "memory":
-        settings.backends.qido_cache_ttl = 0
 
 
 def worker_name(number: int, processes: int) -> str:

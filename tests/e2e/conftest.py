@@ -76,6 +76,11 @@ def answers(url: str, auth: tuple[str, str] | None = None) -> bool:
         return False
 
 
+# An archive serves from one process unless its test asks for more (the worker tests do): the default, one per
+# core, would double every test's start on a machine whose cores the suite already keeps busy.
+ONE_PROCESS = {"DICOMCLOUD_HTTP__WORKERS": "1", "DICOMCLOUD_DIMSE__WORKERS": "1"}
+
+
 @dataclass
 class Archive:
     """One `dicomcloud up` process on loopback with its own data folder."""
@@ -108,7 +113,7 @@ class Archive:
             "--ae-title", AE_TITLE,
         ]
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ONE_PROCESS, **self.env}
         )
         log.close()
         wait_until(self._ready, 60, f"the archive to listen (log: {self.log_path})")

@@ -29,7 +29,7 @@ from dicomcloud.errors import StorageFailure
 from dicomcloud.events import StorageEvent
 from dicomcloud.ports.bus import Bus, BusConsumer, Message, Record
 from dicomcloud.ports.storage import ByteRange, Storage
-from dicomcloud.service_workers import http_server, share_safely
+from dicomcloud.service_workers import http_server
 from dicomcloud.web.app import create_app
 from dicomcloud.workers.loop import Batching, BusLoop, Handler
 
@@ -69,12 +69,10 @@ def running_scp(data: Path, ae_title: str, **dimse: Any) -> Iterator[StoreSCP]:
 
 def make_workers(data: Path, count: int, **sections: dict[str, Any]) -> list[Archive]:
     """The archives of the `count` HTTP workers of one service (`http.workers`): one per worker process, each
-    with its own connections, cache and parsed documents, on one data folder, with the settings the service
-    gives its workers (service_workers.share_safely)."""
+    with its own connections, cache and parsed documents, on one data folder."""
     storage = {"data_dir": str(data), **sections.pop("storage", {})}
     http = {**sections.pop("http", {}), "workers": count}
     settings = load_settings(overrides={"storage": storage, "http": http, **sections}, environ={})
-    share_safely(settings, count)
     return [Archive.from_settings(copy.deepcopy(settings)) for _ in range(count)]
 
 

@@ -17,7 +17,7 @@ import pytest
 from dicomcloud.cli import build_parser, overrides_from
 from dicomcloud.config import load_settings
 from dicomcloud.errors import ServiceUnavailable
-from dicomcloud.service_workers import Listeners, ServiceWorkers, share_safely, worker_count
+from dicomcloud.service_workers import Listeners, ServiceWorkers, process_counts, worker_count
 
 
 @pytest.mark.parametrize("section", ["http", "dimse"])
@@ -30,9 +30,12 @@ def test_zero_workers_means_one_per_core_this_process_may_use(section: str) -> N
         load_settings(overrides={section: {"workers": -1}}, environ={})
 
 
-def test_both_worker_settings_default_to_one_process() -> None:
+def test_by_default_both_ports_are_served_by_one_process_per_core() -> None:
     settings = load_settings(environ={})
-    assert (settings.http.workers, settings.dimse.workers) == (1, 1)
+    cores = len(os.sched_getaffinity(0))
+    assert process_counts(settings, "up") == {"http": cores, "dimse": cores}
+    assert process_counts(settings, "server") == {"http": cores}
+    assert process_counts(settings, "storescp") == {"dimse": cores}
 
 
 @pytest.mark.parametrize(
@@ -67,18 +70,6 @@ def test_process_k_serves_http_up_to_the_http_workers_and_dimse_up_to_the_dimse_
         assert Listeners(None, dimse).of_worker(2, 1, 2) == Listeners(None, dimse)
         assert ServiceWorkers(settings, "plain", http=1).processes == 1
         assert ServiceWorkers(settings, "plain", dimse=4).processes == 4
-
-
-@pytest.mark.parametrize(
-    ("processes", "cache", "ttl"),
-    [(1, "memory", 30.0), (2, "memory", 0.0), (2, "redis", 30.0)],
-)
-def test_qido_results_are_cached_in_a_memory_cache_only_when_one_process_serves(
-    processes: int, cache: str, ttl: float
-) -> None:
-    settings = load_settings(overrides={"backends": {"cache": cache, "qido_cache_ttl": 30.0}}, environ={})
-    share_safely(settings, processes)
-    assert settings.backends.qido_cache_ttl == ttl
 
 
 @pytest.mark.parametrize("log_format", ["plain", "json"])
