@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -65,13 +66,21 @@ def curl(
     return samples
 
 
-def storescu_command(server: Server, folder: Path) -> list[str]:
+class StorageScp(Protocol):
+    """What storescu is pointed at: an archive, or the receiver of bench/receiver_floor.py."""
+
+    name: str
+    ae_title: str
+    dimse_port: int
+
+
+def storescu_command(server: StorageScp, folder: Path) -> list[str]:
     """Send every file under `folder` over one association, as a modality would."""
     return ["storescu", "--aetitle", "BENCH", "--call", server.ae_title, "--scan-directories", "--recurse",
             "127.0.0.1", str(server.dimse_port), str(folder)]
 
 
-def storescu(server: Server, *folders: Path) -> None:
+def storescu(server: StorageScp, *folders: Path) -> None:
     """One storescu process, one association, per folder, all at once."""
     senders = [
         subprocess.Popen(storescu_command(server, folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -29,14 +29,17 @@ from bench.measure import (
     metadata_while_writing,
     parallel_posts,
     server_rss,
+    storescu,
     stream_with_rss,
     timed_ingest,
     wait_queryable,
     wrk_load,
 )
+from bench.receiver_floor import ReceiverFloor
 from bench.report import FLOOR_SERVERS, NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
 from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server, StaticFiles
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
+from dicomcloud.service_workers import worker_count
 
 log = logging.getLogger("bench")
 
@@ -60,6 +63,13 @@ OPERATIONS = [
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
     Operation("stow_rs_parallel", "STOW-RS by parallel clients, one study's CT instances each, until the last answer",
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10)),
+    # The floors under the C-STORE targets (bench/receiver_floor.py): pynetdicom receiving the same instances over
+    # the same associations and storing nothing, against Orthanc's figure for storing them.
+    Operation("cstore_floor", "pynetdicom alone, in as many processes as the archive's DIMSE workers: storescu sends "
+              "both CT series (one association), answered at once", Unit.INSTANCES,
+              Target(Goal.THROUGHPUT_AT_LEAST, 15), FLOOR_SERVERS),
+    Operation("cstore_parallel_floor", "pynetdicom alone: storescu over the parallel associations, answered at once",
+              Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 10), FLOOR_SERVERS),
     # The floors under the STOW-RS targets: the storage alone writing and syncing the same instances, against
     # Orthanc's figure for the whole request. A floor below a target means no archive that makes an instance durable
     # before answering meets it on this machine.
@@ -203,6 +213,8 @@ class Bench:
             self.ingest(workload)
             if self.wanted("cstore_parallel"):
                 self.parallel_ingest(workload)
+            if self.wanted("cstore_floor", "cstore_parallel_floor"):
+                self.cstore_floor(workload)
             if self.wanted("metadata_while_writing", "metadata_complete_after_write"):
                 self.writing(workload)
             if viewer:  # on the small archive, before the bulk load: at 10,000 studies Orthanc's index slows it
@@ -276,6 +288,23 @@ class Bench:
                      len(work.parallel_dirs))
             seconds = timed_ingest(server, work.parallel_dirs, work.parallel_study_uid, work.parallel_count)
             op.results[name] = Measured(seconds=[seconds], items=work.parallel_count)
+
+    def cstore_floor(self, work: Workload) -> None:
+        """storescu into pynetdicom receiving and storing nothing, as into the archives; beside Orthanc's figures."""
+        parallel = work.parallel_dirs if work.parallel_count else []
+        with ReceiverFloor(worker_count(0)) as floor:
+            for op_name, stored, folders, count in (
+                ("cstore_floor", "cstore_ingest", [work.ingest_dir], work.ingest_count),
+                ("cstore_parallel_floor", "cstore_parallel", parallel, work.parallel_count),
+            ):
+                if not folders:
+                    continue
+                log.info("%s: %d instances over %d association(s)", op_name, count, len(folders))
+                started = time.perf_counter()
+                storescu(floor, *folders)
+                op = self.ops[op_name]
+                op.results["floor"] = Measured(seconds=[time.perf_counter() - started], items=count)
+                op.results["orthanc"] = self.ops[stored].results["orthanc"]
 
     def writing(self, work: Workload) -> None:
         """A new series sent by storescu while its metadata is requested back to back, then until it is complete."""
@@ -478,5 +507,6 @@ class Bench:
             "storescu": output("storescu", "--version"),
             "servers": list(self.servers),
             "dicomcloud_mode": "stack (Kafka, PostgreSQL, Redis, Nginx)" if self.stack else "embedded (dicomcloud up)",
+            "dicomcloud_processes": 1 if self.stack else worker_count(0),  # the stack's services: one process each
             "storage": "S3 (SeaweedFS weed server -s3, loopback) against the local filesystem" if self.s3 else "fs",
         }

@@ -25,6 +25,8 @@ OPERATIONS = {
     "cstore_parallel": ORTHANC,
     "stow_rs": ORTHANC,
     "stow_rs_parallel": ORTHANC,
+    "cstore_floor": FLOOR,
+    "cstore_parallel_floor": FLOOR,
     "stow_rs_floor": FLOOR,
     "stow_rs_parallel_floor": FLOOR,
     "stow_rs_queryable": ORTHANC,
