@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import support
 
 from dicomcloud.archive.metadata import LRU_INSTANCES, _ParsedDocuments
-from dicomcloud.dicom.seriesdoc import SeriesDocument
+from dicomcloud.dicom.seriesdoc import SeriesDocument, metadata_of_stored
 from dicomcloud.ports.index import SeriesKey
 
 STUDY, SERIES = "1.2.826.0.7.1", "1.2.826.0.7.1.1"
@@ -83,3 +84,46 @@ def test_two_archives_in_one_process_keep_their_own_documents(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+def test_a_fresh_process_sends_the_stored_metadata_of_the_current_version_without_parsing_the_document(
+    tmp_path: Path,
+) -> None:
+    """Two archives on one folder stand for the webworker's process and a process started after it."""
+    data = tmp_path / "data"
+    writer, fresh = support.make_archive(data), support.make_archive(data)
+    try:
+        key = SeriesKey("default", STUDY, SERIES)
+        for number in (1, 2):
+            support.store(writer, support.write_ct(tmp_path / f"{number}.dcm", STUDY, SERIES, f"{SERIES}.{number}"))
+        consolidated = writer.metadata.consolidate(key)
+        assert consolidated is not None
+        stored = fresh.runtime.storage.read(fresh.runtime.layout.metadata_key(key))
+        assert stored == consolidated.stored_metadata()
+
+        array = fresh.metadata.metadata_array(key)
+        assert array == consolidated.metadata_array()
+        assert fresh.metadata._parsed.get(key) is None, "sent as stored, the document unparsed"
+        assert [row["00080018"]["Value"][0] for row in json.loads(array or b"")] == [f"{SERIES}.1", f"{SERIES}.2"]
+
+        # A store after the webworker's write makes the stored response older than the index: not sent.
+        support.store(writer, support.write_ct(tmp_path / "3.dcm", STUDY, SERIES, f"{SERIES}.3"))
+        current = fresh.metadata.metadata_array(key)
+        assert current is not None and f"{SERIES}.3".encode() in current
+        assert metadata_of_stored(stored, fresh.runtime.index.series_version(key) or 0) is None
+
+        writer.remove.delete("default", STUDY)
+        assert fresh.metadata.metadata_array(key) is None
+        assert fresh.runtime.storage.size(fresh.runtime.layout.metadata_key(key)) is None
+    finally:
+        writer.close()
+        fresh.close()
+
+
+def test_stored_metadata_is_taken_only_at_its_own_version_and_intact() -> None:
+    _, doc = document("1", 0)
+    stored = doc.stored_metadata()
+    assert metadata_of_stored(stored, doc.version) == doc.metadata_array() == b"[]"
+    assert metadata_of_stored(stored, doc.version + 1) is None
+    assert metadata_of_stored(b"1", 1) is None
+    assert metadata_of_stored(b"1\n{}", 1) is None

@@ -37,6 +37,8 @@ ORIGINAL_SUFFIX = ".dcm"
 ENTRY_SUFFIX = ".json"
 DERIVED_SEPARATOR = "_"
 SERIES_DOCUMENT = "series.json"
+# Beside a series document (either layout): its metadata response, ready to send.
+METADATA_SUFFIX = ".metadata.json"
 
 
 def series_prefix(tenant_id: str, study_uid: str, series_uid: str) -> str:
@@ -114,6 +116,11 @@ class KeyLayout(enum.Enum):
             return document_key(key)
         tenant = validate_tenant(key.tenant_id)
         return f"{tenant}/series/{self._series_part(key.study_instance_uid, key.series_instance_uid)}.json"
+
+    def metadata_key(self, key: SeriesKey) -> str:
+        """The key of a series' metadata response as stored beside its document (SeriesDocument.stored_metadata):
+        a first request after a start sends it without parsing the document. No SOP Instance UID can name it."""
+        return self.document_key(key).removesuffix(".json") + METADATA_SUFFIX
 
     @staticmethod
     def _series_part(study_uid: str, series_uid: str) -> str:

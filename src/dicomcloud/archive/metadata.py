@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from dicomcloud.archive.keys import entry_key
 from dicomcloud.dicom.parse import parse_instance
-from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument
+from dicomcloud.dicom.seriesdoc import InstanceEntry, SeriesDocument, metadata_of_stored
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
 from dicomcloud.ports.storage import ObjectMissing
@@ -39,10 +39,18 @@ log = logging.getLogger(__name__)
 # set (a few studies) in a server meant to stay under 300 MB. The document of one larger series is
 # still kept, alone.
 LRU_INSTANCES = 2_000
+# Seconds a stored metadata response stays in the cache: the key names its version, so this only lets the
+# responses of versions nobody asks for again leave a shared cache (Redis) that nothing else evicts.
+METADATA_CACHE_TTL = 3600.0
 
 
 def cache_key(key: SeriesKey, version: int) -> str:
     return f"seriesdoc:{key.tenant_id}:{key.study_instance_uid}:{key.series_instance_uid}:{version}"
+
+
+def metadata_cache_key(key: SeriesKey, version: int) -> str:
+    """The cache's key of a series' stored metadata response (`SeriesMetadata.metadata_array`)."""
+    return f"seriesmeta:{key.tenant_id}:{key.study_instance_uid}:{key.series_instance_uid}:{version}"
 
 
 def _parse(raw: bytes, where: str) -> SeriesDocument | None:
@@ -148,6 +156,31 @@ class SeriesMetadata:
             self._parsed.put(key, doc)
             return doc
 
+    def metadata_array(self, key: SeriesKey) -> bytes | None:
+        """The series metadata response of the series' current version, before the server's base is put in
+        (seriesdoc.with_base); None if the series is not in the index or lists no instance.
+
+        A process that holds no parsed document of that version sends the one the webworker stored beside the
+        document when it is of that version: the first request after a start reads a file, not a parse of the
+        document and a serialization of every instance (two thirds of its time). The cache keeps what was read,
+        by version (a few times smaller than the parsed document), for the requests after it."""
+        version = self.runtime.index.series_version(key)
+        if version is None:
+            return None
+        kept = self._parsed.get(key)
+        if kept is not None and kept.version == version:
+            return kept.metadata_array() if kept.instances else None
+        cache = self.runtime.cache
+        stored = cache.get(metadata_cache_key(key, version))
+        if stored is None:
+            stored = self._stored_metadata(key, version)
+            if stored is not None:
+                cache.set(metadata_cache_key(key, version), stored, METADATA_CACHE_TTL)
+        if stored is not None:
+            return stored if stored != b"[]" else None
+        doc = self.document(key)
+        return doc.metadata_array() if doc is not None and doc.instances else None
+
     def consolidate(self, key: SeriesKey) -> SeriesDocument | None:
         """Write the document of the series' current version to storage and the shared cache, and record it
         built; a series gone from the index loses its document. The webworker's job."""
@@ -164,6 +197,7 @@ class SeriesMetadata:
                 return None
             raw = doc.to_bytes()
             self.runtime.storage.write(self.runtime.layout.document_key(key), raw)
+            self.runtime.storage.write(self.runtime.layout.metadata_key(key), doc.stored_metadata())
             cache = self.runtime.cache
             if cache.shared:
                 # For the other processes; this one keeps the parsed document.
@@ -178,7 +212,8 @@ class SeriesMetadata:
     def forget(self, key: SeriesKey) -> None:
         """Drop a series' document everywhere (its series is gone)."""
         self._parsed.forget(key)
-        self.runtime.storage.delete([self.runtime.layout.document_key(key)])
+        layout = self.runtime.layout
+        self.runtime.storage.delete([layout.document_key(key), layout.metadata_key(key)])
 
     def _shared(self, key: SeriesKey, version: int) -> SeriesDocument | None:
         """The document of exactly `version` another process put in the shared cache."""
@@ -194,6 +229,13 @@ class SeriesMetadata:
         except ObjectMissing:
             return None
         return _parse(raw, self.runtime.layout.document_key(key))
+
+    def _stored_metadata(self, key: SeriesKey, version: int) -> bytes | None:
+        try:
+            raw = self.runtime.storage.read(self.runtime.layout.metadata_key(key))
+        except ObjectMissing:
+            return None
+        return metadata_of_stored(raw, version)
 
     def _compose(self, key: SeriesKey, version: int, base: SeriesDocument | None) -> SeriesDocument | None:
         """The document of `version`: the index's instances, each with its entry from `base` when unchanged.

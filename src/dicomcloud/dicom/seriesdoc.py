@@ -138,7 +138,15 @@ class SeriesDocument:
 
     def metadata_body(self, base_url: str) -> bytes:
         """The WADO-RS series metadata response: a JSON array of the instances' DICOM JSON."""
-        return with_base(self._serialized_metadata()[""], base_url)
+        return with_base(self.metadata_array(), base_url)
+
+    def metadata_array(self) -> bytes:
+        """The series metadata response before the server's base is put in (`with_base`)."""
+        return self._serialized_metadata()[""]
+
+    def stored_metadata(self) -> bytes:
+        """`metadata_array` as stored beside the document, labelled with its version (`metadata_of_stored`)."""
+        return b"%d\n" % self.version + self.metadata_array()
 
     def instance_metadata_body(self, sop_uid: str, base_url: str) -> bytes:
         """The WADO-RS instance metadata response: a JSON array with one object."""
@@ -155,6 +163,12 @@ class SeriesDocument:
             serialized[""] = b"[" + b",".join(body for _, body in objects) + b"]"
             self._serialized = serialized
         return self._serialized
+
+
+def metadata_of_stored(raw: bytes, version: int) -> bytes | None:
+    """The metadata array a `stored_metadata` holds if it is of `version`, else None (an older one, or damaged)."""
+    label, newline, array = raw.partition(b"\n")
+    return array if newline and label == b"%d" % version and array.startswith(b"[") else None
 
 
 def with_base(body: bytes, base_url: str) -> bytes:

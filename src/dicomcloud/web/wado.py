@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from dicomcloud.archive.retrieve import FrameSource, StoredInstance
 from dicomcloud.dicom.codecs import TRANSCODE_TARGETS, check_transcodable
 from dicomcloud.dicom.dicomjson import parse_tag_path
+from dicomcloud.dicom.seriesdoc import with_base
 from dicomcloud.dicom.uids import DEFAULT_FRAME_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN, OCTET_STREAM, TransferSyntax
 from dicomcloud.errors import CannotConvert, InvalidInput, NotAcceptable, NotFound, StorageFailure
 from dicomcloud.ports.index import InstanceLocation, SeriesKey
@@ -323,12 +324,12 @@ def study_metadata(request: Request, scope: Scope, study: str) -> Response:
     locations = series_instances(scope, study)
     bodies = []
     for study_uid, series in dict.fromkeys((loc.study_instance_uid, loc.series_instance_uid) for loc in locations):
-        doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study_uid, series))
-        if doc is not None and doc.instances:
-            bodies.append(doc.metadata_body(scope.base_url).strip()[1:-1])
+        array = scope.archive.metadata.metadata_array(SeriesKey(scope.tenant, study_uid, series))
+        if array is not None:
+            bodies.append(array.strip()[1:-1])
     if not bodies:
         raise NotFound(f"no study {study} in this archive")
-    return Response(b"[" + b",".join(bodies) + b"]", media_type=media_type)
+    return Response(with_base(b"[" + b",".join(bodies) + b"]", scope.base_url), media_type=media_type)
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
@@ -336,10 +337,10 @@ def series_metadata(request: Request, scope: Scope, study: str, series: str) -> 
     media_type = negotiate_json(request)
     study = path_uid(study, "StudyInstanceUID")
     series = path_uid(series, "SeriesInstanceUID")
-    doc = scope.archive.metadata.document(SeriesKey(scope.tenant, study, series))
-    if doc is None or not doc.instances:
+    array = scope.archive.metadata.metadata_array(SeriesKey(scope.tenant, study, series))
+    if array is None:
         raise NotFound(f"no series {series} in study {study}")
-    return Response(doc.metadata_body(scope.base_url), media_type=media_type)
+    return Response(with_base(array, scope.base_url), media_type=media_type)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
