@@ -33,7 +33,7 @@ from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import ops_listener, runtime_checks
 from dicomcloud.process import cores, tune_service_process
 from dicomcloud.run_folder import share_between_processes
-from dicomcloud.service_workers import SERVED, process_counts
+from dicomcloud.service_workers import SERVED, ServiceWorkers, process_counts, receive_into_staging, worker_name
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -335,22 +335,27 @@ def wait_listening(endpoints: Sequence[tuple[str, int]], stop: threading.Event, 
     return False
 
 
-def run_up(settings: Settings, log_format: LogFormat) -> int:
+def _service(settings: Settings, log_format: LogFormat, command: str) -> tuple[ServiceWorkers, Archive]:
+    """The worker processes of a service command and the archive of its own process, which receives C-STOREs
+    into the storage's staging folder when the command serves DIMSE; log lines name the process when there
+    are several."""
     from dicomcloud.archive.core import Archive
-    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
-    from dicomcloud.service_workers import (
-        ServiceWorkers,
-        http_server,
-        receive_into_staging,
-        worker_name,
-    )
-    from dicomcloud.workers.webworker import Webworker
 
-    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "up"))
+    workers = ServiceWorkers(settings, log_format, **process_counts(settings, command))
     if workers.processes > 1:
         setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
-    receive_into_staging(archive)
+    if "dimse" in SERVED[command]:
+        receive_into_staging(archive)
+    return workers, archive
+
+
+def run_up(settings: Settings, log_format: LogFormat) -> int:
+    from dicomcloud.dimse.scp import StoreSCP, dimse_socket
+    from dicomcloud.service_workers import http_server
+    from dicomcloud.workers.webworker import Webworker
+
+    workers, archive = _service(settings, log_format, "up")
     stop = threading.Event()
     scp = StoreSCP(archive)
     server = http_server(archive)
@@ -417,13 +422,9 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
 
 
 def run_server(settings: Settings, log_format: LogFormat) -> int:
-    from dicomcloud.archive.core import Archive
-    from dicomcloud.service_workers import ServiceWorkers, http_server, worker_name
+    from dicomcloud.service_workers import http_server
 
-    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "server"))
-    if workers.processes > 1:
-        setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
-    archive = Archive.from_settings(settings)
+    workers, archive = _service(settings, log_format, "server")
     server = http_server(archive)
     uvicorn_handle_exit = server.handle_exit
 
@@ -446,19 +447,9 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
 
 
 def run_storescp(settings: Settings, log_format: LogFormat) -> int:
-    from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP, dimse_socket
-    from dicomcloud.service_workers import (
-        ServiceWorkers,
-        receive_into_staging,
-        worker_name,
-    )
 
-    workers = ServiceWorkers(settings, log_format, **process_counts(settings, "storescp"))
-    if workers.processes > 1:
-        setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
-    archive = Archive.from_settings(settings)
-    receive_into_staging(archive)
+    workers, archive = _service(settings, log_format, "storescp")
     scp = StoreSCP(archive)
     stop = threading.Event()
     stop_on_signals(stop)
