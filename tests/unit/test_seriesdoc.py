@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomcloud.dicom.parse import parse_instance
-from dicomcloud.dicom.seriesdoc import BASE_PLACEHOLDER, DOCUMENT_FORMAT, InstanceEntry, SeriesDocument
+from dicomcloud.dicom.seriesdoc import BASE_PLACEHOLDER, DOCUMENT_FORMAT, InstanceEntry, SeriesDocument, with_base
 from dicomcloud.errors import InvalidInput, NotFound
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -59,7 +59,7 @@ def test_document_round_trips_through_bytes(tmp_path: Path) -> None:
 def test_metadata_body_orders_by_instance_number_and_substitutes_the_base(tmp_path: Path) -> None:
     doc, sops = _series(tmp_path, [3, None, 1, 2])
     base = "http://host:8080/t1/dicom-web"
-    body = doc.metadata_body(base)
+    body = with_base(doc.metadata_array(), base)
     assert BASE_PLACEHOLDER.encode() not in body
     objects = json.loads(body)
     assert [o.get("00200013", {}).get("Value", [None])[0] for o in objects] == [1, 2, 3, None]
@@ -72,8 +72,8 @@ def test_metadata_body_orders_by_instance_number_and_substitutes_the_base(tmp_pa
 
 def test_metadata_body_serves_each_base_from_one_document(tmp_path: Path) -> None:
     doc, _ = _series(tmp_path, [1])
-    first = json.loads(doc.metadata_body("http://a/dicom-web"))
-    second = json.loads(doc.metadata_body('http://b/"x"/dicom-web/'))
+    first = json.loads(with_base(doc.metadata_array(), "http://a/dicom-web"))
+    second = json.loads(with_base(doc.metadata_array(), 'http://b/"x"/dicom-web/'))
     assert first[0]["7FE00010"]["BulkDataURI"].startswith("http://a/dicom-web/studies/")
     assert second[0]["7FE00010"]["BulkDataURI"].startswith('http://b/"x"/dicom-web/studies/')
 

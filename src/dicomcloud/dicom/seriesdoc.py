@@ -136,12 +136,9 @@ class SeriesDocument:
             key=lambda e: (e.instance_number is None, e.instance_number or 0, e.sop_instance_uid),
         )
 
-    def metadata_body(self, base_url: str) -> bytes:
-        """The WADO-RS series metadata response: a JSON array of the instances' DICOM JSON."""
-        return with_base(self.metadata_array(), base_url)
-
     def metadata_array(self) -> bytes:
-        """The series metadata response before the server's base is put in (`with_base`)."""
+        """The WADO-RS series metadata response, a JSON array of the instances' DICOM JSON, before the server's
+        base is put in (`with_base`)."""
         return self._serialized_metadata()[""]
 
     def stored_metadata(self) -> bytes:
