@@ -224,18 +224,20 @@ class SeriesMetadata:
         return doc if doc is not None and doc.version == version else None
 
     def _stored(self, key: SeriesKey) -> SeriesDocument | None:
-        try:
-            raw = self.runtime.storage.read(self.runtime.layout.document_key(key))
-        except ObjectMissing:
-            return None
-        return _parse(raw, self.runtime.layout.document_key(key))
+        where = self.runtime.layout.document_key(key)
+        raw = self._read(where)
+        return _parse(raw, where) if raw is not None else None
 
     def _stored_metadata(self, key: SeriesKey, version: int) -> bytes | None:
+        raw = self._read(self.runtime.layout.metadata_key(key))
+        return metadata_of_stored(raw, version) if raw is not None else None
+
+    def _read(self, where: str) -> bytes | None:
+        """A stored object of this series, or None when there is none."""
         try:
-            raw = self.runtime.storage.read(self.runtime.layout.metadata_key(key))
+            return self.runtime.storage.read(where)
         except ObjectMissing:
             return None
-        return metadata_of_stored(raw, version)
 
     def _compose(self, key: SeriesKey, version: int, base: SeriesDocument | None) -> SeriesDocument | None:
         """The document of `version`: the index's instances, each with its entry from `base` when unchanged.
