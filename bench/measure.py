@@ -4,6 +4,7 @@ timed path, except Orthanc's REST upload in the bulk import, which is how the is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -187,8 +188,13 @@ def rss_bytes(pid: int) -> int:
 
 
 def server_rss(server: Server) -> int:
-    """The largest VmRSS among the processes that serve HTTP (one, or each wado-server of a stack)."""
-    return max(rss_bytes(pid) for pid in server.http_pids())
+    """The largest VmRSS among the server's processes (`up`'s each, or each wado-server of a stack); one that
+    ended since it was listed counts for nothing."""
+    sizes = [0]
+    for pid in server.memory_pids():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            sizes.append(rss_bytes(pid))
+    return max(sizes)
 
 
 @dataclass(frozen=True)

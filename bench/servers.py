@@ -7,6 +7,7 @@ copies of the archives' answers as static files: what the same bytes cost by sen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +54,18 @@ http {{
 """
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (`up`'s worker processes and its background worker)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        found.append(parent)
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending += [int(child) for child in task.read_text().split()]
+    return found
 
 
 class BenchError(RuntimeError):
@@ -115,8 +128,8 @@ class Server:
             raise BenchError(f"{self.name} is not running")
         return self.process.pid
 
-    def http_pids(self) -> list[int]:
-        """The processes answering HTTP, whose memory the bench samples."""
+    def memory_pids(self) -> list[int]:
+        """The processes whose memory the bench samples: each that serves or does the archive's work."""
         return [self.pid]
 
     def busy_pids(self) -> list[int]:
@@ -167,8 +180,9 @@ class Server:
         """User plus system CPU time of the server's processes so far (to tell when it is idle)."""
         ticks = 0
         for pid in self.busy_pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # ended since it was listed
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 1800.0) -> None:
@@ -285,6 +299,12 @@ class Dicomcloud(Server):
     def ready_url(self) -> str:
         return f"{self.base_url}/health"
 
+    def memory_pids(self) -> list[int]:
+        return process_tree(self.pid)
+
+    def busy_pids(self) -> list[int]:
+        return process_tree(self.pid)
+
     def storage(self, folder: Path) -> Storage:
         """A storage of the archive's kind in `folder` (its objects and scratch files), for the storage's floor."""
         return FsStorage(folder / "objects", folder / "staging")
@@ -376,7 +396,7 @@ class DicomcloudStack(Dicomcloud):
         stack = self.running()
         return [c.pid for c in stack.components.values() if c.kind in kinds and c.pid is not None]
 
-    def http_pids(self) -> list[int]:
+    def memory_pids(self) -> list[int]:
         return self.pids_of(self.SERVER_KINDS)
 
     def busy_pids(self) -> list[int]:

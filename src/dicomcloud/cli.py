@@ -1,12 +1,12 @@
 """The `dicomcloud` command and the seed's console scripts: thin shells that wire services and signals.
 
 Every service process builds one Archive (archive/core.py: one set of adapters, one cache) and hands
-it to what it runs. `dicomcloud up` runs every service in one process on one Archive: the SCP's
-threads, the bus workers' and webworker's threads, and uvicorn in the main thread (with `--workers N`, N-1
-more processes serve the HTTP and DIMSE ports beside it: service_workers.py). SIGINT or SIGTERM
-stops both listeners at once; uvicorn answers the requests it has, the SCP the requests it has (and
-refuses new ones on open associations, dimse/scp.py), then the workers finish their current batch, and
-only then are the bus and the index closed.
+it to what it runs. `dicomcloud up` runs every service on one Archive: the SCP's threads, uvicorn
+in the main thread, and the bus workers' and webworker's threads (workers/background.py); with `--workers N`,
+N-1 more processes serve the HTTP and DIMSE ports beside it and the background work has a process of its
+own (service_workers.py). SIGINT or SIGTERM stops both listeners at once; uvicorn answers the requests it
+has, the SCP the requests it has (and refuses new ones on open associations, dimse/scp.py), then the workers
+finish their current batch, and only then are the bus and the index closed.
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
     from dicomcloud.archive.migrate import Tally
     from dicomcloud.ports.storage import Storage
-    from dicomcloud.workers.loop import Batching, Handler
 
 log = logging.getLogger("dicomcloud")
 
 SERVICES = ("up", "server", "storescp", "consumer", "webworker", "loader", "transcoder")
 READY_TIMEOUT = 60.0
-WORKER_JOIN_TIMEOUT = 30.0
 # `--workers` sets the `workers` of each port its command serves (service_workers.SERVED).
 WORKERS_HELP = {
     "up": "processes sharing the ports, each serving HTTP and DIMSE; 0 (the default): one per core (settings:"
@@ -275,46 +273,6 @@ def stop_on_signals(stop: threading.Event, also: Callable[[], None] | None = Non
         signal.signal(signum, handle)
 
 
-def _worker(name: str, target: Callable[[threading.Event], None], stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def _join(threads: Sequence[threading.Thread]) -> None:
-    for thread in threads:
-        thread.join(WORKER_JOIN_TIMEOUT)
-        if thread.is_alive():
-            log.warning("%s did not stop within %.0fs", thread.name, WORKER_JOIN_TIMEOUT)
-
-
-def bus_loop(archive: Archive, handler: Handler, batching: Batching | None = None) -> Callable[[threading.Event], None]:
-    """The run function of `handler` bound to the one bus loop (workers/loop.py)."""
-    from dicomcloud.workers.loop import Batching, BusLoop
-
-    workers = archive.settings.workers
-    loop = BusLoop(
-        archive.runtime.bus,
-        handler,
-        batching or Batching(workers.consumer_batch),
-        workers.consumer_poll_timeout,
-    )
-    return loop.run
-
-
-def bus_workers(archive: Archive) -> dict[str, Callable[[threading.Event], None]]:
-    """Every bus worker by service name: the consumer, the warehouse loader and the transcoder."""
-    from dicomcloud.workers import loader
-    from dicomcloud.workers.consumer import StorageEventConsumer
-    from dicomcloud.workers.transcoder import Transcoder
-
-    return {
-        "consumer": bus_loop(archive, StorageEventConsumer(archive)),
-        "loader": bus_loop(archive, loader.Loader(archive), loader.batching(archive.settings)),
-        "transcoder": bus_loop(archive, Transcoder(archive)),
-    }
-
-
 def accepts_connections(host: str, port: int) -> bool:
     """True when something accepts a TCP connection at host:port (a wildcard host means loopback)."""
     target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
@@ -341,7 +299,7 @@ def _service(settings: Settings, log_format: LogFormat, command: str) -> tuple[S
     are several."""
     from dicomcloud.archive.core import Archive
 
-    workers = ServiceWorkers(settings, log_format, **process_counts(settings, command))
+    workers = ServiceWorkers(settings, log_format, **process_counts(settings, command), background=command == "up")
     if workers.processes > 1:
         setup_logging(settings.log_level, log_format, worker=worker_name(1, workers.processes))
     archive = Archive.from_settings(settings)
@@ -353,7 +311,7 @@ def _service(settings: Settings, log_format: LogFormat, command: str) -> tuple[S
 def run_up(settings: Settings, log_format: LogFormat) -> int:
     from dicomcloud.dimse.scp import StoreSCP, dimse_socket
     from dicomcloud.service_workers import http_server
-    from dicomcloud.workers.webworker import Webworker
+    from dicomcloud.workers.background import join, start_background_work, start_thread
 
     workers, archive = _service(settings, log_format, "up")
     stop = threading.Event()
@@ -384,9 +342,8 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
         checks = [*runtime_checks(archive.runtime), *workers.checks(http=server, scp=scp)]
         with ops_listener(settings.ops, checks):
             scp.start(dimse_listener)
-            for name, run in bus_workers(archive).items():
-                threads.append(_worker(name, run, stop))
-            threads.append(_worker("webworker", Webworker(archive).run, stop))
+            if not workers.background:
+                threads += start_background_work(archive, stop)
             http, dimse = settings.http, settings.dimse
 
             def announce(_: threading.Event) -> None:
@@ -407,7 +364,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
                 elif not stop.is_set():
                     log.error("the listeners did not come up within %.0fs", READY_TIMEOUT)
 
-            _worker("ready", announce, stop)
+            start_thread("ready", announce, stop)
             if not workers.wait_ready(stop, READY_TIMEOUT) and not stop.is_set():
                 log.error("not every worker process came up within %.0fs", READY_TIMEOUT)
             server.run(sockets=[sock])
@@ -416,7 +373,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
         stop.set()
         scp.stop()
         workers.stop()
-        _join(threads)
+        join(threads)
         archive.close()
         log.info("stopped")
 
@@ -486,6 +443,8 @@ def _run_worker(settings: Settings, make: Callable[[Archive], Callable[[threadin
 
 
 def run_consumer(settings: Settings) -> int:
+    from dicomcloud.workers.background import bus_workers
+
     return _run_worker(settings, lambda archive: bus_workers(archive)["consumer"])
 
 
@@ -496,10 +455,14 @@ def run_webworker(settings: Settings) -> int:
 
 
 def run_loader(settings: Settings) -> int:
+    from dicomcloud.workers.background import bus_workers
+
     return _run_worker(settings, lambda archive: bus_workers(archive)["loader"])
 
 
 def run_transcoder(settings: Settings) -> int:
+    from dicomcloud.workers.background import bus_workers
+
     return _run_worker(settings, lambda archive: bus_workers(archive)["transcoder"])
 
 

@@ -132,4 +132,7 @@ def open_warehouse(settings: Settings) -> Warehouse:
     from dicomcloud.adapters.duckdb_warehouse import DuckDBWarehouse
     from dicomcloud.service_workers import worker_count
 
-    return DuckDBWarehouse(settings.data_path / "warehouse.duckdb", shared=worker_count(settings.http.workers) > 1)
+    # Several processes open it when the web app is served by several, or when `up`'s loader runs in a process
+    # of its own (service_workers.py), which it does when DIMSE is served by several.
+    several = max(worker_count(settings.http.workers), worker_count(settings.dimse.workers)) > 1
+    return DuckDBWarehouse(settings.data_path / "warehouse.duckdb", shared=several)

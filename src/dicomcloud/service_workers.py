@@ -5,9 +5,12 @@ The service's own process binds each listening socket once (uvicorn's `bind_sock
 interpreters, no inherited threads or connections) that accept on the same sockets; the kernel hands each
 connection to whichever process accepts it first. Process k (the service's own is 1) serves HTTP when
 k <= `http.workers` and DIMSE when k <= `dimse.workers` of what the service serves: `dicomcloud up --workers 2`
-runs two processes serving both, `dicomcloud storescp` with `dimse.workers` = 2 two serving DIMSE. The bus workers and
-the webworker run in the service's own process only. A worker that dies is started again; one left by a
-parent that died (kill -9) dies with it, so the ports are free for the next start. SIGINT or SIGTERM reaches
+runs two processes serving both, `dicomcloud storescp` with `dimse.workers` = 2 two serving DIMSE. The background
+work of `up` (workers/background.py: the bus workers and the webworker) runs in the service's own process when it
+is the only one, and otherwise in one more process that serves no port (the background worker), so building
+series documents, transcoding and loading the warehouse take neither a serving process's interpreter lock nor
+its memory. A worker that dies is started again; one left by a parent that died (kill -9) dies with it, so the
+ports are free for the next start. SIGINT or SIGTERM reaches
 each worker, which drains its requests as uvicorn and the SCP (dimse/scp.py) do.
 
 What the processes share lives outside them (archive/core.py): the index and the bus (SQLite in WAL with a
@@ -60,6 +63,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Staged files older than this at a service's start are what a crash left behind.
 STAGING_SWEEP_AGE = 24 * 3600.0
+# The background worker's number: not a serving process's (those are 1 to `processes`).
+BACKGROUND = 0
 
 
 def worker_count(workers: int) -> int:
@@ -79,6 +84,8 @@ def process_counts(settings: Settings, command: str) -> dict[str, int]:
 
 def worker_name(number: int, processes: int) -> str:
     """How log lines name process `number` of a service (nothing when it runs alone)."""
+    if number == BACKGROUND:
+        return "background"
     return f"worker-{number}" if processes > 1 else ""
 
 
@@ -142,14 +149,18 @@ class _Worker:
 
 class ServiceWorkers:
     """The extra processes of one service process, numbered from 2 (the service's own is 1): the first
-    `http - 1` serve the HTTP socket, the first `dimse - 1` the DIMSE socket."""
+    `http - 1` serve the HTTP socket, the first `dimse - 1` the DIMSE socket; with `background` and several
+    serving processes, the background worker besides."""
 
-    def __init__(self, settings: Settings, log_format: LogFormat, http: int = 0, dimse: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, log_format: LogFormat, http: int = 0, dimse: int = 0, background: bool = False
+    ) -> None:
         self.settings = settings
         self.log_format = log_format
         self.http = http
         self.dimse = dimse
         self.processes = max(http, dimse, 1)
+        self.background = background and self.processes > 1
         self._context = multiprocessing.get_context("spawn")
         self._sockets = Listeners()
         self._workers: dict[int, _Worker] = {}
@@ -165,6 +176,8 @@ class ServiceWorkers:
         with self._lock:
             for number in range(2, self.processes + 1):
                 self._workers[number] = self._spawn(number)
+            if self.background:
+                self._workers[BACKGROUND] = self._spawn(BACKGROUND)
         self._watcher = threading.Thread(target=self._watch, name="service-workers", daemon=True)
         self._watcher.start()
 
@@ -232,7 +245,7 @@ class ServiceWorkers:
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
-                log.warning("worker %d did not stop within %.0fs: killed", worker.number, STOP_TIMEOUT)
+                log.warning("%s did not stop within %.0fs: killed", _label(worker.number), STOP_TIMEOUT)
                 worker.process.kill()
                 worker.process.join()
         if self._watcher is not None:
@@ -247,14 +260,14 @@ class ServiceWorkers:
 
     def _spawn(self, number: int) -> _Worker:
         ready = self._context.Event()
-        listeners = self._sockets.of_worker(number, self.http, self.dimse)
+        listeners = Listeners() if number == BACKGROUND else self._sockets.of_worker(number, self.http, self.dimse)
         process = self._context.Process(
             target=serve_worker,
             args=(self.settings, listeners, number, self.processes, self.log_format, ready, os.getpid()),
-            name=f"worker-{number}",
+            name=worker_name(number, self.processes),
         )
         process.start()
-        log.info("started worker %d (pid %s) serving %s", number, process.pid, listeners.describe())
+        log.info("started %s (pid %s) %s", _label(number), process.pid, _work_of(listeners))
         return _Worker(number, listeners, process, ready)
 
     def _watch(self) -> None:
@@ -263,8 +276,8 @@ class ServiceWorkers:
                 for number, worker in list(self._workers.items()):
                     if worker.process.exitcode is not None and not self._stopping.is_set():
                         log.error(
-                            "worker %d (pid %s) exited with %s: starting it again",
-                            number, worker.process.pid, worker.process.exitcode,
+                            "%s (pid %s) exited with %s: starting it again",
+                            _label(number), worker.process.pid, worker.process.exitcode,
                         )
                         self._workers[number] = self._spawn(number)
         # A worker dies with the thread that started it (PR_SET_PDEATHSIG follows the thread): this one
@@ -275,6 +288,15 @@ class ServiceWorkers:
         while pending:
             ended = multiprocessing.connection.wait(pending)
             pending = [sentinel for sentinel in pending if sentinel not in ended]
+
+
+def _label(number: int) -> str:
+    return "the background worker" if number == BACKGROUND else f"worker {number}"
+
+
+def _work_of(listeners: Listeners) -> str:
+    served = listeners.describe()
+    return f"serving {served}" if served else "running the background work"
 
 
 def _die_with_parent() -> None:
@@ -293,7 +315,8 @@ def serve_worker(
     ready: Event,
     parent: int,
 ) -> None:
-    """One extra worker: its own archive (connections, LRU) serving the shared sockets until a signal."""
+    """One extra worker: its own archive (connections, LRU) serving the shared sockets, or running the
+    background work, until a signal."""
     from dicomcloud.archive.core import Archive
     from dicomcloud.dimse.scp import StoreSCP
 
@@ -301,7 +324,8 @@ def serve_worker(
     if os.getppid() != parent:  # the parent died before the line above
         return
     if listeners.http is None:
-        # Taken by `_serve_dimse` with sigwait, so blocked in every thread from here (threads inherit the mask).
+        # Taken with sigwait (`_serve_dimse`, `_run_background`), so blocked in every thread from here (threads
+        # inherit the mask).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     setup_logging(settings.log_level, log_format, worker=worker_name(number, processes))
     tune_service_process()
@@ -314,6 +338,8 @@ def serve_worker(
             _serve_http(archive, listeners, scp, ready)
         elif scp is not None:
             _serve_dimse(scp, listeners, ready)
+        else:
+            _run_background(archive, ready)
     finally:
         if scp is not None:
             scp.stop()
@@ -352,3 +378,16 @@ def _serve_dimse(scp: StoreSCP, listeners: Listeners, ready: Event) -> None:
     scp.start(sock=listeners.dimse)
     ready.set()
     signal.sigwait(STOP_SIGNALS)
+
+
+def _run_background(archive: Archive, ready: Event) -> None:
+    """The background work until SIGINT or SIGTERM (taken by sigwait, as `_serve_dimse` does); each worker then
+    finishes its current batch before the archive closes."""
+    from dicomcloud.workers.background import join, start_background_work
+
+    stop = threading.Event()
+    threads = start_background_work(archive, stop)
+    ready.set()
+    signal.sigwait(STOP_SIGNALS)
+    stop.set()
+    join(threads)

@@ -1,7 +1,8 @@
 """`dicomcloud up` with two HTTP workers: two processes answer DICOMweb on one port. What one worker stores or
 deletes is answered at once by the other, which kept its own answers from before; concurrent objects under
 one SOP Instance UID through both workers leave one decision; a worker that dies is started again; SIGTERM
-stops every worker, each after its requests (a restarted one too).
+stops every worker, each after its requests (a restarted one too). The background work (series documents,
+the warehouse) runs in a third process, which no request waits for and which is started again too.
 
 Which worker answered a request is read from the archive's log: every line names its worker, and uvicorn's
 access line (at DEBUG) names the client's port, which is this test's own end of a new connection.
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +268,52 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     wait_until(lambda: answers(f"http://127.0.0.1:{ops}/ready"), 30, "ready again with the new worker")
     archive.stop()
     assert f"[worker-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
+
+
+def background_pid(archive: Archive, after: int = 0) -> int:
+    """The pid of the background worker the log names last (past the first `after` it names)."""
+    assert archive.log_path is not None
+    pids: list[int] = []
+
+    def started() -> bool:
+        assert archive.log_path is not None
+        text = archive.log_path.read_text(errors="replace")
+        pids[:] = [int(pid) for pid in re.findall(r"started the background worker \(pid (\d+)\)", text)]
+        return len(pids) > after
+
+    wait_until(started, 30, "the background worker to start")
+    return pids[-1]
+
+
+def document_written(archive: Archive, ds: pydicom.Dataset) -> bool:
+    """Whether the webworker wrote the series document of `ds`'s series."""
+    return any((archive.data / "storage").rglob(f"{ds.SeriesInstanceUID}/series.json"))
+
+
+def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
+    archive_factory: Callable[..., Archive], tmp_path: Path
+) -> None:
+    archive = archive_factory("http-workers-background", WORKERS)
+    background = background_pid(archive)
+    first, second = (next(ct_series(1, rows=16, columns=16, seed=seed)) for seed in (31, 32))
+
+    os.kill(background, signal.SIGSTOP)
+    try:
+        assert stow(archive, part10(first, tmp_path)).status == 200
+        for read in READS:
+            answer = ask(archive, "GET", read.path(first), Accept=read.accept)
+            assert read.shows(answer, first), f"{read.name} answered by {answer.worker}: {answer.status}"
+        time.sleep(3)  # several webworker rounds (it scans the index every 0.5 s)
+        assert not document_written(archive, first), "a serving process wrote the series document"
+    finally:
+        os.kill(background, signal.SIGCONT)
+    wait_until(lambda: document_written(archive, first), 30, "the background worker to write the series document")
+
+    os.kill(background, signal.SIGKILL)
+    wait_until(lambda: gone(background), 10, f"background worker pid {background} to die")
+    assert background_pid(archive, after=1) != background
+    assert stow(archive, part10(second, tmp_path)).status == 200
+    wait_until(lambda: document_written(archive, second), 30, "the restarted background worker to write a document")
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:

@@ -23,7 +23,6 @@ from pydicom.data import get_testdata_file
 from support import JournalingBus, counted
 
 from dicomcloud.archive.core import Archive
-from dicomcloud.cli import bus_loop
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import (
     DICOM_IMAGE_QUEUE,
@@ -37,6 +36,7 @@ from dicomcloud.events import (
 )
 from dicomcloud.ports.bus import Message, Record
 from dicomcloud.ports.index import Index, InstanceLocation
+from dicomcloud.workers.background import bus_loop
 from dicomcloud.workers.consumer import StorageEventConsumer
 from dicomcloud.workers.loop import Batching, BusLoop, dead_letter_topic
 

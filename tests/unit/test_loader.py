@@ -17,12 +17,12 @@ import pytest
 import support
 
 from dicomcloud.archive.core import Archive
-from dicomcloud.cli import bus_workers
 from dicomcloud.errors import StorageFailure
 from dicomcloud.events import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, AccessLog, TranscodeFailure
 from dicomcloud.ports.bus import Message, Record
 from dicomcloud.ports.warehouse import Batch
 from dicomcloud.workers import loader
+from dicomcloud.workers.background import bus_workers
 from dicomcloud.workers.consumer import StorageEventConsumer
 from dicomcloud.workers.loader import ROUTES, Loader
 from dicomcloud.workers.loop import Batching, BusLoop, dead_letter_topic

@@ -17,7 +17,14 @@ import pytest
 from dicomcloud.cli import build_parser, overrides_from
 from dicomcloud.config import load_settings
 from dicomcloud.errors import ServiceUnavailable
-from dicomcloud.service_workers import Listeners, ServiceWorkers, process_counts, worker_count
+from dicomcloud.service_workers import (
+    BACKGROUND,
+    Listeners,
+    ServiceWorkers,
+    process_counts,
+    worker_count,
+    worker_name,
+)
 
 
 @pytest.mark.parametrize("section", ["http", "dimse"])
@@ -70,6 +77,17 @@ def test_process_k_serves_http_up_to_the_http_workers_and_dimse_up_to_the_dimse_
         assert Listeners(None, dimse).of_worker(2, 1, 2) == Listeners(None, dimse)
         assert ServiceWorkers(settings, "plain", http=1).processes == 1
         assert ServiceWorkers(settings, "plain", dimse=4).processes == 4
+
+
+def test_the_background_work_has_a_process_of_its_own_only_beside_several_serving_ones() -> None:
+    settings = load_settings(environ={})
+    assert ServiceWorkers(settings, "plain", http=2, dimse=2, background=True).background
+    assert ServiceWorkers(settings, "plain", http=1, dimse=2, background=True).background
+    assert not ServiceWorkers(settings, "plain", http=1, dimse=1, background=True).background
+    assert not ServiceWorkers(settings, "plain", http=2, dimse=2).background
+    assert worker_name(BACKGROUND, 1) == worker_name(BACKGROUND, 3) == "background"
+    assert worker_name(2, 3) == "worker-2"
+    assert worker_name(1, 1) == ""
 
 
 @pytest.mark.parametrize("log_format", ["plain", "json"])
