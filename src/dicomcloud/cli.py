@@ -31,7 +31,7 @@ from dicomcloud.config import TOKEN_VARIABLE, Settings, load_settings
 from dicomcloud.errors import DicomCloudError, InvalidInput
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import ops_listener, runtime_checks
-from dicomcloud.process import cores, tune_service_process
+from dicomcloud.process import cores, freeze_startup_heap, tune_service_process
 from dicomcloud.run_folder import share_between_processes
 from dicomcloud.service_workers import SERVED, ServiceWorkers, process_counts, receive_into_staging, worker_name
 
@@ -317,6 +317,7 @@ def run_up(settings: Settings, log_format: LogFormat) -> int:
     stop = threading.Event()
     scp = StoreSCP(archive)
     server = http_server(archive)
+    freeze_startup_heap()
 
     def stop_accepting() -> None:
         server.should_exit = True
@@ -383,6 +384,7 @@ def run_server(settings: Settings, log_format: LogFormat) -> int:
 
     workers, archive = _service(settings, log_format, "server")
     server = http_server(archive)
+    freeze_startup_heap()
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(signum: int, frame: FrameType | None) -> None:
@@ -408,6 +410,7 @@ def run_storescp(settings: Settings, log_format: LogFormat) -> int:
 
     workers, archive = _service(settings, log_format, "storescp")
     scp = StoreSCP(archive)
+    freeze_startup_heap()
     stop = threading.Event()
     stop_on_signals(stop)
     try:
@@ -432,11 +435,13 @@ def _run_worker(settings: Settings, make: Callable[[Archive], Callable[[threadin
     from dicomcloud.archive.core import Archive
 
     archive = Archive.from_settings(settings)
+    run = make(archive)
+    freeze_startup_heap()
     stop = threading.Event()
     stop_on_signals(stop)
     try:
         with ops_listener(settings.ops, runtime_checks(archive.runtime)):
-            make(archive)(stop)
+            run(stop)
     finally:
         archive.close()
     return 0

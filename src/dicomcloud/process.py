@@ -6,6 +6,7 @@ Each setting answers a measurement on the bench; see the constants.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 import threading
@@ -39,6 +40,16 @@ def tune_service_process() -> None:
     limit_malloc_arenas()
     if _libc("malloc_trim") is not None:
         threading.Thread(target=_release_free_memory_forever, name="malloc-trim", daemon=True).start()
+
+
+def freeze_startup_heap() -> None:
+    """Called once a service process has built what it serves with (its modules, the archive's adapters, the
+    web app): those objects live as long as the process, so they leave the cyclic garbage collector's view
+    (gc.freeze). A full collection stops every thread of the process while it walks what it views; on the
+    viewer's frame load it took 30-130 ms of processor time with the 65,000-120,000 startup objects in view, and
+    1-12 ms without them, which is what requests and caches made since."""
+    gc.collect()
+    gc.freeze()
 
 
 def limit_malloc_arenas() -> bool:

@@ -47,7 +47,7 @@ from dicomcloud.config import Settings
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check
-from dicomcloud.process import cores, tune_service_process
+from dicomcloud.process import cores, freeze_startup_heap, tune_service_process
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -331,11 +331,13 @@ def serve_worker(
     tune_service_process()
     archive = Archive.from_settings(settings)
     scp = StoreSCP(archive) if listeners.dimse is not None else None
+    server = http_server(archive) if listeners.http is not None else None
+    freeze_startup_heap()
     try:
         if scp is not None:
             receive_into_staging(archive)
-        if listeners.http is not None:
-            _serve_http(archive, listeners, scp, ready)
+        if server is not None:
+            _serve_http(server, listeners, scp, ready)
         elif scp is not None:
             _serve_dimse(scp, listeners, ready)
         else:
@@ -346,9 +348,8 @@ def serve_worker(
         archive.close()
 
 
-def _serve_http(archive: Archive, listeners: Listeners, scp: StoreSCP | None, ready: Event) -> None:
+def _serve_http(server: Any, listeners: Listeners, scp: StoreSCP | None, ready: Event) -> None:
     """uvicorn in this thread until a signal; the SCP beside it stops accepting at the same moment."""
-    server = http_server(archive)
     uvicorn_handle_exit = server.handle_exit
 
     def handle_exit(signum: int, frame: FrameType | None) -> None:

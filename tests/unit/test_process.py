@@ -1,4 +1,5 @@
-"""Service-process memory settings (glibc): each is checked in a child, since it is process-wide."""
+"""Service-process memory settings (glibc, the garbage collector): each is checked in a child, since it is
+process-wide."""
 
 from __future__ import annotations
 
@@ -39,3 +40,22 @@ def test_service_processes_cap_glibc_malloc_arenas_unless_the_operator_did() -> 
 def test_free_memory_held_by_malloc_goes_back_to_the_system() -> None:
     released_mb = int(child(RELEASE))
     assert released_mb > 50, f"only {released_mb} MB released of ~100 MB freed"
+
+
+FREEZE = """
+import gc
+from dicomcloud.archive.core import Archive
+from dicomcloud.process import freeze_startup_heap
+from dicomcloud.web.app import create_app
+
+before = len(gc.get_objects())
+freeze_startup_heap()
+print(before, len(gc.get_objects()), gc.get_freeze_count())
+"""
+
+
+def test_what_a_service_built_before_serving_is_out_of_the_collectors_view() -> None:
+    before, viewed, frozen = map(int, child(FREEZE).split())
+    assert before > 20_000, "the web app and the archive's modules make tens of thousands of objects"
+    assert viewed < 100
+    assert frozen >= before * 0.9
