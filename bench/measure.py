@@ -187,14 +187,19 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
-def server_rss(server: Server) -> int:
-    """The largest VmRSS among the server's processes (`up`'s each, or each wado-server of a stack); one that
-    ended since it was listed counts for nothing."""
-    sizes = [0]
+def process_rss(server: Server) -> dict[int, int]:
+    """The VmRSS of each of the server's processes (`up`'s each, or each wado-server of a stack) by pid; one that
+    ended since it was listed is left out."""
+    sizes = {}
     for pid in server.memory_pids():
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            sizes.append(rss_bytes(pid))
-    return max(sizes)
+            sizes[pid] = rss_bytes(pid)
+    return sizes
+
+
+def server_rss(server: Server) -> int:
+    """The largest VmRSS among the server's processes."""
+    return max(process_rss(server).values(), default=0)
 
 
 @dataclass(frozen=True)

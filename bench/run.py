@@ -28,6 +28,7 @@ from bench.measure import (
     curl,
     metadata_while_writing,
     parallel_posts,
+    process_rss,
     server_rss,
     storescu,
     stream_with_rss,
@@ -462,8 +463,10 @@ class Bench:
         op = self.ops["study_stream_rss"]
         for name, server in self.servers.items():
             log.info("streaming the %.0f MB study from %s", work.study_bytes / 1024**2, name)
+            log.info("%s RSS by process before: %s", name, _megabytes(process_rss(server)))
             streamed = stream_with_rss(server, f"{server.dicomweb}/studies/{work.study_uid}", DICOM_PARTS)
             server.wait_idle()
+            log.info("%s RSS by process idle after: %s", name, _megabytes(process_rss(server)))
             op.results[name] = Measured(seconds=[streamed.sample.seconds], size=streamed.sample.size,
                                         rss_before=streamed.rss_before, rss_peak=streamed.rss_peak,
                                         rss_idle_after=server_rss(server))
@@ -510,3 +513,7 @@ class Bench:
             "dicomcloud_processes": 1 if self.stack else worker_count(0),  # the stack's services: one process each
             "storage": "S3 (SeaweedFS weed server -s3, loopback) against the local filesystem" if self.s3 else "fs",
         }
+
+
+def _megabytes(sizes: dict[int, int]) -> str:
+    return ", ".join(f"pid {pid} {size / 1024**2:.0f} MB" for pid, size in sizes.items())

@@ -219,18 +219,22 @@ def test_objects_sent_at_once_under_one_uid_through_both_workers_leave_one_decis
     raise AssertionError(f"in {ROUNDS} rounds, no round reached both workers")
 
 
-def worker_pid(archive: Archive, after: int = 0) -> int:
-    """The pid of worker 2 the log names last (past the first `after` it names)."""
+def started_pids(archive: Archive, process: str) -> list[int]:
+    """The pids the log names for `process` ("worker 2", "the background worker"), oldest first."""
     assert archive.log_path is not None
+    text = archive.log_path.read_text(errors="replace")
+    return [int(pid) for pid in re.findall(rf"started {process} \(pid (\d+)\)", text)]
+
+
+def started_pid(archive: Archive, process: str, after: int = 0) -> int:
+    """The pid of `process` the log names last, waiting for one past the first `after` it names."""
     pids: list[int] = []
 
     def started() -> bool:
-        assert archive.log_path is not None
-        text = archive.log_path.read_text(errors="replace")
-        pids[:] = [int(pid) for pid in re.findall(r"started worker 2 \(pid (\d+)\)", text)]
+        pids[:] = started_pids(archive, process)
         return len(pids) > after
 
-    wait_until(started, 30, "worker 2 to start")
+    wait_until(started, 30, f"{process} to start")
     return pids[-1]
 
 
@@ -250,10 +254,10 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     assert archive.log_path is not None
     assert "http" in httpx.get(f"http://127.0.0.1:{ops}/ready", timeout=30).json()["checks"]
     starts = len(re.findall(r"started worker 2 ", archive.log_path.read_text(errors="replace")))
-    killed = worker_pid(archive)
+    killed = started_pid(archive, "worker 2")
     os.kill(killed, signal.SIGKILL)
     wait_until(lambda: gone(killed), 10, f"worker pid {killed} to die")
-    replacement = worker_pid(archive, after=starts)
+    replacement = started_pid(archive, "worker 2", after=starts)
     assert replacement != killed
     serving = "[worker-2] uvicorn.error: Application startup complete"
     wait_until(lambda: archive.log_tail(10_000).count(serving) > starts, 30, "the new worker 2 to serve")
@@ -270,21 +274,6 @@ def test_a_worker_that_dies_is_started_again_serves_and_stops_gracefully(
     assert f"[worker-2] uvicorn.error: Finished server process [{replacement}]" in archive.log_tail(200)
 
 
-def background_pid(archive: Archive, after: int = 0) -> int:
-    """The pid of the background worker the log names last (past the first `after` it names)."""
-    assert archive.log_path is not None
-    pids: list[int] = []
-
-    def started() -> bool:
-        assert archive.log_path is not None
-        text = archive.log_path.read_text(errors="replace")
-        pids[:] = [int(pid) for pid in re.findall(r"started the background worker \(pid (\d+)\)", text)]
-        return len(pids) > after
-
-    wait_until(started, 30, "the background worker to start")
-    return pids[-1]
-
-
 def document_written(archive: Archive, ds: pydicom.Dataset) -> bool:
     """Whether the webworker wrote the series document of `ds`'s series."""
     return any((archive.data / "storage").rglob(f"{ds.SeriesInstanceUID}/series.json"))
@@ -294,7 +283,7 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
     archive_factory: Callable[..., Archive], tmp_path: Path
 ) -> None:
     archive = archive_factory("http-workers-background", WORKERS)
-    background = background_pid(archive)
+    background = started_pid(archive, "the background worker")
     first, second = (next(ct_series(1, rows=16, columns=16, seed=seed)) for seed in (31, 32))
 
     os.kill(background, signal.SIGSTOP)
@@ -311,14 +300,14 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
 
     os.kill(background, signal.SIGKILL)
     wait_until(lambda: gone(background), 10, f"background worker pid {background} to die")
-    assert background_pid(archive, after=1) != background
+    assert started_pid(archive, "the background worker", after=1) != background
     assert stow(archive, part10(second, tmp_path)).status == 200
     wait_until(lambda: document_written(archive, second), 30, "the restarted background worker to write a document")
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:
     stopping = archive_factory("http-workers-stop", WORKERS)
-    worker = worker_pid(stopping)
+    worker = started_pid(stopping, "worker 2")
     assert stopping.process is not None
     stopping.process.send_signal(signal.SIGTERM)
     assert stopping.process.wait(timeout=30) == 0

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dicomcloud.web.access_log import UNMATCHED_ROUTE
 
 from .conftest import Archive, free_port, wait_until
-from .test_http_workers import ATTEMPTS, WORKERS, gone, worker_pid
+from .test_http_workers import ATTEMPTS, WORKERS, gone, started_pid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -195,7 +195,7 @@ def test_the_per_client_connection_limit_holds_across_workers_and_a_killed_one(
     }
     archive = archive_factory("connection-limit-workers", env)
     assert archive.process is not None
-    second = worker_pid(archive)
+    second = started_pid(archive, "worker 2")
     pids = {archive.process.pid: "worker-1", second: "worker-2"}
     hold_on_both_workers(archive, pids, held)
 
@@ -218,7 +218,7 @@ def test_the_per_client_connection_limit_holds_across_workers_and_a_killed_one(
     on_first = sum(worker == "worker-1" for _, worker in held)
     os.kill(second, signal.SIGKILL)
     wait_until(lambda: gone(second), 10, f"worker pid {second} to die")
-    replacement = worker_pid(archive, after=1)
+    replacement = started_pid(archive, "worker 2", after=1)
     wait_until(lambda: served(archive), 60, "the client to be served after the worker holding some was killed")
     for sock, worker in [pair for pair in held if pair[1] == "worker-2"]:
         sock.close()

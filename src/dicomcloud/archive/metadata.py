@@ -35,10 +35,11 @@ from dicomcloud.runtime import Runtime
 log = logging.getLogger(__name__)
 
 # Instances of the parsed documents kept per process: a parsed CT instance takes ~20 KB of Python
-# objects, so this bounds the LRU near 40 MB whatever the series sizes, room for the viewer's working
-# set (a few studies) in a server meant to stay under 300 MB. The document of one larger series is
-# still kept, alone.
-LRU_INSTANCES = 2_000
+# objects, so this bounds the LRU near 20 MB whatever the series sizes, room for the viewer's working
+# set (a study or two) in a process meant to stay under 200 MB; the full garbage collections that walk
+# these objects grow with it too. The document of one larger series is still kept, alone. Metadata
+# responses do not need it: they are sent from the stored response (`metadata_array`).
+LRU_INSTANCES = 1_000
 # Seconds a stored metadata response stays in the cache: the key names its version, so this only lets the
 # responses of versions nobody asks for again leave a shared cache (Redis) that nothing else evicts.
 METADATA_CACHE_TTL = 3600.0
