@@ -208,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "up": lambda s, a: run_up(s, a.log_format),
         "server": lambda s, a: run_server(s, a.log_format),
         "storescp": lambda s, a: run_storescp(s, a.log_format),
-        "consumer": lambda s, a: run_consumer(s),
-        "webworker": lambda s, a: run_webworker(s),
-        "loader": lambda s, a: run_loader(s),
-        "transcoder": lambda s, a: run_transcoder(s),
+        "consumer": lambda s, a: run_background_worker(s, "consumer"),
+        "webworker": lambda s, a: run_background_worker(s, "webworker"),
+        "loader": lambda s, a: run_background_worker(s, "loader"),
+        "transcoder": lambda s, a: run_background_worker(s, "transcoder"),
         "import": run_import,
         "init": lambda s, a: run_init(s),
         "stats": run_stats,
@@ -431,11 +431,13 @@ def run_storescp(settings: Settings, log_format: LogFormat) -> int:
     return 0
 
 
-def _run_worker(settings: Settings, make: Callable[[Archive], Callable[[threading.Event], None]]) -> int:
+def run_background_worker(settings: Settings, name: str) -> int:
+    """One of `up`'s background workers (workers/background.py) as a service of its own, as the stack runs it."""
     from dicomcloud.archive.core import Archive
+    from dicomcloud.workers.background import background_work
 
     archive = Archive.from_settings(settings)
-    run = make(archive)
+    run = background_work(archive)[name]
     freeze_startup_heap()
     stop = threading.Event()
     stop_on_signals(stop)
@@ -445,30 +447,6 @@ def _run_worker(settings: Settings, make: Callable[[Archive], Callable[[threadin
     finally:
         archive.close()
     return 0
-
-
-def run_consumer(settings: Settings) -> int:
-    from dicomcloud.workers.background import bus_workers
-
-    return _run_worker(settings, lambda archive: bus_workers(archive)["consumer"])
-
-
-def run_webworker(settings: Settings) -> int:
-    from dicomcloud.workers.webworker import Webworker
-
-    return _run_worker(settings, lambda archive: Webworker(archive).run)
-
-
-def run_loader(settings: Settings) -> int:
-    from dicomcloud.workers.background import bus_workers
-
-    return _run_worker(settings, lambda archive: bus_workers(archive)["loader"])
-
-
-def run_transcoder(settings: Settings) -> int:
-    from dicomcloud.workers.background import bus_workers
-
-    return _run_worker(settings, lambda archive: bus_workers(archive)["transcoder"])
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
