@@ -47,7 +47,13 @@ from dicomcloud.config import Settings
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check
-from dicomcloud.process import cores, freeze_startup_heap, tune_service_process
+from dicomcloud.process import (
+    BACKGROUND_ENVIRONMENT,
+    cores,
+    environment_of_children,
+    freeze_startup_heap,
+    tune_service_process,
+)
 
 if TYPE_CHECKING:
     from dicomcloud.archive.core import Archive
@@ -266,7 +272,8 @@ class ServiceWorkers:
             args=(self.settings, listeners, number, self.processes, self.log_format, ready, os.getpid()),
             name=worker_name(number, self.processes),
         )
-        process.start()
+        with environment_of_children(BACKGROUND_ENVIRONMENT if number == BACKGROUND else {}):
+            process.start()
         log.info("started %s (pid %s) %s", _label(number), process.pid, _work_of(listeners))
         return _Worker(number, listeners, process, ready)
 

@@ -284,6 +284,8 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
 ) -> None:
     archive = archive_factory("http-workers-background", WORKERS)
     background = started_pid(archive, "the background worker")
+    assert "PYTHONMALLOC=malloc" in environment_of(background), "its large builds' memory goes back (process.py)"
+    assert "PYTHONMALLOC=malloc" not in environment_of(started_pid(archive, "worker 2"))
     first, second = (next(ct_series(1, rows=16, columns=16, seed=seed)) for seed in (31, 32))
 
     os.kill(background, signal.SIGSTOP)
@@ -303,6 +305,10 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
     assert started_pid(archive, "the background worker", after=1) != background
     assert stow(archive, part10(second, tmp_path)).status == 200
     wait_until(lambda: document_written(archive, second), 30, "the restarted background worker to write a document")
+
+
+def environment_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/environ").read_text().split("\0")
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:

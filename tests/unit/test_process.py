@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from dicomcloud.process import BACKGROUND_ENVIRONMENT, environment_of_children
+
 RELEASE = """
 import os
 from dicomcloud.process import release_free_memory
@@ -59,3 +61,37 @@ def test_what_a_service_built_before_serving_is_out_of_the_collectors_view() -> 
     assert before > 20_000, "the web app and the archive's modules make tens of thousands of objects"
     assert viewed < 100
     assert frozen >= before * 0.9
+
+
+SCATTERED = """
+import os
+from dicomcloud.process import release_free_memory
+
+def rss_mb():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+
+# A large transient build of small objects (a series document's dicts), one in 200 kept by a cache.
+objects = [{"number": n, "text": str(n)} for n in range(500_000)]
+kept = objects[::200]
+del objects
+before = rss_mb()
+release_free_memory()
+print(before - rss_mb())
+"""
+
+
+def test_the_background_processes_give_back_what_a_large_build_freed_among_survivors() -> None:
+    """pymalloc keeps an arena while one object in it lives; the background processes' allocator does not."""
+    assert int(child(SCATTERED, PYTHONMALLOC="pymalloc")) < 20
+    assert int(child(SCATTERED, **BACKGROUND_ENVIRONMENT)) > 80
+
+
+def test_a_child_is_started_with_the_environment_asked_and_the_parent_keeps_its_own() -> None:
+    os.environ.pop("DICOMCLOUD_TEST_ONLY", None)
+    show = [sys.executable, "-c", "import os; print(os.environ.get('DICOMCLOUD_TEST_ONLY'))"]
+    with environment_of_children({"DICOMCLOUD_TEST_ONLY": "child"}):
+        shown = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "child"
+    assert "DICOMCLOUD_TEST_ONLY" not in os.environ

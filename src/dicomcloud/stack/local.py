@@ -34,6 +34,7 @@ from typing import Any
 
 import dicomcloud
 from dicomcloud.certs import write_pki
+from dicomcloud.process import BACKGROUND_ENVIRONMENT
 from dicomcloud.stack.kafka import KafkaCluster, KafkaNode, kafka_libs, registered_brokers, start_kafka
 from dicomcloud.stack.seaweedfs import S3_REGION, S3Credentials, start_seaweedfs
 from dicomcloud.stack.seaweedfs import healthy as weed_healthy
@@ -52,6 +53,7 @@ from dicomcloud.stack.servers import (
     start_postgres,
     start_redis,
 )
+from dicomcloud.workers import background
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +424,8 @@ class LocalStack:
         for name, kind, ports in plan:
             ports["ops"] = free_port()
             env = {"DICOMCLOUD_OPS__PORT": str(ports["ops"])}
+            if kind in background.SERVICES:
+                env.update(BACKGROUND_ENVIRONMENT)
             if "http" in ports:
                 env["DICOMCLOUD_HTTP__PORT"] = str(ports["http"])
                 env["DICOMCLOUD_HTTP__WORKERS"] = str(workers)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 30.0
+# The services that are background work (`background_work`), each a command of its own in the stack.
+SERVICES = ("consumer", "loader", "transcoder", "webworker")
 Run = Callable[[threading.Event], None]
 
 
