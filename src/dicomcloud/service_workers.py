@@ -99,12 +99,14 @@ def http_server(archive: Archive) -> Any:
     """The wado-server: uvicorn over the DICOMweb app, with the HTTP limits of web/http_guard.py."""
     import uvicorn
 
-    from dicomcloud.web.app import create_app
+    from dicomcloud.web.app import create_app, warm_up
     from dicomcloud.web.http_guard import guarded_protocol
 
     settings = archive.settings
+    app = create_app(archive)
+    warm_up(app)
     config = uvicorn.Config(
-        create_app(archive),
+        app,
         host=settings.http.host,
         port=settings.http.port,
         log_config=None,

@@ -9,7 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from bench.synthetic import ct_series, write_part10
 from dicomcloud.archive.core import Archive
-from dicomcloud.web.app import create_app
+from dicomcloud.web.app import WARM_UP_PATH, create_app, warm_up
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 
@@ -249,3 +252,38 @@ def test_a_stalled_body_times_out_with_408_and_closes(tmp_path: Path) -> None:
         assert support.stored_keys(archive) == []
     finally:
         archive.close()
+
+
+WARM_UP = """
+import sys
+from dicomcloud.metrics import HTTP_REQUESTS
+from dicomcloud.web.app import create_app, warm_up
+import support
+
+app = create_app(support.make_archive(__import__("pathlib").Path(sys.argv[1])))
+before = sum(sample.value for metric in HTTP_REQUESTS.collect() for sample in metric.samples)
+warm_up(app)
+after = sum(sample.value for metric in HTTP_REQUESTS.collect() for sample in metric.samples)
+print(int(after - before), "anyio._backends._asyncio" in sys.modules, app.middleware_stack is not None)
+"""
+
+
+def test_a_process_builds_what_a_first_request_would_before_serving_and_counts_nothing(tmp_path: Path) -> None:
+    """In a fresh interpreter, as a worker process is: what the warm-up builds there is what a first client waited
+    for (FastAPI's routes, the middleware stack, anyio's thread pool); no request is logged or counted."""
+    tests = Path(support.__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), *sys.path])}
+    run = subprocess.run(
+        [sys.executable, "-c", WARM_UP, str(tmp_path / "data")], env=env, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.split() == ["0", "True", "True"]
+    assert "/.dicomcloud-warm-up" not in run.stderr
+
+
+def test_the_warmed_up_app_serves_as_before(archive: Archive) -> None:
+    app = create_app(archive)
+    warm_up(app)
+    with TestClient(app, base_url="http://archive.test") as warmed:
+        assert warmed.get("/health").status_code == 200
+        assert warmed.get("/dicom-web/studies").status_code in (200, 204)
+        assert warmed.get(WARM_UP_PATH).status_code == 404

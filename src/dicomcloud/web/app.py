@@ -9,8 +9,10 @@ Errors are turned into responses here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
+from starlette.types import Message, Scope
 
 from dicomcloud.archive.core import Archive
 from dicomcloud.errors import AuthError, DicomCloudError
@@ -47,6 +50,8 @@ GZIP_MINIMUM_SIZE = 1024
 # A response sent before the request body was read (a stalled, oversized or unauthorized
 # upload) must close the connection, or the unread body would be taken as the next request.
 CLOSE_AFTER = frozenset({401, 403, 408, 413})
+# A path no route answers: asking the router for it visits every route.
+WARM_UP_PATH = "/.dicomcloud-warm-up"
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -111,6 +116,40 @@ def create_app(archive: Archive) -> FastAPI:
     install_access_log(app, runtime)  # it sees what was actually sent, and counts it in the metrics
     app.add_middleware(TrustedOrigin, settings=runtime.settings.http)  # outermost: everything sees its origin
     return app
+
+
+def warm_up(app: FastAPI) -> None:
+    """Build what FastAPI and anyio otherwise build on a process's first request: each route's dependencies and
+    models (FastAPI resolves them when the router first visits the route), the middleware stack, anyio's thread
+    pool backend. A fresh worker's first series metadata request took 25-35 ms instead of 7 ms without this.
+    Nothing is logged or counted: the router is asked directly, outside the middleware."""
+    app.middleware_stack = app.build_middleware_stack()
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": WARM_UP_PATH,
+        "raw_path": WARM_UP_PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "server": ("127.0.0.1", 0),
+        "client": ("127.0.0.1", 0),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    async def visit() -> None:
+        await app.router(scope, receive, send)
+        await anyio.to_thread.run_sync(lambda: None)
+
+    asyncio.run(visit())
 
 
 async def _error_response(request: Request, exc: Exception) -> JSONResponse:
