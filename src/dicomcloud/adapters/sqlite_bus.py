@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomcloud.adapters.sqlite_threads import ThreadConnections
 from dicomcloud.errors import ServiceUnavailable, StorageFailure
 from dicomcloud.group_commit import GroupCommit
 from dicomcloud.ports.bus import Message, Record, check_name
@@ -79,8 +80,7 @@ class SqliteBus:
     def __init__(self, path: Path, lease_seconds: float = 10.0) -> None:
         self.path = Path(path)
         self.lease_seconds = lease_seconds
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._threads = ThreadConnections(self._connect)
         self._lock = threading.Lock()
         # Held for the whole of every write transaction of this process.
         self._writer = threading.Lock()
@@ -96,21 +96,19 @@ class SqliteBus:
             raise StorageFailure(f"cannot create bus {self.path}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        return self._threads.get()
+
+    def _connect(self) -> sqlite3.Connection:
         with self._lock:
             if self._closed:
                 raise StorageFailure("the bus is closed")
-            try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-            except sqlite3.Error as exc:
-                raise StorageFailure(f"cannot open bus {self.path}: {exc}") from exc
-            self._connections.append(conn)
-        self._local.conn = conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"cannot open bus {self.path}: {exc}") from exc
         return conn
 
     @contextmanager
@@ -199,9 +197,7 @@ class SqliteBus:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        self._threads.close()
         with self._published:
             self._published.notify_all()
 

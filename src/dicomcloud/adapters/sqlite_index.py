@@ -38,6 +38,7 @@ from dicomcloud.adapters.index_sql import (
     search_sql,
     sqlite_tables,
 )
+from dicomcloud.adapters.sqlite_threads import ThreadConnections
 from dicomcloud.dicom.query import Query
 from dicomcloud.errors import ServiceUnavailable
 from dicomcloud.ports.index import InstanceLocation, SeriesKey, StaleSeries
@@ -88,9 +89,8 @@ class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._threads = ThreadConnections(self._connect)
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
         self._writes_since_analyze = 0
         self._marker: sqlite3.Connection | None = None
         self._marker_lock = threading.Lock()
@@ -106,16 +106,14 @@ class SqliteIndex:
         self._analyze()
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
-            with self._lock:
-                self._connections.append(conn)
-            self._local.conn = conn
+        return self._threads.get()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
         return conn
 
     @contextmanager
@@ -143,12 +141,11 @@ class SqliteIndex:
         self._connection().execute("ANALYZE")
 
     def close(self) -> None:
-        with self._marker_lock, self._lock:
-            connections, self._connections = self._connections, []
-            self._marker = None
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        with self._marker_lock:
+            marker, self._marker = self._marker, None
+        if marker is not None:
+            marker.close()
+        self._threads.close()
 
     def change_marker(self) -> str | None:
         """SQLite's data_version on a connection of its own that never writes: it moves with every commit of
@@ -157,8 +154,6 @@ class SqliteIndex:
         with self._marker_lock:
             if self._marker is None:
                 self._marker = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
-                with self._lock:
-                    self._connections.append(self._marker)
             return str(self._marker.execute("PRAGMA data_version").fetchone()[0])
 
     def ping(self) -> None:
