@@ -36,6 +36,11 @@ TRIM_INTERVAL = 10.0
 # back (the webworker after that import: 183 MB resident, 131 MB this way, for 13% more processor time).
 # Serving processes keep pymalloc: a request's many small objects are cheaper from it.
 BACKGROUND_ENVIRONMENT = {"PYTHONMALLOC": "malloc"}
+# `up`'s background worker runs what no acknowledgement and no request waits for (series documents, the
+# warehouse, transcoding: a store is indexed and announced before it is answered), so it yields the processor
+# to the serving processes and to an import: on 2 cores its document builds took a share of both during the
+# bench's import and its viewer load right after an ingest. It catches up when they are idle.
+BACKGROUND_NICENESS = 10
 
 
 def cores() -> int:

@@ -49,6 +49,7 @@ from dicomcloud.logs import LogFormat, setup_logging
 from dicomcloud.ops import Check
 from dicomcloud.process import (
     BACKGROUND_ENVIRONMENT,
+    BACKGROUND_NICENESS,
     cores,
     environment_of_children,
     freeze_startup_heap,
@@ -332,6 +333,8 @@ def serve_worker(
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above
         return
+    if number == BACKGROUND:
+        os.nice(BACKGROUND_NICENESS)  # before any thread starts: each inherits it
     if listeners.http is None:
         # Taken with sigwait (`_serve_dimse`, `_run_background`), so blocked in every thread from here (threads
         # inherit the mask).

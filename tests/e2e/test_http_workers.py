@@ -26,6 +26,7 @@ import pydicom
 import pytest
 
 from bench.synthetic import ct_series, write_part10
+from dicomcloud.process import BACKGROUND_NICENESS
 
 from .conftest import Archive, answers, free_port, wait_until
 from .dicom_clients import stow_body
@@ -286,6 +287,8 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
     background = started_pid(archive, "the background worker")
     assert "PYTHONMALLOC=malloc" in environment_of(background), "its large builds' memory goes back (process.py)"
     assert "PYTHONMALLOC=malloc" not in environment_of(started_pid(archive, "worker 2"))
+    assert niceness_of(background) == BACKGROUND_NICENESS, "it yields the processor to the serving processes"
+    assert niceness_of(started_pid(archive, "worker 2")) == 0
     first, second = (next(ct_series(1, rows=16, columns=16, seed=seed)) for seed in (31, 32))
 
     os.kill(background, signal.SIGSTOP)
@@ -309,6 +312,10 @@ def test_the_background_work_runs_in_a_process_of_its_own_no_request_waits_for(
 
 def environment_of(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/environ").read_text().split("\0")
+
+
+def niceness_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def test_sigterm_stops_every_worker(archive_factory: Callable[..., Archive]) -> None:
