@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.floor import Floor
+from bench.floor import Floor, import_floor
 from bench.measure import (
     curl,
     metadata_while_writing,
@@ -40,6 +40,7 @@ from bench.receiver_floor import ReceiverFloor
 from bench.report import FLOOR_SERVERS, NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
 from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server, StaticFiles
 from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
+from dicomcloud.process import cores
 from dicomcloud.service_workers import worker_count
 
 log = logging.getLogger("bench")
@@ -87,6 +88,12 @@ OPERATIONS = [
     Operation("bulk_import", "`dicomcloud import` of a folder (the study's CT filler, the index studies) against "
               "Orthanc's REST upload of it (POST /instances, 4 clients), until QIDO finds all",
               Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 3)),
+    # The floor under the import target (bench/floor.py `import_floor`): the work no import can skip, against
+    # Orthanc's whole upload.
+    Operation("bulk_import_floor", "pydicom and the storage alone, in as many processes as cores: read each file "
+              "of the same folder, parse it once and commit it with its metadata entry in the archive's layout, in "
+              "the import's chunks (no index, no bus)", Unit.INSTANCES, Target(Goal.THROUGHPUT_AT_LEAST, 3),
+              FLOOR_SERVERS),
     Operation("qido_studies_patientid", "QIDO /studies?PatientID=<one of 1,000 patients> at the index scale",
               Unit.REQUESTS, Target(Goal.TIME_AT_MOST, 1 / 2)),
     Operation("qido_studies_date_modality", "QIDO /studies?StudyDate=<a month>&ModalitiesInStudy=MR, index scale",
@@ -196,7 +203,7 @@ class Bench:
         log.info("generating the workload in %s", self.work_root)
         started = time.perf_counter()
         reads = self.wanted(*self.paths(Workload(self.work_root)), "series_retrieve_nginx", "study_stream_rss",
-                            "metadata_series_cold", "bulk_import")
+                            "metadata_series_cold", "bulk_import", "bulk_import_floor")
         viewer = self.wanted("viewer_frames_after_ingest", "viewer_frames_settled", "viewer_frames_nginx")
         workload = generate(self.work_root / "files", self.sizes, reads=reads,
                             parallel=self.wanted("cstore_parallel"), viewer=viewer)
@@ -222,6 +229,8 @@ class Bench:
                 self.viewer(workload)
             if reads:
                 self.load(workload)
+            if self.wanted("bulk_import_floor"):
+                self.import_floor(workload)
             if self.wanted("stow_rs", "stow_rs_queryable"):
                 self.stow(workload)
             if self.wanted("stow_rs_parallel"):
@@ -337,6 +346,15 @@ class Bench:
                 self.ops["bulk_import"].results[name] = Measured(seconds=[seconds], items=files)
             log.info("%s: %d files queryable after %.1fs", name, files, seconds)
             server.wait_idle()
+
+    def import_floor(self, work: Workload) -> None:
+        """pydicom and the storage alone doing the bulk load's share of an import, beside Orthanc's whole upload."""
+        files = sorted(path for path in work.bulk_dir.rglob("*") if path.is_file())
+        processes = cores()
+        log.info("bulk_import_floor: %d files parsed and committed by %d processes", len(files), processes)
+        op = self.ops["bulk_import_floor"]
+        op.results["floor"] = import_floor(self.work_root / "floor-import", files, processes)
+        op.results["orthanc"] = self.ops["bulk_import"].results["orthanc"]
 
     def stow(self, work: Workload) -> None:
         answered, queryable = self.ops["stow_rs"], self.ops.get("stow_rs_queryable")

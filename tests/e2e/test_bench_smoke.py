@@ -33,6 +33,7 @@ OPERATIONS = {
     "metadata_while_writing": ORTHANC,
     "metadata_complete_after_write": ORTHANC,
     "bulk_import": ORTHANC,
+    "bulk_import_floor": FLOOR,
     "qido_studies_patientid": ORTHANC,
     "qido_studies_date_modality": ORTHANC,
     "qido_instances_series": ORTHANC,
