@@ -39,7 +39,7 @@ from bench.measure import (
 from bench.receiver_floor import ReceiverFloor
 from bench.report import FLOOR_SERVERS, NGINX_SERVERS, S3_SERVERS, Goal, Measured, Operation, Target, Unit
 from bench.servers import BenchError, Dicomcloud, DicomcloudOnS3, DicomcloudStack, Orthanc, Server, StaticFiles
-from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, generate
+from bench.workload import STOW_CONTENT_TYPE, Sizes, Workload, files_under, generate
 from dicomcloud.process import cores
 from dicomcloud.service_workers import worker_count
 
@@ -332,7 +332,7 @@ class Bench:
 
     def load(self, work: Workload) -> None:
         """The rest of the study and the index studies, in one bulk load timed until QIDO finds the last of them."""
-        files = sum(1 for path in work.bulk_dir.rglob("*") if path.is_file())
+        files = len(files_under(work.bulk_dir))
         for name, server in self.servers.items():
             log.info("loading %d files (the rest of the study, %d index studies) into %s", files,
                      self.sizes.index_studies, name)
@@ -349,7 +349,7 @@ class Bench:
 
     def import_floor(self, work: Workload) -> None:
         """pydicom and the storage alone doing the bulk load's share of an import, beside Orthanc's whole upload."""
-        files = sorted(path for path in work.bulk_dir.rglob("*") if path.is_file())
+        files = files_under(work.bulk_dir)
         processes = cores()
         log.info("bulk_import_floor: %d files parsed and committed by %d processes", len(files), processes)
         op = self.ops["bulk_import_floor"]

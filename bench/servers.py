@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.workload import files_under
 from dicomcloud.adapters.fs_storage import FsStorage
 from dicomcloud.adapters.s3_storage import S3Storage, create_bucket
 from dicomcloud.errors import StorageFailure
@@ -229,7 +230,7 @@ class Orthanc(Server):
         return f"{self.base_url}/system"
 
     def load(self, folder: Path) -> None:
-        paths = sorted(path for path in folder.rglob("*") if path.is_file())
+        paths = files_under(folder)
         with httpx.Client(base_url=self.base_url, timeout=300) as client:
 
             def post(path: Path) -> None:

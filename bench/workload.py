@@ -125,6 +125,11 @@ class Workload:
         return self.root / "writing"
 
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file under `folder`, in a stable order: what a bulk load stores."""
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
 def generate(
     root: Path, sizes: Sizes, *, reads: bool = True, parallel: bool = True, viewer: bool = True
 ) -> Workload:

@@ -256,11 +256,12 @@ def test_a_stalled_body_times_out_with_408_and_closes(tmp_path: Path) -> None:
 
 WARM_UP = """
 import sys
+from pathlib import Path
 from dicomcloud.metrics import HTTP_REQUESTS
 from dicomcloud.web.app import create_app, warm_up
 import support
 
-app = create_app(support.make_archive(__import__("pathlib").Path(sys.argv[1])))
+app = create_app(support.make_archive(Path(sys.argv[1])))
 before = sum(sample.value for metric in HTTP_REQUESTS.collect() for sample in metric.samples)
 warm_up(app)
 after = sum(sample.value for metric in HTTP_REQUESTS.collect() for sample in metric.samples)
